@@ -1,0 +1,46 @@
+# Bulkhead: `make run` shows it working, `make test` runs every test, `make bench` every benchmark.
+SHELL := /bin/bash
+CARGO ?= cargo
+HOST_TRIPLE := x86_64-unknown-linux-gnu
+# The guest image is cached outside the checkout so fresh clones on this machine reuse it.
+IMAGE_DIR ?= $(HOME)/.cache/bulkhead/image
+AGENT := target/$(HOST_TRIPLE)/release/bulkhead-agent
+BULKHEAD := target/debug/bulkhead
+
+export BULKHEAD_IMAGE_DIR := $(abspath $(IMAGE_DIR))
+export BULKHEAD_BIN := $(abspath $(BULKHEAD))
+
+.PHONY: all bootstrap build agent image run test lint bench fuzz clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+build:
+	$(CARGO) build --workspace --bins
+
+# The agent runs as the guest's /init: a static binary (glibc, crt-static), no libc in the guest.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p bulkhead-agent --target $(HOST_TRIPLE)
+
+image: bootstrap build agent
+	$(BULKHEAD) image build --out $(IMAGE_DIR) --agent $(AGENT)
+
+run: image
+	scripts/demo
+
+test: image
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: image
+	@scripts/bootstrap --bench
+	$(CARGO) build --release --workspace --bins
+	bench/run-all
+
+clean:
+	$(CARGO) clean
