@@ -1,0 +1,22 @@
+//! Schema migrations, applied in order. The database's `user_version` is the
+//! number of migrations applied; append new ones, never edit old ones.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: partitions. Queryable fields are columns; the rest of the record is JSON
+    // so that adding a field needs no migration.
+    "CREATE TABLE partitions (
+        name     TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        ip       TEXT UNIQUE,
+        state    TEXT NOT NULL,
+        record   TEXT NOT NULL
+    );",
+    // 2: a history of state changes per partition.
+    "CREATE TABLE events (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        INTEGER NOT NULL,
+        partition TEXT NOT NULL,
+        message   TEXT NOT NULL
+    );
+    CREATE INDEX events_partition ON events(partition, id);",
+];

@@ -1,0 +1,168 @@
+//! The records the store keeps. They are plain data (serde), shared by the
+//! store, the manager and the API, so one JSON shape goes everywhere.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a partition is in its life. Transitions are the manager's business;
+/// the store only keeps the value and when it was entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionState {
+    Defined,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl PartitionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Defined => "defined",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// A QEMU process may exist for the partition in this state.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Starting | Self::Running | Self::Stopping)
+    }
+}
+
+impl fmt::Display for PartitionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PartitionState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "defined" => Self::Defined,
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "failed" => Self::Failed,
+            other => return Err(format!("unknown partition state {other:?}")),
+        })
+    }
+}
+
+/// What the manager does when a partition's QEMU ends without being asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "never" | "no" => Self::Never,
+            "on-failure" => Self::OnFailure,
+            "always" => Self::Always,
+            other => {
+                return Err(format!(
+                    "unknown restart policy {other:?} (never, on-failure, always)"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Never => "never",
+            Self::OnFailure => "on-failure",
+            Self::Always => "always",
+        })
+    }
+}
+
+/// A disk (LU) attached to a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// The partition's attachment to the host's internal VLAN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    /// Address with prefix length, e.g. `10.77.0.2/24`; unique per store.
+    pub ip: String,
+    pub mac: String,
+}
+
+/// One partition: its definition and its lifecycle state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// CPU entitlement in percent of one host CPU.
+    pub cpu_percent: u32,
+    /// Guest image directory (vmlinux + initramfs); the daemon's default when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Extra kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<DiskRecord>,
+    #[serde(default)]
+    pub net: Option<NetRecord>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    pub state: PartitionState,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+    pub state_since: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// QEMU's pid while active.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Restarts made by the restart policy since the last start by a user.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Bumped by every write; `Store::update` compares it.
+    #[serde(default)]
+    pub revision: u64,
+}
+
+/// One entry in a partition's history, written in the same transaction as
+/// the state change it records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: u64,
+    pub partition: String,
+    pub message: String,
+}
+
+/// Unix time now, in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
