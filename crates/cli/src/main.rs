@@ -1,6 +1,8 @@
 //! `bulkhead`: the command-line entry point. Each capability crate owns its
 //! subcommand (arguments and behaviour); this crate only dispatches.
 
+mod partition;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -11,7 +13,11 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Partitions: run one in the foreground.
+    #[command(subcommand)]
+    Partition(partition::PartitionCommand),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -22,5 +28,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Partition(c) => partition::run(c),
+    }
 }

@@ -1,0 +1,20 @@
+//! `bulkhead partition ...`: partitions, run in the foreground by the engine.
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum PartitionCommand {
+    /// Run one partition in the foreground with its console on this terminal,
+    /// without the daemon, until it powers off or Ctrl-C.
+    Run(bulkhead_engine::cli::RunArgs),
+}
+
+pub fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
+    match cmd {
+        PartitionCommand::Run(args) => runtime()?.block_on(bulkhead_engine::cli::run(args)),
+    }
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

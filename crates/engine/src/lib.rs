@@ -1,0 +1,55 @@
+//! The partition engine: a [`PartitionSpec`] becomes one QEMU process driven
+//! over QMP, with its agent. See the crate README.
+
+pub mod cli;
+pub mod cmdline;
+pub mod host;
+mod partition;
+pub mod spec;
+mod tap;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use partition::{tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState};
+pub use spec::{AdapterSpec, Accel, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec};
+
+pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid partition: {0}")]
+    InvalidSpec(String),
+    #[error("{what} {} does not exist", .path.display())]
+    MissingFile { what: &'static str, path: PathBuf },
+    #[error("QEMU failed to start: {0}")]
+    QemuStart(String),
+    #[error(transparent)]
+    Qmp(#[from] bulkhead_qmp::QmpError),
+    #[error("agent: {0}")]
+    Agent(String),
+    #[error("guest not ready after {timeout:?} ({detail}); last console lines:\n{console}")]
+    NotReady {
+        timeout: Duration,
+        detail: String,
+        console: String,
+    },
+    #[error("partition failed: {reason}; last console lines:\n{console}")]
+    GuestFailed { reason: String, console: String },
+    #[error("partition is not running: {0}")]
+    NotRunning(String),
+    #[error("host: {0}")]
+    Host(String),
+}
+
+/// Removes what a partition left on the host after its QEMU died while
+/// nobody watched (TAPs, sockets). Safe to call when nothing is left.
+pub fn cleanup_leftovers(spec: &PartitionSpec, opts: &LaunchOptions) {
+    for n in spec.nets() {
+        let t = n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
+        let _ = tap::remove(&t, opts.netns.as_deref());
+    }
+    for s in [opts.qmp_socket(), opts.agent_socket(), opts.console_socket(), opts.pidfile()] {
+        let _ = std::fs::remove_file(s);
+    }
+}

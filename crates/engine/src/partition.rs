@@ -1,0 +1,844 @@
+//! A running partition: one QEMU process, its QMP session and its agent.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bulkhead_agent::{AgentClient, PowerAction, ReadyInfo};
+use bulkhead_qmp::{wait_event, QmpClient};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::cmdline::{self, ResolvedMachine};
+use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
+use crate::{host, tap, EngineError};
+
+/// Where and how a partition's QEMU runs, beyond what the spec says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchOptions {
+    /// Holds the QMP, agent and console sockets, the console log, the pid file
+    /// and QEMU's own log. One directory per partition.
+    pub run_dir: PathBuf,
+    /// `cgroup.procs` files QEMU joins before it executes (CPU entitlement and
+    /// memory limit), so no QEMU thread ever runs outside them.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+    /// seccomp sandbox as libvirt sets it.
+    pub sandbox: bool,
+    /// Unprivileged user QEMU drops to after opening its files.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Kill QEMU when the `Partition` handle is dropped (tests, foreground runs).
+    /// Off for a manager, whose partitions outlive it.
+    #[serde(default)]
+    pub kill_on_drop: bool,
+    /// Named network namespace (`ip netns`) QEMU and its TAPs live in; the
+    /// host's own when absent.
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+impl LaunchOptions {
+    pub fn new(run_dir: impl Into<PathBuf>) -> LaunchOptions {
+        LaunchOptions {
+            run_dir: run_dir.into(),
+            cgroup_procs: Vec::new(),
+            sandbox: true,
+            run_as: None,
+            kill_on_drop: false,
+            netns: None,
+        }
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir.join("qmp.sock")
+    }
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir.join("agent.sock")
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.run_dir.join("console.sock")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.run_dir.join("qemu.pid")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.run_dir.join("qemu.log")
+    }
+}
+
+/// Why a partition's QEMU ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The guest powered off (agent shutdown, ACPI power button, poweroff).
+    Poweroff,
+    /// The guest rebooted; QEMU runs with -no-reboot so that ends it.
+    GuestReset,
+    /// The guest kernel panicked; `message` is the panic line from its console.
+    GuestPanic { message: String },
+    /// QEMU was told to quit (QMP quit or SIGTERM).
+    HostQuit,
+    /// QEMU was killed by a signal without shutting down.
+    Killed { signal: i32 },
+    /// QEMU failed by itself; `message` is the end of its log.
+    QemuError { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub reason: ExitReason,
+    /// The last lines of the guest console.
+    pub console_tail: Vec<String>,
+}
+
+impl ExitInfo {
+    /// Whether the partition ended the way nobody asked for.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self.reason,
+            ExitReason::GuestPanic { .. } | ExitReason::Killed { .. } | ExitReason::QemuError { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Poweroff => write!(f, "guest powered off"),
+            ExitReason::GuestReset => write!(f, "guest reset"),
+            ExitReason::GuestPanic { message } => write!(f, "guest panicked: {message}"),
+            ExitReason::HostQuit => write!(f, "stopped by the host"),
+            ExitReason::Killed { signal } => write!(f, "QEMU killed by signal {signal}"),
+            ExitReason::QemuError { message } => write!(f, "QEMU failed: {message}"),
+        }
+    }
+}
+
+/// QEMU's run state as QMP reports it, simplified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Paused,
+    Shutdown,
+    Other,
+}
+
+/// A device hot-plugged into a running partition, kept so that a restore can
+/// add it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotplugRecord {
+    pub slot: u32,
+    pub adapter: AdapterSpec,
+}
+
+pub struct Partition {
+    spec: PartitionSpec,
+    opts: LaunchOptions,
+    machine: ResolvedMachine,
+    pid: u32,
+    qmp: QmpClient,
+    agent: AgentClient,
+    taps: Vec<String>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    hotplugged: Mutex<BTreeMap<String, HotplugRecord>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("name", &self.spec.name)
+            .field("pid", &self.pid)
+            .finish()
+    }
+}
+
+struct Listeners {
+    qmp: UnixListener,
+    agent: UnixListener,
+    console: UnixListener,
+}
+
+fn bind(path: &Path) -> Result<UnixListener, EngineError> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| EngineError::Host(format!("binding {}: {e}", path.display())))
+}
+
+impl Partition {
+    /// Starts the partition's QEMU and waits for its agent to report ready.
+    pub async fn start(
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+        ready_timeout: Duration,
+    ) -> Result<Partition, EngineError> {
+        let p = Partition::launch(spec, opts).await?;
+        match p.wait_ready(ready_timeout).await {
+            Ok(_) => Ok(p),
+            Err(e) => {
+                let _ = p.kill().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts QEMU (detached: it outlives this process) and connects to its
+    /// QMP and agent sockets. The guest is booting when this returns.
+    pub async fn launch(spec: PartitionSpec, opts: LaunchOptions) -> Result<Partition, EngineError> {
+        spec.validate()?;
+        let hostinfo = host::probe();
+        let machine = ResolvedMachine::for_spec(&spec);
+        let kvm = cmdline::use_kvm(spec.accel, hostinfo.hardware_kvm);
+        if kvm && !Path::new("/dev/kvm").exists() {
+            return Err(EngineError::InvalidSpec("accel kvm asked for, but /dev/kvm does not exist".into()));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.run_dir)
+            .map_err(|e| EngineError::Host(format!("creating {}: {e}", opts.run_dir.display())))?;
+        let _ = std::fs::remove_file(opts.pidfile());
+
+        let mut taps = Vec::new();
+        let mut macs = Vec::new();
+        for n in spec.nets() {
+            let t = n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
+            if let Err(e) = tap::create(&t, &n.bridge, opts.run_as.as_deref(), opts.netns.as_deref()) {
+                remove_taps(&taps, opts.netns.as_deref());
+                return Err(e);
+            }
+            taps.push(t);
+            macs.push(n.mac.clone().unwrap_or_else(|| cmdline::derived_mac(&spec.name, &n.id)));
+        }
+        match Self::spawn(&spec, &opts, machine, kvm, hostinfo.tsc_khz, &taps, macs).await {
+            Ok((pid, child)) => {
+                match Self::connect(spec.clone(), opts.clone(), machine, pid, taps.clone(), Some(child)).await {
+                    Ok(p) => Ok(p),
+                    Err(e) => {
+                        kill_pid(pid);
+                        remove_taps(&taps, opts.netns.as_deref());
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                remove_taps(&taps, opts.netns.as_deref());
+                Err(e)
+            }
+        }
+    }
+
+    async fn spawn(
+        spec: &PartitionSpec,
+        opts: &LaunchOptions,
+        machine: ResolvedMachine,
+        kvm: bool,
+        tsc_khz: Option<u64>,
+        taps: &[String],
+        macs: Vec<String>,
+    ) -> Result<(u32, tokio::process::Child), EngineError> {
+        // The sockets are bound here and inherited by QEMU, as libvirt does:
+        // clients can connect the moment QEMU exists, with no polling.
+        let l = Listeners {
+            qmp: bind(&opts.qmp_socket())?,
+            agent: bind(&opts.agent_socket())?,
+            console: bind(&opts.console_socket())?,
+        };
+        for p in [opts.qmp_socket(), opts.agent_socket(), opts.console_socket()] {
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+        let resolved = cmdline::Resolved {
+            machine,
+            kvm,
+            tsc_khz,
+            qmp_fd: l.qmp.as_raw_fd(),
+            agent_fd: l.agent.as_raw_fd(),
+            console_fd: l.console.as_raw_fd(),
+            console_log: opts.console_log(),
+            pidfile: opts.pidfile(),
+            taps: taps.to_vec(),
+            macs,
+            sandbox: opts.sandbox,
+            run_as: opts.run_as.clone(),
+            incoming: None,
+        };
+        let args = cmdline::qemu_args(spec, &resolved);
+        tracing::debug!(partition = %spec.name, ?args, "starting QEMU");
+        let log = std::fs::File::create(opts.qemu_log())
+            .map_err(|e| EngineError::Host(format!("creating {}: {e}", opts.qemu_log().display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| EngineError::Host(format!("dup of QEMU log: {e}")))?;
+
+        let inherit = [l.qmp.as_raw_fd(), l.agent.as_raw_fd(), l.console.as_raw_fd()];
+        let netns = match &opts.netns {
+            Some(ns) => {
+                let path = Path::new("/run/netns").join(ns);
+                Some(std::fs::File::open(&path).map_err(|e| {
+                    EngineError::InvalidSpec(format!("network namespace {ns}: {e}"))
+                })?)
+            }
+            None => None,
+        };
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let cgroups: Vec<CString> = opts
+            .cgroup_procs
+            .iter()
+            .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL"))
+            .collect();
+        let mut cmd = tokio::process::Command::new(host::qemu_binary());
+        cmd.args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe calls (setsid, fcntl, open, write, close) on
+        // data prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for fd in inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for cg in &cgroups {
+                    let fd = libc::open(cg.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+                    libc::close(fd);
+                    if n < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            EngineError::QemuStart(format!("{}: {e}", host::qemu_binary().display()))
+        })?;
+        let pid = child.id().ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
+        // Our copies close here: if QEMU dies, clients see the socket close
+        // instead of waiting on a listener nobody serves.
+        drop(l);
+        drop(netns);
+        Ok((pid, child))
+    }
+
+    async fn connect(
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+        machine: ResolvedMachine,
+        pid: u32,
+        taps: Vec<String>,
+        child: Option<tokio::process::Child>,
+    ) -> Result<Partition, EngineError> {
+        let qmp = match tokio::time::timeout(Duration::from_secs(60), QmpClient::connect(&opts.qmp_socket())).await {
+            Ok(Ok(q)) => q,
+            Ok(Err(e)) => {
+                // Most often QEMU refused its command line: show why.
+                let why = match child {
+                    Some(mut c) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+                        tail_lines(&opts.qemu_log(), 10).join("\n")
+                    }
+                    None => String::new(),
+                };
+                return Err(if why.is_empty() {
+                    EngineError::Qmp(e)
+                } else {
+                    EngineError::QemuStart(why)
+                });
+            }
+            Err(_) => return Err(EngineError::QemuStart("QEMU did not answer QMP within 60 s".into())),
+        };
+        let agent = AgentClient::connect(&opts.agent_socket())
+            .await
+            .map_err(|e| EngineError::Agent(e.to_string()))?;
+        let (tx, exit) = watch::channel(None);
+        let monitor_qmp = qmp.clone();
+        let monitor_opts = opts.clone();
+        let monitor_taps = taps.clone();
+        let events = qmp.events();
+        tokio::spawn(async move {
+            let info = monitor(monitor_qmp, events, child, pid, &monitor_opts).await;
+            tracing::info!(pid, reason = %info.reason, "partition exited");
+            remove_taps(&monitor_taps, monitor_opts.netns.as_deref());
+            for s in [monitor_opts.qmp_socket(), monitor_opts.agent_socket(), monitor_opts.console_socket()] {
+                let _ = std::fs::remove_file(s);
+            }
+            let _ = tx.send(Some(info));
+        });
+        let p = Partition {
+            spec,
+            opts,
+            machine,
+            pid,
+            qmp,
+            agent,
+            taps,
+            exit,
+            hotplugged: Mutex::new(BTreeMap::new()),
+        };
+        p.save_state()?;
+        Ok(p)
+    }
+
+    /// Re-attaches to a partition whose QEMU is still running (after the
+    /// caller restarted), from its run directory.
+    pub async fn adopt(spec: PartitionSpec, opts: LaunchOptions) -> Result<Partition, EngineError> {
+        let pid_text = std::fs::read_to_string(opts.pidfile())
+            .map_err(|e| EngineError::NotRunning(format!("no pid file {}: {e}", opts.pidfile().display())))?;
+        let pid: u32 = pid_text
+            .trim()
+            .parse()
+            .map_err(|_| EngineError::NotRunning(format!("bad pid file {}", opts.pidfile().display())))?;
+        if !pid_alive(pid) {
+            return Err(EngineError::NotRunning(format!("QEMU pid {pid} is gone")));
+        }
+        let machine = ResolvedMachine::for_spec(&spec);
+        let taps = spec
+            .nets()
+            .map(|n| n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id)))
+            .collect();
+        let saved: Option<SavedState> = std::fs::read(opts.run_dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let p = Self::connect(spec, opts, machine, pid, taps, None).await?;
+        if let Some(s) = saved {
+            *p.hotplugged.lock().expect("hotplug lock") = s.hotplugged;
+        }
+        Ok(p)
+    }
+
+    fn save_state(&self) -> Result<(), EngineError> {
+        let s = SavedState {
+            spec: self.spec.clone(),
+            pid: self.pid,
+            hotplugged: self.hotplugged.lock().expect("hotplug lock").clone(),
+        };
+        let path = self.opts.run_dir.join("state.json");
+        let tmp = self.opts.run_dir.join("state.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&s).expect("state serializes"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| EngineError::Host(format!("writing {}: {e}", path.display())))
+    }
+
+    /// Waits until the agent answers, or the guest dies, or the time is up.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyInfo, EngineError> {
+        let mut exit = self.exit.clone();
+        tokio::select! {
+            r = self.agent.wait_ready(timeout) => match r {
+                Ok(info) => Ok(info),
+                Err(e) => {
+                    if let Some(info) = self.exit_info() {
+                        return Err(EngineError::GuestFailed { reason: info.reason.to_string(), console: info.console_tail.join("\n") });
+                    }
+                    Err(EngineError::NotReady {
+                        timeout,
+                        detail: e.to_string(),
+                        console: tail_lines(&self.opts.console_log(), 15).join("\n"),
+                    })
+                }
+            },
+            _ = exit.wait_for(|e| e.is_some()) => {
+                let info = self.exit_info().expect("exit info set");
+                Err(EngineError::GuestFailed { reason: info.reason.to_string(), console: info.console_tail.join("\n") })
+            }
+        }
+    }
+
+    pub fn spec(&self) -> &PartitionSpec {
+        &self.spec
+    }
+    pub fn options(&self) -> &LaunchOptions {
+        &self.opts
+    }
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+    pub fn qmp(&self) -> &QmpClient {
+        &self.qmp
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.opts.console_log()
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.opts.console_socket()
+    }
+    pub fn taps(&self) -> &[String] {
+        &self.taps
+    }
+    /// Devices hot-plugged so far, by adapter id.
+    pub fn hotplugged(&self) -> Vec<HotplugRecord> {
+        self.hotplugged.lock().expect("hotplug lock").values().cloned().collect()
+    }
+
+    /// The exit, if QEMU has ended.
+    pub fn exit_info(&self) -> Option<ExitInfo> {
+        self.exit.borrow().clone()
+    }
+
+    /// Resolves when QEMU has ended, with why.
+    pub async fn wait_exit(&self) -> ExitInfo {
+        let mut rx = self.exit.clone();
+        let r = rx.wait_for(|e| e.is_some()).await;
+        match r {
+            Ok(v) => v.clone().expect("checked"),
+            Err(_) => ExitInfo {
+                reason: ExitReason::QemuError { message: "monitor ended".into() },
+                console_tail: Vec::new(),
+            },
+        }
+    }
+
+    async fn wait_exit_for(&self, t: Duration) -> Option<ExitInfo> {
+        tokio::time::timeout(t, self.wait_exit()).await.ok()
+    }
+
+    pub async fn status(&self) -> Result<RunState, EngineError> {
+        if self.exit_info().is_some() {
+            return Ok(RunState::Shutdown);
+        }
+        let s = self.qmp.query_status().await?;
+        Ok(match s.status.as_str() {
+            "running" => RunState::Running,
+            "paused" | "prelaunch" | "inmigrate" | "postmigrate" => RunState::Paused,
+            "shutdown" => RunState::Shutdown,
+            _ => RunState::Other,
+        })
+    }
+
+    pub async fn pause(&self) -> Result<(), EngineError> {
+        Ok(self.qmp.stop().await?)
+    }
+
+    pub async fn resume(&self) -> Result<(), EngineError> {
+        Ok(self.qmp.cont().await?)
+    }
+
+    /// Graceful stop: the agent shuts the guest down (disks synced); if it
+    /// cannot, the ACPI power button; if that is ignored, QEMU is killed.
+    /// `timeout` bounds the whole.
+    pub async fn stop(&self, timeout: Duration) -> Result<ExitInfo, EngineError> {
+        if let Some(e) = self.exit_info() {
+            return Ok(e);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let agent_try = tokio::time::timeout(left() / 2, self.agent.shutdown(PowerAction::Poweroff)).await;
+        match agent_try {
+            Ok(Ok(())) => {
+                if let Some(e) = self.wait_exit_for(left() * 3 / 4).await {
+                    return Ok(e);
+                }
+            }
+            other => tracing::info!(partition = %self.spec.name, ?other, "agent shutdown failed; pressing ACPI power button"),
+        }
+        if self.qmp.system_powerdown().await.is_ok() {
+            if let Some(e) = self.wait_exit_for(left()).await {
+                return Ok(e);
+            }
+        }
+        tracing::warn!(partition = %self.spec.name, "guest ignored shutdown; killing QEMU");
+        self.kill().await
+    }
+
+    /// Forced stop: QEMU is killed at once.
+    pub async fn kill(&self) -> Result<ExitInfo, EngineError> {
+        if let Some(e) = self.exit_info() {
+            return Ok(e);
+        }
+        kill_pid(self.pid);
+        match self.wait_exit_for(Duration::from_secs(30)).await {
+            Some(e) => Ok(e),
+            None => Err(EngineError::Host(format!("QEMU pid {} survived SIGKILL", self.pid))),
+        }
+    }
+
+    /// Hot-plugs a disk into a free hot-plug slot (q35 partitions with
+    /// `hotplug_slots`). Returns once QEMU added the device; the guest sees it
+    /// a moment later through ACPI hot-plug.
+    pub async fn hotplug_disk(&self, disk: DiskSpec) -> Result<(), EngineError> {
+        if self.machine != ResolvedMachine::Q35 || self.spec.hotplug_slots == 0 {
+            return Err(EngineError::InvalidSpec(
+                "hot-plug needs a partition created with hotplug_slots > 0".into(),
+            ));
+        }
+        if !crate::spec::valid_name(&disk.id) || disk.id.len() > 16 {
+            return Err(EngineError::InvalidSpec(format!("adapter id {:?} is not valid", disk.id)));
+        }
+        if !disk.path.exists() {
+            return Err(EngineError::MissingFile { what: "disk", path: disk.path.clone() });
+        }
+        let slot = {
+            let h = self.hotplugged.lock().expect("hotplug lock");
+            if h.contains_key(&disk.id) || self.spec.adapters.iter().any(|a| a.id() == disk.id) {
+                return Err(EngineError::InvalidSpec(format!("adapter id {:?} is already in use", disk.id)));
+            }
+            (0..self.spec.hotplug_slots)
+                .find(|s| !h.values().any(|r| r.slot == *s))
+                .ok_or_else(|| EngineError::InvalidSpec("no free hot-plug slot".into()))?
+        };
+        let node = format!("drive-{}", disk.id);
+        self.qmp
+            .blockdev_add(json!({
+                "driver": disk.format.as_str(),
+                "node-name": node,
+                "read-only": disk.readonly,
+                "file": {"driver": "file", "filename": disk.path, "read-only": disk.readonly},
+            }))
+            .await?;
+        if let Err(e) = self
+            .qmp
+            .device_add(json!({
+                "driver": "virtio-blk-pci",
+                "drive": node,
+                "id": disk.id,
+                "bus": format!("hp{slot}"),
+            }))
+            .await
+        {
+            let _ = self.qmp.blockdev_del(&node).await;
+            return Err(e.into());
+        }
+        self.hotplugged.lock().expect("hotplug lock").insert(
+            disk.id.clone(),
+            HotplugRecord { slot, adapter: AdapterSpec::Disk(disk) },
+        );
+        self.save_state()
+    }
+
+    /// Unplugs a hot-plugged device and waits for the guest to release it.
+    pub async fn unplug(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
+        let rec = self
+            .hotplugged
+            .lock()
+            .expect("hotplug lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::InvalidSpec(format!("no hot-plugged device {id:?}")))?;
+        let mut ev = self.qmp.events();
+        self.qmp.device_del(id).await?;
+        wait_event(&mut ev, timeout, "DEVICE_DELETED", |e| {
+            e.name == "DEVICE_DELETED" && e.data["device"] == id
+        })
+        .await?;
+        if let AdapterSpec::Disk(d) = &rec.adapter {
+            self.qmp.blockdev_del(&format!("drive-{}", d.id)).await?;
+        }
+        self.hotplugged.lock().expect("hotplug lock").remove(id);
+        self.save_state()
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if self.opts.kill_on_drop && self.exit.borrow().is_none() {
+            kill_pid(self.pid);
+            remove_taps(&self.taps, self.opts.netns.as_deref());
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    spec: PartitionSpec,
+    pid: u32,
+    hotplugged: BTreeMap<String, HotplugRecord>,
+}
+
+fn remove_taps(taps: &[String], netns: Option<&str>) {
+    for t in taps {
+        if let Err(e) = tap::remove(t, netns) {
+            tracing::warn!(tap = %t, error = %e, "removing TAP");
+        }
+    }
+}
+
+fn kill_pid(pid: u32) {
+    // SAFETY: kill(2) with a pid we started; no memory is involved.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+pub(crate) fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Waits for QEMU to end and works out why, from its events, its exit
+/// status and the guest console.
+async fn monitor(
+    qmp: QmpClient,
+    mut events: tokio::sync::broadcast::Receiver<bulkhead_qmp::Event>,
+    child: Option<tokio::process::Child>,
+    pid: u32,
+    opts: &LaunchOptions,
+) -> ExitInfo {
+    let mut shutdown_reason: Option<String> = None;
+    let mut panicked = false;
+    let closed = qmp.closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) if ev.name == "SHUTDOWN" => {
+                    shutdown_reason = ev.data["reason"].as_str().map(str::to_string);
+                }
+                Ok(ev) if ev.name == "GUEST_PANICKED" => panicked = true,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            },
+            _ = &mut closed => break,
+        }
+    }
+    // Late events queued before the close.
+    while let Ok(ev) = events.try_recv() {
+        if ev.name == "SHUTDOWN" {
+            shutdown_reason = ev.data["reason"].as_str().map(str::to_string);
+        }
+    }
+    let (code, signal) = match child {
+        Some(mut c) => match c.wait().await {
+            Ok(st) => {
+                use std::os::unix::process::ExitStatusExt;
+                (st.code(), st.signal())
+            }
+            Err(_) => (None, None),
+        },
+        None => {
+            wait_pid_exit(pid).await;
+            (None, None)
+        }
+    };
+    let console_tail = tail_lines(&opts.console_log(), 20);
+    let panic_line = console_tail
+        .iter()
+        .find(|l| l.contains("Kernel panic"))
+        .cloned();
+    let reason = if panicked || panic_line.is_some() {
+        ExitReason::GuestPanic {
+            message: panic_line.unwrap_or_else(|| "GUEST_PANICKED event".into()),
+        }
+    } else {
+        match shutdown_reason.as_deref() {
+            Some("guest-shutdown") => ExitReason::Poweroff,
+            Some("guest-reset") => ExitReason::GuestReset,
+            Some("host-qmp-quit") | Some("host-signal") | Some("host-qmp-system-reset") => ExitReason::HostQuit,
+            _ => match (signal, code) {
+                (Some(s), _) => ExitReason::Killed { signal: s },
+                (None, Some(0)) => ExitReason::HostQuit,
+                (None, c) => {
+                    let log = tail_lines(&opts.qemu_log(), 5).join(" / ");
+                    if c.is_none() && log.is_empty() {
+                        // An adopted QEMU that vanished without a word: killed.
+                        ExitReason::Killed { signal: libc::SIGKILL }
+                    } else {
+                        ExitReason::QemuError {
+                            message: format!("exit code {c:?}: {log}"),
+                        }
+                    }
+                }
+            },
+        }
+    };
+    ExitInfo { reason, console_tail }
+}
+
+/// Waits for a process that is not our child to end, through a pidfd.
+async fn wait_pid_exit(pid: u32) {
+    // SAFETY: pidfd_open has no memory arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    if fd < 0 {
+        return; // Already gone.
+    }
+    // SAFETY: the kernel just gave us this fd; we own it from here.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as
+    // it is registered, and it is deregistered before it is closed on drop.
+    if let Ok(afd) = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
+        let _ = afd.readable().await;
+    }
+}
+
+/// The last `n` non-empty lines of a text file, escape sequences removed.
+pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let start = bytes.len().saturating_sub(64 * 1024);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<String> = text
+        .lines()
+        .map(strip_escapes)
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c2 in chars.by_ref() {
+                    if c2.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_strips_escapes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        std::fs::write(&p, "a\n\x1b[2Jb\r\n\nc\n").unwrap();
+        assert_eq!(tail_lines(&p, 2), vec!["b", "c"]);
+        assert!(tail_lines(&d.path().join("none"), 2).is_empty());
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let e = |reason| ExitInfo { reason, console_tail: vec![] };
+        assert!(!e(ExitReason::Poweroff).is_failure());
+        assert!(e(ExitReason::GuestPanic { message: "x".into() }).is_failure());
+        assert!(e(ExitReason::Killed { signal: 9 }).is_failure());
+    }
+}

@@ -1,0 +1,357 @@
+//! What a partition is, as data. A spec is the partition's full adapter
+//! configuration: restoring a saved partition elsewhere rebuilds the same QEMU
+//! from it, so everything that shapes the machine lives here.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// Smallest memory a Debian cloud kernel with our initramfs boots in.
+pub const MIN_MEMORY_MIB: u64 = 96;
+/// QEMU's x86 limit for one guest.
+pub const MAX_VCPUS: u32 = 255;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionSpec {
+    /// Unique on the host: `[a-z0-9][a-z0-9-]*`, at most 48 characters.
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub boot: BootSource,
+    /// In order: the order is part of the machine (restore needs the same).
+    #[serde(default)]
+    pub adapters: Vec<AdapterSpec>,
+    #[serde(default)]
+    pub machine: MachineKind,
+    /// Extra `-machine` properties, e.g. `pit=off`.
+    #[serde(default)]
+    pub machine_options: Vec<String>,
+    #[serde(default)]
+    pub accel: Accel,
+    /// Free PCIe root ports reserved for devices hot-plugged later (disks,
+    /// shared memory for grants). Any slot makes the machine q35.
+    #[serde(default)]
+    pub hotplug_slots: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSource {
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    /// Appended to the kernel command line the engine builds.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Adapter id of a disk holding a root filesystem to switch into.
+    #[serde(default)]
+    pub root_disk: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AdapterSpec {
+    Disk(DiskSpec),
+    Net(NetSpec),
+}
+
+impl AdapterSpec {
+    pub fn id(&self) -> &str {
+        match self {
+            AdapterSpec::Disk(d) => &d.id,
+            AdapterSpec::Net(n) => &n.id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub id: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: DiskFormat,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    #[default]
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+    /// From a file name: `.qcow2` is qcow2, anything else raw.
+    pub fn guess(path: &std::path::Path) -> DiskFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => DiskFormat::Qcow2,
+            _ => DiskFormat::Raw,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSpec {
+    pub id: String,
+    /// The host bridge (internal VLAN) the TAP joins.
+    pub bridge: String,
+    /// Derived from the partition name and adapter id when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// TAP name; derived when absent (at most 15 characters).
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// Guest address in CIDR form, configured by the agent at boot.
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MachineKind {
+    /// The fastest-booting machine that supports the spec: microvm, or q35
+    /// when hot-plug slots are asked for.
+    #[default]
+    Auto,
+    Microvm,
+    Q35,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    /// KVM where kvm_intel or kvm_amd is loaded, TCG elsewhere.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl PartitionSpec {
+    /// A minimal spec booting `kernel` + `initramfs`.
+    pub fn new(name: &str, kernel: PathBuf, initramfs: PathBuf) -> PartitionSpec {
+        PartitionSpec {
+            name: name.to_string(),
+            vcpus: 1,
+            memory_mib: 256,
+            boot: BootSource {
+                kernel,
+                initramfs: Some(initramfs),
+                cmdline: String::new(),
+                root_disk: None,
+            },
+            adapters: Vec::new(),
+            machine: MachineKind::Auto,
+            machine_options: Vec::new(),
+            accel: Accel::Auto,
+            hotplug_slots: 0,
+        }
+    }
+
+    /// Checks everything that can be checked without starting QEMU.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::InvalidSpec(m));
+        if !valid_name(&self.name) {
+            return bad(format!(
+                "partition name {:?} must be 1-48 characters of a-z, 0-9 and '-', starting with a letter or digit",
+                self.name
+            ));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return bad(format!("vcpus must be 1..={MAX_VCPUS}, got {}", self.vcpus));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return bad(format!(
+                "memory {} MiB is too small: a partition needs at least {MIN_MEMORY_MIB} MiB",
+                self.memory_mib
+            ));
+        }
+        if self.memory_mib > 1 << 22 {
+            return bad(format!("memory {} MiB is absurd (limit 4 TiB)", self.memory_mib));
+        }
+        if !self.boot.kernel.is_file() {
+            return Err(EngineError::MissingFile {
+                what: "kernel",
+                path: self.boot.kernel.clone(),
+            });
+        }
+        if let Some(i) = &self.boot.initramfs {
+            if !i.is_file() {
+                return Err(EngineError::MissingFile {
+                    what: "initramfs",
+                    path: i.clone(),
+                });
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for a in &self.adapters {
+            if !valid_name(a.id()) || a.id().len() > 16 {
+                return bad(format!("adapter id {:?} must be 1-16 characters of a-z, 0-9, '-'", a.id()));
+            }
+            if !ids.insert(a.id()) {
+                return bad(format!("adapter id {:?} is used twice", a.id()));
+            }
+            match a {
+                AdapterSpec::Disk(d) => {
+                    if !d.path.is_file() && !d.path.exists() {
+                        return Err(EngineError::MissingFile {
+                            what: "disk",
+                            path: d.path.clone(),
+                        });
+                    }
+                }
+                AdapterSpec::Net(n) => {
+                    if let Some(t) = &n.tap {
+                        if t.is_empty() || t.len() > 15 {
+                            return bad(format!("TAP name {t:?} must be 1-15 characters"));
+                        }
+                    }
+                    if n.bridge.is_empty() || n.bridge.len() > 15 {
+                        return bad(format!("bridge name {:?} must be 1-15 characters", n.bridge));
+                    }
+                }
+            }
+        }
+        if let Some(root) = &self.boot.root_disk {
+            if !self
+                .adapters
+                .iter()
+                .any(|a| matches!(a, AdapterSpec::Disk(d) if &d.id == root))
+            {
+                return bad(format!("root disk {root:?} is not one of the partition's disks"));
+            }
+        }
+        for o in &self.machine_options {
+            if o.contains(',') || !o.contains('=') {
+                return bad(format!("machine option {o:?} must be one key=value"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn disks(&self) -> impl Iterator<Item = &DiskSpec> {
+        self.adapters.iter().filter_map(|a| match a {
+            AdapterSpec::Disk(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    pub fn nets(&self) -> impl Iterator<Item = &NetSpec> {
+        self.adapters.iter().filter_map(|a| match a {
+            AdapterSpec::Net(n) => Some(n),
+            _ => None,
+        })
+    }
+}
+
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 48
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
+/// Parses sizes such as `256M`, `1G`, `512` (MiB) into MiB.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_lowercase();
+            let mult = match unit.as_str() {
+                "m" | "mb" | "mib" => 1,
+                "g" | "gb" | "gib" => 1024,
+                "t" | "tb" | "tib" => 1024 * 1024,
+                _ => return Err(format!("size {s:?}: unknown unit (use M or G)")),
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("size {s:?} is not a number"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_mib("256M").unwrap(), 256);
+        assert_eq!(parse_mib("2G").unwrap(), 2048);
+        assert_eq!(parse_mib("300").unwrap(), 300);
+        assert!(parse_mib("12X").is_err());
+        assert!(parse_mib("M").is_err());
+        assert!(parse_mib("99999999999999999999G").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("Web"));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name(&"a".repeat(49)));
+    }
+
+    #[test]
+    fn spec_round_trips_as_json() {
+        let mut s = PartitionSpec::new("p1", "/k".into(), "/i".into());
+        s.adapters.push(AdapterSpec::Disk(DiskSpec {
+            id: "d0".into(),
+            path: "/x.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            readonly: false,
+        }));
+        s.adapters.push(AdapterSpec::Net(NetSpec {
+            id: "n0".into(),
+            bridge: "br0".into(),
+            mac: None,
+            tap: None,
+            ip: Some("10.0.0.2/24".into()),
+            gateway: None,
+        }));
+        let j = serde_json::to_string(&s).unwrap();
+        let back: PartitionSpec = serde_json::from_str(&j).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
+    fn validation_errors_are_specific() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        let i = dir.path().join("i");
+        std::fs::write(&k, b"x").unwrap();
+        std::fs::write(&i, b"x").unwrap();
+        let ok = PartitionSpec::new("p", k.clone(), i.clone());
+        ok.validate().unwrap();
+
+        let mut s = ok.clone();
+        s.memory_mib = 16;
+        assert!(s.validate().unwrap_err().to_string().contains("too small"));
+        let mut s = ok.clone();
+        s.vcpus = 0;
+        assert!(s.validate().unwrap_err().to_string().contains("vcpus"));
+        let mut s = ok.clone();
+        s.boot.kernel = dir.path().join("nope");
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("kernel") && e.contains("nope"), "{e}");
+        let mut s = ok.clone();
+        s.boot.root_disk = Some("d9".into());
+        assert!(s.validate().unwrap_err().to_string().contains("root disk"));
+        let mut s = ok;
+        s.machine_options.push("bad".into());
+        assert!(s.validate().unwrap_err().to_string().contains("machine option"));
+    }
+}
