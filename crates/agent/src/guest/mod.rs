@@ -1,0 +1,222 @@
+//! The guest side: bulkhead-agent as PID 1.
+//!
+//! Stage 1 (from the initramfs): mount the API file systems, load the modules
+//! in /lib/modules/load.list, set the host name, configure the network from
+//! the command line; with `bulkhead.root=` switch into the root LU and exec its
+//! /usr/sbin/bulkhead-agent (stage 2, which skips what is done). Then print
+//! the ready line, reap zombies, watch the power button and serve the host.
+
+pub mod children;
+pub mod power;
+pub mod procfs;
+pub mod serve;
+pub mod sys;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cmdline::{self, BootConfig};
+use crate::proto::READY_LINE;
+
+/// Set in the environment of the stage-2 agent after switch_root.
+const STAGE_ENV: &str = "BULKHEAD_AGENT_STAGE";
+/// Where the stage-2 agent lives in a root LU.
+pub const ROOT_AGENT: &str = "/usr/sbin/bulkhead-agent";
+const LOAD_LIST: &str = "/lib/modules/load.list";
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("bulkhead-agent: {msg}");
+}
+
+/// Entry point of the binary.
+pub fn main() -> ! {
+    let pid1 = std::process::id() == 1;
+    let stage2 = std::env::var_os(STAGE_ENV).is_some();
+    std::env::set_var(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    if std::env::var_os("HOME").is_none() {
+        std::env::set_var("HOME", "/root");
+    }
+    std::env::remove_var(STAGE_ENV);
+
+    let mut root_lu = false;
+    if pid1 && !stage2 {
+        mount_api_filesystems();
+        sys::ensure_console_fds();
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (cfg, warnings) = cmdline::parse(&cmdline);
+    if pid1 && !stage2 {
+        for w in &warnings {
+            log(format_args!("ignoring {w}"));
+        }
+        load_modules(Path::new(LOAD_LIST));
+        set_hostname(&cfg);
+        configure_network(&cfg);
+        if let Some(dev) = &cfg.root {
+            // Only returns on failure: then keep serving from the initramfs.
+            let e = switch_root(dev, cfg.rootfstype());
+            log(format_args!("root LU {dev}: {e}; staying in the initramfs"));
+        }
+    } else if stage2 {
+        root_lu = true;
+    }
+
+    // The engine waits for this exact line on the console.
+    println!("{READY_LINE}");
+    let boot_ms = sys::boottime_ms();
+
+    let children = children::Children::new();
+    if pid1 {
+        children.spawn_reaper();
+        power::watch_power_button();
+    }
+    let e = serve::serve(serve::Boot { boot_ms, root_lu }, children);
+    log(format_args!("cannot serve the host: {e}"));
+    // PID 1 must not exit (the kernel would panic): idle forever.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mount_api_filesystems() {
+    use libc::{MS_NODEV, MS_NOEXEC, MS_NOSUID};
+    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 7] = [
+        (
+            "proc",
+            "/proc",
+            "proc",
+            MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            "",
+        ),
+        (
+            "sysfs",
+            "/sys",
+            "sysfs",
+            MS_NOSUID | MS_NODEV | MS_NOEXEC,
+            "",
+        ),
+        ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MS_NOSUID | MS_NOEXEC,
+            "gid=5,mode=620,ptmxmode=666",
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            "tmpfs",
+            MS_NOSUID | MS_NODEV,
+            "mode=1777",
+        ),
+        ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+        ("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+    ];
+    for (src, target, fstype, flags, data) in mounts {
+        let t = Path::new(target);
+        let _ = std::fs::create_dir_all(t);
+        if let Err(e) = sys::mount(src, t, fstype, flags, data) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                log(format_args!("mount {target}: {e}"));
+            }
+        }
+    }
+}
+
+/// Loads the modules listed one path per line (blank lines and `#` comments
+/// allowed), in order. A module that fails is logged; boot goes on.
+fn load_modules(list: &Path) {
+    let Ok(text) = std::fs::read_to_string(list) else {
+        return;
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Err(e) = sys::finit_module(Path::new(line)) {
+            log(format_args!("module {line}: {e}"));
+        }
+    }
+}
+
+fn set_hostname(cfg: &BootConfig) {
+    let name = cfg.hostname.as_deref().unwrap_or("bulkhead");
+    if let Err(e) = sys::sethostname(name) {
+        log(format_args!("sethostname {name}: {e}"));
+    }
+}
+
+fn configure_network(cfg: &BootConfig) {
+    if let Err(e) = sys::ifconfig("lo", None) {
+        log(format_args!("lo up: {e}"));
+    }
+    let Some((ip, prefix)) = cfg.ip else {
+        return;
+    };
+    let iface = cfg.iface();
+    // The NIC's driver probes during module load; allow for a late one.
+    let sysfs = Path::new("/sys/class/net").join(iface);
+    let mut waited = Duration::ZERO;
+    while !sysfs.exists() && waited < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    if let Err(e) = sys::ifconfig(iface, Some((ip, cmdline::netmask(prefix)))) {
+        log(format_args!("{iface} {ip}/{prefix}: {e}"));
+        return;
+    }
+    if let Some(gw) = cfg.gw {
+        if let Err(e) = sys::add_default_route(gw) {
+            log(format_args!("default route via {gw}: {e}"));
+        }
+    }
+}
+
+/// Mounts the root LU, moves the API mounts into it, makes it `/` and execs
+/// its agent. Returns only on failure.
+fn switch_root(dev: &str, fstype: &str) -> std::io::Error {
+    let new = Path::new("/newroot");
+    let _ = std::fs::create_dir_all(new);
+    let devpath = Path::new(dev);
+    let mut waited = Duration::ZERO;
+    while !devpath.exists() && waited < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    if let Err(e) = sys::mount(dev, new, fstype, 0, "") {
+        return e;
+    }
+    if !new.join(ROOT_AGENT.trim_start_matches('/')).exists() {
+        let _ = sys::umount(new);
+        return std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{ROOT_AGENT} is missing in the root LU"),
+        );
+    }
+    for m in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
+        let target = new.join(m.trim_start_matches('/'));
+        let _ = std::fs::create_dir_all(&target);
+        if let Err(e) = sys::mount(m, &target, "", libc::MS_MOVE, "") {
+            log(format_args!("move {m}: {e}"));
+        }
+    }
+    if let Err(e) = std::env::set_current_dir(new) {
+        return e;
+    }
+    if let Err(e) = sys::mount(".", Path::new("/"), "", libc::MS_MOVE, "") {
+        return e;
+    }
+    if let Err(e) = sys::chroot(Path::new(".")) {
+        return e;
+    }
+    let _ = std::env::set_current_dir("/");
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(ROOT_AGENT)
+        .env(STAGE_ENV, "2")
+        .exec()
+}

@@ -1,0 +1,426 @@
+//! Host-side client of bulkhead-agent, over the unix socket QEMU serves the
+//! agent's virtio-serial port on.
+//!
+//! One background task reads replies and hands each to the request waiting
+//! for its id, so every method takes `&self` and requests may run concurrently.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+use crate::proto::{
+    self, Frame, LineDecoder, Request, RequestBody, Response, MAX_LINE, PROTOCOL_VERSION,
+};
+pub use crate::proto::{ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+
+/// Slack added to an exec's own timeout before the host gives up on the
+/// reply (the guest enforces the timeout itself; TCG guests can be slow).
+const EXEC_GRACE: Duration = Duration::from_secs(10);
+/// Time allowed for quick requests (info, set_hostname).
+const QUICK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a clean shutdown to be acked (stop processes, sync, remount).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot connect to the agent socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("agent did not answer {what} within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+    #[error("agent connection closed: {0}")]
+    Closed(String),
+    #[error("agent protocol error: {0}")]
+    Protocol(String),
+    #[error("agent failed ({kind}): {message}")]
+    Guest { kind: String, message: String },
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Response>>,
+    /// Set once the reader has stopped: why the connection is gone.
+    closed: Option<String>,
+}
+
+/// A connection to one partition's agent.
+pub struct AgentClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl AgentClient {
+    /// Connect to the unix socket QEMU serves the port on
+    /// (`-chardev socket,id=agent0,path=P,server=on,wait=off`).
+    pub async fn connect(path: &Path) -> Result<AgentClient, AgentError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| AgentError::Connect {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self::from_stream(stream))
+    }
+
+    /// Wraps an already connected stream (tests, or a socket passed in).
+    pub fn from_stream(stream: UnixStream) -> AgentClient {
+        let (mut rd, wr) = stream.into_split();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let pending2 = pending.clone();
+        let reader = tokio::spawn(async move {
+            let mut decoder = LineDecoder::new(MAX_LINE);
+            let mut buf = vec![0u8; 65536];
+            let reason = loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) => break "end of stream (QEMU or the guest went away)".to_string(),
+                    Ok(n) => n,
+                    Err(e) => break format!("read: {e}"),
+                };
+                for frame in decoder.push(&buf[..n]) {
+                    let Frame::Line(line) = frame else {
+                        tracing::warn!("agent sent an over-long line; dropped");
+                        continue;
+                    };
+                    match serde_json::from_slice::<Response>(&line) {
+                        Ok(resp) => {
+                            let tx = pending2.lock().unwrap().waiting.remove(&resp.id);
+                            match tx {
+                                Some(tx) => {
+                                    let _ = tx.send(resp);
+                                }
+                                // A late answer to a request that timed out
+                                // (e.g. an early hello): nobody waits for it.
+                                None => tracing::debug!(id = resp.id, "unclaimed agent reply"),
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            "undecodable agent reply: {e}: {}",
+                            String::from_utf8_lossy(&line[..line.len().min(200)])
+                        ),
+                    }
+                }
+            };
+            let mut p = pending2.lock().unwrap();
+            p.closed = Some(reason);
+            // Dropping the senders wakes every waiter with "closed".
+            p.waiting.clear();
+        });
+        AgentClient {
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            next_id: AtomicU64::new(1),
+            reader,
+        }
+    }
+
+    fn closed_error(&self) -> AgentError {
+        let reason = self.pending.lock().unwrap().closed.clone();
+        AgentError::Closed(reason.unwrap_or_else(|| "connection lost".into()))
+    }
+
+    /// Sends one request and waits up to `timeout` for its reply.
+    async fn call(
+        &self,
+        body: RequestBody,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().unwrap();
+            if let Some(reason) = &p.closed {
+                return Err(AgentError::Closed(reason.clone()));
+            }
+            p.waiting.insert(id, tx);
+        }
+        let line = proto::encode_line(&Request { id, body });
+        let write = async {
+            let mut w = self.writer.lock().await;
+            w.write_all(&line).await
+        };
+        if let Err(e) = write.await {
+            self.pending.lock().unwrap().waiting.remove(&id);
+            return Err(AgentError::Closed(format!("write: {e}")));
+        }
+        let resp = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => return Err(self.closed_error()),
+            Err(_) => {
+                self.pending.lock().unwrap().waiting.remove(&id);
+                return Err(AgentError::Timeout {
+                    what: what.to_string(),
+                    timeout,
+                });
+            }
+        };
+        match (resp.ok, resp.err) {
+            (_, Some(err)) => Err(AgentError::Guest {
+                kind: err.kind,
+                message: err.message,
+            }),
+            (Some(v), None) => Ok(v),
+            (None, None) => Err(AgentError::Protocol(format!(
+                "reply {id} to {what} has neither \"ok\" nor \"err\""
+            ))),
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<T, AgentError> {
+        serde_json::from_value(v)
+            .map_err(|e| AgentError::Protocol(format!("bad reply to {what}: {e}")))
+    }
+
+    /// Handshake: re-sends hello (the guest drops bytes until the agent opens
+    /// the port) until the agent answers or the timeout passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyInfo, AgentError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut every = Duration::from_millis(100);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(AgentError::Timeout {
+                    what: "hello".into(),
+                    timeout,
+                });
+            }
+            let body = RequestBody::Hello {
+                min_version: PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+            };
+            match self.call(body, "hello", every.min(left)).await {
+                Ok(v) => {
+                    let info: ReadyInfo = Self::decode(v, "hello")?;
+                    if info.protocol_version != PROTOCOL_VERSION {
+                        return Err(AgentError::Protocol(format!(
+                            "agent chose protocol {}, expected {PROTOCOL_VERSION}",
+                            info.protocol_version
+                        )));
+                    }
+                    return Ok(info);
+                }
+                Err(AgentError::Timeout { .. }) => {
+                    every = (every * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs `argv` in the guest; the guest kills it after `timeout`
+    /// ([`AgentError::Timeout`]).
+    pub async fn exec(
+        &self,
+        argv: &[String],
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, AgentError> {
+        let what = format!("exec {:?}", argv.first().map(String::as_str).unwrap_or(""));
+        let body = RequestBody::Exec {
+            argv: argv.to_vec(),
+            stdin,
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        };
+        match self.call(body, &what, timeout + EXEC_GRACE).await {
+            Ok(v) => Self::decode(v, &what),
+            Err(AgentError::Guest { kind, .. }) if kind == "timeout" => {
+                Err(AgentError::Timeout { what, timeout })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Memory, uptime, load, CPUs and host name of the guest.
+    pub async fn info(&self) -> Result<GuestInfo, AgentError> {
+        let v = self.call(RequestBody::Info, "info", QUICK_TIMEOUT).await?;
+        Self::decode(v, "info")
+    }
+
+    pub async fn set_hostname(&self, name: &str) -> Result<(), AgentError> {
+        let body = RequestBody::SetHostname { name: name.into() };
+        self.call(body, "set_hostname", QUICK_TIMEOUT).await?;
+        Ok(())
+    }
+
+    /// Clean shutdown; returns once the agent acked (disks synced). The guest
+    /// powers off (or reboots) right after.
+    pub async fn shutdown(&self, action: PowerAction) -> Result<(), AgentError> {
+        self.call(
+            RequestBody::Shutdown { action },
+            "shutdown",
+            SHUTDOWN_TIMEOUT,
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A scripted fake agent on the other end of a socketpair: answers each
+    /// request line with whatever `answer` returns (None = stay silent).
+    fn fake_agent(
+        answer: impl Fn(Request) -> Option<String> + Send + 'static,
+    ) -> (AgentClient, tokio::task::JoinHandle<()>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let task = tokio::spawn(async move {
+            let (rd, mut wr) = b.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req = proto::decode_request(line.as_bytes()).unwrap();
+                if let Some(mut out) = answer(req) {
+                    out.push('\n');
+                    wr.write_all(out.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        (AgentClient::from_stream(a), task)
+    }
+
+    fn ready(id: u64) -> String {
+        let info = ReadyInfo {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "t".into(),
+            boot_ms: 1234,
+            hostname: "h".into(),
+            ncpus: 2,
+            kernel_release: "6.1".into(),
+            root_lu: false,
+        };
+        String::from_utf8(proto::encode_line(&Response::ok(id, &info)))
+            .unwrap()
+            .trim_end()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn wait_ready_resends_hello_until_answered() {
+        // Drops the first two hellos, as a guest that has not opened the port yet.
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        let (c, _t) = fake_agent(move |req| {
+            let n = s.fetch_add(1, Ordering::SeqCst);
+            (n >= 2).then(|| ready(req.id))
+        });
+        let info = c.wait_ready(Duration::from_secs(20)).await.unwrap();
+        assert_eq!(info.boot_ms, 1234);
+        assert_eq!(info.ncpus, 2);
+        assert!(seen.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn wait_ready_times_out() {
+        let (c, _t) = fake_agent(|_| None);
+        let e = c.wait_ready(Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(e, AgentError::Timeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_are_demultiplexed() {
+        // Answers exec requests with their argv[0] as stdout.
+        let (c, _t) = fake_agent(|req| match req.body {
+            RequestBody::Exec { argv, .. } => {
+                let out = ExecOutput {
+                    code: argv[0].len() as i32,
+                    stdout: argv[0].as_bytes().to_vec(),
+                    stderr: vec![],
+                };
+                Some(
+                    String::from_utf8(proto::encode_line(&Response::ok(req.id, &out)))
+                        .unwrap()
+                        .trim_end()
+                        .into(),
+                )
+            }
+            _ => None,
+        });
+        let c = Arc::new(c);
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let word = "x".repeat(i + 1);
+                let out = c
+                    .exec(std::slice::from_ref(&word), None, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                assert_eq!(out.stdout, word.as_bytes());
+                assert_eq!(out.code, (i + 1) as i32);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_are_distinguished() {
+        let (c, t) = fake_agent(|req| match req.body {
+            RequestBody::SetHostname { .. } => Some(format!(
+                "{{\"id\":{},\"err\":{{\"kind\":\"bad_request\",\"message\":\"no\"}}}}",
+                req.id
+            )),
+            RequestBody::Info => Some(format!("{{\"id\":{},\"ok\":{{\"x\":1}}}}", req.id)),
+            RequestBody::Exec { .. } => Some(format!(
+                "{{\"id\":{},\"err\":{{\"kind\":\"timeout\",\"message\":\"killed\"}}}}",
+                req.id
+            )),
+            _ => Some(format!("{{\"id\":{}}}", req.id)),
+        });
+        match c.set_hostname("x").await {
+            Err(AgentError::Guest { kind, message }) => {
+                assert_eq!(kind, "bad_request");
+                assert_eq!(message, "no");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(c.info().await, Err(AgentError::Protocol(_))));
+        assert!(matches!(
+            c.exec(&["sleep".into()], None, Duration::from_millis(10))
+                .await,
+            Err(AgentError::Timeout { .. })
+        ));
+        assert!(matches!(
+            c.shutdown(PowerAction::Poweroff).await,
+            Err(AgentError::Protocol(_))
+        ));
+        t.abort();
+        let _ = t.await;
+        // The fake agent's socket is gone now: requests fail as closed.
+        let e = c.info().await.unwrap_err();
+        assert!(matches!(e, AgentError::Closed(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn connect_failure_names_the_path() {
+        let e = AgentClient::connect(Path::new("/nonexistent/agent.sock"))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(e, AgentError::Connect { .. }));
+        assert!(e.to_string().contains("/nonexistent/agent.sock"));
+    }
+}
