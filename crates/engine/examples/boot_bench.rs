@@ -1,0 +1,186 @@
+//! Engine benchmarks, each next to its peer:
+//! 1. start-to-ready through the engine vs plain QEMU started by hand on the
+//!    same image and command line (ready = the agent's ready line for plain
+//!    QEMU; the agent's handshake reply for the engine, which comes after it);
+//! 2. QMP round-trip latency (query-status) through the engine's client;
+//! 3. N partitions of 128 MiB started at once: total time and memory.
+//!
+//! `cargo run --release -p bulkhead-engine --example boot_bench -- [BOOTS] [CONCURRENT]`
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bulkhead_engine::{cmdline, host, LaunchOptions, Partition, PartitionSpec};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const READY: Duration = Duration::from_secs(300);
+
+fn image() -> PathBuf {
+    std::env::var_os("BULKHEAD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image"))
+}
+
+fn spec(name: &str, mib: u64) -> PartitionSpec {
+    let img = image();
+    let mut s = PartitionSpec::new(name, img.join("vmlinux"), img.join("initramfs.cpio.gz"));
+    s.memory_mib = mib;
+    s
+}
+
+async fn engine_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<Duration> {
+    let mut o = LaunchOptions::new(dir.join(format!("e{i}")));
+    o.kill_on_drop = true;
+    let t0 = Instant::now();
+    let p = Partition::start(spec(&format!("bench-{i}"), 256), o, READY).await?;
+    let t = t0.elapsed();
+    p.kill().await?;
+    Ok(t)
+}
+
+/// Plain QEMU: the same machine and kernel command line, console on stdout,
+/// the agent port backed by a null chardev; timed to the ready line.
+async fn plain_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<Duration> {
+    let s = spec(&format!("plain-{i}"), 256);
+    let r = cmdline::Resolved {
+        machine: cmdline::ResolvedMachine::for_spec(&s),
+        kvm: false,
+        tsc_khz: host::probe().tsc_khz,
+        qmp_fd: -1,
+        agent_fd: -1,
+        console_fd: -1,
+        console_log: dir.join("unused.log"),
+        pidfile: dir.join(format!("plain{i}.pid")),
+        taps: vec![],
+        macs: vec![],
+        sandbox: true,
+        run_as: None,
+        incoming: None,
+    };
+    let append = cmdline::kernel_cmdline(&s, &r);
+    let t0 = Instant::now();
+    let mut child = tokio::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "microvm", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&s.boot.kernel)
+        .arg("-initrd")
+        .arg(s.boot.initramfs.as_ref().unwrap())
+        .args(["-append", &append, "-serial", "stdio"])
+        .args(["-chardev", "null,id=agent0", "-device", "virtio-serial-device,id=vser0"])
+        .args(["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={}", cmdline::AGENT_PORT)])
+        .args(["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let found = tokio::time::timeout(READY, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("bulkhead-agent: ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    let t = t0.elapsed();
+    child.kill().await?;
+    anyhow::ensure!(found, "plain QEMU never printed the ready line");
+    Ok(t)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let boots: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let concurrent: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let dir = tempfile::tempdir()?;
+
+    // 1. Start-to-ready, alternating engine and plain runs so drift hits both.
+    let (mut eng, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..boots {
+        eng.push(engine_boot(dir.path(), i).await?);
+        plain.push(plain_boot(dir.path(), i).await?);
+    }
+    let (e50, e90) = (pct(&mut eng, 0.5), pct(&mut eng, 0.9));
+    let (p50, p90) = (pct(&mut plain, 0.5), pct(&mut plain, 0.9));
+    println!("start-to-ready, {boots} boots each, microvm TCG, 1 vCPU, 256 MiB");
+    println!("  {:<22} {:>10} {:>10}", "", "median ms", "p90 ms");
+    println!("  {:<22} {:>10.0} {:>10.0}", "bulkhead engine", ms(e50), ms(e90));
+    println!("  {:<22} {:>10.0} {:>10.0}", "plain QEMU by hand", ms(p50), ms(p90));
+    println!("  ratio engine/plain: median {:.3}, p90 {:.3}", ms(e50) / ms(p50), ms(e90) / ms(p90));
+
+    // 2. QMP round trip.
+    let mut o = LaunchOptions::new(dir.path().join("qmp"));
+    o.kill_on_drop = true;
+    let p = Partition::launch(spec("bench-qmp", 256), o).await?;
+    let mut rtt = Vec::new();
+    for _ in 0..2000 {
+        let t0 = Instant::now();
+        p.qmp().query_status().await?;
+        rtt.push(t0.elapsed());
+    }
+    println!(
+        "QMP round trip (query-status, 2000 calls): median {:.1} us, p99 {:.1} us",
+        pct(&mut rtt, 0.5).as_secs_f64() * 1e6,
+        pct(&mut rtt, 0.99).as_secs_f64() * 1e6
+    );
+    p.kill().await?;
+
+    // 3. Concurrent partitions.
+    let t0 = Instant::now();
+    let starts = (0..concurrent).map(|i| {
+        let mut o = LaunchOptions::new(dir.path().join(format!("c{i}")));
+        o.kill_on_drop = true;
+        Partition::start(spec(&format!("bench-c{i}"), 128), o, READY)
+    });
+    let parts: Vec<Partition> = futures_join_all(starts).await?;
+    let total = t0.elapsed();
+    let rss: u64 = parts.iter().map(|p| rss_kib(p.pid())).sum();
+    println!(
+        "{concurrent} partitions of 128 MiB started at once: all ready in {:.1} s, QEMU RSS total {} MiB ({} MiB each)",
+        total.as_secs_f64(),
+        rss / 1024,
+        rss / 1024 / concurrent as u64
+    );
+    for p in &parts {
+        p.kill().await?;
+    }
+    Ok(())
+}
+
+async fn futures_join_all<F, T, E>(futs: impl Iterator<Item = F>) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task")?);
+    }
+    Ok(out)
+}
