@@ -17,6 +17,8 @@ enum Command {
     /// Partitions: run one in the foreground.
     #[command(subcommand)]
     Partition(partition::PartitionCommand),
+    /// Shared port: many servers behind one port, routed by TLS SNI or HTTP Host.
+    Portshare(bulkhead_portshare::cli::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Partition(c) => partition::run(c),
+        Command::Portshare(a) => bulkhead_portshare::cli::run(a),
     }
 }
