@@ -1,0 +1,232 @@
+//! The API's vocabulary: every call is one [`ApiRequest`] (as Firecracker's
+//! `VmmAction` and Cloud Hypervisor's `ApiRequest`), answered by
+//! `Manager::handle` in one place; the HTTP layer only translates.
+
+use bulkhead_store::{DiskRecord, Event, PartitionRecord, RestartPolicy};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/partitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePartition {
+    pub name: String,
+    #[serde(default = "one")]
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// CPU entitlement, percent of one host CPU.
+    pub cpu_percent: u32,
+    /// Guest image directory; the daemon's default when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Extra kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub disks: Vec<DiskRecord>,
+    /// Attach to the internal VLAN with a manager-assigned address.
+    #[serde(default)]
+    pub net: bool,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Body of `POST /v1/partitions/{name}/start` and `.../restart`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartOptions {
+    /// Answer only once the agent reports ready (or the start failed).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Body of `POST /v1/partitions/{name}/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopOptions {
+    /// Kill QEMU at once instead of shutting the guest down.
+    #[serde(default)]
+    pub force: bool,
+    /// Graceful stop budget before QEMU is killed; the daemon's default when absent.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Body of `POST /v1/partitions/{name}/exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// One typed command per API call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiRequest {
+    Ping,
+    Host,
+    List,
+    Show {
+        name: String,
+    },
+    Create(CreatePartition),
+    Start {
+        name: String,
+        opts: StartOptions,
+    },
+    Stop {
+        name: String,
+        opts: StopOptions,
+    },
+    Restart {
+        name: String,
+        opts: StartOptions,
+    },
+    Destroy {
+        name: String,
+        force: bool,
+    },
+    Exec {
+        name: String,
+        req: ExecRequest,
+    },
+    Stats {
+        name: String,
+    },
+    /// Resolves the console socket of a running partition (the HTTP layer splices it).
+    Console {
+        name: String,
+    },
+    ConsoleLog {
+        name: String,
+        tail_lines: usize,
+    },
+}
+
+/// What `show` returns: the record plus what only the daemon knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartitionView {
+    #[serde(flatten)]
+    pub record: PartitionRecord,
+    /// Memory limit of the partition's cgroup (guest + QEMU overhead), MiB.
+    pub memory_limit_mib: u64,
+    #[serde(default)]
+    pub tap: Option<String>,
+    #[serde(default)]
+    pub console_log: Option<String>,
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub name: String,
+    pub state: String,
+    pub cpu_entitlement_percent: u32,
+    /// CPU time used by QEMU (all threads) since it started, ns.
+    pub cpu_time_ns: u64,
+    /// Average CPU use since start, percent of one CPU.
+    pub cpu_avg_percent: f64,
+    /// CPU use over the last sampling interval, percent of one CPU.
+    pub cpu_recent_percent: f64,
+    pub cpu_limit_percent: Option<u64>,
+    /// Memory charged to the partition's cgroup (guest + QEMU), bytes.
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    /// QEMU's resident set, bytes.
+    pub rss_bytes: u64,
+    pub uptime_ms: u64,
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub guest: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    pub version: String,
+    pub cgroup_version: u8,
+    pub bridge: String,
+    pub subnet: String,
+    pub capacity: crate::capacity::Capacity,
+    pub allocated: crate::capacity::Demand,
+    pub running: crate::capacity::Demand,
+    pub partitions: usize,
+}
+
+/// Every failure the API reports: a status, a stable code and one line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("partition {0:?} not found")]
+    NotFound(String),
+    #[error("partition {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    OverCapacity(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("no such API endpoint: {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    Engine(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Unauthorized => 401,
+            Self::NotFound(_) | Self::NoRoute(_) => 404,
+            Self::AlreadyExists(_) | Self::Conflict(_) => 409,
+            Self::OverCapacity(_) => 507,
+            Self::Engine(_) => 502,
+            Self::Internal(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "invalid_argument",
+            Self::NotFound(_) => "not_found",
+            Self::AlreadyExists(_) => "already_exists",
+            Self::Conflict(_) => "conflict",
+            Self::OverCapacity(_) => "over_capacity",
+            Self::Unauthorized => "unauthorized",
+            Self::NoRoute(_) => "no_route",
+            Self::Engine(_) => "engine",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+}
+
+impl From<bulkhead_store::StoreError> for ApiError {
+    fn from(e: bulkhead_store::StoreError) -> Self {
+        use bulkhead_store::StoreError as S;
+        match e {
+            S::AlreadyExists(n) => Self::AlreadyExists(n),
+            S::NotFound(n) => Self::NotFound(n),
+            S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! `bulkhead serve` (the daemon) and the API-client half of
+//! `bulkhead partition ...`.
+
+use crate::client::{Client, Endpoint};
+use crate::config::{Config, DEFAULT_SOCKET};
+use anyhow::Context;
+use hyper::Method;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; embedded defaults when absent.
+    #[arg(long, env = "BULKHEAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (state database, run directories); overrides the file.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// API unix socket; overrides the file.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+}
+
+/// Runs bulkheadd until SIGINT or SIGTERM. Partitions keep running after it.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(args.config.as_deref(), args.data_dir, args.socket)?;
+    tracing::info!(data_dir = %cfg.data_dir.display(), bridge = %cfg.network.bridge, "bulkheadd starting");
+    let manager = crate::manager::Manager::open(cfg).await?;
+    let c = manager.capacity();
+    tracing::info!(
+        cpus = c.host_cpus,
+        memory_mib = c.host_memory_mib,
+        "host capacity"
+    );
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    crate::server::serve(manager, shutdown).await
+}
+
+/// How to reach the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// bulkheadd's unix socket.
+    #[arg(long, env = "BULKHEAD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Use the TCP API at host:port instead of the socket.
+    #[arg(long, env = "BULKHEAD_API")]
+    pub api: Option<String>,
+    /// Bearer token for the TCP API.
+    #[arg(long, env = "BULKHEAD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    pub fn client(&self) -> Client {
+        match &self.api {
+            Some(addr) => Client::new(Endpoint::Tcp {
+                addr: addr.clone(),
+                token: self.token.clone(),
+            }),
+            None => Client::unix(&self.socket),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory, e.g. 256M or 1G.
+    #[arg(long)]
+    pub memory: String,
+    /// CPU entitlement in percent of one host CPU, e.g. 50%.
+    #[arg(long)]
+    pub cpu: String,
+    /// A disk: PATH[:ro] (qcow2 by extension, raw otherwise); repeatable.
+    #[arg(long)]
+    pub disk: Vec<String>,
+    /// Attach to the host's internal VLAN with an assigned address.
+    #[arg(long)]
+    pub net: bool,
+    /// Guest image directory (the daemon's default when absent).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Extra kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// never, on-failure or always.
+    #[arg(long, default_value = "never")]
+    pub restart: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NameArgs {
+    pub name: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    pub name: String,
+    /// Return once the agent reports ready.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    pub name: String,
+    /// Kill QEMU at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds for the graceful stop before QEMU is killed.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    pub name: String,
+    /// Destroy even if it runs (QEMU is killed).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsoleArgs {
+    pub name: String,
+    /// Print the last lines of the console log instead of attaching.
+    #[arg(long)]
+    pub log: bool,
+    #[arg(long, default_value_t = 50)]
+    pub lines: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Seconds before the guest kills the command.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+/// The partition commands served by bulkheadd.
+#[derive(Debug, clap::Subcommand)]
+pub enum PartitionCommand {
+    /// Define a partition.
+    Create(CreateArgs),
+    /// Start a partition.
+    Start(StartArgs),
+    /// Stop a partition (graceful through the agent, forced after a timeout).
+    Stop(StopArgs),
+    /// Stop then start a partition.
+    Restart(StartArgs),
+    /// Remove a partition (refuses a running one unless --force).
+    Destroy(DestroyArgs),
+    /// List partitions.
+    List(ListArgs),
+    /// Show one partition with its recent events.
+    Show(NameArgs),
+    /// Attach to the serial console (Ctrl-] detaches), or print its log.
+    Console(ConsoleArgs),
+    /// Run a command in the partition through its agent.
+    Exec(ExecArgs),
+    /// CPU time used vs entitlement, memory, uptime.
+    Stats(NameArgs),
+}
+
+/// Parses `50%` or `50` as a percentage.
+pub fn parse_percent(s: &str) -> anyhow::Result<u32> {
+    let t = s.trim().trim_end_matches('%');
+    t.parse::<u32>()
+        .ok()
+        .with_context(|| format!("--cpu {s:?} must be a percentage such as 50%"))
+}
+
+pub fn parse_disk(s: &str) -> anyhow::Result<Value> {
+    let (path, ro) = match s.strip_suffix(":ro") {
+        Some(p) => (p, true),
+        None => (s, false),
+    };
+    let abs = std::path::absolute(path).with_context(|| format!("disk {path:?}"))?;
+    let format = if path.ends_with(".qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    Ok(json!({ "path": abs, "format": format, "readonly": ro }))
+}
+
+pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
+    match cmd {
+        PartitionCommand::Create(a) => {
+            let memory_mib =
+                bulkhead_engine::spec::parse_mib(&a.memory).map_err(anyhow::Error::msg)?;
+            let disks = a
+                .disk
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let body = json!({
+                "name": a.name, "vcpus": a.vcpus, "memory_mib": memory_mib,
+                "cpu_percent": parse_percent(&a.cpu)?, "disks": disks, "net": a.net,
+                "image": a.image, "cmdline": a.cmdline,
+                "restart_policy": a.restart.parse::<bulkhead_store::RestartPolicy>().map_err(anyhow::Error::msg)?,
+            });
+            let v = a.api.client().post("/v1/partitions", &body).await?;
+            print_record(&v, a.json);
+        }
+        PartitionCommand::Start(a) => {
+            let v = a
+                .api
+                .client()
+                .post(&path(&a.name, "start"), &json!({ "wait": a.wait }))
+                .await?;
+            print_record(&v, a.json);
+        }
+        PartitionCommand::Restart(a) => {
+            let v = a
+                .api
+                .client()
+                .post(&path(&a.name, "restart"), &json!({ "wait": a.wait }))
+                .await?;
+            print_record(&v, a.json);
+        }
+        PartitionCommand::Stop(a) => {
+            let v = a
+                .api
+                .client()
+                .post(
+                    &path(&a.name, "stop"),
+                    &json!({ "force": a.force, "timeout_secs": a.timeout }),
+                )
+                .await?;
+            print_record(&v, a.json);
+        }
+        PartitionCommand::Destroy(a) => {
+            let q = if a.force { "?force=true" } else { "" };
+            a.api
+                .client()
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/partitions/{}{q}", a.name),
+                    None,
+                )
+                .await?;
+            println!("destroyed {}", a.name);
+        }
+        PartitionCommand::List(a) => {
+            let v = a.api.client().get("/v1/partitions").await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", list_table(&v));
+            }
+        }
+        PartitionCommand::Show(a) => {
+            let v = a
+                .api
+                .client()
+                .get(&format!("/v1/partitions/{}", a.name))
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", show_text(&v));
+            }
+        }
+        PartitionCommand::Stats(a) => {
+            let v = a.api.client().get(&path(&a.name, "stats")).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", stats_text(&v));
+            }
+        }
+        PartitionCommand::Exec(a) => {
+            let v = a
+                .api
+                .client()
+                .post(
+                    &path(&a.name, "exec"),
+                    &json!({ "argv": a.argv, "timeout_secs": a.timeout }),
+                )
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let mut out = tokio::io::stdout();
+            out.write_all(v["stdout"].as_str().unwrap_or("").as_bytes())
+                .await?;
+            out.flush().await?;
+            eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+            let code = v["code"].as_i64().unwrap_or(1) as i32;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
+        PartitionCommand::Console(a) => {
+            let client = a.api.client();
+            if a.log || a.json {
+                let v = client
+                    .get(&format!("{}?lines={}", path(&a.name, "console"), a.lines))
+                    .await?;
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    for l in v["lines"].as_array().into_iter().flatten() {
+                        println!("{}", l.as_str().unwrap_or(""));
+                    }
+                }
+                return Ok(());
+            }
+            attach(&client, &a.name).await?;
+        }
+    }
+    Ok(())
+}
+
+fn path(name: &str, action: &str) -> String {
+    format!("/v1/partitions/{name}/{action}")
+}
+
+/// Console: guest output to stdout, stdin to the guest, until Ctrl-] or EOF
+/// from the guest side.
+async fn attach(client: &Client, name: &str) -> anyhow::Result<()> {
+    let stream = client.console(name).await?;
+    eprintln!("bulkhead: attached to {name}'s console; Ctrl-] detaches");
+    let (mut r, mut w) = tokio::io::split(stream);
+    let out = async {
+        let mut stdout = tokio::io::stdout();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            stdout.write_all(&buf[..n]).await?;
+            stdout.flush().await?;
+        }
+        anyhow::Ok(())
+    };
+    let inp = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stdin.read(&mut buf).await?;
+            if n == 0 {
+                // Our stdin ended (a pipe): keep showing output.
+                std::future::pending::<()>().await;
+            }
+            if let Some(i) = buf[..n].iter().position(|b| *b == 0x1d) {
+                w.write_all(&buf[..i]).await?;
+                break;
+            }
+            w.write_all(&buf[..n]).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        r = out => r?,
+        r = inp => r?,
+    }
+    eprintln!("\nbulkhead: detached");
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Aligned columns, the widths taken from the content.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, out: &mut String| {
+        let last = cells.len() - 1;
+        for (i, c) in cells.into_iter().enumerate() {
+            if i == last {
+                out.push_str(&c);
+            } else {
+                out.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect(), &mut out);
+    for r in rows {
+        line(r.clone(), &mut out);
+    }
+    out
+}
+
+pub fn list_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                s(&p["name"]),
+                s(&p["state"]),
+                s(&p["vcpus"]),
+                format!("{}M", s(&p["memory_mib"])),
+                format!("{}%", s(&p["cpu_percent"])),
+                s(&p["net"]["ip"]),
+                s(&p["pid"]),
+                p["last_exit"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "VCPUS",
+            "MEMORY",
+            "CPU",
+            "ADDRESS",
+            "PID",
+            "LAST EXIT",
+        ],
+        &rows,
+    )
+}
+
+fn print_record(v: &Value, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        println!(
+            "{} {} (pid {}, address {})",
+            s(&v["name"]),
+            s(&v["state"]),
+            s(&v["pid"]),
+            s(&v["net"]["ip"])
+        );
+    }
+}
+
+fn ms_ago(at: &Value) -> String {
+    match at.as_u64() {
+        Some(t) => {
+            let secs = bulkhead_store::now_ms().saturating_sub(t) / 1000;
+            format!("{secs}s ago")
+        }
+        None => "-".into(),
+    }
+}
+
+pub fn show_text(v: &Value) -> String {
+    let mut rows = vec![
+        ("name", s(&v["name"])),
+        (
+            "state",
+            format!("{} (since {})", s(&v["state"]), ms_ago(&v["state_since"])),
+        ),
+        ("vcpus", s(&v["vcpus"])),
+        (
+            "memory",
+            format!(
+                "{} MiB (cgroup limit {} MiB with QEMU)",
+                s(&v["memory_mib"]),
+                s(&v["memory_limit_mib"])
+            ),
+        ),
+        (
+            "cpu entitlement",
+            format!("{}% of one CPU", s(&v["cpu_percent"])),
+        ),
+        ("address", s(&v["net"]["ip"])),
+        ("mac", s(&v["net"]["mac"])),
+        ("tap", s(&v["tap"])),
+        (
+            "restart policy",
+            format!(
+                "{} (restarts {})",
+                s(&v["restart_policy"]),
+                s(&v["restarts"])
+            ),
+        ),
+        ("pid", s(&v["pid"])),
+        ("started", ms_ago(&v["started_at"])),
+        ("last exit", s(&v["last_exit"])),
+        ("console log", s(&v["console_log"])),
+    ];
+    for d in v["disks"].as_array().into_iter().flatten() {
+        rows.push((
+            "disk",
+            format!(
+                "{} ({}{})",
+                s(&d["path"]),
+                s(&d["format"]),
+                if d["readonly"].as_bool() == Some(true) {
+                    ", ro"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let mut out = String::new();
+    for (k, val) in rows {
+        out.push_str(&format!("{:<16} {val}\n", format!("{k}:")));
+    }
+    out.push_str("events:\n");
+    for e in v["events"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {:>8}  {}\n",
+            ms_ago(&e["at"]),
+            s(&e["message"])
+        ));
+    }
+    out
+}
+
+pub fn stats_text(v: &Value) -> String {
+    let mib = |x: &Value| format!("{:.1} MiB", x.as_f64().unwrap_or(0.0) / 1048576.0);
+    let mut out = String::new();
+    let rows = [
+        ("state", s(&v["state"])),
+        (
+            "cpu entitlement",
+            format!("{}%", s(&v["cpu_entitlement_percent"])),
+        ),
+        ("cpu now", format!("{}%", s(&v["cpu_recent_percent"]))),
+        ("cpu average", format!("{}%", s(&v["cpu_avg_percent"]))),
+        (
+            "cpu time",
+            format!("{:.2} s", v["cpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9),
+        ),
+        (
+            "memory (cgroup)",
+            format!(
+                "{} of {}",
+                mib(&v["memory_bytes"]),
+                mib(&v["memory_limit_bytes"])
+            ),
+        ),
+        ("qemu rss", mib(&v["rss_bytes"])),
+        (
+            "uptime",
+            format!("{:.1} s", v["uptime_ms"].as_f64().unwrap_or(0.0) / 1e3),
+        ),
+    ];
+    for (k, val) in rows {
+        out.push_str(&format!("{:<16} {val}\n", format!("{k}:")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_and_disk_parsing() {
+        assert_eq!(parse_percent("50%").unwrap(), 50);
+        assert_eq!(parse_percent("25").unwrap(), 25);
+        assert!(parse_percent("half").is_err());
+        assert!(parse_percent("-5%").is_err());
+        let d = parse_disk("/x/a.qcow2:ro").unwrap();
+        assert_eq!(d["format"], "qcow2");
+        assert_eq!(d["readonly"], true);
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "B"],
+            &[
+                vec!["long-name".into(), "x".into()],
+                vec!["s".into(), "y".into()],
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A          B");
+        assert_eq!(lines[1], "long-name  x");
+        assert_eq!(lines[2], "s          y");
+    }
+}

@@ -1,0 +1,273 @@
+//! bulkheadd's configuration: a TOML file over embedded defaults that suit
+//! one machine; `--data-dir` and `--socket` override the file.
+
+use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// State database, per-partition run directories, console logs.
+    pub data_dir: PathBuf,
+    /// The API's unix socket (mode 0600).
+    pub socket: PathBuf,
+    /// Default guest image directory (vmlinux + initramfs.cpio.gz).
+    pub image_dir: PathBuf,
+    pub api: ApiConfig,
+    pub network: NetworkConfig,
+    pub capacity: CapacityConfig,
+    pub partitions: PartitionDefaults,
+    pub cgroup: CgroupConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Also serve the API on this TCP address; requires a token.
+    pub tcp: Option<SocketAddr>,
+    /// Bearer token for TCP clients.
+    pub token: Option<String>,
+    /// File holding the bearer token (first line), instead of `token`.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The internal VLAN's Linux bridge (≤ 15 characters).
+    pub bridge: String,
+    /// The VLAN's IPv4 subnet; the bridge takes the first host address.
+    pub subnet: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// Host CPUs to plan with; detected when absent.
+    pub cpus: Option<u32>,
+    /// Host memory to plan with, MiB; detected when absent.
+    pub memory_mib: Option<u64>,
+    /// Sum of entitlements may reach host CPUs × 100% × this ratio.
+    pub cpu_overcommit: f64,
+    /// Memory kept for the host itself, MiB.
+    pub memory_reserve_mib: u64,
+    /// QEMU's own memory on top of the guest's, MiB: counted in capacity and in
+    /// the partition's cgroup limit.
+    pub qemu_overhead_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PartitionDefaults {
+    /// How long `start --wait` waits for the agent's ready.
+    pub ready_timeout_secs: u64,
+    /// How long a graceful stop waits before killing QEMU.
+    pub stop_timeout_secs: u64,
+    /// Console log size at which it is rotated (one old generation kept).
+    pub console_log_max_bytes: u64,
+    /// Policy restarts allowed before a partition is left failed.
+    pub max_restarts: u32,
+    /// Guest vCPUs and memory accepted per partition.
+    pub max_vcpus: u32,
+    pub min_memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// Parent of every partition's cgroup, in each hierarchy (v1) or the
+    /// unified tree (v2). Each daemon uses `<parent>/<instance>/<partition>`.
+    pub parent: String,
+    /// Distinguishes daemons sharing a host; derived from the data directory when absent.
+    pub instance: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let image_dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                PathBuf::from(home).join(".cache/bulkhead/image")
+            });
+        Self {
+            data_dir: "/var/lib/bulkhead".into(),
+            socket: DEFAULT_SOCKET.into(),
+            image_dir,
+            api: ApiConfig::default(),
+            network: NetworkConfig::default(),
+            capacity: CapacityConfig::default(),
+            partitions: PartitionDefaults::default(),
+            cgroup: CgroupConfig::default(),
+        }
+    }
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/bulkhead/bulkheadd.sock";
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "bulkhead0".into(),
+            subnet: "10.77.0.0/24".into(),
+        }
+    }
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            cpus: None,
+            memory_mib: None,
+            cpu_overcommit: 4.0,
+            memory_reserve_mib: 1024,
+            qemu_overhead_mib: 192,
+        }
+    }
+}
+
+impl Default for PartitionDefaults {
+    fn default() -> Self {
+        Self {
+            ready_timeout_secs: 120,
+            stop_timeout_secs: 30,
+            console_log_max_bytes: 1 << 20,
+            max_restarts: 5,
+            max_vcpus: 64,
+            min_memory_mib: 64,
+        }
+    }
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            parent: "bulkhead".into(),
+            instance: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` over the defaults (the defaults alone when `None`), then
+    /// applies the command-line overrides and checks the result.
+    pub fn load(
+        path: Option<&Path>,
+        data_dir: Option<PathBuf>,
+        socket: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading config {}: {e}", p.display()))?;
+                Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", p.display()))?
+            }
+            None => Self::default(),
+        };
+        if let Some(d) = data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(s) = socket {
+            cfg.socket = s;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        crate::net::Subnet::parse(&self.network.subnet)?;
+        let b = &self.network.bridge;
+        if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
+            anyhow::bail!("network.bridge {b:?} is not a valid interface name (1-15 characters)");
+        }
+        if self.api.tcp.is_some() && self.token()?.is_none() {
+            anyhow::bail!("api.tcp needs api.token or api.token_file: the TCP API is never open");
+        }
+        if self.capacity.cpu_overcommit.is_nan() || self.capacity.cpu_overcommit <= 0.0 {
+            anyhow::bail!("capacity.cpu_overcommit must be positive");
+        }
+        Ok(())
+    }
+
+    /// The TCP bearer token, from `token` or `token_file`.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.api.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.api.token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("reading api.token_file {}: {e}", p.display()))?;
+                let t = t.lines().next().unwrap_or("").trim().to_string();
+                if t.is_empty() {
+                    anyhow::bail!("api.token_file {} is empty", p.display());
+                }
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// This daemon's cgroup subtree name, stable across restarts.
+    pub fn cgroup_instance(&self) -> String {
+        if let Some(i) = &self.cgroup.instance {
+            return i.clone();
+        }
+        let canon = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        format!("{:08x}", fnv1a(canon.as_os_str().as_encoded_bytes()) as u32)
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        // validate() checked the subnet.
+        crate::net::Subnet::parse(&self.network.subnet)
+            .map(|s| s.gateway())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+}
+
+/// A small stable hash (FNV-1a), for names derived from paths.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let c = Config::parse(
+            "data_dir = '/tmp/x'\n[network]\nbridge = 'br9'\nsubnet = '10.9.0.0/24'\n[capacity]\ncpu_overcommit = 2.0\n",
+        )
+        .unwrap();
+        assert_eq!(c.network.bridge, "br9");
+        assert_eq!(c.capacity.cpu_overcommit, 2.0);
+        assert_eq!(c.capacity.memory_reserve_mib, 1024);
+        assert!(Config::parse("[network]\nbrige = 'x'\n").is_err());
+    }
+
+    #[test]
+    fn tcp_without_token_is_refused() {
+        let c = Config::parse("[api]\ntcp = '127.0.0.1:1'\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("token"));
+        let c = Config::parse("[network]\nbridge = 'much-too-long-name'\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::parse("[network]\nsubnet = '10.0.0.0/33'\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! bulkheadd: the partition manager. See the crate README.
+
+pub mod api;
+pub mod capacity;
+pub mod cgroup;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod manager;
+pub mod net;
+pub mod openapi;
+pub mod server;
+
+pub use manager::Manager;
