@@ -277,49 +277,51 @@ pub fn alert(description: u8) -> [u8; 7] {
     [21, 3, 1, 0, 2, 2, description]
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Builds a ClientHello record the way clients do; used by tests and fuzz seeds.
-    pub fn hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
-        let mut exts = Vec::new();
-        if let Some(name) = sni {
-            let mut e = Vec::new();
-            e.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-            e.push(0);
-            e.extend_from_slice(&(name.len() as u16).to_be_bytes());
-            e.extend_from_slice(name.as_bytes());
-            exts.extend_from_slice(&0u16.to_be_bytes());
-            exts.extend_from_slice(&(e.len() as u16).to_be_bytes());
-            exts.extend_from_slice(&e);
-        }
-        if !alpn.is_empty() {
-            let mut l = Vec::new();
-            for p in alpn {
-                l.push(p.len() as u8);
-                l.extend_from_slice(p.as_bytes());
-            }
-            exts.extend_from_slice(&16u16.to_be_bytes());
-            exts.extend_from_slice(&((l.len() + 2) as u16).to_be_bytes());
-            exts.extend_from_slice(&(l.len() as u16).to_be_bytes());
-            exts.extend_from_slice(&l);
-        }
-        let mut body = vec![3, 3];
-        body.extend_from_slice(&[7u8; 32]);
-        body.push(0);
-        body.extend_from_slice(&[0, 2, 0x13, 0x01]);
-        body.extend_from_slice(&[1, 0]);
-        body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-        body.extend_from_slice(&exts);
-        let mut hs = vec![1];
-        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        hs.extend_from_slice(&body);
-        let mut rec = vec![22, 3, 1];
-        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
-        rec.extend_from_slice(&hs);
-        rec
+/// A minimal well-formed ClientHello record offering `sni` and `alpn`: for
+/// tests and fuzz seeds, not for talking to real servers.
+pub fn synthetic_client_hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
+    let mut exts = Vec::new();
+    if let Some(name) = sni {
+        let mut e = Vec::new();
+        e.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+        e.push(0);
+        e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        e.extend_from_slice(name.as_bytes());
+        exts.extend_from_slice(&0u16.to_be_bytes());
+        exts.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&e);
     }
+    if !alpn.is_empty() {
+        let mut l = Vec::new();
+        for p in alpn {
+            l.push(p.len() as u8);
+            l.extend_from_slice(p.as_bytes());
+        }
+        exts.extend_from_slice(&16u16.to_be_bytes());
+        exts.extend_from_slice(&((l.len() + 2) as u16).to_be_bytes());
+        exts.extend_from_slice(&(l.len() as u16).to_be_bytes());
+        exts.extend_from_slice(&l);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]);
+    body.extend_from_slice(&[1, 0]);
+    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
+    body.extend_from_slice(&exts);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::synthetic_client_hello as hello;
 
     #[test]
     fn reads_sni_and_alpn() {

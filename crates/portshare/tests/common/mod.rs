@@ -200,3 +200,69 @@ pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
 pub fn tool(name: &str) -> bool {
     std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false)
 }
+
+/// An `openssl s_server` TLS backend on its own virtual port. With `-WWW` it
+/// serves files from its directory (`/who` holds `name`); with `-rev` it is a
+/// line-reversing non-HTTP protocol.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
+    use tokio::io::AsyncBufReadExt;
+    assert!(tool("openssl"), "openssl missing: run scripts/bootstrap");
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", "k.pem", "-out", "c.pem", "-days", "2", "-subj"])
+        .arg(format!("/CN={name}"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    std::fs::write(dir.path().join("who"), format!("{name}\n")).unwrap();
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_server", "-accept", "127.0.0.1:0", "-cert", "c.pem", "-key", "k.pem", mode])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if let Some(a) = l.strip_prefix("ACCEPT ") {
+                return a.trim().parse::<SocketAddr>().unwrap();
+            }
+        }
+        panic!("s_server exited");
+    })
+    .await
+    .expect("s_server ready");
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    TlsBackend { addr, child, _dir: dir }
+}
+
+/// `curl https://NAME:PORT/PATH` through the proxy, SNI set to NAME.
+pub async fn curl_tls(proxy: SocketAddr, name: &str, path: &str) -> (bool, String) {
+    assert!(tool("curl"), "curl missing: run scripts/bootstrap");
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "--max-time", "30", "--resolve"])
+        .arg(format!("{name}:{}:127.0.0.1", proxy.port()))
+        .arg(format!("https://{name}:{}{path}", proxy.port()))
+        .output()
+        .await
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
