@@ -17,6 +17,8 @@ enum Command {
     /// Partitions: run one in the foreground.
     #[command(subcommand)]
     Partition(partition::PartitionCommand),
+    /// Guest images: kernel + initramfs, Debian root LUs.
+    Image(bulkhead_image::cli::ImageArgs),
     /// Shared port: many servers behind one port, routed by TLS SNI or HTTP Host.
     Portshare(bulkhead_portshare::cli::Args),
 }
@@ -32,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Partition(c) => partition::run(c),
+        Command::Image(a) => bulkhead_image::cli::run(a),
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
     }
 }

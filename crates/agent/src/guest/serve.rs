@@ -267,7 +267,10 @@ fn dispatch(
                     Err(ExecError::Timeout(t)) => Response::err(
                         id,
                         "timeout",
-                        format!("{:?} did not finish within {t:?}; killed", argv.first()),
+                        format!(
+                            "{} did not finish within {t:?}; killed",
+                            argv.first().map(String::as_str).unwrap_or("")
+                        ),
                     ),
                 };
                 reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
