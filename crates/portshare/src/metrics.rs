@@ -12,6 +12,8 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+type Counter = (&'static str, &'static str, fn(&RowStats) -> u64);
+
 #[derive(Debug, Default)]
 pub struct RowStats {
     pub connections: AtomicU64,
@@ -81,7 +83,7 @@ impl Stats {
     pub fn render(&self) -> String {
         let rows = self.rows.lock().unwrap();
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&RowStats) -> u64); 5] = [
+        let counters: [Counter; 5] = [
             (
                 "connections_total",
                 "Client connections routed to the row.",

@@ -320,8 +320,8 @@ pub fn synthetic_client_hello(sni: Option<&str>, alpn: &[&str]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::synthetic_client_hello as hello;
+    use super::*;
 
     #[test]
     fn reads_sni_and_alpn() {

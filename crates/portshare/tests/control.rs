@@ -20,30 +20,63 @@ async fn admin_socket_adds_lists_removes() {
     cfg.admin_socket = Some(sock.clone());
     let (_s, p) = start(cfg).await;
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     assert_eq!(get(p, "b.test", "/").await.status, 421);
-    let r = request(&sock, &AdminRequest::Add { route: route("b.test", b) }).await.unwrap();
+    let r = request(
+        &sock,
+        &AdminRequest::Add {
+            route: route("b.test", b),
+        },
+    )
+    .await
+    .unwrap();
     assert!(r.ok, "{r:?}");
     assert_eq!(r.routes.len(), 2);
     assert_eq!(get(p, "b.test", "/").await.body, "B GET / body=0");
 
     let r = request(&sock, &AdminRequest::List).await.unwrap();
-    assert!(r.routes.iter().any(|x| x.domain == "b.test" && x.target == b.to_string()));
+    assert!(r
+        .routes
+        .iter()
+        .any(|x| x.domain == "b.test" && x.target == b.to_string()));
 
-    let r = request(&sock, &AdminRequest::Remove { listen: listen(), domain: "b.test".into() }).await.unwrap();
+    let r = request(
+        &sock,
+        &AdminRequest::Remove {
+            listen: listen(),
+            domain: "b.test".into(),
+        },
+    )
+    .await
+    .unwrap();
     assert!(r.ok);
     assert_eq!(get(p, "b.test", "/").await.status, 421);
 
     // Refusals leave the table as it was.
-    let r = request(&sock, &AdminRequest::Remove { listen: listen(), domain: "b.test".into() }).await.unwrap();
+    let r = request(
+        &sock,
+        &AdminRequest::Remove {
+            listen: listen(),
+            domain: "b.test".into(),
+        },
+    )
+    .await
+    .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("no route"));
     let mut bad = route("bad name", a);
-    let r = request(&sock, &AdminRequest::Add { route: bad.clone() }).await.unwrap();
+    let r = request(&sock, &AdminRequest::Add { route: bad.clone() })
+        .await
+        .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("invalid domain"));
     bad.domain = "c.test".into();
     bad.listen = "127.0.0.1:1".parse().unwrap();
-    let r = request(&sock, &AdminRequest::Add { route: bad }).await.unwrap();
+    let r = request(&sock, &AdminRequest::Add { route: bad })
+        .await
+        .unwrap();
     assert!(!r.ok && r.error.unwrap().contains("no [[listener]]"));
     assert_eq!(get(p, "a.test", "/").await.body, "A GET / body=0");
 }
@@ -72,11 +105,22 @@ async fn route_change_under_load_drops_nothing() {
                     Some(c) => c,
                     None => TcpStream::connect(p).await.expect("connect"),
                 };
-                let close = if keepalive { "" } else { "Connection: close\r\n" };
-                c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a.test\r\n{close}\r\n").as_bytes()).await.expect("write");
+                let close = if keepalive {
+                    ""
+                } else {
+                    "Connection: close\r\n"
+                };
+                c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: a.test\r\n{close}\r\n").as_bytes())
+                    .await
+                    .expect("write");
                 let r = read_response(&mut c).await;
                 assert_eq!(r.status, 200, "client {i} request {n}: {r:?}");
-                assert!(r.body == format!("A1 GET /{i} body=0") || r.body == format!("A2 GET /{i} body=0"), "{}", r.body);
+                assert!(
+                    r.body == format!("A1 GET /{i} body=0")
+                        || r.body == format!("A2 GET /{i} body=0"),
+                    "{}",
+                    r.body
+                );
                 ok.fetch_add(1, Ordering::Relaxed);
                 if keepalive {
                     conn = Some(c);
@@ -89,11 +133,17 @@ async fn route_change_under_load_drops_nothing() {
     for round in 0..10 {
         let target = if round % 2 == 0 { a2 } else { a1 };
         let mut cfg = s.table().config.clone();
-        cfg.routes = vec![route("a.test", target), route(&format!("r{round}.test"), other)];
+        cfg.routes = vec![
+            route("a.test", target),
+            route(&format!("r{round}.test"), other),
+        ];
         s.reload(cfg).await.unwrap();
         // After the swap has returned, a new request must see the new table.
         let want = if round % 2 == 0 { "A2" } else { "A1" };
-        assert_eq!(get(p, "a.test", "/check").await.body, format!("{want} GET /check body=0"));
+        assert_eq!(
+            get(p, "a.test", "/check").await.body,
+            format!("{want} GET /check body=0")
+        );
         assert_eq!(get(p, &format!("r{round}.test"), "/").await.status, 200);
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
@@ -102,7 +152,11 @@ async fn route_change_under_load_drops_nothing() {
         t.await.expect("client task saw no failure");
     }
     assert!(slow.await.unwrap().body.ends_with("slow done"));
-    assert!(ok.load(Ordering::Relaxed) > 60, "load ran: {}", ok.load(Ordering::Relaxed));
+    assert!(
+        ok.load(Ordering::Relaxed) > 60,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test]
@@ -111,13 +165,18 @@ async fn graceful_shutdown_finishes_in_flight_request() {
     let (s, p) = start(config(vec![route("a.test", a)])).await;
     // An idle keep-alive connection is closed by the shutdown, not waited for.
     let mut idle = TcpStream::connect(p).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut idle).await.status, 200);
 
     let s2 = s.clone();
     let inflight = tokio::spawn(async move { get(p, "a.test", "/slow").await });
     tokio::time::timeout(Duration::from_secs(10), async {
-        while !s2.metrics().contains("portshare_active{listener=\"127.0.0.1:0\",domain=\"a.test\"} 1") {
+        while !s2
+            .metrics()
+            .contains("portshare_active{listener=\"127.0.0.1:0\",domain=\"a.test\"} 1")
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -152,9 +211,13 @@ async fn shutdown_deadline_is_honoured() {
 async fn reload_adds_and_removes_listeners_atomically() {
     let a = http_backend("A").await;
     let (s, p) = start(config(vec![route("a.test", a)])).await;
-    let second = std::net::TcpListener::bind(ANY).unwrap().local_addr().unwrap();
+    let second = std::net::TcpListener::bind(ANY)
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut cfg = s.table().config.clone();
-    cfg.listeners.push(bulkhead_portshare::ListenerConfig::new(second));
+    cfg.listeners
+        .push(bulkhead_portshare::ListenerConfig::new(second));
     let mut r = route("a.test", a);
     r.listen = second;
     cfg.routes.push(r);
@@ -163,7 +226,9 @@ async fn reload_adds_and_removes_listeners_atomically() {
     // A config whose new listener cannot bind changes nothing.
     let taken = std::net::TcpListener::bind(ANY).unwrap();
     let mut bad = cfg.clone();
-    bad.listeners.push(bulkhead_portshare::ListenerConfig::new(taken.local_addr().unwrap()));
+    bad.listeners.push(bulkhead_portshare::ListenerConfig::new(
+        taken.local_addr().unwrap(),
+    ));
     bad.routes.retain(|r| r.listen != listen());
     assert!(s.reload(bad).await.is_err());
     assert_eq!(get(p, "a.test", "/").await.status, 200);

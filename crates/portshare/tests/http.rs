@@ -24,13 +24,24 @@ async fn routes_each_request_on_one_keepalive_connection() {
     let b = http_backend("B").await;
     let (_s, p) = start(config(vec![route("a.test", a), route("b.test", b)])).await;
     let mut s = TcpStream::connect(p).await.unwrap();
-    for (host, want) in [("a.test", "A"), ("b.test", "B"), ("a.test", "A"), ("b.test", "B")] {
-        s.write_all(format!("GET /k HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    for (host, want) in [
+        ("a.test", "A"),
+        ("b.test", "B"),
+        ("a.test", "A"),
+        ("b.test", "B"),
+    ] {
+        s.write_all(format!("GET /k HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
         let r = read_response(&mut s).await;
         assert_eq!(r.body, format!("{want} GET /k body=0"));
     }
     // Pipelined: both requests in one write, answered in order by their own servers.
-    s.write_all(b"GET /p1 HTTP/1.1\r\nHost: b.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    s.write_all(
+        b"GET /p1 HTTP/1.1\r\nHost: b.test\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(read_response(&mut s).await.body, "B GET /p1 body=0");
     assert_eq!(read_response(&mut s).await.body, "A GET /p2 body=0");
 }
@@ -40,12 +51,20 @@ async fn wildcard_and_default_rows() {
     let a = http_backend("exact").await;
     let w = http_backend("wild").await;
     let d = http_backend("default").await;
-    let (_s, p) = start(config(vec![route("a.dom1.com", a), route("*.dom1.com", w), route("*", d)])).await;
+    let (_s, p) = start(config(vec![
+        route("a.dom1.com", a),
+        route("*.dom1.com", w),
+        route("*", d),
+    ]))
+    .await;
     assert_eq!(get(p, "a.dom1.com", "/").await.body, "exact GET / body=0");
     assert_eq!(get(p, "x.dom1.com", "/").await.body, "wild GET / body=0");
     assert_eq!(get(p, "y.x.dom1.com", "/").await.body, "wild GET / body=0");
     assert_eq!(get(p, "dom1.com", "/").await.body, "default GET / body=0");
-    assert_eq!(get(p, "elsewhere.org", "/").await.body, "default GET / body=0");
+    assert_eq!(
+        get(p, "elsewhere.org", "/").await.body,
+        "default GET / body=0"
+    );
 }
 
 #[tokio::test]
@@ -53,11 +72,15 @@ async fn unknown_host_gets_421_and_connection_stays_usable() {
     let a = http_backend("A").await;
     let (_s, p) = start(config(vec![route("a.test", a)])).await;
     let mut s = TcpStream::connect(p).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: nobody.test\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 421);
     assert!(r.body.contains("nobody.test"));
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut s).await.body, "A GET / body=0");
 }
 
@@ -72,7 +95,9 @@ async fn target_down_gets_502() {
     let r = get(p, "down.test", "/").await;
     assert_eq!(r.status, 502);
     assert!(r.body.contains("down.test is not answering"), "{}", r.body);
-    assert!(s.metrics().contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"down.test\"} 1"));
+    assert!(s
+        .metrics()
+        .contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"down.test\"} 1"));
 }
 
 #[tokio::test]
@@ -82,11 +107,23 @@ async fn location_headers_mapped_back_to_shared_port() {
     let authority = format!("a.test:{}", p.port());
     let r = get(p, &authority, "/redirect").await;
     assert_eq!(r.status, 302);
-    assert_eq!(r.header("location").unwrap(), format!("http://{authority}/landed?q=1"));
-    assert_eq!(r.header("content-location").unwrap(), format!("http://{authority}/c"));
-    assert_eq!(r.header("refresh").unwrap(), format!("5; url=http://{authority}/r"));
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!("http://{authority}/landed?q=1")
+    );
+    assert_eq!(
+        r.header("content-location").unwrap(),
+        format!("http://{authority}/c")
+    );
+    assert_eq!(
+        r.header("refresh").unwrap(),
+        format!("5; url=http://{authority}/r")
+    );
     // Other headers are the server's business.
-    assert_eq!(r.header("x-untouched").unwrap(), format!("http://a.test:{}/u", a.port()));
+    assert_eq!(
+        r.header("x-untouched").unwrap(),
+        format!("http://a.test:{}/u", a.port())
+    );
     assert_eq!(r.body, "moved");
 }
 
@@ -101,29 +138,44 @@ async fn framing_chunked_expect_http10_upgrade() {
         .unwrap();
     assert_eq!(read_response(&mut s).await.body, "A POST /c body=11");
     // Content-Length body sent in two pieces.
-    s.write_all(b"PUT /l HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n12345").await.unwrap();
+    s.write_all(b"PUT /l HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\n12345")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"67890").await.unwrap();
     assert_eq!(read_response(&mut s).await.body, "A PUT /l body=10");
     // Expect: 100-continue: the interim 100 reaches the client before it sends the body.
-    s.write_all(b"POST /e HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n").await.unwrap();
+    s.write_all(
+        b"POST /e HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let r = read_response(&mut s).await;
     assert_eq!(r.status, 100);
     s.write_all(b"abcd").await.unwrap();
     assert_eq!(read_response(&mut s).await.body, "A POST /e body=4");
     // HTTP/1.0 without Host goes to the default row; here there is none: 421.
     let mut s10 = TcpStream::connect(p).await.unwrap();
-    s10.write_all(b"GET /old HTTP/1.0\r\nHost: a.test\r\n\r\n").await.unwrap();
+    s10.write_all(b"GET /old HTTP/1.0\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut s10).await;
     assert_eq!(r.body, "A GET /old body=0");
     // Upgrade: after 101 the connection is a tunnel to the same server.
     let mut u = TcpStream::connect(p).await.unwrap();
-    u.write_all(b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n").await.unwrap();
+    u.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let r = read_response(&mut u).await;
     assert_eq!(r.status, 101);
     u.write_all(b"ping over the tunnel").await.unwrap();
     let mut got = vec![0u8; 20];
-    tokio::time::timeout(Duration::from_secs(10), u.read_exact(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), u.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got, b"ping over the tunnel");
 }
 
@@ -136,7 +188,14 @@ async fn curl_posts_with_expect_continue() {
     let (_s, p) = start(config(vec![route("a.test", a)])).await;
     let body = "x".repeat(200_000);
     let out = tokio::process::Command::new("curl")
-        .args(["-s", "--http1.1", "-H", "Expect: 100-continue", "--data-binary", "@-"])
+        .args([
+            "-s",
+            "--http1.1",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            "@-",
+        ])
         .arg("-H")
         .arg("Host: a.test")
         .arg(format!("http://{p}/big"))
@@ -145,9 +204,18 @@ async fn curl_posts_with_expect_continue() {
         .spawn()
         .unwrap();
     let mut child = out;
-    child.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .await
+        .unwrap();
     let out = child.wait_with_output().await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "A POST /big body=200000");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A POST /big body=200000"
+    );
 }
 
 #[tokio::test]
@@ -162,15 +230,27 @@ async fn proxy_protocol_v1_and_v2_reach_the_target() {
 
     let mut c = TcpStream::connect(p).await.unwrap();
     let me = c.local_addr().unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut c).await.body, "ok");
     let got = rx1.recv().await.unwrap();
-    let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nGET / HTTP/1.1\r\n", me.port(), p.port());
-    assert!(got.starts_with(want.as_bytes()), "{:?}", String::from_utf8_lossy(&got));
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\nGET / HTTP/1.1\r\n",
+        me.port(),
+        p.port()
+    );
+    assert!(
+        got.starts_with(want.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 
     let mut c = TcpStream::connect(p).await.unwrap();
     let me = c.local_addr().unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: two.test\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: two.test\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut c).await.body, "ok");
     let got = rx2.recv().await.unwrap();
     let mut want = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01".to_vec();
@@ -192,10 +272,16 @@ async fn proxy_protocol_accepted_from_trusted_front_only() {
     c.write_all(b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443\r\nGET / HTTP/1.1\r\nHost: one.test\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut c).await.body, "ok");
     let got = rx.recv().await.unwrap();
-    assert!(got.starts_with(b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443\r\nGET /"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443\r\nGET /"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
     // A trusted peer that sends no PROXY header is refused.
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\n\r\n")
+        .await
+        .unwrap();
     assert!(read_all(&mut c).await.is_empty());
 }
 
@@ -225,18 +311,28 @@ async fn malformed_requests_are_refused() {
     }
     // Oversized head.
     let mut c = TcpStream::connect(p).await.unwrap();
-    let big = format!("GET / HTTP/1.1\r\nHost: a.test\r\nX: {}\r\n\r\n", "y".repeat(2000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX: {}\r\n\r\n",
+        "y".repeat(2000)
+    );
     c.write_all(big.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut c).await.status, 431);
     // Slowloris: a head that never finishes is cut at header_timeout.
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+        .await
+        .unwrap();
     let t = std::time::Instant::now();
     assert_eq!(read_response(&mut c).await.status, 408);
     assert!(t.elapsed() < Duration::from_secs(5));
     // The proxy still serves after all that.
     assert_eq!(get(p, "a.test", "/").await.body, "A GET / body=0");
-    assert!(s.metrics().contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 11"), "{}", s.metrics());
+    assert!(
+        s.metrics()
+            .contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 11"),
+        "{}",
+        s.metrics()
+    );
 }
 
 #[tokio::test]
@@ -246,7 +342,9 @@ async fn idle_keepalive_connection_is_closed() {
     cfg.listeners[0].idle_timeout = ms(300);
     let (_s, p) = start(cfg).await;
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(read_response(&mut c).await.status, 200);
     let t = std::time::Instant::now();
     assert!(read_all(&mut c).await.is_empty());
@@ -263,7 +361,10 @@ async fn row_connection_limit() {
     // Wait until the slow request holds the row's one slot.
     let s2 = _s.clone();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while !s2.metrics().contains("portshare_active{listener=\"127.0.0.1:0\",domain=\"a.test\"} 1") {
+        while !s2
+            .metrics()
+            .contains("portshare_active{listener=\"127.0.0.1:0\",domain=\"a.test\"} 1")
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -278,7 +379,10 @@ async fn row_connection_limit() {
 async fn metrics_endpoint_and_access_log() {
     let a = http_backend("A").await;
     let dir = tempfile::tempdir().unwrap();
-    let metrics = std::net::TcpListener::bind(ANY).unwrap().local_addr().unwrap();
+    let metrics = std::net::TcpListener::bind(ANY)
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut cfg = config(vec![route("a.test", a)]);
     cfg.metrics = Some(metrics);
     cfg.access_log = Some(dir.path().join("access.jsonl"));
@@ -287,11 +391,22 @@ async fn metrics_endpoint_and_access_log() {
         assert_eq!(get(p, "a.test", "/m").await.status, 200);
     }
     let mut m = TcpStream::connect(metrics).await.unwrap();
-    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = read_response(&mut m).await;
-    assert!(r.body.contains("portshare_requests_total{listener=\"127.0.0.1:0\",domain=\"a.test\"} 3"), "{}", r.body);
-    assert!(r.body.contains("portshare_latency_seconds_count{listener=\"127.0.0.1:0\",domain=\"a.test\"} 3"));
-    assert!(r.body.contains("portshare_bytes_out_total{listener=\"127.0.0.1:0\",domain=\"a.test\"}"));
+    assert!(
+        r.body
+            .contains("portshare_requests_total{listener=\"127.0.0.1:0\",domain=\"a.test\"} 3"),
+        "{}",
+        r.body
+    );
+    assert!(r
+        .body
+        .contains("portshare_latency_seconds_count{listener=\"127.0.0.1:0\",domain=\"a.test\"} 3"));
+    assert!(r
+        .body
+        .contains("portshare_bytes_out_total{listener=\"127.0.0.1:0\",domain=\"a.test\"}"));
     let path = dir.path().join("access.jsonl");
     let lines = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

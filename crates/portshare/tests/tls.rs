@@ -15,13 +15,36 @@ async fn routes_by_sni_wildcard_and_default() {
     let b = tls_backend("b.test", "-WWW").await;
     let w = tls_backend("wild", "-WWW").await;
     let d = tls_backend("default", "-WWW").await;
-    let (_s, p) = start(config(vec![route("a.test", a.addr), route("b.test", b.addr), route("*.w.test", w.addr), route("*", d.addr)])).await;
-    assert_eq!(curl_tls(p, "a.test", "/who").await, (true, "a.test\n".into()));
-    assert_eq!(curl_tls(p, "b.test", "/who").await, (true, "b.test\n".into()));
-    assert_eq!(curl_tls(p, "x.w.test", "/who").await, (true, "wild\n".into()));
-    assert_eq!(curl_tls(p, "other.test", "/who").await, (true, "default\n".into()));
+    let (_s, p) = start(config(vec![
+        route("a.test", a.addr),
+        route("b.test", b.addr),
+        route("*.w.test", w.addr),
+        route("*", d.addr),
+    ]))
+    .await;
+    assert_eq!(
+        curl_tls(p, "a.test", "/who").await,
+        (true, "a.test\n".into())
+    );
+    assert_eq!(
+        curl_tls(p, "b.test", "/who").await,
+        (true, "b.test\n".into())
+    );
+    assert_eq!(
+        curl_tls(p, "x.w.test", "/who").await,
+        (true, "wild\n".into())
+    );
+    assert_eq!(
+        curl_tls(p, "other.test", "/who").await,
+        (true, "default\n".into())
+    );
     // curl sends no SNI for an IP literal: the default row takes it.
-    let out = tokio::process::Command::new("curl").args(["-sk", "--max-time", "30"]).arg(format!("https://127.0.0.1:{}/who", p.port())).output().await.unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sk", "--max-time", "30"])
+        .arg(format!("https://127.0.0.1:{}/who", p.port()))
+        .output()
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "default\n");
 }
 
@@ -74,7 +97,9 @@ async fn unknown_name_gets_unrecognized_name_alert() {
     let a = tls_backend("a.test", "-WWW").await;
     let (s, p) = start(config(vec![route("a.test", a.addr)])).await;
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(&synthetic_client_hello(Some("nope.test"), &["h2"])).await.unwrap();
+    c.write_all(&synthetic_client_hello(Some("nope.test"), &["h2"]))
+        .await
+        .unwrap();
     assert_eq!(read_all(&mut c).await, vec![21, 3, 1, 0, 2, 2, 112]);
     // The real client agrees.
     let out = tokio::process::Command::new("openssl")
@@ -85,19 +110,29 @@ async fn unknown_name_gets_unrecognized_name_alert() {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("unrecognized name"), "{text}");
-    assert!(s.metrics().contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 2"));
+    assert!(s
+        .metrics()
+        .contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 2"));
 }
 
 #[tokio::test]
 async fn target_down_closes_the_connection() {
-    let dead = std::net::TcpListener::bind(ANY).unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind(ANY)
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (s, p) = start(config(vec![route("down.test", dead)])).await;
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(&synthetic_client_hello(Some("down.test"), &[])).await.unwrap();
+    c.write_all(&synthetic_client_hello(Some("down.test"), &[]))
+        .await
+        .unwrap();
     assert!(read_all(&mut c).await.is_empty());
-    assert!(s.metrics().contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"down.test\"} 1"));
+    assert!(s
+        .metrics()
+        .contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"down.test\"} 1"));
 }
 
 #[tokio::test]
@@ -122,15 +157,26 @@ async fn malformed_client_hello_is_refused() {
     for (bytes, alert) in cases {
         let mut c = TcpStream::connect(p).await.unwrap();
         c.write_all(&bytes).await.unwrap();
-        assert_eq!(read_all(&mut c).await, vec![21, 3, 1, 0, 2, 2, alert], "{bytes:?}");
+        assert_eq!(
+            read_all(&mut c).await,
+            vec![21, 3, 1, 0, 2, 2, alert],
+            "{bytes:?}"
+        );
     }
     // A ClientHello that never completes is cut at header_timeout.
     let mut c = TcpStream::connect(p).await.unwrap();
-    c.write_all(&synthetic_client_hello(Some("a.test"), &[])[..20]).await.unwrap();
+    c.write_all(&synthetic_client_hello(Some("a.test"), &[])[..20])
+        .await
+        .unwrap();
     let t = std::time::Instant::now();
     assert!(read_all(&mut c).await.is_empty());
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert!(s.metrics().contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 6"), "{}", s.metrics());
+    assert!(
+        s.metrics()
+            .contains("portshare_errors_total{listener=\"127.0.0.1:0\",domain=\"-\"} 6"),
+        "{}",
+        s.metrics()
+    );
     // Still serving.
     assert_eq!(curl_tls(p, "a.test", "/who").await.1, "a.test\n");
 }
@@ -148,7 +194,12 @@ async fn proxy_protocol_before_the_client_hello() {
     // The recording backend waits for a blank line; send one after the hello.
     c.write_all(b"\r\n\r\n").await.unwrap();
     let got = rx.recv().await.unwrap();
-    let mut want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n", me.port(), p.port()).into_bytes();
+    let mut want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\n",
+        me.port(),
+        p.port()
+    )
+    .into_bytes();
     want.extend_from_slice(&hello);
     assert!(got.starts_with(&want));
 }

@@ -25,11 +25,21 @@ pub fn listen() -> SocketAddr {
 }
 
 pub fn route(domain: &str, target: SocketAddr) -> RouteConfig {
-    RouteConfig { listen: listen(), domain: domain.into(), target: target.to_string(), proxy_protocol: None, max_connections: None }
+    RouteConfig {
+        listen: listen(),
+        domain: domain.into(),
+        target: target.to_string(),
+        proxy_protocol: None,
+        max_connections: None,
+    }
 }
 
 pub fn config(routes: Vec<RouteConfig>) -> Config {
-    Config { listeners: vec![ListenerConfig::new(listen())], routes, ..Default::default() }
+    Config {
+        listeners: vec![ListenerConfig::new(listen())],
+        routes,
+        ..Default::default()
+    }
 }
 
 pub fn ms(n: u64) -> Dur {
@@ -54,29 +64,58 @@ pub async fn http_backend(name: &'static str) -> SocketAddr {
             let Ok((s, _)) = l.accept().await else { return };
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(name, addr, req));
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades().await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
     addr
 }
 
-async fn handle(name: &'static str, addr: SocketAddr, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    name: &'static str,
+    addr: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_string();
-    let hostname = host.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or(host.clone());
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let hostname = host
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .unwrap_or(host.clone());
     match path.as_str() {
         "/redirect" => Ok(Response::builder()
             .status(302)
-            .header("location", format!("http://{hostname}:{}/landed?q=1", addr.port()))
-            .header("content-location", format!("http://127.0.0.1:{}/c", addr.port()))
-            .header("refresh", format!("5; url=http://{hostname}:{}/r", addr.port()))
-            .header("x-untouched", format!("http://{hostname}:{}/u", addr.port()))
+            .header(
+                "location",
+                format!("http://{hostname}:{}/landed?q=1", addr.port()),
+            )
+            .header(
+                "content-location",
+                format!("http://127.0.0.1:{}/c", addr.port()),
+            )
+            .header(
+                "refresh",
+                format!("5; url=http://{hostname}:{}/r", addr.port()),
+            )
+            .header(
+                "x-untouched",
+                format!("http://{hostname}:{}/u", addr.port()),
+            )
             .body(Full::new(Bytes::from_static(b"moved")))
             .unwrap()),
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(800)).await;
-            Ok(Response::new(Full::new(Bytes::from(format!("{name} slow done")))))
+            Ok(Response::new(Full::new(Bytes::from(format!(
+                "{name} slow done"
+            )))))
         }
         "/ws" => {
             let up = hyper::upgrade::on(&mut req);
@@ -100,8 +139,16 @@ async fn handle(name: &'static str, addr: SocketAddr, mut req: Request<Incoming>
         }
         _ => {
             let method = req.method().to_string();
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            Ok(Response::new(Full::new(Bytes::from(format!("{name} {method} {path} body={}", body.len())))))
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok(Response::new(Full::new(Bytes::from(format!(
+                "{name} {method} {path} body={}",
+                body.len()
+            )))))
         }
     }
 }
@@ -114,7 +161,9 @@ pub async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedRec
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -126,7 +175,11 @@ pub async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedRec
                     }
                 }
                 let _ = tx.send(buf);
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
             });
         }
     });
@@ -158,19 +211,35 @@ pub async fn read_response(s: &mut TcpStream) -> Resp {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await.expect("response in time").unwrap();
-        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     let status: u16 = head[9..12].parse().unwrap();
-    let mut r = Resp { status, head, body: String::new() };
-    let len = r.header("content-length").map(|v| v.parse::<usize>().unwrap());
+    let mut r = Resp {
+        status,
+        head,
+        body: String::new(),
+    };
+    let len = r
+        .header("content-length")
+        .map(|v| v.parse::<usize>().unwrap());
     let mut body = buf[head_end..].to_vec();
     match len {
         Some(n) => {
             while body.len() < n {
-                let k = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk)).await.unwrap().unwrap();
+                let k = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert!(k > 0, "body cut short");
                 body.extend_from_slice(&chunk[..k]);
             }
@@ -186,7 +255,11 @@ pub async fn read_response(s: &mut TcpStream) -> Resp {
 
 pub async fn get(proxy: SocketAddr, host: &str, path: &str) -> Resp {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     read_response(&mut s).await
 }
 
@@ -198,7 +271,12 @@ pub async fn read_all(s: &mut TcpStream) -> Vec<u8> {
 }
 
 pub fn tool(name: &str) -> bool {
-    std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().map(|o| o.status.success()).unwrap_or(false)
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// An `openssl s_server` TLS backend on its own virtual port. With `-WWW` it
@@ -221,16 +299,37 @@ pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
     assert!(tool("openssl"), "openssl missing: run scripts/bootstrap");
     let dir = tempfile::tempdir().unwrap();
     let st = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
         .args(["-keyout", "k.pem", "-out", "c.pem", "-days", "2", "-subj"])
         .arg(format!("/CN={name}"))
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     std::fs::write(dir.path().join("who"), format!("{name}\n")).unwrap();
     let mut child = tokio::process::Command::new("openssl")
-        .args(["s_server", "-accept", "127.0.0.1:0", "-cert", "c.pem", "-key", "k.pem", mode])
+        .args([
+            "s_server",
+            "-accept",
+            "127.0.0.1:0",
+            "-cert",
+            "c.pem",
+            "-key",
+            "k.pem",
+            mode,
+        ])
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -251,7 +350,11 @@ pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
     .expect("s_server ready");
     // Keep draining its stdout so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    TlsBackend { addr, child, _dir: dir }
+    TlsBackend {
+        addr,
+        child,
+        _dir: dir,
+    }
 }
 
 /// `curl https://NAME:PORT/PATH` through the proxy, SNI set to NAME.
@@ -264,5 +367,8 @@ pub async fn curl_tls(proxy: SocketAddr, name: &str, path: &str) -> (bool, Strin
         .output()
         .await
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
