@@ -85,6 +85,9 @@ pub struct RequestHead {
     pub keep_alive: bool,
     pub upgrade: bool,
     pub expect_continue: bool,
+    /// The client asked to close (`Connection: close`); the proxy drops that
+    /// hop-by-hop header so its own connection to the target stays reusable.
+    pub close_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +254,21 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<RequestHead>,
         keep_alive,
         upgrade: has_upgrade && conn_upgrade,
         expect_continue: expect,
+        close_requested: close && version == 1,
     }))
+}
+
+/// The request head without its Connection headers (hop-by-hop: they concern
+/// the client's connection, not the proxy's connection to the target).
+pub fn strip_connection_header(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len());
+    for (i, line) in head.split_inclusive(|&c| c == b'\n').enumerate() {
+        let is_conn = i > 0 && line.len() > 11 && line[..11].eq_ignore_ascii_case(b"connection:");
+        if !is_conn {
+            out.extend_from_slice(line);
+        }
+    }
+    out
 }
 
 /// Parses a response head. `request_is_head` removes the body of a HEAD reply.
@@ -635,6 +652,14 @@ mod tests {
             parse_request(&[b'a'; 100], 64).unwrap_err(),
             HeadError::TooLarge(64)
         );
+    }
+
+    #[test]
+    fn strips_connection() {
+        let h = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: 1\r\n\r\n";
+        let r = parse_request(h, 8192).unwrap().unwrap();
+        assert!(r.close_requested && !r.keep_alive);
+        assert_eq!(strip_connection_header(h), b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n");
     }
 
     #[test]

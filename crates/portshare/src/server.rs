@@ -1016,7 +1016,14 @@ async fn exchange(
         .advance(&c.buf[head.len..])
         .map_err(|_| Fail::Client)?;
     let first = head.len + already;
-    if let Err(e) = u.stream.write_all(&c.buf[..first]).await {
+    let sent = if head.close_requested {
+        let mut h = http::strip_connection_header(&c.buf[..head.len]);
+        h.extend_from_slice(&c.buf[head.len..first]);
+        u.stream.write_all(&h).await
+    } else {
+        u.stream.write_all(&c.buf[..first]).await
+    };
+    if let Err(e) = sent {
         return Err(Fail::NoResponse(e));
     }
     c.buf.drain(..first);
