@@ -6,7 +6,7 @@ use crate::api::*;
 use crate::manager::Manager;
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -41,17 +41,18 @@ pub async fn serve(
     let unix = UnixListener::bind(&cfg.socket)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(socket = %cfg.socket.display(), "API listening");
     let tcp = match cfg.api.tcp {
         Some(addr) => {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            tracing::info!(addr = %l.local_addr()?, "API listening on TCP (bearer token)");
+            tracing::info!(addr = %l.local_addr()?, "TCP API bound (bearer token required)");
             Some(l)
         }
         None => None,
     };
+    // Said once every listener is bound: tests and scripts wait for this line.
+    tracing::info!(socket = %cfg.socket.display(), "API listening");
     let token: Option<Arc<str>> = cfg.token()?.map(Arc::from);
 
     // Console logs are rotated in the background.
@@ -161,13 +162,9 @@ async fn dispatch(
     if wants_console {
         return attach_console(manager, &path, req).await;
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error_response(&ApiError::BadRequest(format!(
-                "request body: {e} (limit {MAX_BODY} bytes)"
-            )))
-        }
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e),
     };
     let api_req = match route(&method, &path, &query, &body) {
         Ok(r) => r,
@@ -181,6 +178,30 @@ async fn dispatch(
             error_response(&e)
         }
     }
+}
+
+/// Reads the body up to [`MAX_BODY`]. A larger one is read to its end (up to
+/// a bound) and refused, so the client gets the answer instead of a reset.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > 64 * MAX_BODY {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(ApiError::BadRequest(format!(
+            "request body of {total}+ bytes is over the limit of {MAX_BODY} bytes"
+        )));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Decodes a JSON body, an empty body meaning the type's default.

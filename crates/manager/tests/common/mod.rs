@@ -1,0 +1,300 @@
+//! A real bulkheadd per test: its own data directory, socket, bridge, subnet
+//! and cgroup subtree, so tests run in parallel with each other and with
+//! other crates' tests. Everything it made is removed on drop, even when
+//! the test failed half-way.
+#![allow(dead_code)]
+
+use bulkhead_manager::client::Client;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Boots under TCG on a busy 2-core host can take tens of seconds.
+pub const BOOT: Duration = Duration::from_secs(180);
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn image_dir() -> PathBuf {
+    let dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/bulkhead/image")
+        });
+    assert!(
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        "no guest image in {} (run `make image`)",
+        dir.display()
+    );
+    dir
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub bridge: String,
+    pub subnet_prefix: String,
+    pub instance: String,
+    pub tcp: Option<String>,
+    child: Option<Child>,
+}
+
+pub struct Opts {
+    /// Extra TOML appended to the generated configuration.
+    pub extra: String,
+    pub tcp_token: Option<String>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            extra: String::new(),
+            tcp_token: None,
+        }
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Daemon {
+    pub fn start(opts: Opts) -> Daemon {
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new().prefix("bhm").tempdir().unwrap();
+        let tag = format!("{:05x}{seq:x}", pid & 0xfffff);
+        let bridge = format!("bhm{tag}");
+        // A /24 per daemon, from the pid and a sequence number: parallel test
+        // binaries do not meet.
+        let subnet_prefix = format!("10.{}.{}", 180 + (seq % 60), pid % 250);
+        let instance = format!("t{tag}");
+        let socket = dir.path().join("api.sock");
+        let tcp = opts
+            .tcp_token
+            .as_ref()
+            .map(|_| format!("127.0.0.1:{}", free_tcp_port()));
+        let mut cfg = format!(
+            "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n\
+             [network]\nbridge = {bridge:?}\nsubnet = \"{subnet_prefix}.0/24\"\n\
+             [cgroup]\ninstance = {instance:?}\n",
+            dir.path().join("data"),
+            socket,
+            image_dir(),
+        );
+        if let (Some(addr), Some(tok)) = (&tcp, &opts.tcp_token) {
+            cfg.push_str(&format!("[api]\ntcp = {addr:?}\ntoken = {tok:?}\n"));
+        }
+        cfg.push_str(&opts.extra);
+        let config = dir.path().join("bulkheadd.toml");
+        std::fs::write(&config, cfg).unwrap();
+        let mut d = Daemon {
+            dir,
+            socket,
+            config,
+            bridge,
+            subnet_prefix,
+            instance,
+            tcp,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts bulkheadd and returns once its API listens (it says so on stderr).
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkheadd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tag = self.instance.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[bulkheadd {tag}] {line}");
+                if line.contains("API listening") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        if rx.recv_timeout(BOOT).is_err() {
+            let _ = child.kill();
+            panic!("bulkheadd did not start listening");
+        }
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: what a crash looks like. Partitions must survive it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::unix(&self.socket)
+    }
+
+    pub fn cgroup_dir(&self, hierarchy: &str, name: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join("bulkhead")
+            .join(&self.instance)
+            .join(name)
+    }
+
+    /// The TAPs on this daemon's bridge.
+    pub fn taps(&self) -> Vec<String> {
+        let dir = Path::new("/sys/class/net").join(&self.bridge).join("brif");
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Partition cgroups that exist for this daemon.
+    pub fn cgroups(&self) -> Vec<String> {
+        let dir = Path::new("/sys/fs/cgroup/cpu/bulkhead").join(&self.instance);
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub async fn create(&self, name: &str, cpu: u32, memory: u64, extra: Value) -> Value {
+        let mut body = json!({ "name": name, "memory_mib": memory, "cpu_percent": cpu });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.client()
+            .post("/v1/partitions", &body)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"))
+    }
+
+    pub async fn start_wait(&self, name: &str) -> Value {
+        let r = tokio::time::timeout(
+            BOOT,
+            self.client()
+                .post(&format!("/v1/partitions/{name}/start"), &json!({ "wait": true })),
+        )
+        .await
+        .expect("start --wait timed out");
+        r.unwrap_or_else(|e| panic!("start {name}: {e}"))
+    }
+
+    pub async fn show(&self, name: &str) -> Value {
+        self.client()
+            .get(&format!("/v1/partitions/{name}"))
+            .await
+            .unwrap()
+    }
+
+    pub async fn exec(&self, name: &str, cmd: &str) -> Value {
+        self.client()
+            .post(
+                &format!("/v1/partitions/{name}/exec"),
+                &json!({ "argv": ["/bin/sh", "-c", cmd], "timeout_secs": 60 }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("exec in {name}: {e}"))
+    }
+
+    /// Waits (event-driven polling of the API, bounded) for a state.
+    pub async fn wait_state(&self, name: &str, want: &[&str], timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self.show(name).await;
+            if want.iter().any(|w| v["state"] == *w) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never reached {want:?}: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Kill every QEMU this daemon started (they are in its cgroups), then
+        // remove the cgroups, TAPs and the bridge.
+        for h in ["cpu", "cpuacct", "memory"] {
+            let base = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join("bulkhead")
+                .join(&self.instance);
+            if let Ok(d) = std::fs::read_dir(&base) {
+                for e in d.flatten() {
+                    if let Ok(procs) = std::fs::read_to_string(e.path().join("cgroup.procs")) {
+                        for p in procs.lines() {
+                            let _ = Command::new("kill").args(["-9", p]).status();
+                        }
+                    }
+                }
+            }
+        }
+        for h in ["cpu", "cpuacct", "memory"] {
+            let base = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join("bulkhead")
+                .join(&self.instance);
+            if let Ok(d) = std::fs::read_dir(&base) {
+                for e in d.flatten() {
+                    for _ in 0..50 {
+                        if std::fs::remove_dir(e.path()).is_ok() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(&base);
+        }
+        for t in self.taps() {
+            let _ = Command::new("ip").args(["link", "del", &t]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
