@@ -31,6 +31,10 @@ pub struct Children {
     cv: Condvar,
 }
 
+/// How long output pipes held open by a command's background processes
+/// are still read after the command itself exited.
+const BACKGROUND_GRACE: Duration = Duration::from_millis(200);
+
 /// Why an exec failed before producing an exit status.
 #[derive(Debug)]
 pub enum ExecError {
@@ -123,44 +127,47 @@ impl Children {
         };
         let pid = child.id() as i32;
 
-        let (tx, rx) = mpsc::channel::<(u8, Vec<u8>)>();
+        let (tx, rx) = mpsc::channel::<()>();
         if let (Some(mut w), Some(data)) = (child.stdin.take(), stdin) {
             std::thread::spawn(move || {
                 // A child that exits without reading gives EPIPE: not our error.
                 let _ = w.write_all(&data);
             });
         }
-        for (tag, src) in [
-            (
-                1u8,
-                child
-                    .stdout
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            ),
-            (
-                2u8,
-                child
-                    .stderr
-                    .take()
-                    .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            ),
-        ] {
+        // Readers fill shared buffers, so output can be taken while a
+        // background process still holds a pipe open.
+        let bufs = [
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        ];
+        let sources = [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ];
+        let mut readers = 0;
+        for (src, buf) in sources.into_iter().zip(bufs.iter()) {
             let Some(mut src) = src else { continue };
-            let tx = tx.clone();
+            let (tx, buf) = (tx.clone(), buf.clone());
+            readers += 1;
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
                 let mut chunk = [0u8; 16384];
                 loop {
                     match src.read(&mut chunk) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
-                            buf.extend_from_slice(&chunk[..n.min(room)]);
+                            let mut b = buf.lock().unwrap();
+                            let room = MAX_EXEC_OUTPUT.saturating_sub(b.len());
+                            b.extend_from_slice(&chunk[..n.min(room)]);
                         }
                     }
                 }
-                let _ = tx.send((tag, buf));
+                let _ = tx.send(());
             });
         }
         drop(tx);
@@ -199,22 +206,18 @@ impl Children {
         }
         let status = status.map_err(|e| ExecError::Spawn(format!("wait: {e}")))?;
 
-        // Output: until both pipes close, or the deadline (a background
-        // grandchild may hold them open); then kill the group.
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        for _ in 0..2 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((1, b)) => stdout = b,
-                Ok((_, b)) => stderr = b,
-                Err(_) => {
-                    // SAFETY: signalling our child's process group.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
-                    timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
-                    break;
-                }
+        // Output: until both pipes close. A background process started by
+        // the command (`sh -c "server &"`) may keep them open: then take what
+        // was written within a short grace period and leave it running.
+        let grace = deadline.min(Instant::now() + BACKGROUND_GRACE);
+        for _ in 0..readers {
+            let left = grace.saturating_duration_since(Instant::now());
+            if rx.recv_timeout(left).is_err() {
+                break;
             }
         }
+        let stdout = std::mem::take(&mut *bufs[0].lock().unwrap());
+        let stderr = std::mem::take(&mut *bufs[1].lock().unwrap());
         if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ExecError::Timeout(timeout));
         }
@@ -273,6 +276,22 @@ mod tests {
             c.exec(&[], None, Duration::from_secs(1)),
             Err(ExecError::Spawn(_))
         ));
+    }
+
+    #[test]
+    fn exec_returns_while_background_child_holds_pipes() {
+        let c = Children::new();
+        let t0 = Instant::now();
+        let r = c
+            .exec(
+                &argv(&["sh", "-c", "echo started; sleep 5 & exit 0"]),
+                None,
+                Duration::from_secs(20),
+            )
+            .unwrap();
+        assert_eq!(r.code, 0);
+        assert_eq!(r.stdout, b"started\n");
+        assert!(t0.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

@@ -19,8 +19,7 @@ pub fn prepare_shutdown() -> bool {
     unsafe { libc::kill(-1, libc::SIGTERM) };
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
-        // SAFETY: signal 0 only checks whether any process is left.
-        if unsafe { libc::kill(-1, 0) } < 0 {
+        if !user_processes_left() {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -49,6 +48,22 @@ pub fn prepare_shutdown() -> bool {
     // SAFETY: no preconditions.
     unsafe { libc::sync() };
     true
+}
+
+/// Whether any process other than us is still alive. kill(-1, 0) cannot
+/// tell: it counts kernel threads. They (and zombies) have an empty cmdline.
+fn user_processes_left() -> bool {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.bytes().all(|b| b.is_ascii_digit())
+            && name != me
+            && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+    })
 }
 
 /// Powers off or reboots now. Only returns on failure (not PID 1's privileges).
