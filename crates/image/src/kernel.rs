@@ -81,20 +81,34 @@ pub fn unpack(deb: &Path, deb_sha: &str, cache: &Path) -> Result<Unpacked, Error
     let dir = cache.join(&deb_sha[..16]);
     let done = dir.join("complete");
     if !done.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        let tmp = cache.join(format!(".{}.tmp{}", &deb_sha[..16], std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        extract_deb(deb, &tmp)?;
-        let release = release_of(&tmp)?;
-        let bz = tmp.join("boot").join(format!("vmlinuz-{release}"));
+        std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+        // Unpack beside the final place and rename: a crash or a concurrent
+        // build never leaves a half-unpacked kernel under the final name.
+        let tmp = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(cache)
+            .map_err(|e| Error::io(cache, e))?;
+        let t = tmp.path();
+        extract_deb(deb, t)?;
+        let release = release_of(t)?;
+        let bz = t.join("boot").join(format!("vmlinuz-{release}"));
         let data = std::fs::read(&bz).map_err(|e| Error::io(&bz, e))?;
         let elf = vmlinux_from_bzimage(&data)?;
-        let out = tmp.join("vmlinux");
+        let out = t.join("vmlinux");
         std::fs::write(&out, elf).map_err(|e| Error::io(&out, e))?;
-        run(Command::new("depmod").arg("-b").arg(&tmp).arg(&release))?;
-        std::fs::write(tmp.join("complete"), &release).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        run(Command::new("depmod").arg("-b").arg(t).arg(&release))?;
+        std::fs::write(t.join("complete"), &release).map_err(|e| Error::io(t, e))?;
+        if !done.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            let kept = tmp.keep();
+            if let Err(e) = std::fs::rename(&kept, &dir) {
+                let _ = std::fs::remove_dir_all(&kept);
+                // Lost a race with a concurrent build of the same package: fine.
+                if !done.exists() {
+                    return Err(Error::io(&dir, e));
+                }
+            }
+        }
     }
     let release = release_of(&dir)?;
     Ok(Unpacked {
