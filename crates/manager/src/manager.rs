@@ -44,6 +44,8 @@ pub struct Manager {
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises capacity and address decisions.
     admission: tokio::sync::Mutex<()>,
+    /// Partitions whose console is attached (one attachment at a time).
+    consoles: Mutex<HashSet<String>>,
 }
 
 fn engine_err(e: impl std::fmt::Display) -> ApiError {
@@ -76,9 +78,15 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
+            consoles: Mutex::new(HashSet::new()),
         });
         m.recover().await?;
         Ok(m)
+    }
+
+    /// Ends a console attachment made through `ApiRequest::Console`.
+    pub fn release_console(&self, name: &str) {
+        self.consoles.lock().unwrap().remove(name);
     }
 
     pub fn config(&self) -> &Config {
@@ -108,6 +116,12 @@ impl Manager {
             ApiRequest::Stats { name } => self.stats(&name).await.map(to_json),
             ApiRequest::Console { name } => {
                 let p = self.live_partition(&name)?;
+                // QEMU's console socket takes one client; a second would hang unserved.
+                if !self.consoles.lock().unwrap().insert(name.clone()) {
+                    return Err(ApiError::Conflict(format!(
+                        "console of {name:?} is already attached; one attachment at a time"
+                    )));
+                }
                 Ok(json!({ "socket": p.console_socket() }))
             }
             ApiRequest::ConsoleLog { name, tail_lines } => {

@@ -301,20 +301,28 @@ async fn attach_console(
     let console = match tokio::net::UnixStream::connect(&sock).await {
         Ok(s) => s,
         Err(e) => {
+            manager.release_console(name);
             return error_response(&ApiError::Conflict(format!(
-                "console of {name:?} is busy or gone ({e}); one attachment at a time"
-            )))
+                "console of {name:?} is gone ({e})"
+            )));
         }
     };
+    let name = name.to_string();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
-                let mut up = TokioIo::new(up);
-                let mut console = console;
-                let _ = tokio::io::copy_bidirectional(&mut up, &mut console).await;
+                let (mut ur, mut uw) = tokio::io::split(TokioIo::new(up));
+                let (mut cr, mut cw) = console.into_split();
+                // Either side ending ends the attachment (a detached client
+                // must not hold the console until the guest next prints).
+                tokio::select! {
+                    _ = tokio::io::copy(&mut ur, &mut cw) => {}
+                    _ = tokio::io::copy(&mut cr, &mut uw) => {}
+                }
             }
             Err(e) => tracing::debug!(error = %e, "console upgrade failed"),
         }
+        manager.release_console(&name);
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
