@@ -12,3 +12,4 @@ pub mod host;
 pub mod proto;
 
 pub use host::{AgentClient, AgentError, ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+pub use proto::{PORT_NAME, PROTOCOL_VERSION, READY_LINE};
