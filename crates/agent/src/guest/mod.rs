@@ -62,6 +62,16 @@ pub fn main() -> ! {
         }
     } else if stage2 {
         root_lu = true;
+        // The LU's own /etc/hostname names it unless the command line does.
+        if cfg.hostname.is_none() {
+            let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            let name = name.trim();
+            if cmdline::validate_hostname(name).is_ok() {
+                if let Err(e) = sys::sethostname(name) {
+                    log(format_args!("sethostname {name}: {e}"));
+                }
+            }
+        }
     }
 
     // The engine waits for this exact line on the console.
