@@ -271,6 +271,19 @@ pub fn strip_connection_header(head: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The response head with its Connection headers replaced by `connection: close`.
+pub fn set_connection_close(head: &[u8]) -> Vec<u8> {
+    let mut out = strip_connection_header(head);
+    // Insert before the blank line that ends the head.
+    let end = if out.ends_with(b"\r\n\r\n") {
+        out.len() - 2
+    } else {
+        out.len().saturating_sub(1)
+    };
+    out.splice(end..end, b"connection: close\r\n".iter().copied());
+    out
+}
+
 /// Parses a response head. `request_is_head` removes the body of a HEAD reply.
 pub fn parse_response(
     buf: &[u8],
@@ -659,7 +672,19 @@ mod tests {
         let h = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX: 1\r\n\r\n";
         let r = parse_request(h, 8192).unwrap().unwrap();
         assert!(r.close_requested && !r.keep_alive);
-        assert_eq!(strip_connection_header(h), b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n");
+        assert_eq!(
+            strip_connection_header(h),
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n"
+        );
+        let r = b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            set_connection_close(r),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            set_connection_close(b"HTTP/1.1 200 OK\n\n"),
+            b"HTTP/1.1 200 OK\nconnection: close\r\n\n"
+        );
     }
 
     #[test]

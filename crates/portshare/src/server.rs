@@ -1222,13 +1222,20 @@ where
             Body::Close => BodyProgress::Left(u64::MAX),
         };
         let take = body.advance(&ubuf[head.len..]).map_err(|_| Fail::Midway)?;
-        match &rewritten {
-            Some(r) => {
-                cw.write_all(r).await.map_err(|_| Fail::Client)?;
-                cw.write_all(&ubuf[head.len..head.len + take])
-                    .await
-                    .map_err(|_| Fail::Client)?;
-                out += (r.len() + take) as u64;
+        // The client asked to close but the target's head says keep-alive:
+        // say close, as the proxy will (RFC 9112 §9.6).
+        let new_head = if !req.keep_alive && head.keep_alive {
+            Some(http::set_connection_close(
+                rewritten.as_deref().unwrap_or(&ubuf[..head.len]),
+            ))
+        } else {
+            rewritten
+        };
+        match new_head {
+            Some(mut h) => {
+                h.extend_from_slice(&ubuf[head.len..head.len + take]);
+                cw.write_all(&h).await.map_err(|_| Fail::Client)?;
+                out += h.len() as u64;
             }
             None => {
                 cw.write_all(&ubuf[..head.len + take])
