@@ -19,7 +19,9 @@ const READY: Duration = Duration::from_secs(300);
 fn image() -> PathBuf {
     std::env::var_os("BULKHEAD_IMAGE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
+        })
 }
 
 fn spec(name: &str, mib: u64) -> PartitionSpec {
@@ -61,16 +63,47 @@ async fn plain_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<Duration>
     let append = cmdline::kernel_cmdline(&s, &r);
     let t0 = Instant::now();
     let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-machine", "microvm", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-machine",
+            "microvm",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&s.boot.kernel)
         .arg("-initrd")
         .arg(s.boot.initramfs.as_ref().unwrap())
         .args(["-append", &append, "-serial", "stdio"])
-        .args(["-chardev", "null,id=agent0", "-device", "virtio-serial-device,id=vser0"])
-        .args(["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={}", cmdline::AGENT_PORT)])
-        .args(["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"])
+        .args([
+            "-chardev",
+            "null,id=agent0",
+            "-device",
+            "virtio-serial-device,id=vser0",
+        ])
+        .args([
+            "-device",
+            &format!(
+                "virtserialport,bus=vser0.0,chardev=agent0,name={}",
+                cmdline::AGENT_PORT
+            ),
+        ])
+        .args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -128,9 +161,23 @@ async fn main() -> anyhow::Result<()> {
     let (p50, p90) = (pct(&mut plain, 0.5), pct(&mut plain, 0.9));
     println!("start-to-ready, {boots} boots each, microvm TCG, 1 vCPU, 256 MiB");
     println!("  {:<22} {:>10} {:>10}", "", "median ms", "p90 ms");
-    println!("  {:<22} {:>10.0} {:>10.0}", "bulkhead engine", ms(e50), ms(e90));
-    println!("  {:<22} {:>10.0} {:>10.0}", "plain QEMU by hand", ms(p50), ms(p90));
-    println!("  ratio engine/plain: median {:.3}, p90 {:.3}", ms(e50) / ms(p50), ms(e90) / ms(p90));
+    println!(
+        "  {:<22} {:>10.0} {:>10.0}",
+        "bulkhead engine",
+        ms(e50),
+        ms(e90)
+    );
+    println!(
+        "  {:<22} {:>10.0} {:>10.0}",
+        "plain QEMU by hand",
+        ms(p50),
+        ms(p90)
+    );
+    println!(
+        "  ratio engine/plain: median {:.3}, p90 {:.3}",
+        ms(e50) / ms(p50),
+        ms(e90) / ms(p90)
+    );
 
     // 2. QMP round trip.
     let mut o = LaunchOptions::new(dir.path().join("qmp"));

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::spec::{parse_mib, AdapterSpec, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec};
+use crate::spec::{
+    parse_mib, AdapterSpec, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
+};
 use crate::{LaunchOptions, Partition};
 
 #[derive(Debug, clap::Args)]
@@ -93,11 +95,17 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let spec = args.to_spec()?;
-    let run_dir = std::env::temp_dir().join(format!("bulkhead-run-{}-{}", spec.name, std::process::id()));
+    let run_dir =
+        std::env::temp_dir().join(format!("bulkhead-run-{}-{}", spec.name, std::process::id()));
     let mut opts = LaunchOptions::new(&run_dir);
     opts.kill_on_drop = true;
-    let part = Partition::launch(spec, opts).await.context("starting the partition")?;
-    eprintln!("bulkhead: partition started (QEMU pid {}); Ctrl-C stops it", part.pid());
+    let part = Partition::launch(spec, opts)
+        .await
+        .context("starting the partition")?;
+    eprintln!(
+        "bulkhead: partition started (QEMU pid {}); Ctrl-C stops it",
+        part.pid()
+    );
 
     // The console: guest output to our stdout, our stdin to the guest.
     let console = tokio::net::UnixStream::connect(part.console_socket())
@@ -116,9 +124,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     tokio::spawn(async move {
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut con_w).await;
+        // Dropping the write half would shut the socket down and QEMU would
+        // drop the console client: keep it while the partition runs.
+        std::future::pending::<()>().await;
+        drop(con_w);
     });
 
-    let ready = part.wait_ready(Duration::from_secs(args.ready_timeout)).await;
+    let ready = part
+        .wait_ready(Duration::from_secs(args.ready_timeout))
+        .await;
     match &ready {
         Ok(r) => eprintln!(
             "bulkhead: agent ready: {} vCPU(s), kernel {}, guest boot {} ms",

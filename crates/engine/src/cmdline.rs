@@ -121,13 +121,18 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
     let m = r.machine;
     let mut machine = match m {
         ResolvedMachine::Microvm => "microvm".to_string(),
-        ResolvedMachine::Q35 => "q35,sata=off,smbus=off,usb=off,graphics=off,vmport=off".to_string(),
+        ResolvedMachine::Q35 => {
+            "q35,sata=off,smbus=off,usb=off,graphics=off,vmport=off".to_string()
+        }
     };
     for o in &spec.machine_options {
         machine.push(',');
         machine.push_str(&esc(o));
     }
-    push(&["-name", &format!("guest={},debug-threads=on", esc(&spec.name))]);
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", esc(&spec.name)),
+    ]);
     push(&["-machine", &machine]);
     if r.kvm {
         push(&["-accel", "kvm", "-cpu", "host"]);
@@ -136,7 +141,13 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
     }
     push(&["-m", &spec.memory_mib.to_string()]);
     push(&["-smp", &spec.vcpus.to_string()]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&["-kernel", &spec.boot.kernel.to_string_lossy()]);
     if let Some(i) = &spec.boot.initramfs {
         push(&["-initrd", &i.to_string_lossy()]);
@@ -204,7 +215,10 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
                     "-netdev",
                     &format!("tap,id=net-{},ifname={tap},script=no,downscript=no", n.id),
                     "-device",
-                    &format!("virtio-net-{v},netdev=net-{id},mac={mac},id={id}{addr}", id = n.id),
+                    &format!(
+                        "virtio-net-{v},netdev=net-{id},mac={mac},id={id}{addr}",
+                        id = n.id
+                    ),
                 ]);
             }
         }
@@ -225,9 +239,15 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
     }
     push(&["-pidfile", &r.pidfile.to_string_lossy()]);
     if r.sandbox {
+        // QEMU applies seccomp before -runas drops to the user, so the uid
+        // change itself must stay allowed; once QEMU is unprivileged there is
+        // nothing to elevate to (spawn=deny stops setuid programs).
+        let elevate = if r.run_as.is_some() { "allow" } else { "deny" };
         push(&[
             "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            &format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ),
         ]);
     }
     if let Some(u) = &r.run_as {
@@ -281,7 +301,11 @@ mod tests {
     }
 
     fn spec() -> PartitionSpec {
-        let mut s = PartitionSpec::new("web", "/img/vmlinux".into(), "/img/initramfs.cpio.gz".into());
+        let mut s = PartitionSpec::new(
+            "web",
+            "/img/vmlinux".into(),
+            "/img/initramfs.cpio.gz".into(),
+        );
         s.adapters.push(AdapterSpec::Net(NetSpec {
             id: "n0".into(),
             bridge: "br0".into(),
@@ -324,7 +348,9 @@ mod tests {
         assert!(line.contains("virtio-blk-device,drive=drive-root,id=root"));
         assert!(line.contains("virtio-net-device,netdev=net-n0,mac=52:54:00:00:00:01"));
         assert!(line.contains("name=org.bulkhead.agent.0"));
-        assert!(line.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"));
+        assert!(line.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
         // The JSON blockdev carries the path untouched, commas included.
         assert!(line.contains(r#""filename":"/lu/a,b.qcow2""#), "{line}");
         assert!(!line.contains("-monitor"));
@@ -341,10 +367,26 @@ mod tests {
         assert!(!line.contains("tsc_early_khz"));
         assert!(line.contains("virtio-serial-pci,id=vser0,addr=0x2"));
         // The root disk moves first, to slot 3, and is /dev/vda in the guest.
-        assert!(line.contains("virtio-blk-pci,drive=drive-root,id=root,addr=0x3"), "{line}");
+        assert!(
+            line.contains("virtio-blk-pci,drive=drive-root,id=root,addr=0x3"),
+            "{line}"
+        );
         assert!(line.contains("virtio-net-pci,netdev=net-n0,mac=52:54:00:00:00:01,id=n0,addr=0x4"));
         assert!(line.contains("bulkhead.root=/dev/vda"));
-        assert!(line.contains("pcie-root-port,id=hp1,bus=pcie.0,chassis=2,slot=2,addr=0x11,pref64-reserve=64M"));
+        assert!(line.contains(
+            "pcie-root-port,id=hp1,bus=pcie.0,chassis=2,slot=2,addr=0x11,pref64-reserve=64M"
+        ));
+    }
+
+    #[test]
+    fn unprivileged_user_keeps_the_sandbox() {
+        let mut r = resolved(ResolvedMachine::Microvm, false);
+        r.run_as = Some("nobody".into());
+        let line = qemu_args(&spec(), &r).join(" ");
+        assert!(line.contains("-runas nobody"));
+        assert!(line.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+        ));
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub fn probe() -> HostInfo {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
-        memory_mib: meminfo_total_mib(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default())
-            .unwrap_or(0),
+        memory_mib: meminfo_total_mib(
+            &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+        )
+        .unwrap_or(0),
     }
 }
 
@@ -61,7 +63,10 @@ mod tests {
         let ci = "processor\t: 0\nmodel name\t: Xeon\ncpu MHz\t\t: 2600.000\n";
         assert_eq!(tsc_khz_from_cpuinfo(ci), Some(2_600_000));
         assert_eq!(tsc_khz_from_cpuinfo("nothing"), None);
-        assert_eq!(meminfo_total_mib("MemTotal:       24576000 kB\n"), Some(24000));
+        assert_eq!(
+            meminfo_total_mib("MemTotal:       24576000 kB\n"),
+            Some(24000)
+        );
     }
 
     #[test]

@@ -11,8 +11,12 @@ mod tap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use partition::{tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState};
-pub use spec::{AdapterSpec, Accel, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec};
+pub use partition::{
+    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
+};
+pub use spec::{
+    Accel, AdapterSpec, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
+};
 
 pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo};
 
@@ -46,10 +50,18 @@ pub enum EngineError {
 /// nobody watched (TAPs, sockets). Safe to call when nothing is left.
 pub fn cleanup_leftovers(spec: &PartitionSpec, opts: &LaunchOptions) {
     for n in spec.nets() {
-        let t = n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
+        let t = n
+            .tap
+            .clone()
+            .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
         let _ = tap::remove(&t, opts.netns.as_deref());
     }
-    for s in [opts.qmp_socket(), opts.agent_socket(), opts.console_socket(), opts.pidfile()] {
+    for s in [
+        opts.qmp_socket(),
+        opts.agent_socket(),
+        opts.console_socket(),
+        opts.pidfile(),
+    ] {
         let _ = std::fs::remove_file(s);
     }
 }

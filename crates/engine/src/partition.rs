@@ -106,7 +106,9 @@ impl ExitInfo {
     pub fn is_failure(&self) -> bool {
         matches!(
             self.reason,
-            ExitReason::GuestPanic { .. } | ExitReason::Killed { .. } | ExitReason::QemuError { .. }
+            ExitReason::GuestPanic { .. }
+                | ExitReason::Killed { .. }
+                | ExitReason::QemuError { .. }
         )
     }
 }
@@ -152,6 +154,9 @@ pub struct Partition {
     taps: Vec<String>,
     exit: watch::Receiver<Option<ExitInfo>>,
     hotplugged: Mutex<BTreeMap<String, HotplugRecord>>,
+    /// Watches QEMU; aborted with the handle so its QMP connection closes and
+    /// a later `adopt` can connect (QEMU serves one QMP client at a time).
+    monitor: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -171,7 +176,8 @@ struct Listeners {
 
 fn bind(path: &Path) -> Result<UnixListener, EngineError> {
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|e| EngineError::Host(format!("binding {}: {e}", path.display())))
+    UnixListener::bind(path)
+        .map_err(|e| EngineError::Host(format!("binding {}: {e}", path.display())))
 }
 
 impl Partition {
@@ -193,13 +199,18 @@ impl Partition {
 
     /// Starts QEMU (detached: it outlives this process) and connects to its
     /// QMP and agent sockets. The guest is booting when this returns.
-    pub async fn launch(spec: PartitionSpec, opts: LaunchOptions) -> Result<Partition, EngineError> {
+    pub async fn launch(
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+    ) -> Result<Partition, EngineError> {
         spec.validate()?;
         let hostinfo = host::probe();
         let machine = ResolvedMachine::for_spec(&spec);
         let kvm = cmdline::use_kvm(spec.accel, hostinfo.hardware_kvm);
         if kvm && !Path::new("/dev/kvm").exists() {
-            return Err(EngineError::InvalidSpec("accel kvm asked for, but /dev/kvm does not exist".into()));
+            return Err(EngineError::InvalidSpec(
+                "accel kvm asked for, but /dev/kvm does not exist".into(),
+            ));
         }
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -211,17 +222,35 @@ impl Partition {
         let mut taps = Vec::new();
         let mut macs = Vec::new();
         for n in spec.nets() {
-            let t = n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
-            if let Err(e) = tap::create(&t, &n.bridge, opts.run_as.as_deref(), opts.netns.as_deref()) {
+            let t = n
+                .tap
+                .clone()
+                .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
+            if let Err(e) =
+                tap::create(&t, &n.bridge, opts.run_as.as_deref(), opts.netns.as_deref())
+            {
                 remove_taps(&taps, opts.netns.as_deref());
                 return Err(e);
             }
             taps.push(t);
-            macs.push(n.mac.clone().unwrap_or_else(|| cmdline::derived_mac(&spec.name, &n.id)));
+            macs.push(
+                n.mac
+                    .clone()
+                    .unwrap_or_else(|| cmdline::derived_mac(&spec.name, &n.id)),
+            );
         }
         match Self::spawn(&spec, &opts, machine, kvm, hostinfo.tsc_khz, &taps, macs).await {
             Ok((pid, child)) => {
-                match Self::connect(spec.clone(), opts.clone(), machine, pid, taps.clone(), Some(child)).await {
+                match Self::connect(
+                    spec.clone(),
+                    opts.clone(),
+                    machine,
+                    pid,
+                    taps.clone(),
+                    Some(child),
+                )
+                .await
+                {
                     Ok(p) => Ok(p),
                     Err(e) => {
                         kill_pid(pid);
@@ -253,7 +282,11 @@ impl Partition {
             agent: bind(&opts.agent_socket())?,
             console: bind(&opts.console_socket())?,
         };
-        for p in [opts.qmp_socket(), opts.agent_socket(), opts.console_socket()] {
+        for p in [
+            opts.qmp_socket(),
+            opts.agent_socket(),
+            opts.console_socket(),
+        ] {
             let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
         }
         let resolved = cmdline::Resolved {
@@ -273,13 +306,18 @@ impl Partition {
         };
         let args = cmdline::qemu_args(spec, &resolved);
         tracing::debug!(partition = %spec.name, ?args, "starting QEMU");
-        let log = std::fs::File::create(opts.qemu_log())
-            .map_err(|e| EngineError::Host(format!("creating {}: {e}", opts.qemu_log().display())))?;
+        let log = std::fs::File::create(opts.qemu_log()).map_err(|e| {
+            EngineError::Host(format!("creating {}: {e}", opts.qemu_log().display()))
+        })?;
         let log2 = log
             .try_clone()
             .map_err(|e| EngineError::Host(format!("dup of QEMU log: {e}")))?;
 
-        let inherit = [l.qmp.as_raw_fd(), l.agent.as_raw_fd(), l.console.as_raw_fd()];
+        let inherit = [
+            l.qmp.as_raw_fd(),
+            l.agent.as_raw_fd(),
+            l.console.as_raw_fd(),
+        ];
         let netns = match &opts.netns {
             Some(ns) => {
                 let path = Path::new("/run/netns").join(ns);
@@ -336,7 +374,9 @@ impl Partition {
         let child = cmd.spawn().map_err(|e| {
             EngineError::QemuStart(format!("{}: {e}", host::qemu_binary().display()))
         })?;
-        let pid = child.id().ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
         // Our copies close here: if QEMU dies, clients see the socket close
         // instead of waiting on a listener nobody serves.
         drop(l);
@@ -352,7 +392,12 @@ impl Partition {
         taps: Vec<String>,
         child: Option<tokio::process::Child>,
     ) -> Result<Partition, EngineError> {
-        let qmp = match tokio::time::timeout(Duration::from_secs(60), QmpClient::connect(&opts.qmp_socket())).await {
+        let qmp = match tokio::time::timeout(
+            Duration::from_secs(60),
+            QmpClient::connect(&opts.qmp_socket()),
+        )
+        .await
+        {
             Ok(Ok(q)) => q,
             Ok(Err(e)) => {
                 // Most often QEMU refused its command line: show why.
@@ -369,7 +414,11 @@ impl Partition {
                     EngineError::QemuStart(why)
                 });
             }
-            Err(_) => return Err(EngineError::QemuStart("QEMU did not answer QMP within 60 s".into())),
+            Err(_) => {
+                return Err(EngineError::QemuStart(
+                    "QEMU did not answer QMP within 60 s".into(),
+                ))
+            }
         };
         let agent = AgentClient::connect(&opts.agent_socket())
             .await
@@ -379,11 +428,15 @@ impl Partition {
         let monitor_opts = opts.clone();
         let monitor_taps = taps.clone();
         let events = qmp.events();
-        tokio::spawn(async move {
+        let monitor = tokio::spawn(async move {
             let info = monitor(monitor_qmp, events, child, pid, &monitor_opts).await;
             tracing::info!(pid, reason = %info.reason, "partition exited");
             remove_taps(&monitor_taps, monitor_opts.netns.as_deref());
-            for s in [monitor_opts.qmp_socket(), monitor_opts.agent_socket(), monitor_opts.console_socket()] {
+            for s in [
+                monitor_opts.qmp_socket(),
+                monitor_opts.agent_socket(),
+                monitor_opts.console_socket(),
+            ] {
                 let _ = std::fs::remove_file(s);
             }
             let _ = tx.send(Some(info));
@@ -398,6 +451,7 @@ impl Partition {
             taps,
             exit,
             hotplugged: Mutex::new(BTreeMap::new()),
+            monitor,
         };
         p.save_state()?;
         Ok(p)
@@ -406,19 +460,23 @@ impl Partition {
     /// Re-attaches to a partition whose QEMU is still running (after the
     /// caller restarted), from its run directory.
     pub async fn adopt(spec: PartitionSpec, opts: LaunchOptions) -> Result<Partition, EngineError> {
-        let pid_text = std::fs::read_to_string(opts.pidfile())
-            .map_err(|e| EngineError::NotRunning(format!("no pid file {}: {e}", opts.pidfile().display())))?;
-        let pid: u32 = pid_text
-            .trim()
-            .parse()
-            .map_err(|_| EngineError::NotRunning(format!("bad pid file {}", opts.pidfile().display())))?;
+        let pid_text = std::fs::read_to_string(opts.pidfile()).map_err(|e| {
+            EngineError::NotRunning(format!("no pid file {}: {e}", opts.pidfile().display()))
+        })?;
+        let pid: u32 = pid_text.trim().parse().map_err(|_| {
+            EngineError::NotRunning(format!("bad pid file {}", opts.pidfile().display()))
+        })?;
         if !pid_alive(pid) {
             return Err(EngineError::NotRunning(format!("QEMU pid {pid} is gone")));
         }
         let machine = ResolvedMachine::for_spec(&spec);
         let taps = spec
             .nets()
-            .map(|n| n.tap.clone().unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id)))
+            .map(|n| {
+                n.tap
+                    .clone()
+                    .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id))
+            })
             .collect();
         let saved: Option<SavedState> = std::fs::read(opts.run_dir.join("state.json"))
             .ok()
@@ -438,9 +496,12 @@ impl Partition {
         };
         let path = self.opts.run_dir.join("state.json");
         let tmp = self.opts.run_dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&s).expect("state serializes"))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| EngineError::Host(format!("writing {}: {e}", path.display())))
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&s).expect("state serializes"),
+        )
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| EngineError::Host(format!("writing {}: {e}", path.display())))
     }
 
     /// Waits until the agent answers, or the guest dies, or the time is up.
@@ -493,7 +554,12 @@ impl Partition {
     }
     /// Devices hot-plugged so far, by adapter id.
     pub fn hotplugged(&self) -> Vec<HotplugRecord> {
-        self.hotplugged.lock().expect("hotplug lock").values().cloned().collect()
+        self.hotplugged
+            .lock()
+            .expect("hotplug lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The exit, if QEMU has ended.
@@ -508,7 +574,9 @@ impl Partition {
         match r {
             Ok(v) => v.clone().expect("checked"),
             Err(_) => ExitInfo {
-                reason: ExitReason::QemuError { message: "monitor ended".into() },
+                reason: ExitReason::QemuError {
+                    message: "monitor ended".into(),
+                },
                 console_tail: Vec::new(),
             },
         }
@@ -548,14 +616,17 @@ impl Partition {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let agent_try = tokio::time::timeout(left() / 2, self.agent.shutdown(PowerAction::Poweroff)).await;
+        let agent_try =
+            tokio::time::timeout(left() / 2, self.agent.shutdown(PowerAction::Poweroff)).await;
         match agent_try {
             Ok(Ok(())) => {
                 if let Some(e) = self.wait_exit_for(left() * 3 / 4).await {
                     return Ok(e);
                 }
             }
-            other => tracing::info!(partition = %self.spec.name, ?other, "agent shutdown failed; pressing ACPI power button"),
+            other => {
+                tracing::info!(partition = %self.spec.name, ?other, "agent shutdown failed; pressing ACPI power button")
+            }
         }
         if self.qmp.system_powerdown().await.is_ok() {
             if let Some(e) = self.wait_exit_for(left()).await {
@@ -574,7 +645,10 @@ impl Partition {
         kill_pid(self.pid);
         match self.wait_exit_for(Duration::from_secs(30)).await {
             Some(e) => Ok(e),
-            None => Err(EngineError::Host(format!("QEMU pid {} survived SIGKILL", self.pid))),
+            None => Err(EngineError::Host(format!(
+                "QEMU pid {} survived SIGKILL",
+                self.pid
+            ))),
         }
     }
 
@@ -588,15 +662,24 @@ impl Partition {
             ));
         }
         if !crate::spec::valid_name(&disk.id) || disk.id.len() > 16 {
-            return Err(EngineError::InvalidSpec(format!("adapter id {:?} is not valid", disk.id)));
+            return Err(EngineError::InvalidSpec(format!(
+                "adapter id {:?} is not valid",
+                disk.id
+            )));
         }
         if !disk.path.exists() {
-            return Err(EngineError::MissingFile { what: "disk", path: disk.path.clone() });
+            return Err(EngineError::MissingFile {
+                what: "disk",
+                path: disk.path.clone(),
+            });
         }
         let slot = {
             let h = self.hotplugged.lock().expect("hotplug lock");
             if h.contains_key(&disk.id) || self.spec.adapters.iter().any(|a| a.id() == disk.id) {
-                return Err(EngineError::InvalidSpec(format!("adapter id {:?} is already in use", disk.id)));
+                return Err(EngineError::InvalidSpec(format!(
+                    "adapter id {:?} is already in use",
+                    disk.id
+                )));
             }
             (0..self.spec.hotplug_slots)
                 .find(|s| !h.values().any(|r| r.slot == *s))
@@ -626,7 +709,10 @@ impl Partition {
         }
         self.hotplugged.lock().expect("hotplug lock").insert(
             disk.id.clone(),
-            HotplugRecord { slot, adapter: AdapterSpec::Disk(disk) },
+            HotplugRecord {
+                slot,
+                adapter: AdapterSpec::Disk(disk),
+            },
         );
         self.save_state()
     }
@@ -656,6 +742,7 @@ impl Partition {
 
 impl Drop for Partition {
     fn drop(&mut self) {
+        self.monitor.abort();
         if self.opts.kill_on_drop && self.exit.borrow().is_none() {
             kill_pid(self.pid);
             remove_taps(&self.taps, self.opts.netns.as_deref());
@@ -735,11 +822,10 @@ async fn monitor(
             (None, None)
         }
     };
-    let console_tail = tail_lines(&opts.console_log(), 20);
-    let panic_line = console_tail
-        .iter()
-        .find(|l| l.contains("Kernel panic"))
-        .cloned();
+    // A panic's register dump and stack push its first line far up.
+    let console = tail_lines(&opts.console_log(), 400);
+    let panic_line = console.iter().find(|l| l.contains("Kernel panic")).cloned();
+    let console_tail = console[console.len().saturating_sub(20)..].to_vec();
     let reason = if panicked || panic_line.is_some() {
         ExitReason::GuestPanic {
             message: panic_line.unwrap_or_else(|| "GUEST_PANICKED event".into()),
@@ -748,7 +834,9 @@ async fn monitor(
         match shutdown_reason.as_deref() {
             Some("guest-shutdown") => ExitReason::Poweroff,
             Some("guest-reset") => ExitReason::GuestReset,
-            Some("host-qmp-quit") | Some("host-signal") | Some("host-qmp-system-reset") => ExitReason::HostQuit,
+            Some("host-qmp-quit") | Some("host-signal") | Some("host-qmp-system-reset") => {
+                ExitReason::HostQuit
+            }
             _ => match (signal, code) {
                 (Some(s), _) => ExitReason::Killed { signal: s },
                 (None, Some(0)) => ExitReason::HostQuit,
@@ -756,7 +844,9 @@ async fn monitor(
                     let log = tail_lines(&opts.qemu_log(), 5).join(" / ");
                     if c.is_none() && log.is_empty() {
                         // An adopted QEMU that vanished without a word: killed.
-                        ExitReason::Killed { signal: libc::SIGKILL }
+                        ExitReason::Killed {
+                            signal: libc::SIGKILL,
+                        }
                     } else {
                         ExitReason::QemuError {
                             message: format!("exit code {c:?}: {log}"),
@@ -766,7 +856,10 @@ async fn monitor(
             },
         }
     };
-    ExitInfo { reason, console_tail }
+    ExitInfo {
+        reason,
+        console_tail,
+    }
 }
 
 /// Waits for a process that is not our child to end, through a pidfd.
@@ -780,7 +873,9 @@ async fn wait_pid_exit(pid: u32) {
     let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as
     // it is registered, and it is deregistered before it is closed on drop.
-    if let Ok(afd) = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
+    if let Ok(afd) =
+        unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+    {
         let _ = afd.readable().await;
     }
 }
@@ -836,9 +931,15 @@ mod tests {
 
     #[test]
     fn failures_are_classified() {
-        let e = |reason| ExitInfo { reason, console_tail: vec![] };
+        let e = |reason| ExitInfo {
+            reason,
+            console_tail: vec![],
+        };
         assert!(!e(ExitReason::Poweroff).is_failure());
-        assert!(e(ExitReason::GuestPanic { message: "x".into() }).is_failure());
+        assert!(e(ExitReason::GuestPanic {
+            message: "x".into()
+        })
+        .is_failure());
         assert!(e(ExitReason::Killed { signal: 9 }).is_failure());
     }
 }

@@ -177,7 +177,10 @@ impl PartitionSpec {
             ));
         }
         if self.memory_mib > 1 << 22 {
-            return bad(format!("memory {} MiB is absurd (limit 4 TiB)", self.memory_mib));
+            return bad(format!(
+                "memory {} MiB is absurd (limit 4 TiB)",
+                self.memory_mib
+            ));
         }
         if !self.boot.kernel.is_file() {
             return Err(EngineError::MissingFile {
@@ -196,7 +199,10 @@ impl PartitionSpec {
         let mut ids = std::collections::HashSet::new();
         for a in &self.adapters {
             if !valid_name(a.id()) || a.id().len() > 16 {
-                return bad(format!("adapter id {:?} must be 1-16 characters of a-z, 0-9, '-'", a.id()));
+                return bad(format!(
+                    "adapter id {:?} must be 1-16 characters of a-z, 0-9, '-'",
+                    a.id()
+                ));
             }
             if !ids.insert(a.id()) {
                 return bad(format!("adapter id {:?} is used twice", a.id()));
@@ -217,7 +223,10 @@ impl PartitionSpec {
                         }
                     }
                     if n.bridge.is_empty() || n.bridge.len() > 15 {
-                        return bad(format!("bridge name {:?} must be 1-15 characters", n.bridge));
+                        return bad(format!(
+                            "bridge name {:?} must be 1-15 characters",
+                            n.bridge
+                        ));
                     }
                 }
             }
@@ -228,7 +237,9 @@ impl PartitionSpec {
                 .iter()
                 .any(|a| matches!(a, AdapterSpec::Disk(d) if &d.id == root))
             {
-                return bad(format!("root disk {root:?} is not one of the partition's disks"));
+                return bad(format!(
+                    "root disk {root:?} is not one of the partition's disks"
+                ));
             }
         }
         for o in &self.machine_options {
@@ -257,7 +268,8 @@ impl PartitionSpec {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 48
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -277,8 +289,11 @@ pub fn parse_mib(s: &str) -> Result<u64, String> {
             (&s[..i], mult)
         }
     };
-    let n: u64 = num.parse().map_err(|_| format!("size {s:?} is not a number"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -352,6 +367,10 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("root disk"));
         let mut s = ok;
         s.machine_options.push("bad".into());
-        assert!(s.validate().unwrap_err().to_string().contains("machine option"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("machine option"));
     }
 }

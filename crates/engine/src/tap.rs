@@ -34,11 +34,18 @@ pub fn exists(name: &str, netns: Option<&str>) -> bool {
 }
 
 /// Creates `tap` (removing a stale one left by a crash) and enslaves it to `bridge`.
-pub fn create(tap: &str, bridge: &str, owner: Option<&str>, netns: Option<&str>) -> Result<(), EngineError> {
+pub fn create(
+    tap: &str,
+    bridge: &str,
+    owner: Option<&str>,
+    netns: Option<&str>,
+) -> Result<(), EngineError> {
     if !exists(bridge, netns) {
         return Err(EngineError::InvalidSpec(format!(
             "bridge {bridge} does not exist{}",
-            netns.map(|n| format!(" in network namespace {n}")).unwrap_or_default()
+            netns
+                .map(|n| format!(" in network namespace {n}"))
+                .unwrap_or_default()
         )));
     }
     if exists(tap, netns) {

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bulkhead_engine::{
-    AdapterSpec, DiskFormat, DiskSpec, EngineError, ExitReason, MachineKind, NetSpec, Partition, RunState,
+    AdapterSpec, DiskFormat, DiskSpec, EngineError, ExitReason, MachineKind, NetSpec, Partition,
+    RunState,
 };
 use common::*;
 
@@ -16,8 +17,18 @@ fn text(b: &[u8]) -> String {
 }
 
 async fn exec_ok(p: &Partition, cmd: &str) -> String {
-    let out = p.agent().exec(&sh(cmd), None, CMD).await.expect("agent exec");
-    assert_eq!(out.code, 0, "{cmd}: stdout {} stderr {}", text(&out.stdout), text(&out.stderr));
+    let out = p
+        .agent()
+        .exec(&sh(cmd), None, CMD)
+        .await
+        .expect("agent exec");
+    assert_eq!(
+        out.code,
+        0,
+        "{cmd}: stdout {} stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     text(&out.stdout)
 }
 
@@ -25,9 +36,21 @@ async fn exec_ok(p: &Partition, cmd: &str) -> String {
 fn make_qcow2_ext4(dir: &std::path::Path) -> std::path::PathBuf {
     let raw = dir.join("fs.raw");
     let q = dir.join("fs.qcow2");
-    std::fs::File::create(&raw).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     run(&["mkfs.ext4", "-q", "-F", raw.to_str().unwrap()]);
-    run(&["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), q.to_str().unwrap()]);
+    run(&[
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        q.to_str().unwrap(),
+    ]);
     std::fs::remove_file(raw).unwrap();
     q
 }
@@ -48,29 +71,51 @@ async fn vcpus_exec_and_disk_survive_graceful_stop() {
         readonly: false,
     }));
 
-    let p = Partition::start(s.clone(), opts(&dir, "boot1"), READY).await.expect("first boot");
+    let p = Partition::start(s.clone(), opts(&dir, "boot1"), READY)
+        .await
+        .expect("first boot");
     assert_eq!(exec_ok(&p, "nproc").await, "2");
     let info = p.agent().info().await.unwrap();
     assert_eq!(info.ncpus, 2);
 
     // Exit code and both output streams come back.
-    let out = p.agent().exec(&sh("echo out; echo err >&2; exit 7"), None, CMD).await.unwrap();
-    assert_eq!((out.code, text(&out.stdout), text(&out.stderr)), (7, "out".into(), "err".into()));
+    let out = p
+        .agent()
+        .exec(&sh("echo out; echo err >&2; exit 7"), None, CMD)
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.code, text(&out.stdout), text(&out.stderr)),
+        (7, "out".into(), "err".into())
+    );
 
     let marker = format!("written-by-{}", std::process::id());
-    exec_ok(&p, &format!("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo {marker} > /mnt/marker")).await;
+    exec_ok(
+        &p,
+        &format!("mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo {marker} > /mnt/marker"),
+    )
+    .await;
     let exit = p.stop(Duration::from_secs(90)).await.unwrap();
     assert_eq!(exit.reason, ExitReason::Poweroff, "graceful stop: {exit:?}");
     drop(p);
 
     s.vcpus = 1;
-    let p = Partition::start(s, opts(&dir, "boot2"), READY).await.expect("second boot");
+    let p = Partition::start(s, opts(&dir, "boot2"), READY)
+        .await
+        .expect("second boot");
     assert_eq!(exec_ok(&p, "nproc").await, "1");
-    let got = exec_ok(&p, "mkdir -p /mnt && mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/marker").await;
+    let got = exec_ok(
+        &p,
+        "mkdir -p /mnt && mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/marker",
+    )
+    .await;
     assert_eq!(got, marker);
     // Forced stop: QEMU is killed, and the reason says so.
     let exit = p.kill().await.unwrap();
-    assert!(matches!(exit.reason, ExitReason::Killed { signal: 9 }), "{exit:?}");
+    assert!(
+        matches!(exit.reason, ExitReason::Killed { signal: 9 }),
+        "{exit:?}"
+    );
     assert!(exit.is_failure());
 }
 
@@ -95,7 +140,10 @@ async fn two_partitions_on_one_bridge_talk_tcp() {
     };
     let (sa, oa) = mk("net-a", "10.200.0.2/24");
     let (sb, ob) = mk("net-b", "10.200.0.3/24");
-    let (a, b) = tokio::join!(Partition::start(sa, oa, READY), Partition::start(sb, ob, READY));
+    let (a, b) = tokio::join!(
+        Partition::start(sa, oa, READY),
+        Partition::start(sb, ob, READY)
+    );
     let (a, b) = (a.expect("partition a"), b.expect("partition b"));
     assert_eq!(a.taps().len(), 1);
 
@@ -107,12 +155,22 @@ async fn two_partitions_on_one_bridge_talk_tcp() {
         &format!("for i in $(seq 100); do echo {payload} | nc -w 5 10.200.0.2 5000 && exit 0; sleep 0.2; done; exit 1"),
     )
     .await;
-    let got = exec_ok(&a, "for i in $(seq 100); do [ -s /tmp/got ] && break; sleep 0.1; done; cat /tmp/got").await;
+    let got = exec_ok(
+        &a,
+        "for i in $(seq 100); do [ -s /tmp/got ] && break; sleep 0.1; done; cat /tmp/got",
+    )
+    .await;
     assert_eq!(got, payload);
 
-    let (ea, eb) = tokio::join!(a.stop(Duration::from_secs(60)), b.stop(Duration::from_secs(60)));
-    assert_eq!(ea.unwrap().reason, ExitReason::Poweroff);
-    assert_eq!(eb.unwrap().reason, ExitReason::Poweroff);
+    // A stops through its agent; B through the ACPI power button alone (the
+    // second step of a graceful stop, used when the agent does not answer).
+    b.qmp().system_powerdown().await.unwrap();
+    let ea = a.stop(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ea.reason, ExitReason::Poweroff);
+    let eb = tokio::time::timeout(READY, b.wait_exit())
+        .await
+        .expect("ACPI power-off");
+    assert_eq!(eb.reason, ExitReason::Poweroff);
     // The engine removed the TAPs when QEMU ended.
     for p in [&a, &b] {
         let out = std::process::Command::new("ip")
@@ -130,7 +188,9 @@ async fn hotplugged_disk_appears_and_unplugs() {
     let mut s = spec(&unique("hotplug"));
     s.hotplug_slots = 1;
     assert_eq!(s.machine, MachineKind::Auto);
-    let p = Partition::start(s, opts(&dir, "hp"), READY).await.expect("boot q35");
+    let p = Partition::start(s, opts(&dir, "hp"), READY)
+        .await
+        .expect("boot q35");
     assert_eq!(exec_ok(&p, "ls /sys/block | grep -c vd || true").await, "0");
 
     let disk = dir.path().join("hot.raw");
@@ -138,9 +198,14 @@ async fn hotplugged_disk_appears_and_unplugs() {
     let mut data = marker.to_vec();
     data.resize(1 << 20, 0);
     std::fs::write(&disk, &data).unwrap();
-    p.hotplug_disk(DiskSpec { id: "hot0".into(), path: disk.clone(), format: DiskFormat::Raw, readonly: true })
-        .await
-        .expect("hot-plug");
+    p.hotplug_disk(DiskSpec {
+        id: "hot0".into(),
+        path: disk.clone(),
+        format: DiskFormat::Raw,
+        readonly: true,
+    })
+    .await
+    .expect("hot-plug");
     assert_eq!(p.hotplugged().len(), 1);
     let got = exec_ok(
         &p,
@@ -151,12 +216,19 @@ async fn hotplugged_disk_appears_and_unplugs() {
 
     // A second disk does not fit: one slot only.
     let err = p
-        .hotplug_disk(DiskSpec { id: "hot1".into(), path: disk, format: DiskFormat::Raw, readonly: true })
+        .hotplug_disk(DiskSpec {
+            id: "hot1".into(),
+            path: disk,
+            format: DiskFormat::Raw,
+            readonly: true,
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("no free hot-plug slot"), "{err}");
 
-    p.unplug("hot0", Duration::from_secs(60)).await.expect("unplug");
+    p.unplug("hot0", Duration::from_secs(60))
+        .await
+        .expect("unplug");
     assert!(p.hotplugged().is_empty());
     let left = exec_ok(&p, "for i in $(seq 100); do [ -b /dev/vda ] || break; sleep 0.1; done; ls /sys/block | grep -c vd || true").await;
     assert_eq!(left, "0");
@@ -168,7 +240,9 @@ async fn hotplugged_disk_appears_and_unplugs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_panic_is_reported_with_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Partition::start(spec(&unique("panic")), opts(&dir, "panic"), READY).await.expect("boot");
+    let p = Partition::start(spec(&unique("panic")), opts(&dir, "panic"), READY)
+        .await
+        .expect("boot");
     // Pause and resume first: the guest keeps running afterwards.
     p.pause().await.unwrap();
     assert_eq!(p.status().await.unwrap(), RunState::Paused);
@@ -176,12 +250,26 @@ async fn guest_panic_is_reported_with_reason() {
     assert_eq!(p.status().await.unwrap(), RunState::Running);
 
     // The agent may not get to answer: the kernel dies under it.
-    let _ = p.agent().exec(&sh("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"), None, Duration::from_secs(5)).await;
-    let exit = tokio::time::timeout(READY, p.wait_exit()).await.expect("QEMU exits after the panic");
-    assert!(exit.is_failure());
+    let _ = p
+        .agent()
+        .exec(
+            &sh("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger"),
+            None,
+            Duration::from_secs(5),
+        )
+        .await;
+    let exit = tokio::time::timeout(READY, p.wait_exit())
+        .await
+        .expect("QEMU exits after the panic");
+    assert!(exit.is_failure(), "{exit:?}");
     match &exit.reason {
-        ExitReason::GuestPanic { message } => assert!(message.contains("Kernel panic"), "{message}"),
-        other => panic!("expected a panic, got {other:?}; console: {:?}", exit.console_tail),
+        ExitReason::GuestPanic { message } => {
+            assert!(message.contains("Kernel panic"), "{message}")
+        }
+        other => panic!(
+            "expected a panic, got {other:?}; console: {:?}",
+            exit.console_tail
+        ),
     }
 }
 
@@ -191,7 +279,10 @@ async fn bad_specs_are_clear_errors() {
     let mut s = spec(&unique("bad"));
     s.boot.kernel = dir.path().join("no-such-vmlinux");
     let e = Partition::launch(s, opts(&dir, "k")).await.unwrap_err();
-    assert!(matches!(e, EngineError::MissingFile { what: "kernel", .. }), "{e}");
+    assert!(
+        matches!(e, EngineError::MissingFile { what: "kernel", .. }),
+        "{e}"
+    );
     assert!(e.to_string().contains("no-such-vmlinux"));
 
     let mut s = spec(&unique("bad"));
@@ -205,4 +296,56 @@ async fn bad_specs_are_clear_errors() {
     let e = Partition::launch(s, opts(&dir, "o")).await.unwrap_err();
     assert!(matches!(e, EngineError::QemuStart(_)), "{e}");
     assert!(e.to_string().contains("no-such-option"), "{e}");
+}
+
+/// QEMU outlives its handle; a new handle adopts it from the run directory.
+/// QEMU also runs as an unprivileged user here.
+#[tokio::test(flavor = "multi_thread")]
+async fn adopt_after_the_handle_is_gone_and_run_unprivileged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(&unique("adopt"));
+    let mut o = opts(&dir, "adopt");
+    o.kill_on_drop = false;
+    o.run_as = Some("nobody".into());
+    let p = Partition::start(s.clone(), o.clone(), READY)
+        .await
+        .expect("boot");
+    let pid = p.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        !uid_line.split_whitespace().skip(1).any(|u| u == "0"),
+        "QEMU runs as root: {uid_line}"
+    );
+    drop(p);
+
+    let q = Partition::adopt(s, o).await.expect("adopt");
+    assert_eq!(q.pid(), pid);
+    assert_eq!(exec_ok(&q, "echo adopted").await, "adopted");
+    let e = q.stop(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(e.reason, ExitReason::Poweroff);
+}
+
+/// A guest whose agent never comes up: a timeout error with console lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_that_never_gets_ready_times_out_with_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&unique("noready"));
+    // The kernel runs a shell instead of the agent.
+    s.boot.cmdline = "rdinit=/bin/sh".into();
+    let p = Partition::launch(s, opts(&dir, "noready"))
+        .await
+        .expect("QEMU starts");
+    let e = p.wait_ready(Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(e, EngineError::NotReady { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("not ready") && msg.contains("console"),
+        "{msg}"
+    );
+    p.kill().await.unwrap();
 }

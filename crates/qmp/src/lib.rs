@@ -98,7 +98,11 @@ impl QmpClient {
         }
         let greeting = match proto::decode(&line) {
             Ok(proto::Message::Greeting(g)) => g,
-            Ok(other) => return Err(QmpError::Protocol(format!("expected greeting, got {other:?}"))),
+            Ok(other) => {
+                return Err(QmpError::Protocol(format!(
+                    "expected greeting, got {other:?}"
+                )))
+            }
             Err(e) => return Err(QmpError::Protocol(e.to_string())),
         };
         let (events, _) = broadcast::channel(256);
@@ -122,7 +126,11 @@ impl QmpClient {
     }
 
     /// Runs a command and returns QEMU's `return` value as is.
-    pub async fn execute_value(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute_value(
+        &self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -152,7 +160,11 @@ impl QmpClient {
     }
 
     /// Runs a command and decodes its reply into `R`.
-    pub async fn execute<R: DeserializeOwned>(&self, command: &str, args: Option<Value>) -> Result<R, QmpError> {
+    pub async fn execute<R: DeserializeOwned>(
+        &self,
+        command: &str,
+        args: Option<Value>,
+    ) -> Result<R, QmpError> {
         let v = self.execute_value(command, args).await?;
         serde_json::from_value(v).map_err(|e| QmpError::Reply {
             command: command.to_string(),
@@ -212,7 +224,9 @@ impl QmpClient {
             .map(drop)
     }
     pub async fn blockdev_add(&self, args: Value) -> Result<(), QmpError> {
-        self.execute_value("blockdev-add", Some(args)).await.map(drop)
+        self.execute_value("blockdev-add", Some(args))
+            .await
+            .map(drop)
     }
     pub async fn blockdev_del(&self, node_name: &str) -> Result<(), QmpError> {
         self.execute_value("blockdev-del", Some(json!({ "node-name": node_name })))

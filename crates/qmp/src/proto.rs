@@ -11,7 +11,10 @@ pub enum Message {
     /// Successful reply to the command with this id.
     Return { id: Option<u64>, value: Value },
     /// Failed reply to the command with this id.
-    Error { id: Option<u64>, error: CommandError },
+    Error {
+        id: Option<u64>,
+        error: CommandError,
+    },
     /// An asynchronous event.
     Event(Event),
 }

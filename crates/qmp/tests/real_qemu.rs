@@ -29,9 +29,21 @@ fn spawn_qemu() -> Qemu {
     let listener = std::os::unix::net::UnixListener::bind(&qmp).unwrap();
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-accel", "tcg", "-nodefaults", "-display", "none", "-S"])
-        .args(["-chardev", &format!("socket,id=qmp0,fd={fd},server=on,wait=off")])
-        .args(["-mon", "chardev=qmp0,mode=control"]);
+    cmd.args([
+        "-M",
+        "microvm",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+    ])
+    .args([
+        "-chardev",
+        &format!("socket,id=qmp0,fd={fd},server=on,wait=off"),
+    ])
+    .args(["-mon", "chardev=qmp0,mode=control"]);
     // SAFETY: pre_exec runs in the forked child before exec; fcntl on an fd we
     // own is async-signal-safe.
     unsafe {
@@ -74,15 +86,19 @@ async fn commands_events_and_errors() {
 
     let mut ev = c.events();
     c.cont().await.unwrap();
-    wait_event(&mut ev, Duration::from_secs(30), "RESUME", |e| e.name == "RESUME")
-        .await
-        .unwrap();
+    wait_event(&mut ev, Duration::from_secs(30), "RESUME", |e| {
+        e.name == "RESUME"
+    })
+    .await
+    .unwrap();
     assert!(c.query_status().await.unwrap().running);
 
     c.stop().await.unwrap();
-    wait_event(&mut ev, Duration::from_secs(30), "STOP", |e| e.name == "STOP")
-        .await
-        .unwrap();
+    wait_event(&mut ev, Duration::from_secs(30), "STOP", |e| {
+        e.name == "STOP"
+    })
+    .await
+    .unwrap();
     assert_eq!(c.query_status().await.unwrap().status, "paused");
 
     // Errors carry QEMU's class and description.

@@ -25,7 +25,9 @@ pub fn image_dir() -> PathBuf {
 }
 
 fn dirs_home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into())
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into())
 }
 
 pub fn spec(name: &str) -> PartitionSpec {
@@ -69,12 +71,17 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 pub fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect(args[0]);
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect(args[0]);
     assert!(
         out.status.success(),
         "{}: {}",
