@@ -178,33 +178,16 @@ fn release_of(root: &Path) -> Result<String, Error> {
 /// uncompressed size as a 32-bit little-endian number to every payload.
 pub fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>, Error> {
     let bad = |m: &str| Error::Kernel(format!("not a usable bzImage: {m}"));
-    if bz.len() < 0x250 || &bz[0x202..0x206] != b"HdrS" {
-        return Err(bad("no HdrS setup header"));
-    }
-    let version = u16::from_le_bytes([bz[0x206], bz[0x207]]);
-    if version < 0x0208 {
-        return Err(bad(&format!(
-            "boot protocol {version:#x} has no payload fields"
-        )));
-    }
-    let setup_sects = match bz[0x1f1] {
-        0 => 4,
-        n => n as usize,
-    };
-    let u32_at = |o: usize| u32::from_le_bytes([bz[o], bz[o + 1], bz[o + 2], bz[o + 3]]) as usize;
-    let start = (setup_sects + 1) * 512 + u32_at(0x248);
-    let end = start + u32_at(0x24c);
-    if end > bz.len() || end < start + 8 {
-        return Err(bad("payload outside the file"));
-    }
-    let payload = &bz[start..end];
+    let payload = bzimage_payload(bz)?;
     let body = &payload[..payload.len() - 4];
     let size = u32::from_le_bytes(payload[payload.len() - 4..].try_into().unwrap()) as usize;
     let elf = match payload {
         [0x02, 0x21, 0x4c, 0x18, ..] => pipe(&["lz4", "-dc"], body)?,
         [0x1f, 0x8b, ..] => {
             let mut out = Vec::new();
+            // Bounded by the size the image claims, so a bad file cannot balloon.
             flate2::read::GzDecoder::new(payload)
+                .take(size as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| bad(&format!("gzip: {e}")))?;
             out
@@ -228,6 +211,32 @@ pub fn vmlinux_from_bzimage(bz: &[u8]) -> Result<Vec<u8>, Error> {
         )));
     }
     Ok(elf)
+}
+
+/// The compressed payload of a bzImage (its last 4 bytes are the
+/// uncompressed size), located through the setup header. Sans I/O; fuzzed.
+pub fn bzimage_payload(bz: &[u8]) -> Result<&[u8], Error> {
+    let bad = |m: &str| Error::Kernel(format!("not a usable bzImage: {m}"));
+    if bz.len() < 0x250 || &bz[0x202..0x206] != b"HdrS" {
+        return Err(bad("no HdrS setup header"));
+    }
+    let version = u16::from_le_bytes([bz[0x206], bz[0x207]]);
+    if version < 0x0208 {
+        return Err(bad(&format!(
+            "boot protocol {version:#x} has no payload fields"
+        )));
+    }
+    let setup_sects = match bz[0x1f1] {
+        0 => 4,
+        n => n as usize,
+    };
+    let u32_at = |o: usize| u32::from_le_bytes([bz[o], bz[o + 1], bz[o + 2], bz[o + 3]]) as usize;
+    let start = (setup_sects + 1) * 512 + u32_at(0x248);
+    let end = start + u32_at(0x24c);
+    if end > bz.len() || end < start + 8 {
+        return Err(bad("payload outside the file"));
+    }
+    Ok(&bz[start..end])
 }
 
 fn pipe(argv: &[&str], input: &[u8]) -> Result<Vec<u8>, Error> {
