@@ -14,13 +14,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Partitions: run one in the foreground.
+    /// Partitions: run one in the foreground, or manage them through bulkheadd.
     #[command(subcommand)]
     Partition(partition::PartitionCommand),
     /// Guest images: kernel + initramfs, Debian root LUs.
     Image(bulkhead_image::cli::ImageArgs),
     /// Shared port: many servers behind one port, routed by TLS SNI or HTTP Host.
     Portshare(bulkhead_portshare::cli::Args),
+    /// Run bulkheadd, the partition manager daemon, in the foreground.
+    Serve(bulkhead_manager::cli::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Partition(c) => partition::run(c),
         Command::Image(a) => bulkhead_image::cli::run(a),
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
+        Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
     }
 }

@@ -7,11 +7,15 @@ pub enum PartitionCommand {
     /// Run one partition in the foreground with its console on this terminal,
     /// without the daemon, until it powers off or Ctrl-C.
     Run(bulkhead_engine::cli::RunArgs),
+    /// Partitions managed by bulkheadd (create, start, stop, list, ...).
+    #[command(flatten)]
+    Api(bulkhead_manager::cli::PartitionCommand),
 }
 
 pub fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
     match cmd {
         PartitionCommand::Run(args) => runtime()?.block_on(bulkhead_engine::cli::run(args)),
+        PartitionCommand::Api(c) => runtime()?.block_on(bulkhead_manager::cli::run(c)),
     }
 }
 

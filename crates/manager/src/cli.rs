@@ -232,7 +232,16 @@ pub fn parse_disk(s: &str) -> anyhow::Result<Value> {
     Ok(json!({ "path": abs, "format": format, "readonly": ro }))
 }
 
+/// Runs one partition command. Failures print one line and exit non-zero.
 pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
+    if let Err(e) = run_inner(cmd).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
     match cmd {
         PartitionCommand::Create(a) => {
             let memory_mib =
