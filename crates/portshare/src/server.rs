@@ -45,12 +45,19 @@ struct Pool {
 }
 
 impl Pool {
-    fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
+    /// An idle connection to `addr`. With `retryable` (the request can be sent
+    /// again if this connection turns out closed) a recently used connection is
+    /// taken without probing it, saving a system call per request.
+    fn take(&self, addr: SocketAddr, retryable: bool) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap();
         let list = idle.get_mut(&addr)?;
         while let Some((s, at)) = list.pop() {
-            if at.elapsed() > POOL_IDLE {
+            let age = at.elapsed();
+            if age > POOL_IDLE {
                 continue;
+            }
+            if retryable && age < Duration::from_secs(1) {
+                return Some(s);
             }
             // A closed or chatty idle connection is of no use.
             match s.try_read(&mut [0u8; 1]) {
@@ -332,8 +339,18 @@ struct Client {
     buf: Vec<u8>,
     /// The caller: the socket peer, or the address a trusted front named.
     peer: SocketAddr,
-    /// The shared port as the client reached it (PROXY destination).
-    local: SocketAddr,
+    /// The shared port as the client reached it (PROXY destination); looked
+    /// up only when a row needs it, as it costs a system call.
+    local: Option<SocketAddr>,
+    listen: SocketAddr,
+}
+
+impl Client {
+    fn local(&self) -> SocketAddr {
+        self.local
+            .or_else(|| self.stream.local_addr().ok())
+            .unwrap_or(self.listen)
+    }
 }
 
 async fn handle(shared: &Arc<Shared>, listen: SocketAddr, stream: TcpStream, peer: SocketAddr) {
@@ -343,12 +360,12 @@ async fn handle(shared: &Arc<Shared>, listen: SocketAddr, stream: TcpStream, pee
     };
     let cfg = lt.cfg.clone();
     let head_deadline = tokio::time::Instant::now() + cfg.header_timeout.0;
-    let local = stream.local_addr().unwrap_or(listen);
     let mut c = Client {
         stream,
         buf: Vec::with_capacity(4096),
         peer,
-        local,
+        local: None,
+        listen,
     };
 
     if lt.trusts_proxy_from(peer.ip()) {
@@ -358,7 +375,7 @@ async fn handle(shared: &Arc<Shared>, listen: SocketAddr, stream: TcpStream, pee
                     c.buf.drain(..n);
                     if let Some((src, dst)) = h.addrs {
                         c.peer = src;
-                        c.local = dst;
+                        c.local = Some(dst);
                     }
                     break;
                 }
@@ -550,7 +567,7 @@ async fn serve_tls(
     };
     let mut first = Vec::with_capacity(c.buf.len() + 64);
     if let Some(v) = route.cfg.proxy_protocol {
-        first.extend_from_slice(&proxy_protocol::encode(v, c.peer, c.local));
+        first.extend_from_slice(&proxy_protocol::encode(v, c.peer, c.local()));
     }
     first.extend_from_slice(&c.buf);
     if up.write_all(&first).await.is_err() {
@@ -856,7 +873,16 @@ async fn serve_http(
         };
         let mut retried = false;
         let outcome = loop {
-            let u = match take_upstream(shared, &mut up, &route, &c, cfg.connect_timeout.0).await {
+            let u = match take_upstream(
+                shared,
+                &mut up,
+                &route,
+                &c,
+                cfg.connect_timeout.0,
+                head.body == Body::None && !retried,
+            )
+            .await
+            {
                 Ok(u) => u,
                 Err(e) => break Err(Fail::NoResponse(e)),
             };
@@ -959,6 +985,7 @@ async fn take_upstream(
     route: &Arc<Route>,
     c: &Client,
     timeout: Duration,
+    retryable: bool,
 ) -> io::Result<Upstream> {
     if let Some(u) = up.take() {
         let same = Arc::ptr_eq(&u.route, route)
@@ -976,7 +1003,7 @@ async fn take_upstream(
     }
     if route.cfg.proxy_protocol.is_none() {
         if let Some(addr) = route.addr {
-            if let Some(s) = shared.pool.take(addr) {
+            if let Some(s) = shared.pool.take(addr, retryable) {
                 return Ok(Upstream {
                     stream: s,
                     buf: Vec::with_capacity(4096),
@@ -990,7 +1017,7 @@ async fn take_upstream(
     let (mut s, addr) = connect(route, timeout).await?;
     route.stats.connections.fetch_add(1, Relaxed);
     if let Some(v) = route.cfg.proxy_protocol {
-        s.write_all(&proxy_protocol::encode(v, c.peer, c.local))
+        s.write_all(&proxy_protocol::encode(v, c.peer, c.local()))
             .await?;
     }
     Ok(Upstream {
@@ -1026,7 +1053,12 @@ async fn exchange(
     if let Err(e) = sent {
         return Err(Fail::NoResponse(e));
     }
-    c.buf.drain(..first);
+    // A bodiless request keeps its head in the buffer until answered, so it
+    // can be sent again if a reused target connection turns out dead.
+    let retain = head.body == Body::None;
+    if !retain {
+        c.buf.drain(..first);
+    }
     let mut bytes_in = first as u64;
 
     let pre_done = body_state.done();
@@ -1076,6 +1108,9 @@ async fn exchange(
     // The target answered before the request body was all sent (an early
     // error reply, or a refused 100-continue): the connection cannot be reused.
     let body_complete = pre_done || body_res.is_some();
+    if retain {
+        c.buf.drain(..first);
+    }
     bytes_in += body_res.unwrap_or(0);
     let (status, keep, upgrade, reusable, bytes_out) = resp;
     Ok((

@@ -425,3 +425,49 @@ async fn metrics_endpoint_and_access_log() {
     assert_eq!(v["request"], "GET /m HTTP/1.1");
     assert_eq!(v["target"], a.to_string());
 }
+
+/// A target that closes each kept-alive connection shortly after answering:
+/// the proxy's pooled connection is dead by the next request, which must be
+/// sent again on a new connection rather than fail.
+#[tokio::test]
+async fn dead_pooled_upstream_is_retried() {
+    let l = tokio::net::TcpListener::bind(ANY).await.unwrap();
+    let t = l.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let n = n.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let k = s.read(&mut buf).await.unwrap();
+                    if k == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..k]);
+                }
+                let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = format!("answer {i}");
+                s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropped: closed while the proxy keeps it in its pool.
+            });
+        }
+    });
+    let (_s, p) = start(config(vec![route("a.test", t)])).await;
+    assert_eq!(get(p, "a.test", "/").await.body, "answer 0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = get(p, "a.test", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "answer 1"));
+}
