@@ -130,7 +130,7 @@ pub fn netmask(prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from(bits)
 }
 
-/// A host name the kernel and resolvers accept: 1..=64 of `[A-Za-z0-9.-]`,
+/// A host name the kernel and resolvers accept: 1..=64 of `[A-Za-z0-9._-]`,
 /// not starting with `-` or `.`.
 pub fn validate_hostname(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -139,12 +139,12 @@ pub fn validate_hostname(name: &str) -> Result<(), String> {
         && !name.starts_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "invalid host name {name:?} (1-64 of A-Z a-z 0-9 . -, not starting with - or .)"
+            "invalid host name {name:?} (1-64 of A-Z a-z 0-9 . _ -, not starting with - or .)"
         ))
     }
 }
@@ -202,6 +202,7 @@ mod tests {
     #[test]
     fn hostnames() {
         assert!(validate_hostname("a.b-c9").is_ok());
+        assert!(validate_hostname("pool_7").is_ok());
         assert!(validate_hostname("").is_err());
         assert!(validate_hostname(&"a".repeat(65)).is_err());
         assert!(validate_hostname("a b").is_err());

@@ -209,6 +209,32 @@ async fn agent_serves_a_real_guest_and_shuts_down_cleanly() {
         other => panic!("{other:?}"),
     }
 
+    // PID 1 reaps orphans: background children of exited shells leave no zombies.
+    let out = g
+        .agent
+        .exec(
+            &argv(&["sh", "-c", "for i in 1 2 3 4; do (sleep 0.1 &); done"]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.code, 0);
+    let out = g
+        .agent
+        .exec(
+            &argv(&[
+                "sh",
+                "-c",
+                "sleep 1; cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true",
+            ]),
+            None,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+
     g.agent.set_hostname("renamed").await.unwrap();
     assert_eq!(g.agent.info().await.unwrap().hostname, "renamed");
     assert!(matches!(
