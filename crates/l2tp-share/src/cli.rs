@@ -1,0 +1,267 @@
+//! `bulkhead l2tp server|client|dial|answer`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use bulkhead_modem::tty::Pty;
+use clap::{Args as ClapArgs, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::profile::{self, ClientProfile, Device, ServerProfile};
+
+/// L2TP resource sharing: share modems with clients through L2TP tunnels.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the resource server (LAC) that owns the devices.
+    Server(ServerArgs),
+    /// Run the client (LNS) daemon that `dial` and `answer` talk to.
+    Client(ClientArgs),
+    /// Place an outgoing call by directory name or number.
+    Dial(DialArgs),
+    /// Arm answer mode: the next incoming call is routed to this client.
+    Answer(AnswerArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ServerArgs {
+    /// L2TP profile (TOML); see docs/l2tp.md.
+    #[arg(long, conflicts_with_all = ["listen", "device", "dir"])]
+    pub profile: Option<PathBuf>,
+    /// Quick use: address to accept tunnels on, ADDR[:PORT] (port 1701 by default).
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Quick use: shared secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// Quick use: a modem's tty (takes outgoing and incoming calls), repeatable.
+    #[arg(long)]
+    pub device: Vec<PathBuf>,
+    /// Quick use: directory entry NAME=NUMBER, repeatable.
+    #[arg(long, value_name = "NAME=NUMBER")]
+    pub dir: Vec<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct ClientArgs {
+    /// Client profile (TOML); see docs/l2tp.md.
+    #[arg(long)]
+    pub profile: PathBuf,
+    /// Control socket (overrides the profile).
+    #[arg(long)]
+    pub control: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct CallArgs {
+    /// The client daemon's control socket.
+    #[arg(long, default_value_os_t = profile::default_control())]
+    pub control: PathBuf,
+    /// Carry the call on standard input/output instead of a new PTY.
+    #[arg(long)]
+    pub stdio: bool,
+    /// raw (byte stream), ppp (async HDLC ↔ PPP frames), or auto (raw when the server supports it).
+    #[arg(long, default_value = "auto", value_parser = crate::client::parse_mode)]
+    pub mode: Option<bulkhead_l2tp::CallMode>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct DialArgs {
+    /// Directory name (e.g. PRIMARY_ISP) or number.
+    pub target: String,
+    #[command(flatten)]
+    pub call: CallArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct AnswerArgs {
+    /// Only this line (device name); any line by default.
+    #[arg(long)]
+    pub line: Option<String>,
+    /// How long the server stays armed.
+    #[arg(long, default_value_t = 300)]
+    pub seconds: u32,
+    #[command(flatten)]
+    pub call: CallArgs,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::Server(a) => {
+            let p = server_profile(a)?;
+            runtime()?.block_on(crate::server::run(p))
+        }
+        Command::Client(a) => {
+            let p = ClientProfile::load(&a.profile)?;
+            let control = a.control.unwrap_or_else(|| p.control.clone());
+            let client = crate::client::Client::new(p);
+            runtime()?.block_on(crate::client::serve_control(client, &control))
+        }
+        Command::Dial(a) => {
+            let req = format!("DIAL {} {}\n", a.target, mode_word(a.call.mode));
+            runtime()?.block_on(place(&a.call, &req))
+        }
+        Command::Answer(a) => {
+            let req = format!(
+                "ANSWER {} {} {}\n",
+                a.line.as_deref().unwrap_or("*"),
+                a.seconds,
+                mode_word(a.call.mode)
+            );
+            runtime()?.block_on(place(&a.call, &req))
+        }
+    }
+}
+
+fn mode_word(m: Option<bulkhead_l2tp::CallMode>) -> &'static str {
+    match m {
+        None => "auto",
+        Some(bulkhead_l2tp::CallMode::Raw) => "raw",
+        Some(bulkhead_l2tp::CallMode::Ppp) => "ppp",
+    }
+}
+
+fn server_profile(a: ServerArgs) -> anyhow::Result<ServerProfile> {
+    if let Some(p) = a.profile {
+        return ServerProfile::load(&p);
+    }
+    if a.listen.is_empty() {
+        bail!("give --profile FILE, or at least --listen ADDR");
+    }
+    let listen = a
+        .listen
+        .iter()
+        .map(|l| {
+            l.parse::<SocketAddr>()
+                .or_else(|_| format!("{l}:{}", bulkhead_l2tp::PORT).parse())
+                .with_context(|| format!("--listen {l:?}: expected ADDR[:PORT]"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let directory = a
+        .dir
+        .iter()
+        .map(|d| {
+            d.split_once('=')
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .with_context(|| format!("--dir {d:?}: expected NAME=NUMBER"))
+        })
+        .collect::<anyhow::Result<HashMap<_, _>>>()?;
+    let devices = a
+        .device
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Device {
+            name: format!("dev{i}"),
+            tty: t.clone(),
+            outgoing: true,
+            incoming: true,
+            dial_timeout: 60,
+            forward_incoming: None,
+        })
+        .collect();
+    let p = ServerProfile {
+        hostname: "bulkhead-l2tp-server".into(),
+        listen,
+        secret: a.secret,
+        secrets: HashMap::new(),
+        vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
+        hello_interval: 60,
+        devices,
+        directory,
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+/// Sends the request to the client daemon, reports progress on stderr, then carries
+/// the call on stdio or a new PTY until it ends.
+async fn place(call: &CallArgs, request: &str) -> anyhow::Result<()> {
+    let mut s = connect_control(&call.control).await?;
+    s.write_all(request.as_bytes()).await?;
+    loop {
+        let line = read_line(&mut s).await?;
+        let mut words = line.splitn(2, ' ');
+        match (words.next(), words.next()) {
+            (Some("ARMED"), _) => eprintln!("armed: waiting for an incoming call"),
+            (Some("CONNECTED"), rest) => {
+                eprintln!("connected ({})", rest.unwrap_or(""));
+                break;
+            }
+            (Some("ERROR"), rest) => bail!("{}", rest.unwrap_or("call failed")),
+            _ if line.is_empty() => bail!("the client daemon closed the connection"),
+            _ => bail!("unexpected reply from the client daemon: {line:?}"),
+        }
+    }
+    if call.stdio {
+        let (mut r, mut w) = s.into_split();
+        let up = async {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
+        };
+        let down = async {
+            let mut out = tokio::io::stdout();
+            let _ = tokio::io::copy(&mut r, &mut out).await;
+            let _ = out.flush().await;
+        };
+        // Either direction ending ends the call.
+        tokio::select! {
+            _ = up => {},
+            _ = down => {},
+        }
+    } else {
+        let pty = Pty::open()?;
+        println!("{}", pty.slave_path.display());
+        let (mut master, _slave) = pty.into_parts();
+        let mut sbuf = vec![0u8; 16384];
+        let mut pbuf = vec![0u8; 16384];
+        loop {
+            tokio::select! {
+                r = s.read(&mut sbuf) => match r? {
+                    0 => break,
+                    n => master.write_all(&sbuf[..n]).await?,
+                },
+                r = master.read(&mut pbuf) => match r? {
+                    0 => break,
+                    n => s.write_all(&pbuf[..n]).await?,
+                },
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        eprintln!("call ended");
+    }
+    Ok(())
+}
+
+async fn connect_control(path: &Path) -> anyhow::Result<UnixStream> {
+    UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "connecting to the client daemon at {} (is `bulkhead l2tp client` running?)",
+            path.display()
+        )
+    })
+}
+
+/// Reads one line byte by byte, so no call data is consumed.
+async fn read_line(s: &mut UnixStream) -> anyhow::Result<String> {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b).await? == 0 || b[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(b[0]);
+    }
+}

@@ -1,0 +1,485 @@
+//! The thin tokio loop around one sans-I/O [`Tunnel`]: datagrams in and out, timers,
+//! commands from the application, and events routed to the session they concern.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_l2tp::{CallMode, Event, ResultCode, Tunnel, TunnelError};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+/// What a session's owner receives.
+#[derive(Debug)]
+pub enum SessionMsg {
+    Event(Event),
+    Data(Vec<u8>),
+}
+
+pub type SessionRx = mpsc::UnboundedReceiver<SessionMsg>;
+type SessionTx = mpsc::UnboundedSender<SessionMsg>;
+
+/// What the tunnel's owner receives.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// Connected or Closed.
+    Tunnel(Event),
+    /// A request from the peer that creates a session (OCRQ, AICRQ, unarmed ICRQ);
+    /// the session's further events and data arrive on the receiver.
+    Request(Event, SessionRx),
+}
+
+type Reply<T> = oneshot::Sender<Result<T, TunnelError>>;
+
+enum Cmd {
+    Outgoing {
+        number: String,
+        mode: CallMode,
+        tx: SessionTx,
+        reply: Reply<u16>,
+    },
+    Incoming {
+        calling: Option<String>,
+        called: Option<String>,
+        armed: Option<u16>,
+        tx: Option<SessionTx>,
+        reply: Reply<u16>,
+    },
+    Arm {
+        line: Option<String>,
+        duration: Duration,
+        mode: CallMode,
+        tx: SessionTx,
+        reply: Reply<u16>,
+    },
+    Accept {
+        session: u16,
+        reply: Reply<()>,
+    },
+    ReplyArm {
+        session: u16,
+        result: Result<Duration, ResultCode>,
+        reply: Reply<()>,
+    },
+    Connected {
+        session: u16,
+        speed: u32,
+        framing: u32,
+        reply: Reply<()>,
+    },
+    Disconnect {
+        session: u16,
+        result: ResultCode,
+    },
+    Data {
+        session: u16,
+        payload: Vec<u8>,
+    },
+    Close(ResultCode),
+}
+
+/// Commands for a running tunnel. Cheap to clone.
+#[derive(Clone)]
+pub struct TunnelHandle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+}
+
+fn gone() -> TunnelError {
+    TunnelError::NotEstablished
+}
+
+impl TunnelHandle {
+    async fn call<T>(&self, f: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, TunnelError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd.send(f(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// LNS: OCRQ. Returns the session and its receiver.
+    pub async fn place_outgoing(
+        &self,
+        number: &str,
+        mode: CallMode,
+    ) -> Result<(u16, SessionRx), TunnelError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let number = number.to_string();
+        let s = self
+            .call(|reply| Cmd::Outgoing {
+                number,
+                mode,
+                tx,
+                reply,
+            })
+            .await?;
+        Ok((s, rx))
+    }
+
+    /// LAC: ICRQ, for an armed session (its receiver keeps working) or a new one.
+    pub async fn place_incoming(
+        &self,
+        calling: Option<&str>,
+        called: Option<&str>,
+        armed: Option<u16>,
+    ) -> Result<(u16, Option<SessionRx>), TunnelError> {
+        let (tx, rx) = if armed.is_none() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let (calling, called) = (calling.map(str::to_string), called.map(str::to_string));
+        let s = self
+            .call(|reply| Cmd::Incoming {
+                calling,
+                called,
+                armed,
+                tx,
+                reply,
+            })
+            .await?;
+        Ok((s, rx))
+    }
+
+    /// LNS: AICRQ.
+    pub async fn arm(
+        &self,
+        line: Option<&str>,
+        duration: Duration,
+        mode: CallMode,
+    ) -> Result<(u16, SessionRx), TunnelError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let line = line.map(str::to_string);
+        let s = self
+            .call(|reply| Cmd::Arm {
+                line,
+                duration,
+                mode,
+                tx,
+                reply,
+            })
+            .await?;
+        Ok((s, rx))
+    }
+
+    pub async fn accept(&self, session: u16) -> Result<(), TunnelError> {
+        self.call(|reply| Cmd::Accept { session, reply }).await
+    }
+
+    pub async fn reply_arm(
+        &self,
+        session: u16,
+        result: Result<Duration, ResultCode>,
+    ) -> Result<(), TunnelError> {
+        self.call(|reply| Cmd::ReplyArm {
+            session,
+            result,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn connected(
+        &self,
+        session: u16,
+        speed: u32,
+        framing: u32,
+    ) -> Result<(), TunnelError> {
+        self.call(|reply| Cmd::Connected {
+            session,
+            speed,
+            framing,
+            reply,
+        })
+        .await
+    }
+
+    pub fn disconnect(&self, session: u16, result: ResultCode) {
+        let _ = self.cmd.send(Cmd::Disconnect { session, result });
+    }
+
+    pub fn send_data(&self, session: u16, payload: Vec<u8>) -> bool {
+        self.cmd.send(Cmd::Data { session, payload }).is_ok()
+    }
+
+    pub fn close(&self, result: ResultCode) {
+        let _ = self.cmd.send(Cmd::Close(result));
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.cmd.is_closed()
+    }
+}
+
+/// Starts the loop for `tunnel`, talking to `peer` on `socket`; datagrams for it arrive
+/// on `inbound`. Returns the command handle and the application's event stream.
+pub fn spawn(
+    tunnel: Tunnel,
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    inbound: mpsc::Receiver<Vec<u8>>,
+) -> (TunnelHandle, mpsc::UnboundedReceiver<AppEvent>) {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (app_tx, app_rx) = mpsc::unbounded_channel();
+    let d = Driver {
+        tunnel,
+        socket,
+        peer,
+        sessions: HashMap::new(),
+        app: app_tx,
+        out: Vec::with_capacity(2048),
+    };
+    tokio::spawn(d.run(inbound, cmd_rx));
+    (TunnelHandle { cmd: cmd_tx }, app_rx)
+}
+
+struct Driver {
+    tunnel: Tunnel,
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    sessions: HashMap<u16, SessionTx>,
+    app: mpsc::UnboundedSender<AppEvent>,
+    out: Vec<u8>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Vec<u8>>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    ) {
+        let mut cmds_open = true;
+        loop {
+            self.flush().await;
+            if self.tunnel.is_finished() {
+                break;
+            }
+            let deadline = self.tunnel.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                d = inbound.recv() => match d {
+                    Some(d) => self.datagram(&d),
+                    None => break,
+                },
+                c = cmds.recv(), if cmds_open => match c {
+                    Some(c) => self.command(c),
+                    None => {
+                        // Everyone dropped the handle: clear the tunnel politely.
+                        cmds_open = false;
+                        self.tunnel.close(Instant::now(), ResultCode::new(bulkhead_l2tp::result::STOP_GENERAL_CLEAR, 0, "closed"));
+                    }
+                },
+                _ = sleep => self.tunnel.handle_timeout(Instant::now()),
+            }
+        }
+        debug!(tunnel = self.tunnel.local_id(), "tunnel finished");
+    }
+
+    fn datagram(&mut self, d: &[u8]) {
+        match self.tunnel.handle(Instant::now(), d) {
+            Ok(Some((session, payload))) => {
+                if let Some(tx) = self.sessions.get(&session) {
+                    let _ = tx.send(SessionMsg::Data(payload.to_vec()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => debug!(tunnel = self.tunnel.local_id(), "dropped datagram: {e}"),
+        }
+    }
+
+    fn command(&mut self, c: Cmd) {
+        let now = Instant::now();
+        let t = &mut self.tunnel;
+        match c {
+            Cmd::Outgoing {
+                number,
+                mode,
+                tx,
+                reply,
+            } => {
+                let r = t.place_outgoing_call(now, &number, mode);
+                if let Ok(s) = r {
+                    self.sessions.insert(s, tx);
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Incoming {
+                calling,
+                called,
+                armed,
+                tx,
+                reply,
+            } => {
+                let r = t.place_incoming_call(now, calling.as_deref(), called.as_deref(), armed);
+                if let (Ok(s), Some(tx)) = (&r, tx) {
+                    self.sessions.insert(*s, tx);
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Arm {
+                line,
+                duration,
+                mode,
+                tx,
+                reply,
+            } => {
+                let r = t.arm(now, line.as_deref(), duration, mode);
+                if let Ok(s) = r {
+                    self.sessions.insert(s, tx);
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Accept { session, reply } => {
+                let _ = reply.send(t.accept_call(now, session));
+            }
+            Cmd::ReplyArm {
+                session,
+                result,
+                reply,
+            } => {
+                let refused = result.is_err();
+                let _ = reply.send(t.reply_arm(now, session, result));
+                if refused {
+                    self.sessions.remove(&session);
+                }
+            }
+            Cmd::Connected {
+                session,
+                speed,
+                framing,
+                reply,
+            } => {
+                let _ = reply.send(t.call_connected(now, session, speed, framing));
+            }
+            Cmd::Disconnect { session, result } => {
+                let _ = t.disconnect_call(now, session, result);
+            }
+            Cmd::Data { session, payload } => {
+                self.out.clear();
+                if t.encode_data(session, &payload, &mut self.out).is_ok() {
+                    // Data is unreliable by design; a full socket buffer drops like a lost packet.
+                    let _ = self.socket.try_send_to(&self.out, self.peer);
+                }
+            }
+            Cmd::Close(rc) => t.close(now, rc),
+        }
+    }
+
+    async fn flush(&mut self) {
+        let now = Instant::now();
+        while let Some(d) = self.tunnel.poll_transmit(now) {
+            if let Err(e) = self.socket.send_to(&d, self.peer).await {
+                warn!(peer = %self.peer, "send: {e}");
+            }
+        }
+        while let Some(e) = self.tunnel.poll_event() {
+            self.route(e);
+        }
+        // Routing may have queued replies (none today), so transmit once more.
+        while let Some(d) = self.tunnel.poll_transmit(now) {
+            let _ = self.socket.send_to(&d, self.peer).await;
+        }
+    }
+
+    fn route(&mut self, e: Event) {
+        match &e {
+            Event::Connected { .. } => {
+                let _ = self.app.send(AppEvent::Tunnel(e));
+            }
+            Event::Closed { result, .. } => {
+                let rc = result.clone().unwrap_or_else(|| {
+                    ResultCode::new(bulkhead_l2tp::result::CDN_LOST_CARRIER, 1, "tunnel lost")
+                });
+                for (session, tx) in self.sessions.drain() {
+                    let _ = tx.send(SessionMsg::Event(Event::CallDisconnected {
+                        session,
+                        result: rc.clone(),
+                        local: false,
+                    }));
+                }
+                let _ = self.app.send(AppEvent::Tunnel(e));
+            }
+            Event::OutgoingCallRequest { session, .. }
+            | Event::ArmRequest { session, .. }
+            | Event::IncomingCallRequest {
+                session,
+                armed: false,
+                ..
+            } => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.sessions.insert(*session, tx);
+                let _ = self.app.send(AppEvent::Request(e, rx));
+            }
+            Event::IncomingCallRequest { session, .. }
+            | Event::ArmReply { session, .. }
+            | Event::CallReplied { session }
+            | Event::CallEstablished { session, .. }
+            | Event::WanErrors { session, .. }
+            | Event::LinkInfo { session, .. } => {
+                if let Some(tx) = self.sessions.get(session) {
+                    let _ = tx.send(SessionMsg::Event(e));
+                }
+            }
+            Event::CallDisconnected { session, .. } => {
+                if let Some(tx) = self.sessions.remove(session) {
+                    let _ = tx.send(SessionMsg::Event(e));
+                }
+            }
+        }
+    }
+}
+
+/// Opens a tunnel to `server` from a new UDP socket and waits until it is up.
+pub async fn connect(
+    cfg: bulkhead_l2tp::Config,
+    server: SocketAddr,
+    wait: Duration,
+) -> anyhow::Result<(TunnelHandle, mpsc::UnboundedReceiver<AppEvent>, Event)> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    socket.connect(server).await?;
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let reader = socket.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match reader.recv(&mut buf).await {
+                Ok(n) => {
+                    if in_tx.send(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+                // ICMP port unreachable surfaces here; the tunnel's retries decide.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    let tunnel = Tunnel::connect(cfg, Instant::now());
+    let (handle, mut events) = spawn(tunnel, socket, server, in_rx);
+    let first = tokio::time::timeout(wait, events.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from the L2TP server at {server}"))?
+        .ok_or_else(|| anyhow::anyhow!("tunnel to {server} ended"))?;
+    match first {
+        AppEvent::Tunnel(e @ Event::Connected { .. }) => Ok((handle, events, e)),
+        AppEvent::Tunnel(Event::Closed { result, .. }) => {
+            let why = result
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "no answer".into());
+            anyhow::bail!("the L2TP server at {server} refused the tunnel: {why}")
+        }
+        other => anyhow::bail!("unexpected first event {other:?}"),
+    }
+}

@@ -1,0 +1,588 @@
+//! The resource server (LAC): accepts tunnels on the profile's addresses, dials for
+//! OCRQ, arms answer mode for AICRQ and routes the call back as ICRQ, hangs up on CDN,
+//! and turns modem results into CDN codes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bulkhead_l2tp::result::*;
+use bulkhead_l2tp::tunnel::{BEARER_ANALOG, FRAMING_ASYNC};
+use bulkhead_l2tp::{header, CallMode, Event, Message, MessageType, ResultCode, Tunnel};
+use bulkhead_modem::dte::{Dte, DteError};
+use bulkhead_modem::hayes::Code;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::call::{bridge, End};
+use crate::driver::{self, AppEvent, SessionMsg, SessionRx, TunnelHandle};
+use crate::profile::{Device, ServerProfile};
+
+struct Slot {
+    cfg: Device,
+    /// `None` while a call or an armed request holds the device.
+    dte: Option<Dte>,
+}
+
+struct Shared {
+    profile: ServerProfile,
+    slots: Mutex<Vec<Slot>>,
+}
+
+/// A device taken from the pool; give it back with [`Shared::put_back`].
+struct Taken {
+    index: usize,
+    name: String,
+    dial_timeout: Duration,
+    dte: Dte,
+}
+
+impl Shared {
+    fn take(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
+        let mut slots = self.slots.lock().expect("pool lock");
+        let mut exists = false;
+        for (i, s) in slots.iter_mut().enumerate() {
+            if want(&s.cfg) && s.cfg.forward_incoming.is_none() {
+                exists = true;
+                if let Some(dte) = s.dte.take() {
+                    return Ok(Taken {
+                        index: i,
+                        name: s.cfg.name.clone(),
+                        dial_timeout: Duration::from_secs(s.cfg.dial_timeout),
+                        dte,
+                    });
+                }
+            }
+        }
+        Err(if exists {
+            ResultCode::new(
+                CDN_NO_FACILITIES_TEMP,
+                ERR_NO_RESOURCES,
+                "all devices are in use",
+            )
+        } else {
+            ResultCode::new(
+                CDN_NO_FACILITIES_PERM,
+                ERR_NONE,
+                "no device takes this kind of call",
+            )
+        })
+    }
+
+    async fn put_back(&self, mut t: Taken) {
+        if let Err(e) = t.dte.init().await {
+            warn!(device = t.name, "modem did not reset after the call: {e}");
+        }
+        self.slots.lock().expect("pool lock")[t.index].dte = Some(t.dte);
+    }
+}
+
+/// The CDN for a modem's dial or answer failure.
+pub fn cdn_for(e: &DteError) -> ResultCode {
+    match e {
+        DteError::Result(Code::Busy) => ResultCode::new(CDN_BUSY, ERR_NONE, "BUSY"),
+        DteError::Result(Code::NoCarrier) => {
+            ResultCode::new(CDN_NO_CARRIER, ERR_NONE, "NO CARRIER")
+        }
+        DteError::Result(Code::NoDialtone) => {
+            ResultCode::new(CDN_NO_DIALTONE, ERR_NONE, "NO DIALTONE")
+        }
+        DteError::Result(Code::NoAnswer) => ResultCode::new(CDN_TIMEOUT, ERR_NONE, "NO ANSWER"),
+        DteError::Timeout(_) => ResultCode::new(CDN_TIMEOUT, ERR_NONE, "no CONNECT in time"),
+        DteError::Result(c) => {
+            ResultCode::new(CDN_ERROR, ERR_VENDOR, format!("modem said {}", c.text()))
+        }
+        DteError::Io(e) => ResultCode::new(CDN_ERROR, ERR_VENDOR, format!("modem line: {e}")),
+    }
+}
+
+fn dialable(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || "+*#,-() WwPpTt".contains(c))
+        && s.chars().any(|c| c.is_ascii_digit())
+}
+
+/// Runs the resource server until the process ends.
+pub async fn run(profile: ServerProfile) -> anyhow::Result<()> {
+    let server = start(profile).await?;
+    server.wait().await;
+    Ok(())
+}
+
+/// A started server.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+    /// Stops listening (tunnels already up end with their tasks).
+    pub fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Opens the devices and binds every listen address.
+pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
+    profile.validate()?;
+    let mut slots = Vec::new();
+    for d in &profile.devices {
+        let mut dte = Dte::open(&d.tty)
+            .with_context(|| format!("opening device {} ({})", d.name, d.tty.display()))?;
+        dte.init()
+            .await
+            .with_context(|| format!("initialising the modem on {}", d.tty.display()))?;
+        slots.push(Slot {
+            cfg: d.clone(),
+            dte: Some(dte),
+        });
+    }
+    let shared = Arc::new(Shared {
+        profile: profile.clone(),
+        slots: Mutex::new(slots),
+    });
+    let mut tasks = Vec::new();
+    let mut addrs = Vec::new();
+    for a in &profile.listen {
+        if a.ip().is_unspecified() {
+            warn!(addr = %a, "listening on every address: tunnels will be accepted on public addresses too");
+        }
+        let socket = Arc::new(
+            UdpSocket::bind(a)
+                .await
+                .with_context(|| format!("binding {a}"))?,
+        );
+        let local = socket.local_addr()?;
+        info!(addr = %local, "accepting L2TP tunnels");
+        addrs.push(local);
+        tasks.push(tokio::spawn(listen(socket, shared.clone())));
+    }
+    for (i, d) in profile.devices.iter().enumerate() {
+        if let Some(lns) = d.forward_incoming {
+            let dte = shared.slots.lock().expect("pool lock")[i]
+                .dte
+                .take()
+                .expect("just opened");
+            tasks.push(tokio::spawn(forward_incoming(
+                dte,
+                d.name.clone(),
+                lns,
+                shared.clone(),
+            )));
+        }
+    }
+    Ok(Running { addrs, tasks })
+}
+
+fn tunnel_config(p: &ServerProfile, secret: Option<&str>) -> bulkhead_l2tp::Config {
+    bulkhead_l2tp::Config {
+        host_name: p.hostname.clone(),
+        secret: secret.map(|s| s.as_bytes().to_vec()),
+        bearer_caps: BEARER_ANALOG,
+        extension: Some(p.vendor_id),
+        hello_interval: Duration::from_secs(p.hello_interval),
+        ..bulkhead_l2tp::Config::default()
+    }
+}
+
+/// Demultiplexes one listen socket's datagrams to tunnels, creating one per new SCCRQ.
+async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let mut by_id: HashMap<u16, (SocketAddr, mpsc::Sender<Vec<u8>>)> = HashMap::new();
+    let mut by_peer: HashMap<(SocketAddr, u16), u16> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("recv: {e}");
+                continue;
+            }
+        };
+        let d = &buf[..n];
+        let Some(tid) = header::peek_tunnel_id(d) else {
+            continue;
+        };
+        let target = if tid != 0 {
+            by_id
+                .get(&tid)
+                .filter(|(peer, _)| *peer == from)
+                .map(|(_, tx)| (tid, tx.clone()))
+        } else {
+            // A new SCCRQ, or a retransmission of one already being answered.
+            let Some((host, peer_tid)) = sccrq_identity(d) else {
+                continue;
+            };
+            match by_peer.get(&(from, peer_tid)) {
+                Some(id) => by_id.get(id).map(|(_, tx)| (*id, tx.clone())),
+                None => {
+                    let secret = shared.profile.secret_for(&host).map(str::to_string);
+                    let mut tunnel = Tunnel::accept(
+                        tunnel_config(&shared.profile, secret.as_deref()),
+                        Instant::now(),
+                    );
+                    while by_id.contains_key(&tunnel.local_id()) {
+                        tunnel = Tunnel::accept(
+                            tunnel_config(&shared.profile, secret.as_deref()),
+                            Instant::now(),
+                        );
+                    }
+                    let id = tunnel.local_id();
+                    info!(peer = %from, host, tunnel = id, "new tunnel");
+                    let (tx, rx) = mpsc::channel(1024);
+                    let (handle, events) = driver::spawn(tunnel, socket.clone(), from, rx);
+                    tokio::spawn(serve_tunnel(handle, events, shared.clone()));
+                    by_id.insert(id, (from, tx.clone()));
+                    by_peer.insert((from, peer_tid), id);
+                    Some((id, tx))
+                }
+            }
+        };
+        if let Some((id, tx)) = target {
+            if tx.try_send(d.to_vec()).is_err() && tx.is_closed() {
+                by_id.remove(&id);
+                by_peer.retain(|_, v| *v != id);
+            }
+        }
+    }
+}
+
+fn sccrq_identity(d: &[u8]) -> Option<(String, u16)> {
+    let (h, body) = header::decode(d).ok()?;
+    if !h.control || body.is_empty() {
+        return None;
+    }
+    // Host Name and Assigned Tunnel ID are never hidden in practice; without the secret
+    // a hidden one fails to decode and the SCCRQ is dropped.
+    let m = Message::decode(body, None).ok()?;
+    if m.message_type() != Some(MessageType::Sccrq) {
+        return None;
+    }
+    let host = m.find(|a| {
+        if let bulkhead_l2tp::Avp::HostName(h) = a {
+            Some(String::from_utf8_lossy(h).into_owned())
+        } else {
+            None
+        }
+    })?;
+    let tid = m.find(|a| {
+        if let bulkhead_l2tp::Avp::AssignedTunnelId(t) = a {
+            Some(*t)
+        } else {
+            None
+        }
+    })?;
+    Some((host, tid))
+}
+
+async fn serve_tunnel(
+    handle: TunnelHandle,
+    mut events: mpsc::UnboundedReceiver<AppEvent>,
+    shared: Arc<Shared>,
+) {
+    while let Some(e) = events.recv().await {
+        match e {
+            AppEvent::Tunnel(Event::Connected { peer_host, .. }) => {
+                info!(peer = peer_host, "tunnel up")
+            }
+            AppEvent::Tunnel(Event::Closed { reason, result }) => {
+                info!(
+                    ?reason,
+                    result = result.map(|r| r.to_string()),
+                    "tunnel closed"
+                );
+            }
+            AppEvent::Tunnel(_) => {}
+            AppEvent::Request(
+                Event::OutgoingCallRequest {
+                    session,
+                    called_number,
+                    mode,
+                    ..
+                },
+                rx,
+            ) => {
+                tokio::spawn(outgoing_call(
+                    handle.clone(),
+                    session,
+                    called_number,
+                    mode,
+                    rx,
+                    shared.clone(),
+                ));
+            }
+            AppEvent::Request(
+                Event::ArmRequest {
+                    session,
+                    line,
+                    duration,
+                    mode,
+                },
+                rx,
+            ) => {
+                tokio::spawn(armed_call(
+                    handle.clone(),
+                    session,
+                    line,
+                    duration,
+                    mode,
+                    rx,
+                    shared.clone(),
+                ));
+            }
+            AppEvent::Request(Event::IncomingCallRequest { session, .. }, _) => {
+                handle.disconnect(
+                    session,
+                    ResultCode::new(
+                        CDN_NO_FACILITIES_PERM,
+                        ERR_NONE,
+                        "this resource server is no LNS",
+                    ),
+                );
+            }
+            AppEvent::Request(..) => {}
+        }
+    }
+}
+
+/// Waits for the session's CDN (or the tunnel's end).
+async fn disconnected(rx: &mut SessionRx) -> ResultCode {
+    loop {
+        match rx.recv().await {
+            Some(SessionMsg::Event(Event::CallDisconnected { result, .. })) => return result,
+            Some(_) => {}
+            None => return ResultCode::new(CDN_LOST_CARRIER, ERR_NO_CONTROL, "tunnel gone"),
+        }
+    }
+}
+
+async fn outgoing_call(
+    handle: TunnelHandle,
+    session: u16,
+    called: String,
+    mode: CallMode,
+    mut rx: SessionRx,
+    shared: Arc<Shared>,
+) {
+    let number = match shared.profile.directory.get(&called) {
+        Some(n) => n.clone(),
+        None if dialable(&called) => called.clone(),
+        None => {
+            info!(called, "unknown directory name");
+            return handle.disconnect(
+                session,
+                ResultCode::new(
+                    CDN_INVALID_DESTINATION,
+                    ERR_NONE,
+                    format!("unknown directory name {called}"),
+                ),
+            );
+        }
+    };
+    let mut dev = match shared.take(|d| d.outgoing) {
+        Ok(d) => d,
+        Err(rc) => return handle.disconnect(session, rc),
+    };
+    info!(called, number, device = dev.name, ?mode, "dialing");
+    if handle.accept(session).await.is_err() {
+        return shared.put_back(dev).await;
+    }
+    let wait = dev.dial_timeout;
+    let dialed = tokio::select! {
+        r = dev.dte.dial(&number, wait) => Some(r),
+        _ = disconnected(&mut rx) => None,
+    };
+    match dialed {
+        None => {
+            info!(device = dev.name, "call cancelled while dialing");
+            shared.put_back(dev).await;
+        }
+        Some(Err(e)) => {
+            info!(device = dev.name, "dial failed: {e}");
+            // The device is free again before the client hears the result.
+            shared.put_back(dev).await;
+            handle.disconnect(session, cdn_for(&e));
+        }
+        Some(Ok(speed)) => {
+            if handle
+                .connected(session, speed, FRAMING_ASYNC)
+                .await
+                .is_ok()
+            {
+                run_call(&handle, session, &mut rx, &mut dev, mode).await;
+            }
+            shared.put_back(dev).await;
+        }
+    }
+}
+
+/// Bridges the modem and the session until either ends, then clears the other side.
+async fn run_call(
+    handle: &TunnelHandle,
+    session: u16,
+    rx: &mut SessionRx,
+    dev: &mut Taken,
+    mode: CallMode,
+) {
+    info!(device = dev.name, session, "call connected");
+    let (tty, initial) = dev.dte.data();
+    let end = bridge(tty, initial, handle, session, rx, mode, true).await;
+    info!(device = dev.name, session, ?end, "call ended");
+    match end {
+        End::Remote(_) => {
+            let _ = dev.dte.hangup().await;
+        }
+        End::Carrier => handle.disconnect(
+            session,
+            ResultCode::new(CDN_LOST_CARRIER, ERR_NONE, "NO CARRIER"),
+        ),
+        End::Local => handle.disconnect(
+            session,
+            ResultCode::new(CDN_LOST_CARRIER, ERR_VENDOR, "modem line closed"),
+        ),
+    }
+}
+
+async fn armed_call(
+    handle: TunnelHandle,
+    session: u16,
+    line: Option<String>,
+    duration: Duration,
+    mode: CallMode,
+    mut rx: SessionRx,
+    shared: Arc<Shared>,
+) {
+    if let Some(l) = &line {
+        if !shared
+            .profile
+            .devices
+            .iter()
+            .any(|d| &d.name == l && d.incoming)
+        {
+            let rc = ResultCode::new(
+                CDN_INVALID_DESTINATION,
+                ERR_NONE,
+                format!("no incoming line {l}"),
+            );
+            let _ = handle.reply_arm(session, Err(rc)).await;
+            return;
+        }
+    }
+    let mut dev = match shared.take(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name)) {
+        Ok(d) => d,
+        Err(rc) => {
+            let _ = handle.reply_arm(session, Err(rc)).await;
+            return;
+        }
+    };
+    if handle.reply_arm(session, Ok(duration)).await.is_err() {
+        return shared.put_back(dev).await;
+    }
+    info!(device = dev.name, ?duration, "armed for an incoming call");
+    let rang = tokio::select! {
+        r = dev.dte.wait_ring() => r.is_ok(),
+        rc = disconnected(&mut rx) => {
+            info!(device = dev.name, %rc, "armed request ended");
+            false
+        }
+    };
+    if rang {
+        info!(device = dev.name, "ring: routing the call to the client");
+        answer_and_run(&handle, session, &mut rx, &mut dev, mode, Some(session)).await;
+    }
+    shared.put_back(dev).await;
+}
+
+/// ICRQ (tied to `armed` if set), wait for ICRP, answer, ICCN, bridge.
+async fn answer_and_run(
+    handle: &TunnelHandle,
+    session: u16,
+    rx: &mut SessionRx,
+    dev: &mut Taken,
+    mode: CallMode,
+    armed: Option<u16>,
+) {
+    if let Err(e) = handle.place_incoming(None, None, armed).await {
+        warn!("ICRQ: {e}");
+        return;
+    }
+    let replied = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rx.recv().await {
+                Some(SessionMsg::Event(Event::CallReplied { .. })) => return true,
+                Some(SessionMsg::Event(Event::CallDisconnected { .. })) | None => return false,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !replied {
+        info!(device = dev.name, "the LNS did not take the call");
+        return;
+    }
+    match dev.dte.answer(Duration::from_secs(30)).await {
+        Ok(speed) => {
+            if handle
+                .connected(session, speed, FRAMING_ASYNC)
+                .await
+                .is_ok()
+            {
+                run_call(handle, session, rx, dev, mode).await;
+            }
+        }
+        Err(e) => handle.disconnect(session, cdn_for(&e)),
+    }
+}
+
+/// A device whose rings go to a static LNS (no AICRQ needed), as a plain LAC does.
+async fn forward_incoming(dte: Dte, name: String, lns: SocketAddr, shared: Arc<Shared>) {
+    let mut dev = Taken {
+        index: usize::MAX,
+        name,
+        dial_timeout: Duration::from_secs(60),
+        dte,
+    };
+    let mut conn: Option<(TunnelHandle, tokio::task::JoinHandle<()>)> = None;
+    loop {
+        if dev.dte.wait_ring().await.is_err() {
+            warn!(device = dev.name, "modem line failed; forwarding stops");
+            return;
+        }
+        if conn.as_ref().is_none_or(|(h, _)| h.is_closed()) {
+            let cfg = tunnel_config(&shared.profile, shared.profile.secret.as_deref());
+            match driver::connect(cfg, lns, Duration::from_secs(40)).await {
+                Ok((h, mut events, _)) => {
+                    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+                    conn = Some((h, drain));
+                }
+                Err(e) => {
+                    warn!(device = dev.name, %lns, "cannot reach the LNS: {e:#}");
+                    continue;
+                }
+            }
+        }
+        let (h, _) = conn.as_ref().expect("connected above");
+        let h = h.clone();
+        match h.place_incoming(None, None, None).await {
+            Ok((session, Some(mut rx))) => {
+                answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!("ICRQ to {lns}: {e}"),
+        }
+        if let Err(e) = dev.dte.init().await {
+            warn!(device = dev.name, "modem reset: {e}");
+        }
+    }
+}

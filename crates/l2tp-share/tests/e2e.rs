@@ -1,0 +1,170 @@
+//! End to end on loopback: client → L2TP → resource server → modem model → TCP.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bulkhead_l2tp::CallMode;
+use bulkhead_l2tp_share::client::{CallError, Client};
+use bulkhead_l2tp_share::server;
+use bulkhead_modem::emulator::Line;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn refused(r: Result<impl Sized, CallError>) -> bulkhead_l2tp::ResultCode {
+    match r {
+        Err(CallError::Refused(rc)) => rc,
+        Err(e) => panic!("expected a CDN, got {e}"),
+        Ok(_) => panic!("expected a CDN, the call connected"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dial_by_directory_name_and_failures_and_incoming() {
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, accepted) = echo_server().await;
+    let dead = closed_port().await;
+    let (tty_out, _) = modem(
+        dir.path(),
+        "ttyOut",
+        vec![
+            ("5551234", Line::Tcp(echo.to_string())),
+            ("5557777", Line::Busy),
+            ("5550000", Line::Tcp(dead.to_string())),
+            ("5558888", Line::NoDialtone),
+        ],
+    )
+    .await;
+    let (tty_in, ring_addr) = modem(dir.path(), "ttyIn", vec![]).await;
+    let profile = server_profile(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![
+            device("out0", tty_out, true, false),
+            device("in0", tty_in, false, true),
+        ],
+        &[
+            ("PRIMARY_ISP", "5551234"),
+            ("BUSY_ISP", "5557777"),
+            ("DEAD_ISP", "5550000"),
+            ("CUT_ISP", "5558888"),
+        ],
+    );
+    let srv = server::start(profile).await.unwrap();
+    let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
+
+    // Failures first: the server frees the device before it sends the CDN.
+    let rc = refused(client.dial("BUSY_ISP", None, WAIT).await);
+    assert_eq!(rc.result, 8);
+    assert!(CallError::Refused(rc).to_string().starts_with("busy"));
+    assert_eq!(refused(client.dial("DEAD_ISP", None, WAIT).await).result, 7);
+    assert_eq!(refused(client.dial("CUT_ISP", None, WAIT).await).result, 9);
+    let rc = refused(client.dial("NOWHERE", None, WAIT).await);
+    assert_eq!(rc.result, 6);
+    let text = CallError::Refused(rc).to_string();
+    assert!(text.contains("unknown directory name NOWHERE"), "{text}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+
+    // The call by name reaches the echo service and gets its bytes back.
+    let call = client.dial("PRIMARY_ISP", None, WAIT).await.unwrap();
+    assert_eq!((call.mode, call.speed), (CallMode::Raw, 33600));
+    let mut stream = call.into_stream();
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    stream.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, payload);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+    // While the only outgoing device is in a call, another dial is refused as temporary.
+    assert_eq!(
+        refused(client.dial("PRIMARY_ISP", None, WAIT).await).result,
+        4
+    );
+    drop(stream);
+
+    // Incoming: arm, an outside caller rings the modem, the call comes back through the tunnel.
+    let armed = client
+        .answer(None, Duration::from_secs(60), Some(CallMode::Raw))
+        .await
+        .unwrap();
+    let mut outside = TcpStream::connect(ring_addr).await.unwrap();
+    let call = armed.wait_call().await.unwrap();
+    assert_eq!(call.mode, CallMode::Raw);
+    let mut stream = call.into_stream();
+    outside.write_all(b"hello from outside").await.unwrap();
+    let mut got = [0u8; 18];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hello from outside");
+    stream.write_all(b"hello from the client").await.unwrap();
+    let mut got = [0u8; 21];
+    outside.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hello from the client");
+    // The outside caller hangs up: the client's stream ends.
+    drop(outside);
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    srv.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_refuses_the_tunnel() {
+    let profile = server_profile("127.0.0.1:0".parse().unwrap(), vec![], &[]);
+    let srv = server::start(profile).await.unwrap();
+    let client = Client::new(client_profile(srv.addrs[0], "not-the-secret"));
+    match client.dial("PRIMARY_ISP", None, WAIT).await {
+        Err(CallError::Tunnel(t)) => assert!(
+            t.contains("refused the tunnel") && t.contains("result 4"),
+            "{t}"
+        ),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("connected with a wrong secret"),
+    }
+    srv.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn armed_request_can_be_refused_for_an_unknown_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tty_in, _) = modem(dir.path(), "ttyIn2", vec![]).await;
+    let profile = server_profile(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![device("in0", tty_in, false, true)],
+        &[],
+    );
+    let srv = server::start(profile).await.unwrap();
+    let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
+    let rc = refused(
+        client
+            .answer(Some("nosuchline"), Duration::from_secs(5), None)
+            .await
+            .map(|_| ()),
+    );
+    assert_eq!(rc.result, 6);
+    // Arm, then cancel: the line is free again for the next request.
+    let armed = client
+        .answer(Some("in0"), Duration::from_secs(30), None)
+        .await
+        .unwrap();
+    armed.cancel();
+    let mut tries = 0;
+    let again = loop {
+        tries += 1;
+        assert!(tries < 1000, "the line never came free");
+        // The cancel (CDN) and the next AICRQ travel in order on the same tunnel, but the
+        // server frees the modem asynchronously: a temporary refusal may come first.
+        match client
+            .answer(Some("in0"), Duration::from_secs(30), None)
+            .await
+        {
+            Err(CallError::Refused(rc)) if rc.result == 4 => tokio::task::yield_now().await,
+            other => break other,
+        }
+    };
+    assert!(again.is_ok());
+    srv.abort();
+}
