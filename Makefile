@@ -26,6 +26,7 @@ agent:
 
 image: bootstrap build agent
 	$(BULKHEAD) image build --out $(IMAGE_DIR) --agent $(AGENT)
+	$(BULKHEAD) image rootfs --prefetch
 
 run: image
 	scripts/demo

@@ -48,8 +48,11 @@ pub struct BuildArgs {
 #[derive(Debug, Args)]
 pub struct RootfsArgs {
     /// Output qcow2 file.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "prefetch")]
+    pub out: Option<PathBuf>,
+    /// Only download the Debian packages into the cache (no LU is built).
+    #[arg(long, conflicts_with = "out")]
+    pub prefetch: bool,
     /// Virtual size of the LU (K, M, G, T suffixes).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub size: u64,
@@ -109,7 +112,12 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
             }
         }
         ImageCommand::Rootfs(a) => {
-            let mut opts = RootfsOptions::new(a.out);
+            let Some(out) = a.out else {
+                let mirror = a.mirror.unwrap_or_else(rootfs::apt_mirror);
+                rootfs::prefetch(&a.suite, &mirror, &crate::cache_dir(), &mut progress)?;
+                return Ok(());
+            };
+            let mut opts = RootfsOptions::new(out);
             opts.size_bytes = a.size;
             opts.agent = a.agent;
             opts.suite = a.suite;

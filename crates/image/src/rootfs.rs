@@ -98,6 +98,45 @@ fn mirror_from_sources(text: &str) -> Option<String> {
     None
 }
 
+/// Makes sure the debootstrap package set of `suite` is cached (downloading
+/// it from `mirror` if not) and returns the tarball. `make image` calls this
+/// (`bulkhead image rootfs --prefetch`) so that building LUs later, tests
+/// included, needs no network.
+pub fn prefetch(
+    suite: &str,
+    mirror: &str,
+    cache: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, Error> {
+    let cache = cache.join("debootstrap");
+    std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+    let tarball = cache.join(format!("{suite}-minbase-amd64.tgz"));
+    if tarball.is_file() {
+        progress(&format!(
+            "[1/5] debootstrap packages cached: {}",
+            tarball.display()
+        ));
+        return Ok(tarball);
+    }
+    progress(&format!(
+        "[1/5] downloading {suite} minbase packages from {mirror} (cached as {})",
+        tarball.display()
+    ));
+    let work = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(&cache)
+        .map_err(|e| Error::io(&cache, e))?;
+    let tmp = work.path().join("minbase.tgz");
+    run(Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--make-tarball={}", tmp.display()))
+        .arg(suite)
+        .arg(work.path().join("dl"))
+        .arg(mirror))?;
+    std::fs::rename(&tmp, &tarball).map_err(|e| Error::io(&tarball, e))?;
+    Ok(tarball)
+}
+
 /// Builds the root LU. `progress` gets one line per step.
 pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<(), Error> {
     check_static_elf(&opts.agent)?;
@@ -115,34 +154,12 @@ pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<()
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mirror = opts.mirror.clone().unwrap_or_else(apt_mirror);
+    let tarball = prefetch(&opts.suite, &mirror, &opts.cache, progress)?;
     let cache = opts.cache.join("debootstrap");
-    std::fs::create_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
-    let tarball = cache.join(format!("{}-minbase-amd64.tgz", opts.suite));
     let work = tempfile::Builder::new()
         .prefix(".rootfs-")
         .tempdir_in(&cache)
         .map_err(|e| Error::io(&cache, e))?;
-
-    if tarball.is_file() {
-        progress(&format!(
-            "[1/5] debootstrap packages cached: {}",
-            tarball.display()
-        ));
-    } else {
-        progress(&format!(
-            "[1/5] downloading {} minbase packages from {mirror} (cached as {})",
-            opts.suite,
-            tarball.display()
-        ));
-        let tmp = cache.join(format!(".{}.tgz.tmp", opts.suite));
-        run(Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--make-tarball={}", tmp.display()))
-            .arg(&opts.suite)
-            .arg(work.path().join("dl"))
-            .arg(&mirror))?;
-        std::fs::rename(&tmp, &tarball).map_err(|e| Error::io(&tarball, e))?;
-    }
 
     let root = work.path().join("root");
     progress(&format!(
