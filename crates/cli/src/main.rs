@@ -23,6 +23,10 @@ enum Command {
     Portshare(bulkhead_portshare::cli::Args),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
+    /// L2TP resource sharing: share modems with clients through L2TP tunnels.
+    L2tp(bulkhead_l2tp_share::cli::Args),
+    /// Hayes modem model on a PTY (stands in for real hardware).
+    Modem(bulkhead_modem::cli::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(a) => bulkhead_image::cli::run(a),
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
+        Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
+        Command::Modem(a) => bulkhead_modem::cli::run(a),
     }
 }
