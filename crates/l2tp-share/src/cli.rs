@@ -69,8 +69,15 @@ pub struct CallArgs {
     #[arg(long)]
     pub stdio: bool,
     /// raw (byte stream), ppp (async HDLC ↔ PPP frames), or auto (raw when the server supports it).
-    #[arg(long, default_value = "auto", value_parser = crate::client::parse_mode)]
-    pub mode: Option<bulkhead_l2tp::CallMode>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    Raw,
+    Ppp,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -127,11 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn mode_word(m: Option<bulkhead_l2tp::CallMode>) -> &'static str {
+fn mode_word(m: ModeArg) -> &'static str {
     match m {
-        None => "auto",
-        Some(bulkhead_l2tp::CallMode::Raw) => "raw",
-        Some(bulkhead_l2tp::CallMode::Ppp) => "ppp",
+        ModeArg::Auto => "auto",
+        ModeArg::Raw => "raw",
+        ModeArg::Ppp => "ppp",
     }
 }
 
@@ -263,5 +270,31 @@ async fn read_line(s: &mut UnixStream) -> anyhow::Result<String> {
             return Ok(String::from_utf8_lossy(&line).into_owned());
         }
         line.push(b[0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(subcommand)]
+            c: super::Command,
+        }
+        Top::command().debug_assert();
+        let t = <Top as clap::Parser>::try_parse_from([
+            "x",
+            "dial",
+            "PRIMARY_ISP",
+            "--mode",
+            "ppp",
+            "--stdio",
+        ])
+        .unwrap();
+        assert!(
+            matches!(t.c, super::Command::Dial(d) if d.call.stdio && d.call.mode == super::ModeArg::Ppp)
+        );
     }
 }
