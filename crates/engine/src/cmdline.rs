@@ -9,6 +9,8 @@ use crate::spec::{Accel, AdapterSpec, MachineKind, PartitionSpec};
 
 /// Name of the agent's virtio-serial port, the one the guest agent looks for.
 pub const AGENT_PORT: &str = "org.bulkhead.agent.0";
+/// QEMU's id of that port, named in its VSERPORT_CHANGE events.
+pub const AGENT_PORT_ID: &str = "agent-port";
 
 /// Everything the command line needs beyond the spec, resolved by the caller.
 #[derive(Debug, Clone)]
@@ -183,7 +185,7 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
             if q35 { slot(2) } else { String::new() }
         ),
         "-device",
-        &format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}"),
+        &format!("virtserialport,bus=vser0.0,chardev=agent0,id={AGENT_PORT_ID},name={AGENT_PORT}"),
     ]);
 
     let mut net_i = 0;

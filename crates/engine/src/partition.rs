@@ -508,7 +508,7 @@ impl Partition {
     pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyInfo, EngineError> {
         let mut exit = self.exit.clone();
         tokio::select! {
-            r = self.agent.wait_ready(timeout) => match r {
+            r = self.agent_ready(timeout) => match r {
                 Ok(info) => Ok(info),
                 Err(e) => {
                     if let Some(info) = self.exit_info() {
@@ -526,6 +526,34 @@ impl Partition {
                 Err(EngineError::GuestFailed { reason: info.reason.to_string(), console: info.console_tail.join("\n") })
             }
         }
+    }
+
+    /// The guest drops bytes sent to a port its agent has not opened yet, so
+    /// the hello is sent when QEMU reports the port open (VSERPORT_CHANGE),
+    /// not on a timer: ready is seen the moment the agent can answer.
+    async fn agent_ready(
+        &self,
+        timeout: Duration,
+    ) -> Result<ReadyInfo, bulkhead_agent::AgentError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribe before probing: an open after this point is an event, an
+        // open before it answers the probe.
+        let mut events = self.qmp.events();
+        let probe = Duration::from_millis(150).min(timeout);
+        if let Ok(info) = self.agent.wait_ready(probe).await {
+            return Ok(info);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = wait_event(&mut events, left, "agent port open", |e| {
+            e.name == "VSERPORT_CHANGE"
+                && e.data["id"] == cmdline::AGENT_PORT_ID
+                && e.data["open"] == true
+        })
+        .await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.agent
+            .wait_ready(left.max(Duration::from_millis(1)))
+            .await
     }
 
     pub fn spec(&self) -> &PartitionSpec {
