@@ -79,7 +79,19 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
     let boot = Arc::new(boot);
     let mut decoder = LineDecoder::new(MAX_LINE);
     let mut out: VecDeque<u8> = VecDeque::new();
-    let mut host_up = false;
+    // Usually the host is already connected when the port opens: find out at
+    // once rather than after the first host-away poll interval, so the
+    // host's first hello is answered the moment it arrives.
+    let mut host_up = {
+        let mut probe = libc::pollfd {
+            fd: port.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: probe is one valid pollfd; timeout 0 does not block.
+        unsafe { libc::poll(&mut probe, 1, 0) };
+        probe.revents & libc::POLLHUP == 0
+    };
     let mut power_after: Option<(PowerAction, Instant)> = None;
     let mut buf = vec![0u8; 65536];
 
