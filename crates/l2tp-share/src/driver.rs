@@ -451,6 +451,8 @@ pub async fn connect(
     socket.connect(server).await?;
     let (in_tx, in_rx) = mpsc::channel(1024);
     let reader = socket.clone();
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused_flag = refused.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
         loop {
@@ -460,8 +462,12 @@ pub async fn connect(
                         break;
                     }
                 }
-                // ICMP port unreachable surfaces here; the tunnel's retries decide.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                // ICMP port unreachable: nothing listens there. Ending the inbound
+                // stream ends the tunnel at once instead of after 31 s of retries.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    refused_flag.store(true, std::sync::atomic::Ordering::Release);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -471,7 +477,13 @@ pub async fn connect(
     let first = tokio::time::timeout(wait, events.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no answer from the L2TP server at {server}"))?
-        .ok_or_else(|| anyhow::anyhow!("tunnel to {server} ended"))?;
+        .ok_or_else(|| {
+            if refused.load(std::sync::atomic::Ordering::Acquire) {
+                anyhow::anyhow!("no L2TP server listens at {server} (port unreachable)")
+            } else {
+                anyhow::anyhow!("tunnel to {server} ended")
+            }
+        })?;
     match first {
         AppEvent::Tunnel(e @ Event::Connected { .. }) => Ok((handle, events, e)),
         AppEvent::Tunnel(Event::Closed { result, .. }) => {
