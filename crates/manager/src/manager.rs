@@ -480,6 +480,7 @@ impl Manager {
             }
         }
         let opts = self.launch_options(name);
+        let t_launch = std::time::Instant::now();
         let partition = match Partition::launch(spec, opts).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
@@ -493,7 +494,7 @@ impl Manager {
             }
         };
         let rec = self.modify(name, "", |r| r.pid = Some(partition.pid()))?;
-        tracing::info!(partition = name, pid = partition.pid(), "QEMU launched");
+        tracing::info!(partition = name, pid = partition.pid(), launch_ms = t_launch.elapsed().as_millis() as u64, "QEMU launched");
         let mut ready = self.supervise(name, partition, true);
         if !wait {
             return Ok(rec);
@@ -533,8 +534,10 @@ impl Manager {
             let mut start_error = None;
             if wait_ready {
                 let timeout = Duration::from_secs(m.cfg.partitions.ready_timeout_secs);
+                let t0 = std::time::Instant::now();
                 match partition.wait_ready(timeout).await {
                     Ok(info) => {
+                        tracing::info!(partition = %name, ready_ms = t0.elapsed().as_millis() as u64, guest_boot_ms = info.boot_ms, "agent ready");
                         let ev = format!("running (guest boot {} ms)", info.boot_ms);
                         let r = m.modify(&name, &ev, |r| {
                             // A stop may have begun meanwhile; it owns the state then.
