@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::proto::{ExecOutput, MAX_EXEC_OUTPUT};
@@ -94,6 +94,9 @@ impl Children {
 
     /// Runs `argv` to completion (or `timeout`, after which its process group
     /// is killed), feeding `stdin` and collecting stdout and stderr.
+    ///
+    /// One thread does it all with poll(2) over the pipes and a pidfd (no
+    /// reader or watchdog threads: thread creation is slow under TCG).
     pub fn exec(
         &self,
         argv: &[String],
@@ -126,72 +129,11 @@ impl Children {
             child
         };
         let pid = child.id() as i32;
-
-        let (tx, rx) = mpsc::channel::<()>();
-        if let (Some(mut w), Some(data)) = (child.stdin.take(), stdin) {
-            std::thread::spawn(move || {
-                // A child that exits without reading gives EPIPE: not our error.
-                let _ = w.write_all(&data);
-            });
-        }
-        // Readers fill shared buffers, so output can be taken while a
-        // background process still holds a pipe open.
-        let bufs = [
-            Arc::new(Mutex::new(Vec::new())),
-            Arc::new(Mutex::new(Vec::new())),
-        ];
-        let sources = [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ];
-        let mut readers = 0;
-        for (src, buf) in sources.into_iter().zip(bufs.iter()) {
-            let Some(mut src) = src else { continue };
-            let (tx, buf) = (tx.clone(), buf.clone());
-            readers += 1;
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 16384];
-                loop {
-                    match src.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let mut b = buf.lock().unwrap();
-                            let room = MAX_EXEC_OUTPUT.saturating_sub(b.len());
-                            b.extend_from_slice(&chunk[..n.min(room)]);
-                        }
-                    }
-                }
-                let _ = tx.send(());
-            });
-        }
-        drop(tx);
-
-        // Watchdog: kill the group at the deadline unless the child is done.
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
-        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let done = done.clone();
-            let timed_out = timed_out.clone();
-            std::thread::spawn(move || {
-                let (lock, cv) = &*done;
-                let mut finished = lock.lock().unwrap();
-                while !*finished {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
-                        // SAFETY: signalling our child's process group.
-                        unsafe { libc::kill(-pid, libc::SIGKILL) };
-                        break;
-                    }
-                    finished = cv.wait_timeout(finished, deadline - now).unwrap().0;
-                }
-            });
+        let result = self.drive(&mut child, stdin, deadline);
+        // Reap (if drive did not) and release ownership in every case.
+        if !matches!(result, Ok((_, _, _, true))) {
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
         let status = child.wait();
         {
@@ -199,28 +141,11 @@ impl Children {
             st.owned.remove(&pid);
             self.cv.notify_all();
         }
-        {
-            let (lock, cv) = &*done;
-            *lock.lock().unwrap() = true;
-            cv.notify_all();
-        }
-        let status = status.map_err(|e| ExecError::Spawn(format!("wait: {e}")))?;
-
-        // Output: until both pipes close. A background process started by
-        // the command (`sh -c "server &"`) may keep them open: then take what
-        // was written within a short grace period and leave it running.
-        let grace = deadline.min(Instant::now() + BACKGROUND_GRACE);
-        for _ in 0..readers {
-            let left = grace.saturating_duration_since(Instant::now());
-            if rx.recv_timeout(left).is_err() {
-                break;
-            }
-        }
-        let stdout = std::mem::take(&mut *bufs[0].lock().unwrap());
-        let stderr = std::mem::take(&mut *bufs[1].lock().unwrap());
-        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+        let (stdout, stderr, timed_out, _) = result?;
+        if timed_out {
             return Err(ExecError::Timeout(timeout));
         }
+        let status = status.map_err(|e| ExecError::Spawn(format!("wait: {e}")))?;
         let code = match (status.code(), status.signal()) {
             (Some(c), _) => c,
             (None, Some(sig)) => 128 + sig,
@@ -231,6 +156,161 @@ impl Children {
             stdout,
             stderr,
         })
+    }
+
+    /// Pumps stdin/stdout/stderr until the child exited and its pipes closed
+    /// (or a short grace after its exit, or the deadline). Returns
+    /// (stdout, stderr, timed_out, exited).
+    fn drive(
+        &self,
+        child: &mut std::process::Child,
+        stdin: Option<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<(Vec<u8>, Vec<u8>, bool, bool), ExecError> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::c_int, 0) };
+        if pidfd < 0 {
+            return Err(ExecError::Spawn(format!(
+                "pidfd_open: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: pidfd is a fresh fd owned here.
+        let pidfd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pidfd as i32) };
+        let mut stdin_pipe = child.stdin.take();
+        let stdin_data = stdin.unwrap_or_default();
+        let mut stdin_off = 0;
+        let mut outs: [Option<std::fs::File>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|s| std::os::fd::OwnedFd::from(s).into()),
+            child
+                .stderr
+                .take()
+                .map(|s| std::os::fd::OwnedFd::from(s).into()),
+        ];
+        let mut bufs = [Vec::new(), Vec::new()];
+        for f in outs.iter().flatten() {
+            set_nonblocking(f.as_raw_fd());
+        }
+        if let Some(p) = &stdin_pipe {
+            set_nonblocking(p.as_raw_fd());
+        }
+        let mut exited = false;
+        let mut until = deadline;
+        let mut chunk = [0u8; 16384];
+        loop {
+            if stdin_pipe.is_some() && stdin_off >= stdin_data.len() {
+                stdin_pipe = None; // EOF for the child
+            }
+            let mut fds: Vec<libc::pollfd> = Vec::with_capacity(4);
+            let mut roles: Vec<usize> = Vec::with_capacity(4);
+            for (i, o) in outs.iter().enumerate() {
+                if let Some(f) = o {
+                    fds.push(libc::pollfd {
+                        fd: f.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    roles.push(i);
+                }
+            }
+            if let Some(p) = &stdin_pipe {
+                fds.push(libc::pollfd {
+                    fd: p.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                });
+                roles.push(2);
+            }
+            if !exited {
+                fds.push(libc::pollfd {
+                    fd: pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                roles.push(3);
+            }
+            if exited && outs.iter().all(Option::is_none) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= until {
+                // Past the deadline: timed out. Past the grace after exit:
+                // a background process holds the pipes; keep what we have.
+                return Ok((
+                    std::mem::take(&mut bufs[0]),
+                    std::mem::take(&mut bufs[1]),
+                    !exited,
+                    exited,
+                ));
+            }
+            let ms = (until - now).as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: fds is a valid array of fds.len() pollfd entries.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms.max(1)) };
+            if n < 0 {
+                continue; // EINTR
+            }
+            for (pfd, role) in fds.iter().zip(roles.iter().copied()) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match role {
+                    0 | 1 => {
+                        let src = outs[role].as_mut().expect("open pipe");
+                        loop {
+                            match src.read(&mut chunk) {
+                                Ok(0) => {
+                                    outs[role] = None;
+                                    break;
+                                }
+                                Ok(k) => {
+                                    let room = MAX_EXEC_OUTPUT.saturating_sub(bufs[role].len());
+                                    bufs[role].extend_from_slice(&chunk[..k.min(room)]);
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(_) => {
+                                    outs[role] = None;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    2 => {
+                        let p = stdin_pipe.as_mut().expect("open stdin");
+                        match p.write(&stdin_data[stdin_off..]) {
+                            Ok(k) => stdin_off += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            // The child closed its stdin (EPIPE): not our error.
+                            Err(_) => stdin_pipe = None,
+                        }
+                    }
+                    _ => {
+                        exited = true;
+                        until = deadline.min(Instant::now() + BACKGROUND_GRACE);
+                    }
+                }
+            }
+        }
+        Ok((
+            std::mem::take(&mut bufs[0]),
+            std::mem::take(&mut bufs[1]),
+            false,
+            exited,
+        ))
+    }
+}
+
+fn set_nonblocking(fd: i32) {
+    // SAFETY: fcntl on an fd we own; no pointers.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
     }
 }
 
@@ -255,6 +335,22 @@ mod tests {
         assert_eq!(r.code, 7);
         assert_eq!(r.stdout, b"hello\n");
         assert_eq!(r.stderr, b"err\n");
+    }
+
+    #[test]
+    fn exec_streams_large_stdin_and_stdout_without_deadlock() {
+        let c = Children::new();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let r = c
+            .exec(
+                &argv(&["sh", "-c", "cat; head -c 200000 /dev/zero >&2"]),
+                Some(data.clone()),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(r.code, 0);
+        assert_eq!(r.stdout, data);
+        assert_eq!(r.stderr.len(), 200_000);
     }
 
     #[test]

@@ -24,12 +24,30 @@ const STAGE_ENV: &str = "BULKHEAD_AGENT_STAGE";
 pub const ROOT_AGENT: &str = "/usr/sbin/bulkhead-agent";
 const LOAD_LIST: &str = "/lib/modules/load.list";
 
-fn log(msg: impl std::fmt::Display) {
-    eprintln!("bulkhead-agent: {msg}");
+/// Logs a line on the console. Never panics: PID 1 may have no console at all
+/// (`-serial none`), and a panicking PID 1 panics the kernel.
+pub(crate) fn log(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "bulkhead-agent: {msg}");
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary. As PID 1 it must never exit: after a failure
+/// (or a panic) it logs and idles, so the kernel does not panic.
 pub fn main() -> ! {
+    if let Err(p) = std::panic::catch_unwind(run) {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        log(format_args!("internal error: {msg}"));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn run() {
     let pid1 = std::process::id() == 1;
     let stage2 = std::env::var_os(STAGE_ENV).is_some();
     std::env::set_var(
@@ -75,7 +93,11 @@ pub fn main() -> ! {
     }
 
     // The engine waits for this exact line on the console.
-    println!("{READY_LINE}");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{READY_LINE}").and_then(|_| out.flush());
+    }
     let boot_ms = sys::boottime_ms();
 
     let children = children::Children::new();
@@ -85,10 +107,6 @@ pub fn main() -> ! {
     }
     let e = serve::serve(serve::Boot { boot_ms, root_lu }, children);
     log(format_args!("cannot serve the host: {e}"));
-    // PID 1 must not exit (the kernel would panic): idle forever.
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 fn mount_api_filesystems() {

@@ -42,7 +42,7 @@ pub fn prepare_shutdown() -> bool {
             continue;
         }
         if let Err(e) = sys::mount("", target, "", libc::MS_REMOUNT | libc::MS_RDONLY, "") {
-            eprintln!("bulkhead-agent: remount {} read-only: {e}", m.target);
+            super::log(format_args!("remount {} read-only: {e}", m.target));
         }
     }
     // SAFETY: no preconditions.
@@ -124,10 +124,10 @@ pub fn watch_power_button() {
                         let code = u16::from_ne_bytes([ev[18], ev[19]]);
                         let value = i32::from_ne_bytes([ev[20], ev[21], ev[22], ev[23]]);
                         if ty == EV_KEY && code == KEY_POWER && value == 1 {
-                            eprintln!("bulkhead-agent: power button: shutting down");
+                            super::log(format_args!("power button: shutting down"));
                             if prepare_shutdown() {
                                 let e = power(PowerAction::Poweroff);
-                                eprintln!("bulkhead-agent: poweroff: {e}");
+                                super::log(format_args!("poweroff: {e}"));
                             }
                         }
                     }

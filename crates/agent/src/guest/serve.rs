@@ -50,7 +50,7 @@ fn wait_port() -> PathBuf {
             }
         }
         if !warned && delay >= Duration::from_millis(500) {
-            eprintln!("bulkhead-agent: waiting for virtio-serial port {PORT_NAME}");
+            super::log(format_args!("waiting for virtio-serial port {PORT_NAME}"));
             warned = true;
         }
         std::thread::sleep(delay);
@@ -186,7 +186,7 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => eprintln!("bulkhead-agent: read {}: {e}", path.display()),
+                Err(e) => super::log(format_args!("read {}: {e}", path.display())),
             }
         }
 
@@ -208,7 +208,7 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
         if let Some((action, deadline)) = power_after {
             if out.is_empty() || Instant::now() >= deadline {
                 let e = power::power(action);
-                eprintln!("bulkhead-agent: power off: {e}");
+                super::log(format_args!("power off: {e}"));
                 power_after = None;
             }
         }

@@ -1,0 +1,210 @@
+//! Agent round trips against a floor made of the same transport: one guest
+//! (microvm, TCG) with two virtio-serial ports, the agent's and a raw one
+//! served by a busybox shell loop. Prints median and p90 side by side.
+//!
+//! usage: agent_bench [ROUNDS]   (needs the image from `make image`)
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bulkhead_agent::{AgentClient, PowerAction};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("BULKHEAD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
+        })
+}
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (
+        ms(v[v.len() / 2]),
+        ms(v[(v.len() * 9 / 10).min(v.len() - 1)]),
+    )
+}
+
+async fn connect(p: &Path) -> Result<UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match UnixStream::connect(p).await {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => return Err(e).context("connect"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200);
+    let img = image_dir();
+    if !img.join("vmlinux").is_file() {
+        bail!("no guest image in {}: run `make image`", img.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let (agent_sock, echo_sock) = (dir.path().join("agent.sock"), dir.path().join("echo.sock"));
+    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.path().join("console.log").display()))
+        .arg("-kernel")
+        .arg(img.join("vmlinux"))
+        .arg("-initrd")
+        .arg(img.join("initramfs.cpio.gz"))
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 tsc_early_khz=2600000 no_timer_check quiet",
+        ])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            agent_sock.display()
+        ))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=echo0,path={},server=on,wait=off",
+            echo_sock.display()
+        ))
+        .args(["-device", "virtio-serial-device,id=vser0"])
+        .args([
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
+        ])
+        .args([
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=echo0,name=org.bulkhead.echo.0",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("qemu-system-x86_64")?;
+
+    let agent = AgentClient::from_stream(connect(&agent_sock).await?);
+    agent.wait_ready(Duration::from_secs(120)).await?;
+    eprintln!("agent ready");
+
+    // The peer: a busybox shell loop on the raw port. `spawn` lines run /bin/true first.
+    let (rd, mut wr) = connect(&echo_sock).await?.into_split();
+    let mut lines = BufReader::new(rd).lines();
+    let script = "P=/dev/$(basename $(dirname $(grep -l org.bulkhead.echo.0 /sys/class/virtio-ports/*/name))); \
+        (while read l; do case $l in spawn*) /bin/true;; esac; echo \"$l\"; done <>$P >&0) >/dev/null 2>&1 &";
+    let out = agent
+        .exec(
+            &["sh".into(), "-c".into(), script.into()],
+            None,
+            Duration::from_secs(30),
+        )
+        .await?;
+    if out.code != 0 {
+        bail!(
+            "starting the echo loop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Bytes sent before the loop opened the port are dropped: ping until one comes back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        wr.write_all(b"sync\n").await?;
+        match tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await {
+            Ok(Ok(Some(l))) if l == "sync" => break,
+            _ if Instant::now() > deadline => bail!("echo loop never answered"),
+            _ => {}
+        }
+    }
+    eprintln!("echo loop up");
+    // Drain late echoes of earlier syncs.
+    while let Ok(Ok(Some(_))) =
+        tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await
+    {}
+
+    let mut echo_rtt = Vec::new();
+    let mut echo_spawn = Vec::new();
+    for (kind, n, sink) in [
+        ("ping", rounds, &mut echo_rtt),
+        ("spawn", rounds / 4, &mut echo_spawn),
+    ] {
+        for i in 0..n.max(10) {
+            let msg = format!("{kind}{i}");
+            let t = Instant::now();
+            wr.write_all(format!("{msg}\n").as_bytes()).await?;
+            let got = lines.next_line().await?.context("echo closed")?;
+            sink.push(t.elapsed());
+            if got != msg {
+                bail!("echo mismatch: {got} != {msg}");
+            }
+        }
+    }
+    let mut info_rtt = Vec::new();
+    for _ in 0..rounds.max(10) {
+        let t = Instant::now();
+        agent.info().await?;
+        info_rtt.push(t.elapsed());
+    }
+    let mut exec_rtt = Vec::new();
+    for _ in 0..(rounds / 4).max(10) {
+        let t = Instant::now();
+        let o = agent
+            .exec(&["/bin/true".into()], None, Duration::from_secs(30))
+            .await?;
+        exec_rtt.push(t.elapsed());
+        if o.code != 0 {
+            bail!("/bin/true failed");
+        }
+    }
+    agent.shutdown(PowerAction::Poweroff).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(30), qemu.wait()).await;
+
+    let row = |name: &str, a: (f64, f64), p: (f64, f64)| {
+        println!(
+            "{name:<28} {:>7.3} / {:>7.3} ms   {:>7.3} / {:>7.3} ms   {:>5.2}x",
+            a.0,
+            a.1,
+            p.0,
+            p.1,
+            a.0 / p.0
+        )
+    };
+    println!("agent over virtio-serial, one microvm guest (TCG), median / p90");
+    println!(
+        "{:<28} {:>22}   {:>22}   {:>6}",
+        "", "bulkhead-agent", "peer: busybox sh loop", "ratio"
+    );
+    row(
+        &format!("round trip (info | echo) n={}", info_rtt.len()),
+        stats(info_rtt),
+        stats(echo_rtt),
+    );
+    row(
+        &format!("spawn /bin/true n={}", exec_rtt.len()),
+        stats(exec_rtt),
+        stats(echo_spawn),
+    );
+    Ok(())
+}
