@@ -26,7 +26,9 @@ const MEM: u64 = 256;
 fn image() -> PathBuf {
     std::env::var_os("BULKHEAD_IMAGE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
+        })
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -71,7 +73,10 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Daemon {
-        let dir = tempfile::Builder::new().prefix("bhbench").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("bhbench")
+            .tempdir()
+            .unwrap();
         let socket = dir.path().join("api.sock");
         let cfg = dir.path().join("c.toml");
         std::fs::write(
@@ -106,8 +111,13 @@ impl Daemon {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(30)).expect("bulkheadd did not start");
-        Daemon { child, socket, _dir: dir }
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("bulkheadd did not start");
+        Daemon {
+            child,
+            socket,
+            _dir: dir,
+        }
     }
 
     fn client(&self) -> Client {
@@ -119,22 +129,30 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip").args(["link", "del", "bhbench0"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "bhbench0"])
+            .status();
     }
 }
 
 async fn bulkhead_start(c: &Client, name: &str) -> Duration {
     let t0 = Instant::now();
-    c.post(&format!("/v1/partitions/{name}/start"), &json!({ "wait": true }))
-        .await
-        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    c.post(
+        &format!("/v1/partitions/{name}/start"),
+        &json!({ "wait": true }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start {name}: {e}"));
     t0.elapsed()
 }
 
 async fn bulkhead_stop(c: &Client, name: &str) {
-    c.post(&format!("/v1/partitions/{name}/stop"), &json!({ "force": true }))
-        .await
-        .unwrap();
+    c.post(
+        &format!("/v1/partitions/{name}/stop"),
+        &json!({ "force": true }),
+    )
+    .await
+    .unwrap();
 }
 
 fn domain_xml(name: &str, log: &Path) -> String {
@@ -153,7 +171,13 @@ fn domain_xml(name: &str, log: &Path) -> String {
 }
 
 fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh").arg("-q").arg("-c").arg(URI).args(args).output().unwrap()
+    Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// `virsh create` to the ready line in the domain's serial log.
@@ -169,7 +193,11 @@ async fn libvirt_start(dir: &Path, name: &str) -> Duration {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "virsh create: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "virsh create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // No event for a line in a file: poll it finely (5 ms), bounded.
     while t0.elapsed() < READY {
         if std::fs::read_to_string(&log).is_ok_and(|s| s.contains("bulkhead-agent: ready")) {
@@ -189,15 +217,40 @@ async fn plain_start(name: &str) -> Duration {
     let s = spec(name);
     let t0 = Instant::now();
     let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-machine", "microvm", "-accel", "tcg,thread=multi", "-cpu", "max"])
-        .args(["-m", &MEM.to_string(), "-smp", "1", "-nodefaults", "-no-user-config"])
+        .args([
+            "-machine",
+            "microvm",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+        ])
+        .args([
+            "-m",
+            &MEM.to_string(),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+        ])
         .args(["-display", "none", "-no-reboot", "-kernel"])
         .arg(&s.boot.kernel)
         .arg("-initrd")
         .arg(s.boot.initramfs.as_ref().unwrap())
         .args(["-append", &append(name), "-serial", "stdio"])
-        .args(["-chardev", "null,id=agent0", "-device", "virtio-serial-device,id=vser0"])
-        .args(["-device", &format!("virtserialport,bus=vser0.0,chardev=agent0,name={}", cmdline::AGENT_PORT)])
+        .args([
+            "-chardev",
+            "null,id=agent0",
+            "-device",
+            "virtio-serial-device,id=vser0",
+        ])
+        .args([
+            "-device",
+            &format!(
+                "virtserialport,bus=vser0.0,chardev=agent0,name={}",
+                cmdline::AGENT_PORT
+            ),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -246,14 +299,21 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn pid_of(name: &str) -> Option<u32> {
-    let out = Command::new("pgrep").args(["-o", "-x", name]).output().ok()?;
+    let out = Command::new("pgrep")
+        .args(["-o", "-x", name])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 fn time_cmd(cmd: &mut Command) -> Duration {
     let t0 = Instant::now();
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t0.elapsed()
 }
 
@@ -262,12 +322,18 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let boots: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let conc: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let dir = tempfile::Builder::new().prefix("bhbench-lv").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("bhbench-lv")
+        .tempdir()
+        .unwrap();
     let d = Daemon::start();
     let c = d.client();
-    c.post("/v1/partitions", &json!({ "name": "one", "memory_mib": MEM, "cpu_percent": 100 }))
-        .await
-        .unwrap();
+    c.post(
+        "/v1/partitions",
+        &json!({ "name": "one", "memory_mib": MEM, "cpu_percent": 100 }),
+    )
+    .await
+    .unwrap();
 
     // 1. One partition, alternating the three so load drift hits all alike.
     let (mut bh, mut lv, mut plain) = (Vec::new(), Vec::new(), Vec::new());
@@ -291,9 +357,12 @@ async fn main() {
 
     // 2. N at once.
     for i in 0..conc {
-        c.post("/v1/partitions", &json!({ "name": format!("c{i}"), "memory_mib": MEM, "cpu_percent": 100 }))
-            .await
-            .unwrap();
+        c.post(
+            "/v1/partitions",
+            &json!({ "name": format!("c{i}"), "memory_mib": MEM, "cpu_percent": 100 }),
+        )
+        .await
+        .unwrap();
     }
     let t0 = Instant::now();
     let starts: Vec<_> = (0..conc)
@@ -318,7 +387,12 @@ async fn main() {
     }
     let lv_all = t0.elapsed();
     println!("{conc} partitions started at once, until every one is ready:");
-    println!("  bulkheadd {:>8.0} ms   libvirt {:>8.0} ms   ratio {:.3}", ms(bh_all), ms(lv_all), ms(bh_all) / ms(lv_all));
+    println!(
+        "  bulkheadd {:>8.0} ms   libvirt {:>8.0} ms   ratio {:.3}",
+        ms(bh_all),
+        ms(lv_all),
+        ms(bh_all) / ms(lv_all)
+    );
 
     // 3. Daemon memory with N partitions each.
     let bh_rss = rss_kib(d.child.id());
@@ -337,12 +411,32 @@ async fn main() {
     let sock = d.socket.to_string_lossy().into_owned();
     let cli = bin("bulkhead");
     let reps = 30;
-    let (mut bl, mut bs, mut vl, mut vs, mut al, mut ashow) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut bl, mut bs, mut vl, mut vs, mut al, mut ashow) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..reps {
-        bl.push(time_cmd(Command::new(&cli).args(["partition", "list", "--socket", &sock])));
-        vl.push(time_cmd(Command::new("virsh").args(["-q", "-c", URI, "list"])));
-        bs.push(time_cmd(Command::new(&cli).args(["partition", "show", "c0", "--socket", &sock])));
-        vs.push(time_cmd(Command::new("virsh").args(["-q", "-c", URI, "dominfo", "bhbench-c0"])));
+        bl.push(time_cmd(Command::new(&cli).args([
+            "partition",
+            "list",
+            "--socket",
+            &sock,
+        ])));
+        vl.push(time_cmd(
+            Command::new("virsh").args(["-q", "-c", URI, "list"]),
+        ));
+        bs.push(time_cmd(Command::new(&cli).args([
+            "partition",
+            "show",
+            "c0",
+            "--socket",
+            &sock,
+        ])));
+        vs.push(time_cmd(Command::new("virsh").args([
+            "-q",
+            "-c",
+            URI,
+            "dominfo",
+            "bhbench-c0",
+        ])));
         let t0 = Instant::now();
         c.get("/v1/partitions").await.unwrap();
         al.push(t0.elapsed());
@@ -366,8 +460,14 @@ async fn main() {
     for i in 0..conc {
         libvirt_stop(&format!("bhbench-c{i}"));
         let _ = c
-            .call(hyper::Method::DELETE, &format!("/v1/partitions/c{i}?force=true"), None)
+            .call(
+                hyper::Method::DELETE,
+                &format!("/v1/partitions/c{i}?force=true"),
+                None,
+            )
             .await;
     }
-    let _ = c.call(hyper::Method::DELETE, "/v1/partitions/one?force=true", None).await;
+    let _ = c
+        .call(hyper::Method::DELETE, "/v1/partitions/one?force=true", None)
+        .await;
 }

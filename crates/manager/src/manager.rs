@@ -494,7 +494,12 @@ impl Manager {
             }
         };
         let rec = self.modify(name, "", |r| r.pid = Some(partition.pid()))?;
-        tracing::info!(partition = name, pid = partition.pid(), launch_ms = t_launch.elapsed().as_millis() as u64, "QEMU launched");
+        tracing::info!(
+            partition = name,
+            pid = partition.pid(),
+            launch_ms = t_launch.elapsed().as_millis() as u64,
+            "QEMU launched"
+        );
         let mut ready = self.supervise(name, partition, true);
         if !wait {
             return Ok(rec);

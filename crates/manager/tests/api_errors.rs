@@ -37,21 +37,111 @@ async fn bad_inputs_get_their_own_error_and_change_nothing() {
     let before = snapshot(&d).await;
 
     let cases: Vec<(&str, Value, u16, &str, &str)> = vec![
-        ("duplicate name", json!({"name":"first","memory_mib":128,"cpu_percent":10}), 409, "already_exists", "already exists"),
-        ("zero vcpus", json!({"name":"b","vcpus":0,"memory_mib":128,"cpu_percent":10}), 400, "invalid_argument", "vcpus"),
-        ("absurd vcpus", json!({"name":"b","vcpus":100000,"memory_mib":128,"cpu_percent":10}), 400, "invalid_argument", "vcpus"),
-        ("zero memory", json!({"name":"b","memory_mib":0,"cpu_percent":10}), 400, "invalid_argument", "too small"),
-        ("absurd memory", json!({"name":"b","memory_mib":1u64<<40,"cpu_percent":10}), 400, "invalid_argument", "more than the host"),
-        ("zero cpu", json!({"name":"b","memory_mib":128,"cpu_percent":0}), 400, "invalid_argument", "cpu entitlement"),
-        ("cpu beyond vcpus", json!({"name":"b","vcpus":1,"memory_mib":128,"cpu_percent":150}), 400, "invalid_argument", "cpu entitlement"),
-        ("bad name", json!({"name":"Bad Name","memory_mib":128,"cpu_percent":10}), 400, "invalid_argument", "partition name"),
-        ("missing image", json!({"name":"b","memory_mib":128,"cpu_percent":10,"image":"/nonexistent"}), 400, "invalid_argument", "vmlinux"),
-        ("missing disk", json!({"name":"b","memory_mib":128,"cpu_percent":10,"disks":[{"path":"/nope.qcow2","format":"qcow2"}]}), 400, "invalid_argument", "does not exist"),
-        ("over capacity cpu", json!({"name":"b","memory_mib":128,"cpu_percent":41}), 507, "over_capacity", "only 40% free of 100%"),
-        ("over capacity memory", json!({"name":"b","memory_mib":2800,"cpu_percent":10}), 507, "over_capacity", "MiB free"),
-        ("unknown field", json!({"name":"b","memory_mib":128,"cpu_percent":10,"colour":"red"}), 400, "invalid_argument", "unknown field"),
-        ("wrong type", json!({"name":"b","memory_mib":"lots","cpu_percent":10}), 400, "invalid_argument", "malformed JSON"),
-        ("missing field", json!({"name":"b"}), 400, "invalid_argument", "missing field"),
+        (
+            "duplicate name",
+            json!({"name":"first","memory_mib":128,"cpu_percent":10}),
+            409,
+            "already_exists",
+            "already exists",
+        ),
+        (
+            "zero vcpus",
+            json!({"name":"b","vcpus":0,"memory_mib":128,"cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "vcpus",
+        ),
+        (
+            "absurd vcpus",
+            json!({"name":"b","vcpus":100000,"memory_mib":128,"cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "vcpus",
+        ),
+        (
+            "zero memory",
+            json!({"name":"b","memory_mib":0,"cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "too small",
+        ),
+        (
+            "absurd memory",
+            json!({"name":"b","memory_mib":1u64<<40,"cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "more than the host",
+        ),
+        (
+            "zero cpu",
+            json!({"name":"b","memory_mib":128,"cpu_percent":0}),
+            400,
+            "invalid_argument",
+            "cpu entitlement",
+        ),
+        (
+            "cpu beyond vcpus",
+            json!({"name":"b","vcpus":1,"memory_mib":128,"cpu_percent":150}),
+            400,
+            "invalid_argument",
+            "cpu entitlement",
+        ),
+        (
+            "bad name",
+            json!({"name":"Bad Name","memory_mib":128,"cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "partition name",
+        ),
+        (
+            "missing image",
+            json!({"name":"b","memory_mib":128,"cpu_percent":10,"image":"/nonexistent"}),
+            400,
+            "invalid_argument",
+            "vmlinux",
+        ),
+        (
+            "missing disk",
+            json!({"name":"b","memory_mib":128,"cpu_percent":10,"disks":[{"path":"/nope.qcow2","format":"qcow2"}]}),
+            400,
+            "invalid_argument",
+            "does not exist",
+        ),
+        (
+            "over capacity cpu",
+            json!({"name":"b","memory_mib":128,"cpu_percent":41}),
+            507,
+            "over_capacity",
+            "only 40% free of 100%",
+        ),
+        (
+            "over capacity memory",
+            json!({"name":"b","memory_mib":2800,"cpu_percent":10}),
+            507,
+            "over_capacity",
+            "MiB free",
+        ),
+        (
+            "unknown field",
+            json!({"name":"b","memory_mib":128,"cpu_percent":10,"colour":"red"}),
+            400,
+            "invalid_argument",
+            "unknown field",
+        ),
+        (
+            "wrong type",
+            json!({"name":"b","memory_mib":"lots","cpu_percent":10}),
+            400,
+            "invalid_argument",
+            "malformed JSON",
+        ),
+        (
+            "missing field",
+            json!({"name":"b"}),
+            400,
+            "invalid_argument",
+            "missing field",
+        ),
     ];
     for (what, body, status, want_code, needle) in cases {
         let (s, k, m) = code(c.post("/v1/partitions", &body).await);
@@ -73,7 +163,10 @@ async fn bad_inputs_get_their_own_error_and_change_nothing() {
             .unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(s.as_u16(), 400, "{what}: {v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{what}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{what}: {v}"
+        );
     }
     assert_eq!(snapshot(&d).await, before);
 
@@ -100,13 +193,22 @@ async fn bad_inputs_get_their_own_error_and_change_nothing() {
     let (s, k, m) = code(c.post("/v1/partitions/first/stop", &json!({})).await);
     assert_eq!((s, k.as_str()), (409, "conflict"), "{m}");
     assert!(m.contains("defined"), "{m}");
-    let (s, _, m) = code(c.post("/v1/partitions/first/exec", &json!({"argv": []})).await);
+    let (s, _, m) = code(
+        c.post("/v1/partitions/first/exec", &json!({"argv": []}))
+            .await,
+    );
     assert_eq!(s, 400, "{m}");
-    let (s, _, m) = code(c.post("/v1/partitions/first/exec", &json!({"argv": ["true"]})).await);
+    let (s, _, m) = code(
+        c.post("/v1/partitions/first/exec", &json!({"argv": ["true"]}))
+            .await,
+    );
     assert_eq!(s, 409, "{m}");
     let (s, k, _) = code(c.get("/v1/nothing-here").await);
     assert_eq!((s, k.as_str()), (404, "no_route"));
-    let (s, _, _) = code(c.post("/v1/partitions/first/start", &json!({"wait": "yes"})).await);
+    let (s, _, _) = code(
+        c.post("/v1/partitions/first/start", &json!({"wait": "yes"}))
+            .await,
+    );
     assert_eq!(s, 400);
     assert_eq!(snapshot(&d).await, before);
 
@@ -136,7 +238,12 @@ async fn tcp_needs_the_bearer_token_and_the_socket_is_private() {
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let addr = d.tcp.clone().unwrap();
-    for token in [None, Some("wrong"), Some("s3cret-toke"), Some("s3cret-token-")] {
+    for token in [
+        None,
+        Some("wrong"),
+        Some("s3cret-toke"),
+        Some("s3cret-token-"),
+    ] {
         let c = Client::new(Endpoint::Tcp {
             addr: addr.clone(),
             token: token.map(str::to_string),
@@ -144,8 +251,11 @@ async fn tcp_needs_the_bearer_token_and_the_socket_is_private() {
         let (s, k, _) = code(c.get("/v1/partitions").await);
         assert_eq!((s, k.as_str()), (401, "unauthorized"), "token {token:?}");
         let (s, _, _) = code(
-            c.post("/v1/partitions", &json!({"name":"x","memory_mib":128,"cpu_percent":10}))
-                .await,
+            c.post(
+                "/v1/partitions",
+                &json!({"name":"x","memory_mib":128,"cpu_percent":10}),
+            )
+            .await,
         );
         assert_eq!(s, 401);
     }
@@ -154,17 +264,25 @@ async fn tcp_needs_the_bearer_token_and_the_socket_is_private() {
         addr,
         token: Some("s3cret-token".into()),
     });
-    good.post("/v1/partitions", &json!({"name":"x","memory_mib":128,"cpu_percent":10}))
-        .await
-        .unwrap();
+    good.post(
+        "/v1/partitions",
+        &json!({"name":"x","memory_mib":128,"cpu_percent":10}),
+    )
+    .await
+    .unwrap();
     assert_eq!(good.get("/v1/partitions").await.unwrap()[0]["name"], "x");
 }
 
 #[tokio::test]
 async fn state_survives_a_daemon_restart() {
     let mut d = Daemon::start(Opts::default());
-    d.create("keep", 10, 128, json!({ "net": true, "restart_policy": "on-failure" }))
-        .await;
+    d.create(
+        "keep",
+        10,
+        128,
+        json!({ "net": true, "restart_policy": "on-failure" }),
+    )
+    .await;
     d.kill9();
     d.spawn();
     let v = d.show("keep").await;

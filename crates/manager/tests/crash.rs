@@ -10,14 +10,20 @@ use std::process::Command;
 use std::time::Duration;
 
 fn kill9(pid: u64) {
-    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// Running, not a zombie: a QEMU whose parent (a killed daemon) is gone is
 /// reaped by init, which may take a moment or never happen in a container.
 fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -25,8 +31,15 @@ fn alive(pid: u64) -> bool {
 #[tokio::test]
 async fn killed_qemu_is_marked_failed_and_restarted_by_policy() {
     let d = Daemon::start(Opts::default());
-    d.create("crashy", 50, 160, json!({ "net": true, "restart_policy": "on-failure" })).await;
-    d.create("steady", 20, 160, json!({ "restart_policy": "never" })).await;
+    d.create(
+        "crashy",
+        50,
+        160,
+        json!({ "net": true, "restart_policy": "on-failure" }),
+    )
+    .await;
+    d.create("steady", 20, 160, json!({ "restart_policy": "never" }))
+        .await;
     let (v, s) = tokio::join!(d.start_wait("crashy"), d.start_wait("steady"));
     let old_pid = v["pid"].as_u64().unwrap();
     let steady_pid = s["pid"].as_u64().unwrap();
@@ -35,7 +48,13 @@ async fn killed_qemu_is_marked_failed_and_restarted_by_policy() {
     kill9(steady_pid);
     // steady (policy never) stays failed with the reason.
     let s = d.wait_state("steady", &["failed"], BOOT).await;
-    assert!(s["last_exit"].as_str().unwrap().contains("killed by signal 9"), "{s:#}");
+    assert!(
+        s["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("killed by signal 9"),
+        "{s:#}"
+    );
     assert!(s["pid"].is_null());
     assert!(!d.cgroup_dir("cpu", "steady").exists());
     // crashy is failed, then started again by its policy with a new QEMU.
@@ -43,13 +62,26 @@ async fn killed_qemu_is_marked_failed_and_restarted_by_policy() {
     let new_pid = v["pid"].as_u64().unwrap();
     assert_ne!(new_pid, old_pid);
     assert_eq!(v["restarts"], 1);
-    let events: Vec<String> = v["events"].as_array().unwrap().iter()
-        .map(|e| e["message"].as_str().unwrap().to_string()).collect();
-    assert!(events.iter().any(|e| e.starts_with("failed: QEMU killed by signal 9")), "{events:?}");
-    assert!(events.iter().any(|e| e == "restarting (policy)"), "{events:?}");
+    let events: Vec<String> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("failed: QEMU killed by signal 9")),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e == "restarting (policy)"),
+        "{events:?}"
+    );
     assert_eq!(d.exec("crashy", "echo back").await["stdout"], "back\n");
     // One QEMU, one TAP: the old ones are gone.
-    let procs = std::fs::read_to_string(d.cgroup_dir("cpu", "crashy").join("cgroup.procs")).unwrap();
+    let procs =
+        std::fs::read_to_string(d.cgroup_dir("cpu", "crashy").join("cgroup.procs")).unwrap();
     assert_eq!(procs.lines().collect::<Vec<_>>(), vec![new_pid.to_string()]);
     assert_eq!(d.taps().len(), 1);
     assert!(!alive(old_pid));
@@ -72,24 +104,46 @@ async fn daemon_killed_while_partitions_run_readopts_them() {
     let stray_cg = d.cgroup_dir("cpu", "stray");
     std::fs::create_dir(&stray_cg).unwrap();
     let stray_tap = "bht00deadbeef";
-    assert!(Command::new("ip").args(["tuntap", "add", "dev", stray_tap, "mode", "tap"]).status().unwrap().success());
-    assert!(Command::new("ip").args(["link", "set", stray_tap, "master", &d.bridge]).status().unwrap().success());
+    assert!(Command::new("ip")
+        .args(["tuntap", "add", "dev", stray_tap, "mode", "tap"])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
+        .args(["link", "set", stray_tap, "master", &d.bridge])
+        .status()
+        .unwrap()
+        .success());
 
     d.spawn();
     let k = d.show("keep").await;
     assert_eq!(k["state"], "running", "{k:#}");
-    assert_eq!(k["pid"].as_u64().unwrap(), keep_pid, "re-adopted, not restarted");
+    assert_eq!(
+        k["pid"].as_u64().unwrap(),
+        keep_pid,
+        "re-adopted, not restarted"
+    );
     assert_eq!(d.exec("keep", "echo adopted").await["stdout"], "adopted\n");
     let l = d.show("lost").await;
     assert_eq!(l["state"], "failed", "{l:#}");
-    assert!(l["last_exit"].as_str().unwrap().contains("while bulkheadd was down"), "{l:#}");
+    assert!(
+        l["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("while bulkheadd was down"),
+        "{l:#}"
+    );
     // Reconciled: only keep's cgroup and TAP remain.
     assert_eq!(d.cgroups(), vec!["keep".to_string()]);
     assert_eq!(d.taps().len(), 1);
     assert!(!stray_cg.exists());
 
     // The adopted partition is supervised: a stop works and cleans up.
-    let v = d.client().post("/v1/partitions/keep/stop", &json!({})).await.unwrap();
+    let v = d
+        .client()
+        .post("/v1/partitions/keep/stop", &json!({}))
+        .await
+        .unwrap();
     assert_eq!(v["state"], "stopped");
     assert!(!alive(keep_pid));
     assert!(d.cgroups().is_empty() && d.taps().is_empty());
@@ -117,10 +171,23 @@ async fn daemon_killed_during_a_start_leaves_consistent_state() {
             "starting" | "running" => {
                 let v = d.wait_state(&name, &["running"], BOOT).await;
                 let pid = v["pid"].as_u64().unwrap();
-                let procs = std::fs::read_to_string(d.cgroup_dir("cpu", &name).join("cgroup.procs")).unwrap();
-                assert_eq!(procs.lines().collect::<Vec<_>>(), vec![pid.to_string()], "{name}");
+                let procs =
+                    std::fs::read_to_string(d.cgroup_dir("cpu", &name).join("cgroup.procs"))
+                        .unwrap();
+                assert_eq!(
+                    procs.lines().collect::<Vec<_>>(),
+                    vec![pid.to_string()],
+                    "{name}"
+                );
                 assert_eq!(d.exec(&name, "echo ok").await["stdout"], "ok\n");
-                let v = d.client().post(&format!("/v1/partitions/{name}/stop"), &json!({"force": true})).await.unwrap();
+                let v = d
+                    .client()
+                    .post(
+                        &format!("/v1/partitions/{name}/stop"),
+                        &json!({"force": true}),
+                    )
+                    .await
+                    .unwrap();
                 assert_eq!(v["state"], "stopped");
             }
             // Never got going, or cleanly stopped by the new daemon.

@@ -49,13 +49,20 @@ async fn busy_partition_gets_no_more_than_its_entitlement() {
     eprintln!("CPU share per 2 s window: {shares:?}");
     for s in &shares {
         // CFS enforces per 100 ms period; allow one period of slack per window.
-        assert!(*s <= 0.25 * 1.05 + 0.05, "used {s:.3} of a CPU, entitlement 0.25");
+        assert!(
+            *s <= 0.25 * 1.05 + 0.05,
+            "used {s:.3} of a CPU, entitlement 0.25"
+        );
     }
     // The loop did run and was held back, so the bound above was the limit at work.
     let mean = shares.iter().sum::<f64>() / shares.len() as f64;
     assert!(mean > 0.15, "busy loop barely ran: {shares:?}");
     assert!(throttled(&d, "quarter") > throttled0, "never throttled");
-    let s = d.client().get("/v1/partitions/quarter/stats").await.unwrap();
+    let s = d
+        .client()
+        .get("/v1/partitions/quarter/stats")
+        .await
+        .unwrap();
     assert!(s["cpu_recent_percent"].as_f64().unwrap() <= 35.0, "{s:#}");
     assert_eq!(s["cpu_entitlement_percent"], 25);
 }

@@ -43,19 +43,11 @@ pub struct Daemon {
     child: Option<Child>,
 }
 
+#[derive(Default)]
 pub struct Opts {
     /// Extra TOML appended to the generated configuration.
     pub extra: String,
     pub tcp_token: Option<String>,
-}
-
-impl Default for Opts {
-    fn default() -> Self {
-        Opts {
-            extra: String::new(),
-            tcp_token: None,
-        }
-    }
 }
 
 fn free_tcp_port() -> u16 {
@@ -211,8 +203,10 @@ impl Daemon {
     pub async fn start_wait(&self, name: &str) -> Value {
         let r = tokio::time::timeout(
             BOOT,
-            self.client()
-                .post(&format!("/v1/partitions/{name}/start"), &json!({ "wait": true })),
+            self.client().post(
+                &format!("/v1/partitions/{name}/start"),
+                &json!({ "wait": true }),
+            ),
         )
         .await
         .expect("start --wait timed out");
