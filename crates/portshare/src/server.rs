@@ -808,6 +808,12 @@ async fn serve_http(
                 return finish(shared, up);
             }
         };
+        // Route with the table in force now, not the one from before the wait.
+        let table = shared.table.load_full();
+        let Some(lt) = table.listeners.get(&listen) else {
+            break;
+        };
+        let cfg = &lt.cfg;
         let start = Instant::now();
         // The request line, for the access log only.
         let line: Option<String> = shared.access.as_ref().map(|_| {

@@ -130,6 +130,9 @@ async fn route_change_under_load_drops_nothing() {
     }
     // A long TLS-style splice would also survive; here a slow request spans the swaps.
     let slow = tokio::spawn(async move { get(p, "a.test", "/slow").await });
+    // A keep-alive connection idle across each swap routes its next request
+    // with the new table.
+    let mut kept = TcpStream::connect(p).await.unwrap();
     for round in 0..10 {
         let target = if round % 2 == 0 { a2 } else { a1 };
         let mut cfg = s.table().config.clone();
@@ -143,6 +146,13 @@ async fn route_change_under_load_drops_nothing() {
         assert_eq!(
             get(p, "a.test", "/check").await.body,
             format!("{want} GET /check body=0")
+        );
+        kept.write_all(b"GET /kept HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(
+            read_response(&mut kept).await.body,
+            format!("{want} GET /kept body=0")
         );
         assert_eq!(get(p, &format!("r{round}.test"), "/").await.status, 200);
         tokio::time::sleep(Duration::from_millis(30)).await;
