@@ -130,15 +130,21 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
             }
             continue;
         }
-        // Probe the port's state without blocking.
-        let mut probe = libc::pollfd {
-            fd: port.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLOUT,
-            revents: 0,
+        // The port's state: from the poll above while the host is up, else
+        // probed without blocking.
+        let port_revents = if host_up {
+            fds[0].revents
+        } else {
+            let mut probe = libc::pollfd {
+                fd: port.as_raw_fd(),
+                events: libc::POLLIN | libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: probe is one valid pollfd; timeout 0 does not block.
+            unsafe { libc::poll(&mut probe, 1, 0) };
+            probe.revents
         };
-        // SAFETY: probe is one valid pollfd; timeout 0 does not block.
-        unsafe { libc::poll(&mut probe, 1, 0) };
-        let hup = probe.revents & libc::POLLHUP != 0;
+        let hup = port_revents & libc::POLLHUP != 0;
         if hup && host_up {
             // Host went away: drop its half-read line and its stale replies.
             decoder.reset();
@@ -146,8 +152,10 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
         }
         host_up = !hup;
 
-        let mut wake_buf = [0u8; 8];
-        let _ = sys::read(&wake, &mut wake_buf);
+        if fds[1].revents != 0 {
+            let mut wake_buf = [0u8; 8];
+            let _ = sys::read(&wake, &mut wake_buf);
+        }
         while let Ok(msg) = rx.try_recv() {
             match msg {
                 Out::Reply(b) => out.extend(b),
@@ -158,7 +166,7 @@ pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
             }
         }
 
-        if host_up && probe.revents & libc::POLLIN != 0 {
+        if host_up && port_revents & libc::POLLIN != 0 {
             match sys::read(&port, &mut buf) {
                 Ok(0) => {
                     decoder.reset();
