@@ -203,3 +203,74 @@ async fn proxy_protocol_before_the_client_hello() {
     want.extend_from_slice(&hello);
     assert!(got.starts_with(&want));
 }
+
+#[tokio::test]
+async fn http2_inside_tls() {
+    assert!(tool("nghttpd"), "nghttpd missing: run scripts/bootstrap");
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "k.pem",
+            "-out",
+            "c.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=h2.test",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    std::fs::write(dir.path().join("who"), "h2 server\n").unwrap();
+    let port = std::net::TcpListener::bind(ANY)
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _srv = tokio::process::Command::new("nghttpd")
+        .args(["-a", "127.0.0.1", "-d", "."])
+        .arg(port.to_string())
+        .args(["k.pem", "c.pem"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while TcpStream::connect(target).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("nghttpd listening");
+    let (_s, p) = start(config(vec![route("h2.test", target)])).await;
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "--max-time",
+            "30",
+            "-w",
+            "proto=%{http_version}",
+            "--resolve",
+        ])
+        .arg(format!("h2.test:{}:127.0.0.1", p.port()))
+        .arg(format!("https://h2.test:{}/who", p.port()))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "h2 server\nproto=2");
+}
