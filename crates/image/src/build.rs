@@ -204,10 +204,29 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
             opts.busybox.display()
         )));
     }
-    let mut added = Vec::new();
+    let mut user_added = Vec::new();
     for add in &opts.adds {
-        added.extend(walk_add(add)?);
+        user_added.extend(walk_add(add)?);
     }
+    // Dynamically linked programs bring their shared libraries and the ELF
+    // interpreter (at their host paths); the user's own files win on conflict.
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for (dest, src, _) in &user_added {
+        for lib in shared_libs(src).map_err(|reason| Error::Add {
+            spec: format!("{}:{dest}", src.display()),
+            reason,
+        })? {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
+        }
+    }
+    let mut added: Vec<(String, PathBuf, u32)> = libs
+        .into_iter()
+        .filter(|l| !user_added.iter().any(|(d, _, _)| Path::new(d) == l))
+        .map(|l| (l.to_string_lossy().into_owned(), l, 0o755))
+        .collect();
+    added.extend(user_added);
 
     let deb = match &opts.kernel_deb {
         Some(d) => {
@@ -461,6 +480,48 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
     Ok(Outcome::Built(manifest))
 }
 
+/// What `ldd` says a dynamically linked ELF program needs (libraries and the
+/// interpreter); nothing for static programs, scripts and data files.
+fn shared_libs(prog: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut head = [0u8; 4];
+    let is_elf = std::fs::File::open(prog)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && head == *b"\x7fELF";
+    if !is_elf || crate::check_static_elf(prog).is_ok() {
+        return Ok(Vec::new());
+    }
+    let out = Command::new("ldd")
+        .arg(prog)
+        .output()
+        .map_err(|e| format!("ldd: {e}"))?;
+    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let target = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    return Err(format!(
+                        "needs {} which the host does not have",
+                        name.trim()
+                    ));
+                }
+                rest
+            }
+            None => line,
+        };
+        let path = target.split(" (").next().unwrap_or("").trim();
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    Ok(libs)
+}
+
 /// The agent without debug sections (smaller initramfs, faster boot), when
 /// binutils' `strip` is available; else as is.
 fn stripped(agent: &Path) -> Result<Vec<u8>, Error> {
@@ -493,6 +554,28 @@ mod tests {
             let e = bad.parse::<AddSpec>().unwrap_err();
             assert!(e.to_string().starts_with("--add "), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn parses_ldd_output() {
+        let t = "\tlinux-vdso.so.1 (0x00007f)\n\tliblzma.so.5 => /lib/x86_64-linux-gnu/liblzma.so.5 (0x7f)\n\
+                 \t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
+        assert_eq!(
+            parse_ldd(t).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/liblzma.so.5"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+        let e = parse_ldd("\tlibfoo.so.1 => not found\n").unwrap_err();
+        assert!(e.contains("libfoo.so.1"), "{e}");
+        assert!(parse_ldd("\tnot a dynamic executable\n")
+            .unwrap()
+            .is_empty());
+        // A static ELF needs nothing.
+        assert!(shared_libs(Path::new("/bin/busybox")).unwrap().is_empty());
+        let libs = shared_libs(Path::new("/bin/ls")).unwrap();
+        assert!(libs.iter().any(|l| l.ends_with("libc.so.6")), "{libs:?}");
     }
 
     #[test]
