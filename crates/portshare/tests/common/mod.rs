@@ -55,7 +55,7 @@ pub async fn start(cfg: Config) -> (Arc<Server>, SocketAddr) {
 
 /// An HTTP/1.1 server on its own virtual port. It answers `NAME METHOD PATH
 /// body=N`; `/redirect` answers 302 naming its virtual port; `/slow` takes
-/// 800 ms; `/ws` upgrades to an echo protocol.
+/// 1.5 s; `/ws` upgrades to an echo protocol.
 pub async fn http_backend(name: &'static str) -> SocketAddr {
     let l = TcpListener::bind(ANY).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -112,7 +112,7 @@ async fn handle(
             .body(Full::new(Bytes::from_static(b"moved")))
             .unwrap()),
         "/slow" => {
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
             Ok(Response::new(Full::new(Bytes::from(format!(
                 "{name} slow done"
             )))))
