@@ -785,7 +785,10 @@ async fn serve_http(
                 }
                 deadline.get_or_insert(tokio::time::Instant::now() + cfg.header_timeout.0);
             } else {
-                match read_more(&mut c.stream, &mut c.buf, deadline).await {
+                // Part of a head is here (pipelined, or the first bytes): the
+                // header timeout runs from now at the latest.
+                let d = *deadline.get_or_insert(tokio::time::Instant::now() + cfg.header_timeout.0);
+                match read_more(&mut c.stream, &mut c.buf, Some(d)).await {
                     Ok(0) => return finish(shared, up),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => {

@@ -471,3 +471,21 @@ async fn dead_pooled_upstream_is_retried() {
     let r = get(p, "a.test", "/").await;
     assert_eq!((r.status, r.body.as_str()), (200, "answer 1"));
 }
+
+/// A complete request followed by half of the next one in the same write:
+/// the half is held to the header timeout like any other head.
+#[tokio::test]
+async fn pipelined_partial_head_times_out() {
+    let a = http_backend("A").await;
+    let mut cfg = config(vec![route("a.test", a)]);
+    cfg.listeners[0].header_timeout = ms(300);
+    let (_s, p) = start(cfg).await;
+    let mut c = TcpStream::connect(p).await.unwrap();
+    c.write_all(b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut c).await.body, "A GET /1 body=0");
+    let t = std::time::Instant::now();
+    assert_eq!(read_response(&mut c).await.status, 408);
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
