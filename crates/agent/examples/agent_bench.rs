@@ -167,6 +167,12 @@ async fn main() -> Result<()> {
         agent.info().await?;
         info_rtt.push(t.elapsed());
     }
+    let mut hello_rtt = Vec::new();
+    for _ in 0..rounds.max(10) {
+        let t = Instant::now();
+        agent.wait_ready(Duration::from_secs(10)).await?;
+        hello_rtt.push(t.elapsed());
+    }
     let mut exec_rtt = Vec::new();
     for _ in 0..(rounds / 4).max(10) {
         let t = Instant::now();
@@ -196,10 +202,16 @@ async fn main() -> Result<()> {
         "{:<28} {:>22}   {:>22}   {:>6}",
         "", "bulkhead-agent", "peer: busybox sh loop", "ratio"
     );
+    let echo = stats(echo_rtt);
+    row(
+        &format!("round trip (hello | echo) n={}", hello_rtt.len()),
+        stats(hello_rtt),
+        echo,
+    );
     row(
         &format!("round trip (info | echo) n={}", info_rtt.len()),
         stats(info_rtt),
-        stats(echo_rtt),
+        echo,
     );
     row(
         &format!("spawn /bin/true n={}", exec_rtt.len()),
