@@ -291,3 +291,32 @@ async fn state_survives_a_daemon_restart() {
     assert_eq!(v["net"]["ip"], format!("{}.2/24", d.subnet_prefix));
     assert!(d.cgroups().is_empty() && d.taps().is_empty());
 }
+
+#[tokio::test]
+async fn a_start_that_fails_leaves_nothing_behind() {
+    let d = Daemon::start(Opts::default());
+    // An image whose kernel is garbage: QEMU refuses it.
+    let img = d.dir.path().join("bad-image");
+    std::fs::create_dir(&img).unwrap();
+    std::fs::write(img.join("vmlinux"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::copy(
+        common::image_dir().join("initramfs.cpio.gz"),
+        img.join("initramfs.cpio.gz"),
+    )
+    .unwrap();
+    d.create("broken", 10, 128, json!({ "net": true, "image": img }))
+        .await;
+    let e = d
+        .client()
+        .post("/v1/partitions/broken/start", &json!({ "wait": true }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("engine"), "{e}");
+    eprintln!("start error: {e}");
+    let v = d.show("broken").await;
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert!(v["last_exit"].as_str().unwrap().starts_with("start failed"), "{v:#}");
+    assert!(v["pid"].is_null());
+    assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
+    assert!(d.taps().is_empty(), "{:?}", d.taps());
+}

@@ -273,7 +273,8 @@ impl Drop for Daemon {
                 .join("bulkhead")
                 .join(&self.instance);
             if let Ok(d) = std::fs::read_dir(&base) {
-                for e in d.flatten() {
+                // Partition cgroups are the directories; the rest are control files.
+                for e in d.flatten().filter(|e| e.path().is_dir()) {
                     for _ in 0..50 {
                         if std::fs::remove_dir(e.path()).is_ok() {
                             break;
