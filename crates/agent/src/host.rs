@@ -48,9 +48,16 @@ pub enum AgentError {
     Guest { kind: String, message: String },
 }
 
+/// Who waits for the reply with a given id.
+enum Waiter {
+    Once(oneshot::Sender<Response>),
+    /// One of the hellos `wait_ready` sent: any of their replies will do.
+    Hello(tokio::sync::mpsc::UnboundedSender<Response>),
+}
+
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Response>>,
+    waiting: HashMap<u64, Waiter>,
     /// Set once the reader has stopped: why the connection is gone.
     closed: Option<String>,
 }
@@ -105,7 +112,10 @@ impl AgentClient {
                         Ok(resp) => {
                             let tx = pending2.lock().unwrap().waiting.remove(&resp.id);
                             match tx {
-                                Some(tx) => {
+                                Some(Waiter::Once(tx)) => {
+                                    let _ = tx.send(resp);
+                                }
+                                Some(Waiter::Hello(tx)) => {
                                     let _ = tx.send(resp);
                                 }
                                 // A late answer to a request that timed out
@@ -152,7 +162,7 @@ impl AgentClient {
             if let Some(reason) = &p.closed {
                 return Err(AgentError::Closed(reason.clone()));
             }
-            p.waiting.insert(id, tx);
+            p.waiting.insert(id, Waiter::Once(tx));
         }
         let line = proto::encode_line(&Request { id, body });
         let write = async {
@@ -192,39 +202,79 @@ impl AgentClient {
     }
 
     /// Handshake: re-sends hello (the guest drops bytes until the agent opens
-    /// the port) until the agent answers or the timeout passes.
+    /// the port) every 100 ms until the agent answers any of them or the
+    /// timeout passes. A constant, short interval: ready is seen at most one
+    /// interval after the agent opens its port.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyInfo, AgentError> {
+        const EVERY: Duration = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut every = Duration::from_millis(100);
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sent: Vec<u64> = Vec::new();
+        let forget = |sent: &[u64]| {
+            let mut p = self.pending.lock().unwrap();
+            for id in sent {
+                p.waiting.remove(id);
+            }
+        };
+        let resp = loop {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                forget(&sent);
                 return Err(AgentError::Timeout {
                     what: "hello".into(),
                     timeout,
                 });
             }
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            {
+                let mut p = self.pending.lock().unwrap();
+                if let Some(reason) = &p.closed {
+                    let e = AgentError::Closed(reason.clone());
+                    drop(p);
+                    forget(&sent);
+                    return Err(e);
+                }
+                p.waiting.insert(id, Waiter::Hello(tx.clone()));
+            }
+            sent.push(id);
             let body = RequestBody::Hello {
                 min_version: PROTOCOL_VERSION,
                 max_version: PROTOCOL_VERSION,
             };
-            match self.call(body, "hello", every.min(left)).await {
-                Ok(v) => {
-                    let info: ReadyInfo = Self::decode(v, "hello")?;
-                    if info.protocol_version != PROTOCOL_VERSION {
-                        return Err(AgentError::Protocol(format!(
-                            "agent chose protocol {}, expected {PROTOCOL_VERSION}",
-                            info.protocol_version
-                        )));
-                    }
-                    return Ok(info);
-                }
-                Err(AgentError::Timeout { .. }) => {
-                    every = (every * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e),
+            let line = proto::encode_line(&Request { id, body });
+            if let Err(e) = self.writer.lock().await.write_all(&line).await {
+                forget(&sent);
+                return Err(AgentError::Closed(format!("write: {e}")));
             }
+            let wait = EVERY.min(deadline.saturating_duration_since(now));
+            match tokio::time::timeout(wait, rx.recv()).await {
+                Ok(Some(resp)) => break resp,
+                // Every sender is gone: the reader stopped.
+                Ok(None) => {
+                    forget(&sent);
+                    return Err(self.closed_error());
+                }
+                Err(_) => {}
+            }
+        };
+        forget(&sent);
+        if let Some(err) = resp.err {
+            return Err(AgentError::Guest {
+                kind: err.kind,
+                message: err.message,
+            });
         }
+        let v = resp.ok.ok_or_else(|| {
+            AgentError::Protocol("reply to hello has neither \"ok\" nor \"err\"".into())
+        })?;
+        let info: ReadyInfo = Self::decode(v, "hello")?;
+        if info.protocol_version != PROTOCOL_VERSION {
+            return Err(AgentError::Protocol(format!(
+                "agent chose protocol {}, expected {PROTOCOL_VERSION}",
+                info.protocol_version
+            )));
+        }
+        Ok(info)
     }
 
     /// Runs `argv` in the guest; the guest kills it after `timeout`
@@ -329,6 +379,28 @@ mod tests {
         assert_eq!(info.boot_ms, 1234);
         assert_eq!(info.ncpus, 2);
         assert!(seen.load(Ordering::SeqCst) >= 3);
+    }
+
+    #[tokio::test]
+    async fn wait_ready_takes_a_late_answer_to_an_earlier_hello() {
+        // Answers only the first hello, 350 ms late (after several re-sends).
+        let (a, b) = UnixStream::pair().unwrap();
+        let _agent = tokio::spawn(async move {
+            let (rd, mut wr) = b.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            let first = lines.next_line().await.unwrap().unwrap();
+            let id = proto::decode_request(first.as_bytes()).unwrap().id;
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            wr.write_all(format!("{}\n", ready(id)).as_bytes())
+                .await
+                .unwrap();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        let c = AgentClient::from_stream(a);
+        let info = c.wait_ready(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(info.boot_ms, 1234);
+        // Nothing is left registered for the hellos.
+        assert!(c.pending.lock().unwrap().waiting.is_empty());
     }
 
     #[tokio::test]
