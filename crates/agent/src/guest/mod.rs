@@ -92,6 +92,10 @@ fn run() {
         }
     }
 
+    // Open the host channel first when it is already there, so the agent
+    // answers the moment the ready line is out; never wait for it here: the
+    // ready line does not depend on the host channel.
+    let port = serve::open_port_now();
     // The engine waits for this exact line on the console.
     {
         use std::io::Write;
@@ -103,9 +107,9 @@ fn run() {
     let children = children::Children::new();
     if pid1 {
         children.spawn_reaper();
-        power::watch_power_button();
+        std::thread::spawn(power::watch_power_button);
     }
-    let e = serve::serve(serve::Boot { boot_ms, root_lu }, children);
+    let e = serve::serve(serve::Boot { boot_ms, root_lu }, children, port);
     log(format_args!("cannot serve the host: {e}"));
 }
 

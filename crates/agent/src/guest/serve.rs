@@ -64,12 +64,29 @@ enum Out {
     PowerAfter(Vec<u8>, PowerAction),
 }
 
+/// Opens the agent port if it exists now (no waiting).
+pub fn open_port_now() -> Option<(PathBuf, OwnedFd)> {
+    let path = find_port(PORT_NAME)?;
+    let fd = sys::open(&path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY).ok()?;
+    Some((path, fd))
+}
+
 /// Serves requests forever (returns only when the port cannot be opened).
-pub fn serve(boot: Boot, children: Arc<Children>) -> std::io::Error {
-    let path = wait_port();
-    let port = match sys::open(&path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY) {
-        Ok(fd) => fd,
-        Err(e) => return e,
+/// `opened`: the port, when it was opened before the ready line.
+pub fn serve(
+    boot: Boot,
+    children: Arc<Children>,
+    opened: Option<(PathBuf, OwnedFd)>,
+) -> std::io::Error {
+    let (path, port) = match opened {
+        Some(p) => p,
+        None => {
+            let path = wait_port();
+            match sys::open(&path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_NOCTTY) {
+                Ok(fd) => (path, fd),
+                Err(e) => return e,
+            }
+        }
     };
     let wake = match sys::eventfd() {
         Ok(fd) => Arc::new(fd),
