@@ -138,7 +138,11 @@ impl Outcome {
 }
 
 /// Files of one `--add`, walked: (guest path, host path, mode).
-fn walk_add(add: &AddSpec) -> Result<Vec<(String, PathBuf, u32)>, Error> {
+/// Symbolic links inside an added directory are kept as links (guest path,
+/// target), never followed: a link to a parent would otherwise recurse.
+type Links = Vec<(String, String)>;
+
+fn walk_add(add: &AddSpec) -> Result<(Vec<(String, PathBuf, u32)>, Links), Error> {
     let err = |reason: String| Error::Add {
         spec: format!("{}:{}", add.src.display(), add.dest),
         reason,
@@ -146,6 +150,7 @@ fn walk_add(add: &AddSpec) -> Result<Vec<(String, PathBuf, u32)>, Error> {
     let meta =
         std::fs::metadata(&add.src).map_err(|e| err(format!("{}: {e}", add.src.display())))?;
     let mut out = Vec::new();
+    let mut links = Vec::new();
     if meta.is_file() {
         out.push((
             add.dest.clone(),
@@ -167,8 +172,13 @@ fn walk_add(add: &AddSpec) -> Result<Vec<(String, PathBuf, u32)>, Error> {
                     dest.trim_end_matches('/'),
                     e.file_name().to_string_lossy()
                 );
-                let m = std::fs::metadata(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
-                if m.is_dir() {
+                let m = std::fs::symlink_metadata(&p)
+                    .map_err(|e| err(format!("{}: {e}", p.display())))?;
+                if m.file_type().is_symlink() {
+                    let target =
+                        std::fs::read_link(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
+                    links.push((d, target.to_string_lossy().into_owned()));
+                } else if m.is_dir() {
                     stack.push((p, d));
                 } else if m.is_file() {
                     out.push((d, p, m.permissions().mode() & 0o7777));
@@ -181,7 +191,7 @@ fn walk_add(add: &AddSpec) -> Result<Vec<(String, PathBuf, u32)>, Error> {
             add.src.display()
         )));
     }
-    Ok(out)
+    Ok((out, links))
 }
 
 fn read_manifest(dir: &Path) -> Option<Manifest> {
@@ -205,8 +215,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
         )));
     }
     let mut user_added = Vec::new();
+    let mut user_links = Vec::new();
     for add in &opts.adds {
-        user_added.extend(walk_add(add)?);
+        let (files, links) = walk_add(add)?;
+        user_added.extend(files);
+        user_links.extend(links);
     }
     // Dynamically linked programs bring their shared libraries and the ELF
     // interpreter (at their host paths); the user's own files win on conflict.
@@ -253,6 +266,15 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
             Input {
                 path: src.clone(),
                 sha256: sha,
+            },
+        ));
+    }
+    for (dest, target) in &user_links {
+        added_inputs.push((
+            format!("{dest} -> {target}"),
+            Input {
+                path: PathBuf::from(target),
+                sha256: String::new(),
             },
         ));
     }
@@ -415,6 +437,19 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
                 spec: format!("{}:{dest}", src.display()),
                 reason,
             })?;
+    }
+
+    for (dest, target) in &user_links {
+        ar.insert(
+            dest,
+            Entry::Symlink {
+                target: target.clone(),
+            },
+        )
+        .map_err(|reason| Error::Add {
+            spec: format!("{target}:{dest}"),
+            reason,
+        })?;
     }
 
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
@@ -588,9 +623,13 @@ mod tests {
             src: d.path().join("t"),
             dest: "/opt/t".into(),
         };
-        let mut got: Vec<String> = walk_add(&add).unwrap().into_iter().map(|x| x.0).collect();
+        // A link to a parent directory is kept as a link, not followed.
+        std::os::unix::fs::symlink("..", d.path().join("t/sub/up")).unwrap();
+        let (files, links) = walk_add(&add).unwrap();
+        let mut got: Vec<String> = files.into_iter().map(|x| x.0).collect();
         got.sort();
         assert_eq!(got, ["/opt/t/a", "/opt/t/sub/b"]);
+        assert_eq!(links, [("/opt/t/sub/up".to_string(), "..".to_string())]);
         let add = AddSpec {
             src: d.path().join("missing"),
             dest: "/x".into(),
