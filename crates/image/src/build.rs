@@ -141,8 +141,10 @@ impl Outcome {
 /// Symbolic links inside an added directory are kept as links (guest path,
 /// target), never followed: a link to a parent would otherwise recurse.
 type Links = Vec<(String, String)>;
+/// Regular files of an add: (guest path, host path, mode).
+type Files = Vec<(String, PathBuf, u32)>;
 
-fn walk_add(add: &AddSpec) -> Result<(Vec<(String, PathBuf, u32)>, Links), Error> {
+fn walk_add(add: &AddSpec) -> Result<(Files, Links), Error> {
     let err = |reason: String| Error::Add {
         spec: format!("{}:{}", add.src.display(), add.dest),
         reason,
