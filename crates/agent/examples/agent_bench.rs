@@ -13,6 +13,22 @@ use bulkhead_agent::{AgentClient, PowerAction};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
+/// the host's rate; microvm hangs in calibration without it), from
+/// /proc/cpuinfo's `cpu MHz`.
+fn tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_600_000)
+}
+
 fn image_dir() -> PathBuf {
     std::env::var_os("BULKHEAD_IMAGE_DIR")
         .map(PathBuf::from)
@@ -80,7 +96,10 @@ async fn main() -> Result<()> {
         .arg(img.join("initramfs.cpio.gz"))
         .args([
             "-append",
-            "console=ttyS0 panic=-1 tsc_early_khz=2600000 no_timer_check quiet",
+            &format!(
+                "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet",
+                tsc_khz()
+            ),
         ])
         .arg("-chardev")
         .arg(format!(

@@ -11,6 +11,22 @@ use bulkhead_agent::{AgentClient, AgentError, PowerAction, READY_LINE};
 /// Generous: guests boot under TCG on a shared 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
+/// the host's rate; microvm hangs in calibration without it), from
+/// /proc/cpuinfo's `cpu MHz`.
+fn tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_600_000)
+}
+
 fn image_dir() -> PathBuf {
     std::env::var_os("BULKHEAD_IMAGE_DIR")
         .map(PathBuf::from)
@@ -69,7 +85,8 @@ async fn boot(machine: &str, dir: &Path, disk: &Path, append: &str, smp: u32) ->
         .arg(img.join("initramfs.cpio.gz"))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 tsc_early_khz=2600000 no_timer_check quiet {append}"
+            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet {append}",
+            tsc_khz()
         ))
         .arg("-chardev")
         .arg(format!(

@@ -9,6 +9,22 @@ use std::time::Duration;
 use bulkhead_agent::{AgentClient, PowerAction};
 use bulkhead_image::build::{self, BuildOptions};
 
+/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
+/// the host's rate; microvm hangs in calibration without it), from
+/// /proc/cpuinfo's `cpu MHz`.
+fn tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_600_000)
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -40,8 +56,23 @@ async fn added_programs_run_in_the_guest() {
 
     let sock = dir.path().join("agent.sock");
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", dir.path().join("console.log").display()))
         .arg("-kernel")
@@ -49,11 +80,20 @@ async fn added_programs_run_in_the_guest() {
         .arg("-initrd")
         .arg(img.join("initramfs.cpio.gz"))
         .arg("-append")
-        .arg("console=ttyS0 panic=-1 tsc_early_khz=2600000 no_timer_check quiet bulkhead.hostname=adds")
+        .arg(format!(
+            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet bulkhead.hostname=adds",
+            tsc_khz()
+        ))
         .arg("-chardev")
-        .arg(format!("socket,id=agent0,path={},server=on,wait=off", sock.display()))
+        .arg(format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            sock.display()
+        ))
         .args(["-device", "virtio-serial-device,id=vser0"])
-        .args(["-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0"])
+        .args([
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)

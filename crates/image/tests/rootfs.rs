@@ -12,6 +12,22 @@ use bulkhead_image::rootfs::{self, RootfsOptions};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
+/// the host's rate; microvm hangs in calibration without it), from
+/// /proc/cpuinfo's `cpu MHz`.
+fn tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_600_000)
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -34,8 +50,23 @@ async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::Ready
     let sock = dir.join("agent.sock");
     let _ = std::fs::remove_file(&sock);
     let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "256"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "256",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
         .arg("-kernel")
@@ -43,11 +74,20 @@ async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::Ready
         .arg("-initrd")
         .arg(img.join("initramfs.cpio.gz"))
         .arg("-append")
-        .arg("console=ttyS0 panic=-1 tsc_early_khz=2600000 no_timer_check quiet bulkhead.root=/dev/vda")
+        .arg(format!(
+            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet bulkhead.root=/dev/vda",
+            tsc_khz()
+        ))
         .arg("-chardev")
-        .arg(format!("socket,id=agent0,path={},server=on,wait=off", sock.display()))
+        .arg(format!(
+            "socket,id=agent0,path={},server=on,wait=off",
+            sock.display()
+        ))
         .args(["-device", "virtio-serial-device,id=vser0"])
-        .args(["-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0"])
+        .args([
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
+        ])
         .arg("-drive")
         .arg(format!("id=d0,file={},format=qcow2,if=none", lu.display()))
         .args(["-device", "virtio-blk-device,drive=d0"])
