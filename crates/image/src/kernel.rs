@@ -30,9 +30,23 @@ fn parse_depends(text: &str) -> Option<String> {
 
 /// The kernel .deb in `debs`, downloaded with `apt-get download` if absent.
 pub fn fetch_deb(debs: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, Error> {
-    let pkg = resolve_package(KERNEL_META)?;
     std::fs::create_dir_all(debs).map_err(|e| Error::io(debs, e))?;
-    if let Some(found) = find_cached(debs, &pkg)? {
+    let pkg = match resolve_package(KERNEL_META) {
+        Ok(pkg) => pkg,
+        // No usable apt lists (offline host): a kernel already cached will do.
+        Err(e) => match find_cached(debs, "linux-image-")? {
+            Some(found) => {
+                progress(&format!(
+                    "apt-cache failed ({e}); using the cached {}",
+                    found.display()
+                ));
+                return Ok(found);
+            }
+            None => return Err(e),
+        },
+    };
+    let prefix = format!("{pkg}_");
+    if let Some(found) = find_cached(debs, &prefix)? {
         return Ok(found);
     }
     progress(&format!(
@@ -42,7 +56,7 @@ pub fn fetch_deb(debs: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf,
     run(Command::new("apt-get")
         .args(["download", "-q", &pkg])
         .current_dir(debs))?;
-    find_cached(debs, &pkg)?.ok_or_else(|| {
+    find_cached(debs, &prefix)?.ok_or_else(|| {
         Error::Kernel(format!(
             "apt-get download {pkg} left no {pkg}_*.deb in {}",
             debs.display()
@@ -50,8 +64,8 @@ pub fn fetch_deb(debs: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf,
     })
 }
 
-fn find_cached(debs: &Path, pkg: &str) -> Result<Option<PathBuf>, Error> {
-    let prefix = format!("{pkg}_");
+/// The most recently downloaded `<prefix>*.deb` in `debs`.
+fn find_cached(debs: &Path, prefix: &str) -> Result<Option<PathBuf>, Error> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(debs)
         .map_err(|e| Error::io(debs, e))?
         .flatten()
@@ -59,10 +73,10 @@ fn find_cached(debs: &Path, pkg: &str) -> Result<Option<PathBuf>, Error> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".deb"))
         })
         .collect();
-    found.sort();
+    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     Ok(found.pop())
 }
 
