@@ -457,7 +457,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     // No manifest while outputs change: an interrupted build is never "up to date".
     let _ = std::fs::remove_file(opts.out.join("manifest.json"));
-    let tmp_initramfs = opts.out.join(".initramfs.cpio.gz.tmp");
+    let tmp_initramfs = opts
+        .out
+        .join(format!(".initramfs.cpio.gz.{}.tmp", std::process::id()));
     {
         let f = std::fs::File::create(&tmp_initramfs).map_err(|e| Error::io(&tmp_initramfs, e))?;
         let mut gz = flate2::write::GzEncoder::new(
@@ -477,7 +479,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
         initramfs_size as f64 / 1048576.0
     ));
 
-    let tmp_vmlinux = opts.out.join(".vmlinux.tmp");
+    let tmp_vmlinux = opts
+        .out
+        .join(format!(".vmlinux.{}.tmp", std::process::id()));
     std::fs::copy(&unpacked.vmlinux, &tmp_vmlinux).map_err(|e| Error::io(&tmp_vmlinux, e))?;
     std::fs::rename(&tmp_vmlinux, &vmlinux_out).map_err(|e| Error::io(&vmlinux_out, e))?;
 

@@ -205,7 +205,9 @@ pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<()
         .arg(&root)
         .arg(&raw))?;
 
-    let tmp_out = opts.out.with_extension("qcow2.tmp");
+    let tmp_out = opts
+        .out
+        .with_extension(format!("qcow2.{}.tmp", std::process::id()));
     run(Command::new("qemu-img")
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
         .arg(&raw)
