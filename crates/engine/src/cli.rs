@@ -95,6 +95,9 @@ impl RunArgs {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let spec = args.to_spec()?;
+    // Listen for Ctrl-C before anything starts, so an early one stops the
+    // partition instead of killing this process and leaving QEMU behind.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let run_dir =
         std::env::temp_dir().join(format!("bulkhead-run-{}-{}", spec.name, std::process::id()));
     let mut opts = LaunchOptions::new(&run_dir);
@@ -130,9 +133,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop(con_w);
     });
 
-    let ready = part
-        .wait_ready(Duration::from_secs(args.ready_timeout))
-        .await;
+    let mut interrupted = false;
+    let ready = tokio::select! {
+        r = part.wait_ready(Duration::from_secs(args.ready_timeout)) => r,
+        _ = interrupt.recv() => {
+            interrupted = true;
+            Err(crate::EngineError::NotRunning("interrupted before the agent was ready".into()))
+        }
+    };
     match &ready {
         Ok(r) => eprintln!(
             "bulkhead: agent ready: {} vCPU(s), kernel {}, guest boot {} ms",
@@ -140,11 +148,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         Err(e) => eprintln!("bulkhead: {e}"),
     }
-    let exit = tokio::select! {
-        e = part.wait_exit() => e,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("\nbulkhead: stopping");
-            part.stop(Duration::from_secs(30)).await?
+    let exit = if interrupted {
+        part.stop(Duration::from_secs(30)).await?
+    } else {
+        tokio::select! {
+            e = part.wait_exit() => e,
+            _ = interrupt.recv() => {
+                eprintln!("\nbulkhead: stopping");
+                part.stop(Duration::from_secs(30)).await?
+            }
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), out).await;
