@@ -8,6 +8,7 @@
 //! | `bulkhead.root=/dev/vdX` | mount this root LU and switch into it |
 //! | `bulkhead.rootfstype=TYPE` | its file system (default `ext4`) |
 //! | `bulkhead.iface=NAME` | interface `bulkhead.ip` applies to (default `eth0`) |
+//! | `bulkhead.debug` | log each boot step with the guest's uptime |
 //!
 //! A malformed value is reported as a warning and ignored; boot goes on.
 
@@ -22,6 +23,7 @@ pub struct BootConfig {
     pub root: Option<String>,
     pub rootfstype: Option<String>,
     pub iface: Option<String>,
+    pub debug: bool,
 }
 
 impl BootConfig {
@@ -91,6 +93,10 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<String>) {
                 cfg.rootfstype = Some(value.into());
                 Ok(())
             }
+            "debug" if value.is_empty() || value == "1" => {
+                cfg.debug = true;
+                Ok(())
+            }
             "iface" if !value.is_empty() && !value.contains('/') && value.len() < 16 => {
                 cfg.iface = Some(value.into());
                 Ok(())
@@ -158,7 +164,7 @@ mod tests {
         let (c, w) = parse(
             "console=ttyS0 bulkhead.ip=10.0.0.2/24 bulkhead.gw=10.0.0.1 \
              bulkhead.hostname=p-1 bulkhead.root=/dev/vda quiet bulkhead.rootfstype=xfs \
-             bulkhead.iface=eth1\n",
+             bulkhead.iface=eth1 bulkhead.debug\n",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(c.ip, Some(("10.0.0.2".parse().unwrap(), 24)));
@@ -167,6 +173,7 @@ mod tests {
         assert_eq!(c.root.as_deref(), Some("/dev/vda"));
         assert_eq!(c.rootfstype(), "xfs");
         assert_eq!(c.iface(), "eth1");
+        assert!(c.debug);
     }
 
     #[test]

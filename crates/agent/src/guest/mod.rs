@@ -66,13 +66,22 @@ fn run() {
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (cfg, warnings) = cmdline::parse(&cmdline);
+    // bulkhead.debug: one console line per boot step with the guest's uptime.
+    let step = |what: &str| {
+        if cfg.debug {
+            log(format_args!("{what} at {} ms", sys::boottime_ms()));
+        }
+    };
+    step("api file systems mounted");
     if pid1 && !stage2 {
         for w in &warnings {
             log(format_args!("ignoring {w}"));
         }
         load_modules(Path::new(LOAD_LIST));
+        step("modules loaded");
         set_hostname(&cfg);
         configure_network(&cfg);
+        step("network configured");
         if let Some(dev) = &cfg.root {
             // Only returns on failure: then keep serving from the initramfs.
             let e = switch_root(dev, cfg.rootfstype());
@@ -96,6 +105,11 @@ fn run() {
     // answers the moment the ready line is out; never wait for it here: the
     // ready line does not depend on the host channel.
     let port = serve::open_port_now();
+    step(if port.is_some() {
+        "host port opened"
+    } else {
+        "host port not there yet"
+    });
     // The engine waits for this exact line on the console.
     {
         use std::io::Write;
@@ -165,15 +179,68 @@ fn load_modules(list: &Path) {
     let Ok(text) = std::fs::read_to_string(list) else {
         return;
     };
+    // Transports only load where their bus has virtio devices: no PCI ones
+    // on a plain microvm, no MMIO ones on q35. (Neither bus gains virtio
+    // devices later without already having one: MMIO devices are fixed at
+    // boot, and a PCI bus that can hot-plug carries the agent's own port.)
+    let pci = has_virtio_pci();
+    let mmio = has_virtio_mmio();
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let name = Path::new(line)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("");
+        if !transport_wanted(name, pci, mmio) {
             continue;
         }
         if let Err(e) = sys::finit_module(Path::new(line)) {
             log(format_args!("module {line}: {e}"));
         }
     }
+}
+
+/// Whether a module from the load list is needed, given which virtio
+/// transports have devices. Everything but the transports always is.
+pub fn transport_wanted(module: &str, virtio_pci: bool, virtio_mmio: bool) -> bool {
+    match module {
+        "virtio_pci" | "virtio_pci_modern_dev" | "virtio_pci_legacy_dev" => virtio_pci,
+        "virtio_mmio" => virtio_mmio,
+        _ => true,
+    }
+}
+
+/// Virtio PCI ids: vendor 0x1af4, device 0x1000..=0x107f (ivshmem, 0x1110,
+/// is not virtio).
+pub fn is_virtio_pci_id(vendor: &str, device: &str) -> bool {
+    let hex = |s: &str| u32::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok();
+    hex(vendor) == Some(0x1af4) && hex(device).is_some_and(|d| (0x1000..=0x107f).contains(&d))
+}
+
+fn has_virtio_pci() -> bool {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/pci/devices") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).unwrap_or_default();
+        is_virtio_pci_id(&read("vendor"), &read("device"))
+    })
+}
+
+/// ACPI (`LNRO0005:NN`, as QEMU microvm describes them) or device-tree /
+/// command-line (`...virtio_mmio...`) virtio-mmio devices.
+fn has_virtio_mmio() -> bool {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/platform/devices") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let n = e.file_name();
+        let n = n.to_string_lossy();
+        n.starts_with("LNRO0005") || n.contains("virtio_mmio") || n.contains("virtio-mmio")
+    })
 }
 
 fn set_hostname(cfg: &BootConfig) {
@@ -251,4 +318,30 @@ fn switch_root(dev: &str, fstype: &str) -> std::io::Error {
     std::process::Command::new(ROOT_AGENT)
         .env(STAGE_ENV, "2")
         .exec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transports_load_only_where_their_bus_has_devices() {
+        assert!(!transport_wanted("virtio_pci", false, true));
+        assert!(!transport_wanted("virtio_pci_legacy_dev", false, true));
+        assert!(transport_wanted("virtio_pci_modern_dev", true, false));
+        assert!(!transport_wanted("virtio_mmio", true, false));
+        assert!(transport_wanted("virtio_mmio", false, true));
+        for always in ["virtio", "virtio_ring", "virtio_blk", "virtio_net", "evdev"] {
+            assert!(transport_wanted(always, false, false));
+        }
+    }
+
+    #[test]
+    fn virtio_pci_ids() {
+        assert!(is_virtio_pci_id("0x1af4\n", "0x1003\n"));
+        assert!(is_virtio_pci_id("0x1af4", "0x1041"));
+        assert!(!is_virtio_pci_id("0x1af4", "0x1110")); // ivshmem
+        assert!(!is_virtio_pci_id("0x8086", "0x1003"));
+        assert!(!is_virtio_pci_id("", ""));
+    }
 }
