@@ -229,6 +229,7 @@ pub fn spawn(
         sessions: HashMap::new(),
         app: app_tx,
         out: Vec::with_capacity(2048),
+        data_pending: false,
     };
     tokio::spawn(d.run(inbound, cmd_rx));
     (TunnelHandle { cmd: cmd_tx }, app_rx)
@@ -241,6 +242,8 @@ struct Driver {
     sessions: HashMap<u16, SessionTx>,
     app: mpsc::UnboundedSender<AppEvent>,
     out: Vec<u8>,
+    /// `out` holds a data message to send (sent from the loop, where it may await).
+    data_pending: bool,
 }
 
 impl Driver {
@@ -251,6 +254,11 @@ impl Driver {
     ) {
         let mut cmds_open = true;
         loop {
+            if self.data_pending {
+                // Awaiting the socket pushes back on the sender instead of dropping.
+                self.data_pending = false;
+                let _ = self.socket.send_to(&self.out, self.peer).await;
+            }
             self.flush().await;
             if self.tunnel.is_finished() {
                 break;
@@ -363,8 +371,7 @@ impl Driver {
             Cmd::Data { session, payload } => {
                 self.out.clear();
                 if t.encode_data(session, &payload, &mut self.out).is_ok() {
-                    // Data is unreliable by design; a full socket buffer drops like a lost packet.
-                    let _ = self.socket.try_send_to(&self.out, self.peer);
+                    self.data_pending = true;
                 }
             }
             Cmd::Close(rc) => t.close(now, rc),
@@ -447,7 +454,9 @@ pub async fn connect(
         "[::]:0"
     }
     .parse()?;
-    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let socket = UdpSocket::bind(bind).await?;
+    grow_buffers(&socket);
+    let socket = Arc::new(socket);
     socket.connect(server).await?;
     let (in_tx, in_rx) = mpsc::channel(1024);
     let reader = socket.clone();
@@ -494,4 +503,11 @@ pub async fn connect(
         }
         other => anyhow::bail!("unexpected first event {other:?}"),
     }
+}
+
+/// Larger socket buffers absorb bursts of data messages (best effort).
+pub fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let _ = setsockopt(socket, sockopt::RcvBuf, &(4 << 20));
+    let _ = setsockopt(socket, sockopt::SndBuf, &(4 << 20));
 }

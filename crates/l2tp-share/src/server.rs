@@ -158,11 +158,11 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
         if a.ip().is_unspecified() {
             warn!(addr = %a, "listening on every address: tunnels will be accepted on public addresses too");
         }
-        let socket = Arc::new(
-            UdpSocket::bind(a)
-                .await
-                .with_context(|| format!("binding {a}"))?,
-        );
+        let socket = UdpSocket::bind(a)
+            .await
+            .with_context(|| format!("binding {a}"))?;
+        driver::grow_buffers(&socket);
+        let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         info!(addr = %local, "accepting L2TP tunnels");
         addrs.push(local);
@@ -249,7 +249,9 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
             }
         };
         if let Some((id, tx)) = target {
-            if tx.try_send(d.to_vec()).is_err() && tx.is_closed() {
+            // Waiting for a busy tunnel leaves datagrams in the socket buffer rather than
+            // dropping them here.
+            if tx.send(d.to_vec()).await.is_err() {
                 by_id.remove(&id);
                 by_peer.retain(|_, v| *v != id);
             }
