@@ -796,3 +796,25 @@ fn lossy_link_delivers_every_message_once_in_order() {
         1
     );
 }
+
+/// The AICRQ bytes are exactly what docs/l2tp.md documents.
+#[test]
+fn aicrq_wire_format_matches_the_docs() {
+    let mut p = Pair::up(None, None);
+    let now = p.now;
+    let sid = p.lns.arm(now, Some("modem0"), Duration::from_secs(60), CallMode::Raw).unwrap();
+    let d = p.lns.poll_transmit(now).unwrap();
+    assert_eq!(&d[..4], &[0xc8, 0x02, 0x00, 0x3a]);
+    assert_eq!(&d[6..8], &[0, 0], "header Session ID 0");
+    let s = sid.to_be_bytes();
+    let expected: Vec<u8> = [
+        &[0x00, 0x08, 0xfd, 0xe7, 0x00, 0x00, 0x00, 0x65][..],
+        &[0x80, 0x08, 0x00, 0x00, 0x00, 0x0e, s[0], s[1]],
+        &[0x00, 0x08, 0xfd, 0xe7, 0x04, 0x04, 0x00, 0x01],
+        &[0x00, 0x0c, 0xfd, 0xe7, 0x04, 0x01],
+        b"modem0",
+        &[0x00, 0x0a, 0xfd, 0xe7, 0x04, 0x02, 0x00, 0x00, 0x00, 0x3c],
+    ]
+    .concat();
+    assert_eq!(&d[12..], &expected[..]);
+}
