@@ -142,15 +142,16 @@ impl Client {
             while let Some(e) = events.recv().await {
                 match e {
                     AppEvent::Tunnel(Event::Closed { .. }) => flag.store(false, Ordering::Release),
-                    // We are no LAC: refuse requests to place calls.
+                    // We are no LAC, and take incoming calls only when armed: refuse.
                     AppEvent::Request(Event::OutgoingCallRequest { session, .. }, _)
-                    | AppEvent::Request(Event::ArmRequest { session, .. }, _) => {
+                    | AppEvent::Request(Event::ArmRequest { session, .. }, _)
+                    | AppEvent::Request(Event::IncomingCallRequest { session, .. }, _) => {
                         h2.disconnect(
                             session,
                             ResultCode::new(
                                 result::CDN_NO_FACILITIES_PERM,
                                 0,
-                                "this client places no calls",
+                                "this client takes no such request",
                             ),
                         );
                     }
