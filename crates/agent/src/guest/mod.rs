@@ -60,6 +60,7 @@ fn run() {
     std::env::remove_var(STAGE_ENV);
 
     let mut root_lu = false;
+    let mut deferred: Vec<String> = Vec::new();
     if pid1 && !stage2 {
         mount_api_filesystems();
         sys::ensure_console_fds();
@@ -77,7 +78,11 @@ fn run() {
         for w in &warnings {
             log(format_args!("ignoring {w}"));
         }
-        load_modules(Path::new(LOAD_LIST));
+        // Without a root LU to switch into, the power button's modules load
+        // after the ready line (they are in the initramfs only, so a root LU
+        // boot loads them now).
+        let defer = cfg.root.is_none();
+        deferred = load_modules(Path::new(LOAD_LIST), cfg.debug, defer);
         step("modules loaded");
         set_hostname(&cfg);
         configure_network(&cfg);
@@ -121,7 +126,14 @@ fn run() {
     let children = children::Children::new();
     if pid1 {
         children.spawn_reaper();
-        std::thread::spawn(power::watch_power_button);
+        std::thread::spawn(move || {
+            for m in &deferred {
+                if let Err(e) = sys::finit_module(Path::new(m)) {
+                    log(format_args!("module {m}: {e}"));
+                }
+            }
+            power::watch_power_button();
+        });
     }
     let e = serve::serve(serve::Boot { boot_ms, root_lu }, children, port);
     log(format_args!("cannot serve the host: {e}"));
@@ -175,9 +187,16 @@ fn mount_api_filesystems() {
 
 /// Loads the modules listed one path per line (blank lines and `#` comments
 /// allowed), in order. A module that fails is logged; boot goes on.
-fn load_modules(list: &Path) {
+/// Modules only the power-button watcher needs; they may load after the
+/// ready line, off the boot's critical path.
+const POWER_BUTTON_MODULES: &[&str] = &["button", "evdev"];
+
+/// Loads the listed modules in order; with `defer`, returns the power-button
+/// ones unloaded for the caller to load later.
+fn load_modules(list: &Path, debug: bool, defer: bool) -> Vec<String> {
+    let mut deferred = Vec::new();
     let Ok(text) = std::fs::read_to_string(list) else {
-        return;
+        return deferred;
     };
     // Transports only load where their bus has virtio devices: no PCI ones
     // on a plain microvm, no MMIO ones on q35. (Neither bus gains virtio
@@ -197,10 +216,19 @@ fn load_modules(list: &Path) {
         if !transport_wanted(name, pci, mmio) {
             continue;
         }
+        if defer && POWER_BUTTON_MODULES.contains(&name) {
+            deferred.push(line.to_string());
+            continue;
+        }
+        let t0 = sys::boottime_ms();
         if let Err(e) = sys::finit_module(Path::new(line)) {
             log(format_args!("module {line}: {e}"));
         }
+        if debug {
+            log(format_args!("{name}: {} ms", sys::boottime_ms() - t0));
+        }
     }
+    deferred
 }
 
 /// Whether a module from the load list is needed, given which virtio
