@@ -27,7 +27,7 @@ fn all_datagrams(hide: bool) -> (Vec<Vec<u8>>, u16) {
     let mut lns = Tunnel::connect(cfg("lns", 1, hide), now);
     let mut lac = Tunnel::accept(cfg("lac", 2, hide), now);
     let mut wire = Vec::new();
-    let mut pump = |lns: &mut Tunnel, lac: &mut Tunnel, now: Instant, wire: &mut Vec<Vec<u8>>| {
+    let pump = |lns: &mut Tunnel, lac: &mut Tunnel, now: Instant, wire: &mut Vec<Vec<u8>>| {
         let mut lac_events = Vec::new();
         loop {
             let mut moved = false;
