@@ -187,6 +187,7 @@ fn server_profile(a: ServerArgs) -> anyhow::Result<ServerProfile> {
         secrets: HashMap::new(),
         vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
         hello_interval: 60,
+        hide_avps: false,
         devices,
         directory,
     };

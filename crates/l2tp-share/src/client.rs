@@ -98,6 +98,7 @@ impl Client {
             secret: self.profile.secret.as_ref().map(|s| s.as_bytes().to_vec()),
             extension: Some(self.profile.vendor_id),
             hello_interval: Duration::from_secs(self.profile.hello_interval),
+            hide_avps: self.profile.hide_avps,
             ..bulkhead_l2tp::Config::default()
         }
     }
@@ -399,7 +400,15 @@ async fn control_session(client: Arc<Client>, stream: UnixStream) -> anyhow::Res
             {
                 Ok(armed) => {
                     stream.get_mut().write_all(b"ARMED\n").await?;
-                    armed.wait_call().await
+                    let (handle, session) = (armed.handle.clone(), armed.session);
+                    tokio::select! {
+                        r = armed.wait_call() => r,
+                        _ = peer_gone(stream.get_mut()) => {
+                            // `bulkhead l2tp answer` was stopped: cancel the armed request.
+                            handle.disconnect(session, ResultCode::new(result::CDN_ADMIN, 0, "cancelled"));
+                            return Ok(());
+                        }
+                    }
                 }
                 Err(e) => Err(e),
             }
@@ -434,4 +443,15 @@ async fn control_session(client: Arc<Client>, stream: UnixStream) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// Resolves when the control connection's peer has closed it (bytes sent before the
+/// call is connected are discarded).
+async fn peer_gone(s: &mut UnixStream) {
+    let mut b = [0u8; 256];
+    while let Ok(n) = tokio::io::AsyncReadExt::read(s, &mut b).await {
+        if n == 0 {
+            return;
+        }
+    }
 }

@@ -26,6 +26,9 @@ pub struct ServerProfile {
     pub vendor_id: u16,
     #[serde(default = "default_hello")]
     pub hello_interval: u64,
+    /// Hide every hideable AVP we send (RFC 2661 §4.3; needs a secret).
+    #[serde(default)]
+    pub hide_avps: bool,
     #[serde(default, rename = "device")]
     pub devices: Vec<Device>,
     /// Name → number.
@@ -65,6 +68,9 @@ pub struct ClientProfile {
     pub vendor_id: u16,
     #[serde(default = "default_hello")]
     pub hello_interval: u64,
+    /// Hide every hideable AVP we send (RFC 2661 §4.3; needs a secret).
+    #[serde(default)]
+    pub hide_avps: bool,
     /// Control socket that `bulkhead l2tp dial|answer` talk to.
     #[serde(default = "default_control")]
     pub control: PathBuf,

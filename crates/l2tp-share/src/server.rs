@@ -192,6 +192,7 @@ fn tunnel_config(p: &ServerProfile, secret: Option<&str>) -> bulkhead_l2tp::Conf
         bearer_caps: BEARER_ANALOG,
         extension: Some(p.vendor_id),
         hello_interval: Duration::from_secs(p.hello_interval),
+        hide_avps: p.hide_avps,
         ..bulkhead_l2tp::Config::default()
     }
 }
@@ -220,7 +221,7 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 .map(|(_, tx)| (tid, tx.clone()))
         } else {
             // A new SCCRQ, or a retransmission of one already being answered.
-            let Some((host, peer_tid)) = sccrq_identity(d) else {
+            let Some((host, peer_tid)) = sccrq_identity(d, &shared.profile) else {
                 continue;
             };
             match by_peer.get(&(from, peer_tid)) {
@@ -259,24 +260,22 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     }
 }
 
-fn sccrq_identity(d: &[u8]) -> Option<(String, u16)> {
+/// Host Name and Assigned Tunnel ID of an SCCRQ. Host Name is never hidden (§4.4.3);
+/// it picks the secret that unhides the rest.
+fn sccrq_identity(d: &[u8], profile: &ServerProfile) -> Option<(String, u16)> {
     let (h, body) = header::decode(d).ok()?;
     if !h.control || body.is_empty() {
         return None;
     }
-    // Host Name and Assigned Tunnel ID are never hidden in practice; without the secret
-    // a hidden one fails to decode and the SCCRQ is dropped.
-    let m = Message::decode(body, None).ok()?;
+    let host = bulkhead_l2tp::avp::raw_avps(body)
+        .map_while(Result::ok)
+        .find(|a| a.vendor == 0 && a.attr == bulkhead_l2tp::avp::attr::HOST_NAME && !a.hidden)
+        .map(|a| String::from_utf8_lossy(a.value).into_owned())?;
+    let secret = profile.secret_for(&host).map(str::as_bytes);
+    let m = Message::decode(body, secret).ok()?;
     if m.message_type() != Some(MessageType::Sccrq) {
         return None;
     }
-    let host = m.find(|a| {
-        if let bulkhead_l2tp::Avp::HostName(h) = a {
-            Some(String::from_utf8_lossy(h).into_owned())
-        } else {
-            None
-        }
-    })?;
     let tid = m.find(|a| {
         if let bulkhead_l2tp::Avp::AssignedTunnelId(t) = a {
             Some(*t)

@@ -168,3 +168,88 @@ async fn armed_request_can_be_refused_for_an_unknown_line() {
     assert!(again.is_ok());
     srv.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_avps_both_ways() {
+    let mut profile = server_profile("127.0.0.1:0".parse().unwrap(), vec![], &[]);
+    profile.hide_avps = true;
+    let srv = server::start(profile).await.unwrap();
+    let mut cp = client_profile(srv.addrs[0], "s3cret");
+    cp.hide_avps = true;
+    let client = Client::new(cp);
+    // The tunnel comes up and the OCRQ (hidden Called Number) is read by the server.
+    let rc = refused(client.dial("NOWHERE", None, WAIT).await);
+    assert_eq!(rc.result, 6);
+    assert!(rc.message.unwrap().contains("NOWHERE"));
+    srv.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_socket_dial_and_cancelled_answer() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, _) = echo_server().await;
+    let (tty_out, _) = modem(
+        dir.path(),
+        "ttyC",
+        vec![("5551234", Line::Tcp(echo.to_string()))],
+    )
+    .await;
+    let (tty_in, _) = modem(dir.path(), "ttyD", vec![]).await;
+    let profile = server_profile(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![
+            device("out0", tty_out, true, false),
+            device("in0", tty_in, false, true),
+        ],
+        &[("PRIMARY_ISP", "5551234")],
+    );
+    let srv = server::start(profile).await.unwrap();
+    let mut cp = client_profile(srv.addrs[0], "s3cret");
+    cp.directory.insert("ECHO".into(), "5551234".into());
+    let sock = dir.path().join("client.sock");
+    let client = Client::new(cp);
+    let s2 = sock.clone();
+    tokio::spawn(async move { bulkhead_l2tp_share::client::serve_control(client, &s2).await });
+    let connect = || async {
+        for _ in 0..500 {
+            if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
+                return s;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("control socket never appeared");
+    };
+    // DIAL through the client's own directory name.
+    let mut s = tokio::io::BufReader::new(connect().await);
+    s.get_mut().write_all(b"DIAL ECHO auto\n").await.unwrap();
+    let mut line = String::new();
+    s.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "CONNECTED raw 33600\n");
+    s.get_mut()
+        .write_all(b"over the control socket")
+        .await
+        .unwrap();
+    let mut back = [0u8; 23];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"over the control socket");
+    drop(s);
+    // ANSWER, then the user gives up: the armed request is cancelled, the line freed.
+    for attempt in 0.. {
+        assert!(attempt < 1000, "the incoming line never came free");
+        let mut s = tokio::io::BufReader::new(connect().await);
+        s.get_mut().write_all(b"ANSWER in0 60 raw\n").await.unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        if line.starts_with("ERROR no device free") {
+            // The previous round's cancel is still being processed.
+            continue;
+        }
+        assert_eq!(line, "ARMED\n");
+        if attempt >= 1 {
+            break;
+        }
+        drop(s);
+    }
+    srv.abort();
+}

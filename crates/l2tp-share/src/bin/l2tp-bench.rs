@@ -417,6 +417,7 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
             secrets: Default::default(),
             vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
             hello_interval: 60,
+            hide_avps: false,
             devices: vec![Device {
                 name: "m".into(),
                 tty: link,
@@ -435,6 +436,7 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
             secret: None,
             vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
             hello_interval: 60,
+            hide_avps: false,
             control: PathBuf::from("/nonexistent"),
             directory: Default::default(),
         });

@@ -81,6 +81,7 @@ pub fn server_profile(
         secrets: HashMap::new(),
         vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
         hello_interval: 60,
+        hide_avps: false,
         devices,
         directory: directory
             .iter()
@@ -97,6 +98,7 @@ pub fn client_profile(server: SocketAddr, secret: &str) -> ClientProfile {
         secret: Some(secret.into()),
         vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
         hello_interval: 60,
+        hide_avps: false,
         control: PathBuf::from("/nonexistent"),
         directory: HashMap::new(),
     }
