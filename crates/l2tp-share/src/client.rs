@@ -78,7 +78,8 @@ pub struct Call {
 /// An accepted AICRQ waiting for its call.
 pub struct Armed {
     pub session: u16,
-    mode: CallMode,
+    /// The mode asked for; the LAC's ICCN confirms it.
+    pub mode: CallMode,
     handle: TunnelHandle,
     rx: SessionRx,
 }
@@ -279,7 +280,6 @@ impl Armed {
                     let (mode, speed) = established(&mut self.rx)
                         .await
                         .map_err(CallError::Refused)?;
-                    let _ = self.mode;
                     return Ok(Call {
                         session: self.session,
                         mode,
