@@ -3,6 +3,21 @@
 use crate::avp::{self, attr, Avp, EncodeError, RawAvp};
 use crate::DecodeError;
 
+/// The value of the first AVP of a variant in a message, cloned:
+/// `find_avp!(msg, Avp::AssignedSessionId)` is an `Option<u16>`.
+#[macro_export]
+macro_rules! find_avp {
+    ($m:expr, $variant:path) => {
+        $m.avps.iter().find_map(|a| {
+            if let $variant(v) = a {
+                Some(v.clone())
+            } else {
+                None
+            }
+        })
+    };
+}
+
 /// IETF control message types (§3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]

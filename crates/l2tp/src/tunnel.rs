@@ -16,7 +16,7 @@ use crate::avp::{CallErrors, ResultCode};
 use crate::channel::{seq_lt, Channel, ChannelConfig, Received};
 use crate::message::{Hiding, Kind};
 use crate::result::*;
-use crate::{ext, header, Avp, DecodeError, Message, MessageType};
+use crate::{ext, find_avp, header, Avp, DecodeError, Message, MessageType};
 
 /// Framing Capabilities / Type bits (§4.4.3).
 pub const FRAMING_SYNC: u32 = 1;
@@ -238,6 +238,22 @@ struct Session {
     data_ns: u16,
     data_nr: u16,
     arm_deadline: Option<Instant>,
+}
+
+impl Session {
+    fn new(peer: u16, state: SessState, dir: Dir, lac: bool, mode: CallMode) -> Self {
+        Session {
+            peer,
+            state,
+            dir,
+            lac,
+            mode,
+            sequencing: false,
+            data_ns: 0,
+            data_nr: 0,
+            arm_deadline: None,
+        }
+    }
 }
 
 pub struct Tunnel {
@@ -704,10 +720,7 @@ impl Tunnel {
             MessageType::Sccrp => self.on_sccrp(now, m),
             MessageType::Scccn => self.on_scccn(now, m),
             MessageType::StopCcn => {
-                let result = m.find(|a| match a {
-                    Avp::ResultCode(r) => Some(r.clone()),
-                    _ => None,
-                });
+                let result = find_avp!(m, Avp::ResultCode);
                 self.sessions.clear();
                 self.state = State::Closing {
                     until: now + self.cfg.linger,
@@ -732,10 +745,7 @@ impl Tunnel {
             MessageType::Occn | MessageType::Iccn => self.on_call_connected(now, hsession, t, m),
             MessageType::Cdn => self.on_cdn(hsession, m),
             MessageType::Wen => {
-                if let Some(errors) = m.find(|a| match a {
-                    Avp::CallErrors(e) => Some(*e),
-                    _ => None,
-                }) {
+                if let Some(errors) = find_avp!(m, Avp::CallErrors) {
                     if self.sessions.contains_key(&hsession) {
                         self.events.push_back(Event::WanErrors {
                             session: hsession,
@@ -803,10 +813,7 @@ impl Tunnel {
             Avp::ProtocolVersion { version, revision } => Some((*version, *revision)),
             _ => None,
         });
-        let peer_tid = m.find(|a| match a {
-            Avp::AssignedTunnelId(t) => Some(*t),
-            _ => None,
-        });
+        let peer_tid = find_avp!(m, Avp::AssignedTunnelId);
         if let Some(t) = peer_tid {
             self.peer_id = t;
         }
@@ -823,10 +830,7 @@ impl Tunnel {
             Avp::HostName(h) => Some(String::from_utf8_lossy(h).into_owned()),
             _ => None,
         });
-        let framing = m.find(|a| match a {
-            Avp::FramingCapabilities(f) => Some(*f),
-            _ => None,
-        });
+        let framing = find_avp!(m, Avp::FramingCapabilities);
         let (Some(tid), Some(host), Some(_)) = (peer_tid, host, framing) else {
             self.stop(
                 now,
@@ -847,16 +851,10 @@ impl Tunnel {
                 _ => None,
             })
             .unwrap_or(0);
-        if let Some(w) = m.find(|a| match a {
-            Avp::ReceiveWindowSize(w) => Some(*w),
-            _ => None,
-        }) {
+        if let Some(w) = find_avp!(m, Avp::ReceiveWindowSize) {
             self.channel.set_peer_window(w);
         }
-        self.peer_challenge = m.find(|a| match a {
-            Avp::Challenge(c) => Some(c.clone()),
-            _ => None,
-        });
+        self.peer_challenge = find_avp!(m, Avp::Challenge);
         self.peer_ext = self
             .cfg
             .extension
@@ -878,10 +876,7 @@ impl Tunnel {
         let Some(ch) = self.our_challenge.clone() else {
             return true;
         };
-        let got = m.find(|a| match a {
-            Avp::ChallengeResponse(r) => Some(*r),
-            _ => None,
-        });
+        let got = find_avp!(m, Avp::ChallengeResponse);
         if got.is_some() && got == self.challenge_response(id, &ch) {
             return true;
         }
@@ -1011,42 +1006,11 @@ impl Tunnel {
             Avp::CalledNumber(n) => Some(String::from_utf8_lossy(n).into_owned()),
             _ => None,
         });
-        let u32_of = |f: fn(&Avp) -> Option<u32>| m.find(f);
-        let min_bps = u32_of(|a| {
-            if let Avp::MinimumBps(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
-        let max_bps = u32_of(|a| {
-            if let Avp::MaximumBps(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
-        let bearer = u32_of(|a| {
-            if let Avp::BearerType(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
-        let framing = u32_of(|a| {
-            if let Avp::FramingType(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
-        let serial = u32_of(|a| {
-            if let Avp::CallSerialNumber(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
+        let min_bps = find_avp!(m, Avp::MinimumBps);
+        let max_bps = find_avp!(m, Avp::MaximumBps);
+        let bearer = find_avp!(m, Avp::BearerType);
+        let framing = find_avp!(m, Avp::FramingType);
+        let serial = find_avp!(m, Avp::CallSerialNumber);
         let Ok(local) = self.new_session_id() else {
             return self.send_cdn(
                 0,
@@ -1081,17 +1045,7 @@ impl Tunnel {
         });
         self.sessions.insert(
             local,
-            Session {
-                peer,
-                state: SessState::WaitApp,
-                dir: Dir::Outgoing,
-                lac: true,
-                mode,
-                sequencing: false,
-                data_ns: 0,
-                data_nr: 0,
-                arm_deadline: None,
-            },
+            Session::new(peer, SessState::WaitApp, Dir::Outgoing, true, mode),
         );
         self.events.push_back(Event::OutgoingCallRequest {
             session: local,
@@ -1171,17 +1125,7 @@ impl Tunnel {
         });
         self.sessions.insert(
             local,
-            Session {
-                peer,
-                state: SessState::WaitApp,
-                dir: Dir::Incoming,
-                lac: false,
-                mode,
-                sequencing: false,
-                data_ns: 0,
-                data_nr: 0,
-                arm_deadline: None,
-            },
+            Session::new(peer, SessState::WaitApp, Dir::Incoming, false, mode),
         );
         self.events.push_back(Event::IncomingCallRequest {
             session: local,
@@ -1235,20 +1179,8 @@ impl Tunnel {
         } else {
             Dir::Incoming
         };
-        let speed = m.find(|a| {
-            if let Avp::TxConnectSpeed(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
-        let framing = m.find(|a| {
-            if let Avp::FramingType(v) = a {
-                Some(*v)
-            } else {
-                None
-            }
-        });
+        let speed = find_avp!(m, Avp::TxConnectSpeed);
+        let framing = find_avp!(m, Avp::FramingType);
         let sequencing = m.avps.iter().any(|a| matches!(a, Avp::SequencingRequired));
         let ok = matches!(self.sessions.get(&hsession), Some(s) if s.state == SessState::WaitConnect && s.dir == want_dir && !s.lac);
         if !ok {
@@ -1343,17 +1275,7 @@ impl Tunnel {
                 let mode = self.mode_from(&m.avps);
                 self.sessions.insert(
                     local,
-                    Session {
-                        peer,
-                        state: SessState::WaitApp,
-                        dir: Dir::Arm,
-                        lac: true,
-                        mode,
-                        sequencing: false,
-                        data_ns: 0,
-                        data_nr: 0,
-                        arm_deadline: None,
-                    },
+                    Session::new(peer, SessState::WaitApp, Dir::Arm, true, mode),
                 );
                 self.events.push_back(Event::ArmRequest {
                     session: local,
@@ -1363,13 +1285,7 @@ impl Tunnel {
                 });
             }
             ext::MSG_AICRP if self.state == State::Established => {
-                let rc = m.find(|a| {
-                    if let Avp::ResultCode(r) = a {
-                        Some(r.clone())
-                    } else {
-                        None
-                    }
-                });
+                let rc = find_avp!(m, Avp::ResultCode);
                 let peer = assigned_session(&m);
                 let ok = matches!(self.sessions.get(&hsession), Some(s) if s.state == SessState::ArmSent);
                 if !ok {
@@ -1466,17 +1382,7 @@ impl Tunnel {
         avps.append(&mut avps_ext);
         self.sessions.insert(
             local,
-            Session {
-                peer: 0,
-                state: SessState::WaitReply,
-                dir: Dir::Outgoing,
-                lac: false,
-                mode,
-                sequencing: false,
-                data_ns: 0,
-                data_nr: 0,
-                arm_deadline: None,
-            },
+            Session::new(0, SessState::WaitReply, Dir::Outgoing, false, mode),
         );
         self.send(0, Message::new(MessageType::Ocrq, avps));
         Ok(local)
@@ -1526,17 +1432,7 @@ impl Tunnel {
         let peer = self.sessions.get(&local).map_or(0, |s| s.peer);
         self.sessions.insert(
             local,
-            Session {
-                peer,
-                state: SessState::WaitReply,
-                dir: Dir::Incoming,
-                lac: true,
-                mode,
-                sequencing: false,
-                data_ns: 0,
-                data_nr: 0,
-                arm_deadline: None,
-            },
+            Session::new(peer, SessState::WaitReply, Dir::Incoming, true, mode),
         );
         self.send(0, Message::new(MessageType::Icrq, avps));
         Ok(local)
@@ -1573,17 +1469,7 @@ impl Tunnel {
         ));
         self.sessions.insert(
             local,
-            Session {
-                peer: 0,
-                state: SessState::ArmSent,
-                dir: Dir::Arm,
-                lac: false,
-                mode,
-                sequencing: false,
-                data_ns: 0,
-                data_nr: 0,
-                arm_deadline: None,
-            },
+            Session::new(0, SessState::ArmSent, Dir::Arm, false, mode),
         );
         let msg = self.vendor_message(ext::MSG_AICRQ, avps);
         self.send(0, msg);
@@ -1712,13 +1598,7 @@ impl Tunnel {
 }
 
 fn assigned_session(m: &Message) -> Option<u16> {
-    m.find(|a| {
-        if let Avp::AssignedSessionId(s) = a {
-            Some(*s)
-        } else {
-            None
-        }
-    })
+    find_avp!(m, Avp::AssignedSessionId)
 }
 
 /// §4.4.3: when both ends sent SCCRQ, the lower Tie Breaker wins. True when the
@@ -1734,11 +1614,5 @@ pub fn sccrq_tie_breaker(datagram: &[u8]) -> Option<[u8; 8]> {
     if !h.control || m.message_type() != Some(MessageType::Sccrq) {
         return None;
     }
-    m.find(|a| {
-        if let Avp::TieBreaker(t) = a {
-            Some(*t)
-        } else {
-            None
-        }
-    })
+    find_avp!(m, Avp::TieBreaker)
 }

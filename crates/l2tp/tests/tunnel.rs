@@ -802,7 +802,10 @@ fn lossy_link_delivers_every_message_once_in_order() {
 fn aicrq_wire_format_matches_the_docs() {
     let mut p = Pair::up(None, None);
     let now = p.now;
-    let sid = p.lns.arm(now, Some("modem0"), Duration::from_secs(60), CallMode::Raw).unwrap();
+    let sid = p
+        .lns
+        .arm(now, Some("modem0"), Duration::from_secs(60), CallMode::Raw)
+        .unwrap();
     let d = p.lns.poll_transmit(now).unwrap();
     assert_eq!(&d[..4], &[0xc8, 0x02, 0x00, 0x3a]);
     assert_eq!(&d[6..8], &[0, 0], "header Session ID 0");
