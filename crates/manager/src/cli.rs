@@ -379,7 +379,9 @@ fn path(name: &str, action: &str) -> String {
 /// from the guest side.
 async fn attach(client: &Client, name: &str) -> anyhow::Result<()> {
     let stream = client.console(name).await?;
-    eprintln!("bulkhead: attached to {name}'s console; Ctrl-] detaches");
+    eprintln!("bulkhead: attached to {name}'s console; Ctrl-] detaches\r");
+    // Keys go to the guest as typed (Ctrl-C included) while attached.
+    let _raw = RawTerminal::enter();
     let (mut r, mut w) = tokio::io::split(stream);
     let out = async {
         let mut stdout = tokio::io::stdout();
@@ -415,8 +417,45 @@ async fn attach(client: &Client, name: &str) -> anyhow::Result<()> {
         r = out => r?,
         r = inp => r?,
     }
-    eprintln!("\nbulkhead: detached");
+    eprintln!("\r\nbulkhead: detached\r");
     Ok(())
+}
+
+/// The terminal in raw mode for as long as this lives; nothing when stdin
+/// is not a terminal.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn enter() -> Self {
+        // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a termios we own;
+        // the previous settings are kept to be restored on drop.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return Self(None);
+            }
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut t) != 0 {
+                return Self(None);
+            }
+            let saved = t;
+            libc::cfmakeraw(&mut t);
+            if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
+                return Self(None);
+            }
+            Self(Some(saved))
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the settings read in `enter` on the same fd.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, t);
+            }
+        }
+    }
 }
 
 fn s(v: &Value) -> String {

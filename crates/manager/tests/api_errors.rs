@@ -315,7 +315,10 @@ async fn a_start_that_fails_leaves_nothing_behind() {
     eprintln!("start error: {e}");
     let v = d.show("broken").await;
     assert_eq!(v["state"], "failed", "{v:#}");
-    assert!(v["last_exit"].as_str().unwrap().starts_with("start failed"), "{v:#}");
+    assert!(
+        v["last_exit"].as_str().unwrap().starts_with("start failed"),
+        "{v:#}"
+    );
     assert!(v["pid"].is_null());
     assert!(d.cgroups().is_empty(), "{:?}", d.cgroups());
     assert!(d.taps().is_empty(), "{:?}", d.taps());
