@@ -800,9 +800,18 @@ fn kill_pid(pid: u32) {
     }
 }
 
+/// Whether `pid` runs. A zombie does not: where nothing reaps an orphaned
+/// QEMU (a container whose PID 1 never waits), its pid lingers after exit.
 pub(crate) fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself
+        // contain spaces or parentheses: take the text after the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Waits for QEMU to end and works out why, from its events, its exit
@@ -947,6 +956,23 @@ fn strip_escapes(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn liveness_sees_ourselves_and_not_the_dead() {
+        assert!(pid_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not yet reaped: a zombie counts as gone.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z"))
+            .unwrap_or(false)
+        {
+            std::thread::yield_now();
+        }
+        assert!(!pid_alive(pid));
+        child.wait().unwrap();
+        assert!(!pid_alive(pid));
+    }
 
     #[test]
     fn tail_strips_escapes() {
