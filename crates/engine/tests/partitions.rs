@@ -311,6 +311,17 @@ async fn adopt_after_the_handle_is_gone_and_run_unprivileged() {
         .await
         .expect("boot");
     let pid = p.pid();
+    // This QEMU outlives its handle on purpose; make sure a failing assertion
+    // below does not leave it running.
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _reap = Reap(pid);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status
         .lines()
