@@ -39,20 +39,35 @@ pub async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
     let mut accm = 0xffff_ffffu32;
     let mut buf = vec![0u8; 16384];
     let mut out = Vec::with_capacity(4096);
-    let to_tunnel = |data: &[u8], decoder: &mut hdlc::Decoder| match mode {
-        CallMode::Raw => {
-            for c in data.chunks(RAW_CHUNK) {
-                handle.send_data(session, c.to_vec());
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut wire = Vec::with_capacity(2048);
+    let fast = handle.data_sender(session).await;
+    let mut pending = initial;
+    let mut carrier_lost = false;
+    loop {
+        if !pending.is_empty() {
+            // Cut the stream into payloads: raw chunks, or whole PPP frames.
+            match mode {
+                CallMode::Raw => frames.extend(pending.chunks(RAW_CHUNK).map(<[u8]>::to_vec)),
+                CallMode::Ppp => decoder.feed(&pending, |f| frames.push(f.to_vec())),
+            }
+            pending.clear();
+            for f in frames.drain(..) {
+                match &fast {
+                    Some(d) => {
+                        // Awaiting the socket pushes back on the stream; an error (no
+                        // route, peer gone) loses the message as a lossy link would.
+                        let _ = d.send(&f, &mut wire).await;
+                    }
+                    None => {
+                        handle.send_data(session, f);
+                    }
+                }
             }
         }
-        CallMode::Ppp => decoder.feed(data, |frame| {
-            handle.send_data(session, frame.to_vec());
-        }),
-    };
-    if !initial.is_empty() {
-        to_tunnel(&initial, &mut decoder);
-    }
-    loop {
+        if carrier_lost {
+            return End::Carrier;
+        }
         tokio::select! {
             r = stream.read(&mut buf) => {
                 let n = match r {
@@ -62,10 +77,12 @@ pub async fn bridge<S: AsyncRead + AsyncWrite + Unpin>(
                 let data = &buf[..n];
                 if watch_carrier && ends_with_no_carrier(data) {
                     let keep = data.len() - trailing_result_len(data);
-                    to_tunnel(&data[..keep], &mut decoder);
-                    return End::Carrier;
+                    pending.extend_from_slice(&data[..keep]);
+                    // Send what came before the result, then end.
+                    carrier_lost = true;
+                    continue;
                 }
-                to_tunnel(data, &mut decoder);
+                pending.extend_from_slice(data);
             }
             m = rx.recv() => match m {
                 Some(SessionMsg::Data(p)) => {

@@ -78,6 +78,30 @@ enum Cmd {
         payload: Vec<u8>,
     },
     Close(ResultCode),
+    DataPath {
+        session: u16,
+        reply: oneshot::Sender<Option<DataSender>>,
+    },
+}
+
+/// Sends an established, unsequenced call's data straight to the socket, without a
+/// hop through the tunnel's task.
+#[derive(Clone)]
+pub struct DataSender {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    tunnel: u16,
+    session: u16,
+}
+
+impl DataSender {
+    /// Frames `payload` as a data message (in `buf`) and sends it.
+    pub async fn send(&self, payload: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        bulkhead_l2tp::header::encode_data(buf, self.tunnel, self.session, None, payload.len());
+        buf.extend_from_slice(payload);
+        self.socket.send_to(buf, self.peer).await.map(|_| ())
+    }
 }
 
 /// Commands for a running tunnel. Cheap to clone.
@@ -207,18 +231,36 @@ impl TunnelHandle {
         let _ = self.cmd.send(Cmd::Close(result));
     }
 
+    /// A direct sender for an established call, when its data needs no sequencing.
+    pub async fn data_sender(&self, session: u16) -> Option<DataSender> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd.send(Cmd::DataPath { session, reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.cmd.is_closed()
     }
 }
 
+/// Where a tunnel's datagrams come from.
+pub enum Inbound {
+    /// A demultiplexer shared by several tunnels forwards them (the server's listen socket).
+    Channel(mpsc::Receiver<Vec<u8>>),
+    /// The tunnel's own connected socket, read by the tunnel's task. `refused` is set
+    /// when the peer's port is unreachable.
+    Socket {
+        refused: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
 /// Starts the loop for `tunnel`, talking to `peer` on `socket`; datagrams for it arrive
-/// on `inbound`. Returns the command handle and the application's event stream.
+/// through `inbound`. Returns the command handle and the application's event stream.
 pub fn spawn(
     tunnel: Tunnel,
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
-    inbound: mpsc::Receiver<Vec<u8>>,
+    inbound: Inbound,
 ) -> (TunnelHandle, mpsc::UnboundedReceiver<AppEvent>) {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (app_tx, app_rx) = mpsc::unbounded_channel();
@@ -247,12 +289,10 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Vec<u8>>,
-        mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    ) {
+    async fn run(mut self, mut inbound: Inbound, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         let mut cmds_open = true;
+        let socket = self.socket.clone();
+        let mut rbuf = vec![0u8; 65536];
         loop {
             if self.data_pending {
                 // Awaiting the socket pushes back on the sender instead of dropping.
@@ -271,8 +311,8 @@ impl Driver {
                 }
             };
             tokio::select! {
-                d = inbound.recv() => match d {
-                    Some(d) => self.datagram(&d),
+                n = next_datagram(&mut inbound, &socket, &mut rbuf) => match n {
+                    Some(n) => self.datagram(&rbuf[..n]),
                     None => break,
                 },
                 c = cmds.recv(), if cmds_open => match c {
@@ -375,6 +415,15 @@ impl Driver {
                 }
             }
             Cmd::Close(rc) => t.close(now, rc),
+            Cmd::DataPath { session, reply } => {
+                let d = t.data_path(session).map(|(tunnel, session)| DataSender {
+                    socket: self.socket.clone(),
+                    peer: self.peer,
+                    tunnel,
+                    session,
+                });
+                let _ = reply.send(d);
+            }
         }
     }
 
@@ -458,31 +507,12 @@ pub async fn connect(
     grow_buffers(&socket);
     let socket = Arc::new(socket);
     socket.connect(server).await?;
-    let (in_tx, in_rx) = mpsc::channel(1024);
-    let reader = socket.clone();
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let refused_flag = refused.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match reader.recv(&mut buf).await {
-                Ok(n) => {
-                    if in_tx.send(buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                // ICMP port unreachable: nothing listens there. Ending the inbound
-                // stream ends the tunnel at once instead of after 31 s of retries.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    refused_flag.store(true, std::sync::atomic::Ordering::Release);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-    });
     let tunnel = Tunnel::connect(cfg, Instant::now());
-    let (handle, mut events) = spawn(tunnel, socket, server, in_rx);
+    let inbound = Inbound::Socket {
+        refused: refused.clone(),
+    };
+    let (handle, mut events) = spawn(tunnel, socket, server, inbound);
     let first = tokio::time::timeout(wait, events.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no answer from the L2TP server at {server}"))?
@@ -502,6 +532,30 @@ pub async fn connect(
             anyhow::bail!("the L2TP server at {server} refused the tunnel: {why}")
         }
         other => anyhow::bail!("unexpected first event {other:?}"),
+    }
+}
+
+/// The next datagram for the tunnel, in `buf[..n]`; `None` when the source is gone.
+async fn next_datagram(
+    inbound: &mut Inbound,
+    socket: &UdpSocket,
+    buf: &mut Vec<u8>,
+) -> Option<usize> {
+    match inbound {
+        Inbound::Channel(rx) => {
+            *buf = rx.recv().await?;
+            Some(buf.len())
+        }
+        Inbound::Socket { refused } => match socket.recv(buf).await {
+            Ok(n) => Some(n),
+            // ICMP port unreachable: nothing listens there. Ending here ends the
+            // tunnel at once instead of after 31 s of retries.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                refused.store(true, std::sync::atomic::Ordering::Release);
+                None
+            }
+            Err(_) => None,
+        },
     }
 }
 

@@ -241,7 +241,8 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     let id = tunnel.local_id();
                     info!(peer = %from, host, tunnel = id, "new tunnel");
                     let (tx, rx) = mpsc::channel(1024);
-                    let (handle, events) = driver::spawn(tunnel, socket.clone(), from, rx);
+                    let (handle, events) =
+                        driver::spawn(tunnel, socket.clone(), from, driver::Inbound::Channel(rx));
                     tokio::spawn(serve_tunnel(handle, events, shared.clone()));
                     by_id.insert(id, (from, tx.clone()));
                     by_peer.insert((from, peer_tid), id);
