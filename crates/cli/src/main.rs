@@ -6,7 +6,11 @@ mod partition;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bulkhead", version, about = "Bulkhead logical-partition manager")]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Bulkhead logical-partition manager"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
