@@ -151,17 +151,22 @@ async fn armed_request_can_be_refused_for_an_unknown_line() {
         .await
         .unwrap();
     armed.cancel();
-    let mut tries = 0;
+    // Bounded in time, not in tries: a busy host frees the modem later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let again = loop {
-        tries += 1;
-        assert!(tries < 1000, "the line never came free");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the line never came free"
+        );
         // The cancel (CDN) and the next AICRQ travel in order on the same tunnel, but the
         // server frees the modem asynchronously: a temporary refusal may come first.
         match client
             .answer(Some("in0"), Duration::from_secs(30), None)
             .await
         {
-            Err(CallError::Refused(rc)) if rc.result == 4 => tokio::task::yield_now().await,
+            Err(CallError::Refused(rc)) if rc.result == 4 => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
             other => break other,
         }
     };
@@ -211,14 +216,21 @@ async fn control_socket_dial_and_cancelled_answer() {
     let client = Client::new(cp);
     let s2 = sock.clone();
     tokio::spawn(async move { bulkhead_l2tp_share::client::serve_control(client, &s2).await });
+    // serve_control binds the socket in its own task: wait (bounded in time,
+    // not in iterations, which a busy host runs through in a blink) until it
+    // accepts.
     let connect = || async {
-        for _ in 0..500 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
             if let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
                 return s;
             }
-            tokio::task::yield_now().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "control socket never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        panic!("control socket never appeared");
     };
     // DIAL through the client's own directory name.
     let mut s = tokio::io::BufReader::new(connect().await);
@@ -235,14 +247,19 @@ async fn control_socket_dial_and_cancelled_answer() {
     assert_eq!(&back, b"over the control socket");
     drop(s);
     // ANSWER, then the user gives up: the armed request is cancelled, the line freed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for attempt in 0.. {
-        assert!(attempt < 1000, "the incoming line never came free");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the incoming line never came free"
+        );
         let mut s = tokio::io::BufReader::new(connect().await);
         s.get_mut().write_all(b"ANSWER in0 60 raw\n").await.unwrap();
         let mut line = String::new();
         s.read_line(&mut line).await.unwrap();
         if line.starts_with("ERROR no device free") {
             // The previous round's cancel is still being processed.
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
         assert_eq!(line, "ARMED\n");
