@@ -2,32 +2,14 @@
 //! host program (its libraries and ELF interpreter come along) and a script.
 //! Uses the static agent `make agent` built.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use bulkhead_agent::{AgentClient, PowerAction};
+use bulkhead_agent::PowerAction;
 use bulkhead_image::build::{self, BuildOptions};
 
-/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
-/// the host's rate; microvm hangs in calibration without it), from
-/// /proc/cpuinfo's `cpu MHz`.
-fn tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_600_000)
-}
+mod common;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{boot, workspace, Guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_programs_run_in_the_guest() {
@@ -54,59 +36,7 @@ async fn added_programs_run_in_the_guest() {
         .iter()
         .any(|(d, _)| d.starts_with("/lib64/ld-linux-x86-64.so.2")));
 
-    let sock = dir.path().join("agent.sock");
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("console.log").display()))
-        .arg("-kernel")
-        .arg(img.join("vmlinux"))
-        .arg("-initrd")
-        .arg(img.join("initramfs.cpio.gz"))
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet bulkhead.hostname=adds",
-            tsc_khz()
-        ))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            sock.display()
-        ))
-        .args(["-device", "virtio-serial-device,id=vser0"])
-        .args([
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("qemu-system-x86_64");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let agent = loop {
-        match AgentClient::connect(&sock).await {
-            Ok(a) => break a,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let Guest { mut qemu, agent } = boot(dir.path(), &img, "bulkhead.hostname=adds", &[]).await;
     agent
         .wait_ready(Duration::from_secs(120))
         .await

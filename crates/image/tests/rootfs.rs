@@ -4,33 +4,16 @@
 //! boot is there in the next (clean shutdown, no journal recovery).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use bulkhead_agent::{AgentClient, PowerAction};
+use bulkhead_agent::PowerAction;
 use bulkhead_image::rootfs::{self, RootfsOptions};
 
+mod common;
+
+use common::{boot, workspace, Guest};
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
-/// the host's rate; microvm hangs in calibration without it), from
-/// /proc/cpuinfo's `cpu MHz`.
-fn tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_600_000)
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn image_dir() -> PathBuf {
     std::env::var_os("BULKHEAD_IMAGE_DIR")
@@ -47,63 +30,13 @@ async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::Ready
         "no guest image in {}: run `make image`",
         img.display()
     );
-    let sock = dir.join("agent.sock");
-    let _ = std::fs::remove_file(&sock);
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("console.log").display()))
-        .arg("-kernel")
-        .arg(img.join("vmlinux"))
-        .arg("-initrd")
-        .arg(img.join("initramfs.cpio.gz"))
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet bulkhead.root=/dev/vda",
-            tsc_khz()
-        ))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            sock.display()
-        ))
-        .args(["-device", "virtio-serial-device,id=vser0"])
-        .args([
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
-        ])
-        .arg("-drive")
-        .arg(format!("id=d0,file={},format=qcow2,if=none", lu.display()))
-        .args(["-device", "virtio-blk-device,drive=d0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("qemu-system-x86_64");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let agent = loop {
-        match AgentClient::connect(&sock).await {
-            Ok(a) => break a,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let extra = [
+        "-drive".to_string(),
+        format!("id=d0,file={},format=qcow2,if=none", lu.display()),
+        "-device".to_string(),
+        "virtio-blk-device,drive=d0".to_string(),
+    ];
+    let Guest { mut qemu, agent } = boot(dir, &img, "bulkhead.root=/dev/vda", &extra).await;
     let ready = agent.wait_ready(BOOT_TIMEOUT).await.expect("agent ready");
     let out = agent
         .exec(
