@@ -28,7 +28,10 @@ pub struct EmulateArgs {
     /// Path of a symlink to the modem's PTY (what a program opens as its serial line).
     #[arg(long)]
     pub link: PathBuf,
-    /// NUMBER=HOST:PORT (or NUMBER=busy|no-answer|no-dialtone), repeatable.
+    /// NUMBER=TARGET, repeatable. TARGET is HOST:PORT (a plain TCP service: CONNECT as
+    /// soon as TCP connects), modem:HOST:PORT (another modem model's --listen address:
+    /// CONNECT when it answers, BUSY when its line is in use, NO ANSWER after S7 seconds),
+    /// or busy, no-answer, no-dialtone (that result at once).
     #[arg(long, value_name = "NUMBER=TARGET")]
     pub phonebook: Vec<String>,
     /// Incoming calls: a TCP connection to this address rings the modem.

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod dte;
 pub mod emulator;
 pub mod hayes;
+pub mod phoneline;
 pub mod tty;
