@@ -78,6 +78,7 @@ enum Cmd {
         payload: Vec<u8>,
     },
     Close(ResultCode),
+    Discard,
     DataPath {
         session: u16,
         reply: oneshot::Sender<Option<DataSender>>,
@@ -229,6 +230,11 @@ impl TunnelHandle {
 
     pub fn close(&self, result: ResultCode) {
         let _ = self.cmd.send(Cmd::Close(result));
+    }
+
+    /// Drops the tunnel without a StopCCN (the loser of a tie, §4.4.3).
+    pub fn discard(&self) {
+        let _ = self.cmd.send(Cmd::Discard);
     }
 
     /// A direct sender for an established call, when its data needs no sequencing.
@@ -415,6 +421,7 @@ impl Driver {
                 }
             }
             Cmd::Close(rc) => t.close(now, rc),
+            Cmd::Discard => t.discard(),
             Cmd::DataPath { session, reply } => {
                 let d = t.data_path(session).map(|(tunnel, session)| DataSender {
                     socket: self.socket.clone(),
@@ -497,41 +504,71 @@ pub async fn connect(
     server: SocketAddr,
     wait: Duration,
 ) -> anyhow::Result<(TunnelHandle, mpsc::UnboundedReceiver<AppEvent>, Event)> {
+    dial(Tunnel::connect(cfg, Instant::now()), server)
+        .await?
+        .established(wait)
+        .await
+}
+
+/// A tunnel whose SCCRQ is out: [`Dialing::established`] waits for the answer.
+pub struct Dialing {
+    pub handle: TunnelHandle,
+    events: mpsc::UnboundedReceiver<AppEvent>,
+    refused: Arc<std::sync::atomic::AtomicBool>,
+    server: SocketAddr,
+}
+
+/// Starts `tunnel` (made by [`Tunnel::connect`]) towards `server` from a new UDP socket.
+pub async fn dial(tunnel: Tunnel, server: SocketAddr) -> std::io::Result<Dialing> {
     let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
-        "[::]:0"
-    }
-    .parse()?;
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let socket = UdpSocket::bind(bind).await?;
     grow_buffers(&socket);
     let socket = Arc::new(socket);
     socket.connect(server).await?;
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let tunnel = Tunnel::connect(cfg, Instant::now());
     let inbound = Inbound::Socket {
         refused: refused.clone(),
     };
-    let (handle, mut events) = spawn(tunnel, socket, server, inbound);
-    let first = tokio::time::timeout(wait, events.recv())
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from the L2TP server at {server}"))?
-        .ok_or_else(|| {
-            if refused.load(std::sync::atomic::Ordering::Acquire) {
-                anyhow::anyhow!("no L2TP server listens at {server} (port unreachable)")
-            } else {
-                anyhow::anyhow!("tunnel to {server} ended")
+    let (handle, events) = spawn(tunnel, socket, server, inbound);
+    Ok(Dialing {
+        handle,
+        events,
+        refused,
+        server,
+    })
+}
+
+impl Dialing {
+    /// Waits until the tunnel is up (or refused, or `wait` passed).
+    pub async fn established(
+        mut self,
+        wait: Duration,
+    ) -> anyhow::Result<(TunnelHandle, mpsc::UnboundedReceiver<AppEvent>, Event)> {
+        let server = self.server;
+        let first = tokio::time::timeout(wait, self.events.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from the L2TP server at {server}"))?
+            .ok_or_else(|| {
+                if self.refused.load(std::sync::atomic::Ordering::Acquire) {
+                    anyhow::anyhow!("no L2TP server listens at {server} (port unreachable)")
+                } else {
+                    anyhow::anyhow!("tunnel to {server} ended")
+                }
+            })?;
+        match first {
+            AppEvent::Tunnel(e @ Event::Connected { .. }) => Ok((self.handle, self.events, e)),
+            AppEvent::Tunnel(Event::Closed { result, .. }) => {
+                let why = result
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "no answer".into());
+                anyhow::bail!("the L2TP server at {server} refused the tunnel: {why}")
             }
-        })?;
-    match first {
-        AppEvent::Tunnel(e @ Event::Connected { .. }) => Ok((handle, events, e)),
-        AppEvent::Tunnel(Event::Closed { result, .. }) => {
-            let why = result
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "no answer".into());
-            anyhow::bail!("the L2TP server at {server} refused the tunnel: {why}")
+            other => anyhow::bail!("unexpected first event {other:?}"),
         }
-        other => anyhow::bail!("unexpected first event {other:?}"),
     }
 }
 

@@ -3,18 +3,18 @@
 //! and turns modem results into CDN codes.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bulkhead_l2tp::result::*;
-use bulkhead_l2tp::tunnel::{BEARER_ANALOG, FRAMING_ASYNC};
+use bulkhead_l2tp::tunnel::{resolve_tie, Tie, BEARER_ANALOG, FRAMING_ASYNC};
 use bulkhead_l2tp::{header, CallMode, Event, Message, MessageType, ResultCode, Tunnel};
 use bulkhead_modem::dte::{Dte, DteError};
 use bulkhead_modem::hayes::Code;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::call::{bridge, End};
@@ -30,6 +30,26 @@ struct Slot {
 struct Shared {
     profile: ServerProfile,
     slots: Mutex<Vec<Slot>>,
+    /// Tunnels to the LNSes that devices forward rings to: one per LNS, shared.
+    to_lns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<TunnelHandle>>>>>,
+    /// Our SCCRQs still unanswered: an SCCRQ from the same peer meanwhile is a tie.
+    opening: Mutex<Vec<Opening>>,
+}
+
+/// An SCCRQ of ours in flight, for the tie breaker (§4.4.3).
+struct Opening {
+    peer: IpAddr,
+    tie_breaker: Option<[u8; 8]>,
+    /// Told when we lose; dropped when both sides lose.
+    lost: oneshot::Sender<oneshot::Receiver<TunnelHandle>>,
+}
+
+/// What to do with an SCCRQ from a peer.
+enum Answer {
+    /// Answer it; `Some` when it won a tie: the loser waits for the tunnel once up.
+    Yes(Option<oneshot::Sender<TunnelHandle>>),
+    /// Ignore it: our own SCCRQ to that peer wins, or both lost.
+    No(Tie),
 }
 
 /// A device taken from the pool; give it back with [`Shared::put_back`].
@@ -70,6 +90,107 @@ impl Shared {
                 "no device takes this kind of call",
             )
         })
+    }
+
+    /// Settles an SCCRQ from `peer` against our unanswered SCCRQs to it (§4.4.3).
+    fn settle(&self, peer: IpAddr, theirs: Option<[u8; 8]>) -> Answer {
+        let mut opening = self.opening.lock().expect("opening lock");
+        let Some(i) = opening.iter().position(|o| o.peer == peer) else {
+            return Answer::Yes(None);
+        };
+        match resolve_tie(opening[i].tie_breaker, theirs) {
+            Tie::KeepBoth => Answer::Yes(None),
+            t @ Tie::KeepOurs => Answer::No(t),
+            t @ Tie::DiscardBoth => {
+                // Dropping `lost` tells our side to discard and try again.
+                opening.swap_remove(i);
+                Answer::No(t)
+            }
+            Tie::KeepTheirs => {
+                let ours = opening.swap_remove(i);
+                let (up_tx, up_rx) = oneshot::channel();
+                let _ = ours.lost.send(up_rx);
+                Answer::Yes(Some(up_tx))
+            }
+        }
+    }
+
+    /// The tunnel to `lns` for forwarded rings, opened when there is none.
+    async fn tunnel_to(&self, lns: SocketAddr) -> anyhow::Result<TunnelHandle> {
+        let cell = self
+            .to_lns
+            .lock()
+            .expect("to_lns lock")
+            .entry(lns)
+            .or_default()
+            .clone();
+        let mut cell = cell.lock().await;
+        if let Some(h) = cell.as_ref().filter(|h| !h.is_closed()) {
+            return Ok(h.clone());
+        }
+        let h = self.open_to(lns).await?;
+        *cell = Some(h.clone());
+        Ok(h)
+    }
+
+    /// Opens a tunnel to `lns`, settling a tie with an SCCRQ it sends us meanwhile:
+    /// if ours loses, the tunnel it opened is used instead; if both lose, try again.
+    async fn open_to(&self, lns: SocketAddr) -> anyhow::Result<TunnelHandle> {
+        let wait = Duration::from_secs(40);
+        loop {
+            let cfg = tunnel_config(&self.profile, self.profile.secret.as_deref());
+            let tunnel = Tunnel::connect(cfg, Instant::now());
+            let (lost_tx, lost_rx) = oneshot::channel();
+            self.opening.lock().expect("opening lock").push(Opening {
+                peer: lns.ip(),
+                tie_breaker: tunnel.tie_breaker(),
+                lost: lost_tx,
+            });
+            let dialing = driver::dial(tunnel, lns).await;
+            let outcome = match dialing {
+                Err(e) => Err(anyhow::Error::from(e).context(format!("opening a tunnel to {lns}"))),
+                Ok(d) => {
+                    let ours = d.handle.clone();
+                    tokio::select! {
+                        r = d.established(wait) => r.map(|(h, mut events, _)| {
+                            tokio::spawn(async move { while events.recv().await.is_some() {} });
+                            Some(h)
+                        }),
+                        lost = lost_rx => {
+                            ours.discard();
+                            match lost {
+                                Ok(up) => {
+                                    info!(%lns, "tie lost: the LNS's own tunnel carries our calls");
+                                    match tokio::time::timeout(wait, up).await {
+                                        Ok(Ok(h)) => Ok(Some(h)),
+                                        _ => Ok(None),
+                                    }
+                                }
+                                Err(_) => {
+                                    info!(%lns, "equal tie breakers: both tunnels dropped");
+                                    Ok(None)
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            // Ours, if still listed, now has its receiver gone: prune finished openings.
+            self.opening
+                .lock()
+                .expect("opening lock")
+                .retain(|o| !o.lost.is_closed());
+            match outcome {
+                Ok(Some(h)) => return Ok(h),
+                // Both lost, or the winner's tunnel never came up: a random pause so
+                // that the next two SCCRQs do not cross again.
+                Ok(None) => {
+                    let ms = rand::random::<u64>() % 1000;
+                    tokio::time::sleep(Duration::from_millis(100 + ms)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn put_back(&self, mut t: Taken) {
@@ -151,6 +272,8 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared {
         profile: profile.clone(),
         slots: Mutex::new(slots),
+        to_lns: Mutex::new(HashMap::new()),
+        opening: Mutex::new(Vec::new()),
     });
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
@@ -221,12 +344,19 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 .map(|(_, tx)| (tid, tx.clone()))
         } else {
             // A new SCCRQ, or a retransmission of one already being answered.
-            let Some((host, peer_tid)) = sccrq_identity(d, &shared.profile) else {
+            let Some((host, peer_tid, tie_breaker)) = sccrq_identity(d, &shared.profile) else {
                 continue;
             };
             match by_peer.get(&(from, peer_tid)) {
                 Some(id) => by_id.get(id).map(|(_, tx)| (*id, tx.clone())),
                 None => {
+                    let on_up = match shared.settle(from.ip(), tie_breaker) {
+                        Answer::Yes(on_up) => on_up,
+                        Answer::No(tie) => {
+                            info!(peer = %from, host, ?tie, "SCCRQ crossed ours: ignored");
+                            continue;
+                        }
+                    };
                     let secret = shared.profile.secret_for(&host).map(str::to_string);
                     let mut tunnel = Tunnel::accept(
                         tunnel_config(&shared.profile, secret.as_deref()),
@@ -243,7 +373,7 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                     let (tx, rx) = mpsc::channel(1024);
                     let (handle, events) =
                         driver::spawn(tunnel, socket.clone(), from, driver::Inbound::Channel(rx));
-                    tokio::spawn(serve_tunnel(handle, events, shared.clone()));
+                    tokio::spawn(serve_tunnel(handle, events, shared.clone(), on_up));
                     by_id.insert(id, (from, tx.clone()));
                     by_peer.insert((from, peer_tid), id);
                     Some((id, tx))
@@ -261,9 +391,9 @@ async fn listen(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     }
 }
 
-/// Host Name and Assigned Tunnel ID of an SCCRQ. Host Name is never hidden (§4.4.3);
-/// it picks the secret that unhides the rest.
-fn sccrq_identity(d: &[u8], profile: &ServerProfile) -> Option<(String, u16)> {
+/// Host Name, Assigned Tunnel ID and Tie Breaker of an SCCRQ. Host Name is never
+/// hidden (§4.4.3); it picks the secret that unhides the rest.
+fn sccrq_identity(d: &[u8], profile: &ServerProfile) -> Option<(String, u16, Option<[u8; 8]>)> {
     let (h, body) = header::decode(d).ok()?;
     if !h.control || body.is_empty() {
         return None;
@@ -284,18 +414,28 @@ fn sccrq_identity(d: &[u8], profile: &ServerProfile) -> Option<(String, u16)> {
             None
         }
     })?;
-    Some((host, tid))
+    let tie_breaker = m.find(|a| match a {
+        bulkhead_l2tp::Avp::TieBreaker(t) => Some(*t),
+        _ => None,
+    });
+    Some((host, tid, tie_breaker))
 }
 
+/// Serves the requests of a tunnel a peer opened. `on_up` gets the tunnel once it is up
+/// (it won a tie against ours, which then uses it).
 async fn serve_tunnel(
     handle: TunnelHandle,
     mut events: mpsc::UnboundedReceiver<AppEvent>,
     shared: Arc<Shared>,
+    mut on_up: Option<oneshot::Sender<TunnelHandle>>,
 ) {
     while let Some(e) = events.recv().await {
         match e {
             AppEvent::Tunnel(Event::Connected { peer_host, .. }) => {
-                info!(peer = peer_host, "tunnel up")
+                info!(peer = peer_host, "tunnel up");
+                if let Some(tx) = on_up.take() {
+                    let _ = tx.send(handle.clone());
+                }
             }
             AppEvent::Tunnel(Event::Closed { reason, result }) => {
                 info!(
@@ -555,27 +695,18 @@ async fn forward_incoming(dte: Dte, name: String, lns: SocketAddr, shared: Arc<S
         dial_timeout: Duration::from_secs(60),
         dte,
     };
-    let mut conn: Option<(TunnelHandle, tokio::task::JoinHandle<()>)> = None;
     loop {
         if dev.dte.wait_ring().await.is_err() {
             warn!(device = dev.name, "modem line failed; forwarding stops");
             return;
         }
-        if conn.as_ref().is_none_or(|(h, _)| h.is_closed()) {
-            let cfg = tunnel_config(&shared.profile, shared.profile.secret.as_deref());
-            match driver::connect(cfg, lns, Duration::from_secs(40)).await {
-                Ok((h, mut events, _)) => {
-                    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
-                    conn = Some((h, drain));
-                }
-                Err(e) => {
-                    warn!(device = dev.name, %lns, "cannot reach the LNS: {e:#}");
-                    continue;
-                }
+        let h = match shared.tunnel_to(lns).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(device = dev.name, %lns, "cannot reach the LNS: {e:#}");
+                continue;
             }
-        }
-        let (h, _) = conn.as_ref().expect("connected above");
-        let h = h.clone();
+        };
         match h.place_incoming(None, None, None).await {
             Ok((session, Some(mut rx))) => {
                 answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await;

@@ -47,6 +47,8 @@ pub struct Config {
     pub hide_avps: bool,
     /// Put a Tie Breaker AVP in our SCCRQ.
     pub tie_breaker: bool,
+    /// The Tie Breaker's value; `None` = random (tests pin it to force an outcome).
+    pub tie_breaker_value: Option<[u8; 8]>,
     /// Ask for sequenced data messages on the calls we connect.
     pub data_sequencing: bool,
     /// Seed for IDs, challenges and padding; `None` = from the OS.
@@ -69,6 +71,7 @@ impl Default for Config {
             extension: Some(ext::DEFAULT_VENDOR_ID),
             hide_avps: false,
             tie_breaker: true,
+            tie_breaker_value: None,
             data_sequencing: false,
             rng_seed: None,
         }
@@ -99,6 +102,8 @@ pub enum CloseReason {
     Remote,
     /// The peer stopped acknowledging (retries exhausted).
     Timeout,
+    /// We lost a tie (§4.4.3) and dropped the tunnel without a word.
+    Discarded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +291,7 @@ impl Tunnel {
             None => StdRng::from_entropy(),
         };
         let local_id = rng.gen_range(1..=u16::MAX);
-        let tie_breaker = rng.gen();
+        let tie_breaker = cfg.tie_breaker_value.unwrap_or_else(|| rng.gen());
         Tunnel {
             channel: Channel::new(cfg.channel.clone()),
             cfg,
@@ -356,8 +361,9 @@ impl Tunnel {
     pub fn peer_extension(&self) -> Option<u32> {
         self.peer_ext
     }
-    pub fn tie_breaker(&self) -> [u8; 8] {
-        self.tie_breaker
+    /// The Tie Breaker our SCCRQ carries (`None`: we sent none, or we only answer).
+    pub fn tie_breaker(&self) -> Option<[u8; 8]> {
+        (self.cfg.tie_breaker && self.role == Role::Initiator).then_some(self.tie_breaker)
     }
     /// Sessions that exist, with their peer IDs.
     pub fn session_count(&self) -> usize {
@@ -528,6 +534,14 @@ impl Tunnel {
             reason: CloseReason::Local,
             result: Some(result),
         });
+    }
+
+    /// Forgets the tunnel without a StopCCN: what the loser of a tie must do (§4.4.3,
+    /// "silently discard"). Nothing more is sent; `Closed { Discarded }` is reported.
+    pub fn discard(&mut self) {
+        if self.state != State::Closed {
+            self.fail(CloseReason::Discarded, None);
+        }
     }
 
     /// Takes one datagram from the peer. Data messages come back as
@@ -1601,10 +1615,29 @@ fn assigned_session(m: &Message) -> Option<u16> {
     find_avp!(m, Avp::AssignedSessionId)
 }
 
-/// §4.4.3: when both ends sent SCCRQ, the lower Tie Breaker wins. True when the
-/// peer's SCCRQ wins over ours (we drop our own tunnel and accept theirs).
-pub fn peer_wins_tie(ours: [u8; 8], theirs: [u8; 8]) -> bool {
-    theirs < ours
+/// What to do when an SCCRQ arrives from a peer we have an unanswered SCCRQ out to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tie {
+    /// Ours wins: ignore their SCCRQ.
+    KeepOurs,
+    /// Theirs wins: discard ours silently and answer theirs.
+    KeepTheirs,
+    /// Equal values: both sides discard their tunnels (and may try again).
+    DiscardBoth,
+    /// Neither sent a Tie Breaker: two tunnels are opened.
+    KeepBoth,
+}
+
+/// §4.4.3: the lower Tie Breaker wins; with one only, its sender wins.
+pub fn resolve_tie(ours: Option<[u8; 8]>, theirs: Option<[u8; 8]>) -> Tie {
+    match (ours, theirs) {
+        (Some(o), Some(t)) if o < t => Tie::KeepOurs,
+        (Some(o), Some(t)) if o > t => Tie::KeepTheirs,
+        (Some(_), Some(_)) => Tie::DiscardBoth,
+        (Some(_), None) => Tie::KeepOurs,
+        (None, Some(_)) => Tie::KeepTheirs,
+        (None, None) => Tie::KeepBoth,
+    }
 }
 
 /// The Tie Breaker of an SCCRQ datagram, if it carries one.

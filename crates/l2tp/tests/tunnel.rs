@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkhead_l2tp::tunnel::{peer_wins_tie, sccrq_tie_breaker, CloseReason, BEARER_ANALOG};
+use bulkhead_l2tp::tunnel::{resolve_tie, sccrq_tie_breaker, CloseReason, Tie, BEARER_ANALOG};
 use bulkhead_l2tp::{
     ext, header, result, Avp, CallMode, Config, Event, Message, MessageType, ResultCode, Tunnel,
 };
@@ -621,19 +621,48 @@ fn hidden_avps_between_peers() {
 #[test]
 fn tie_breaker_lower_wins() {
     let now = Instant::now();
-    let a = Tunnel::connect(cfg("a", None, 1), now);
-    let mut b = Tunnel::connect(cfg("b", None, 2), now);
-    let d = b.poll_transmit(now).unwrap();
-    let theirs = sccrq_tie_breaker(&d).unwrap();
-    assert_eq!(theirs, b.tie_breaker());
+    let pinned = |v: [u8; 8], seed| Config {
+        tie_breaker_value: Some(v),
+        ..cfg("a", None, seed)
+    };
+    let low = [0, 0, 0, 0, 0, 0, 0, 7];
+    let high = [0, 0, 0, 0, 0, 0, 1, 0];
+    let mut a = Tunnel::connect(pinned(low, 1), now);
+    let mut b = Tunnel::connect(pinned(high, 2), now);
+    // Each side reads the other's value off the wire.
+    let from_a = sccrq_tie_breaker(&a.poll_transmit(now).unwrap());
+    let from_b = sccrq_tie_breaker(&b.poll_transmit(now).unwrap());
+    assert_eq!((from_a, from_b), (Some(low), Some(high)));
+    assert_eq!(resolve_tie(a.tie_breaker(), from_b), Tie::KeepOurs);
+    assert_eq!(resolve_tie(b.tie_breaker(), from_a), Tie::KeepTheirs);
+    assert_eq!(resolve_tie(Some(low), Some(low)), Tie::DiscardBoth);
+    // Only one side sent a value: its sender wins.
+    assert_eq!(resolve_tie(Some(high), None), Tie::KeepOurs);
+    assert_eq!(resolve_tie(None, Some(high)), Tie::KeepTheirs);
+    assert_eq!(resolve_tie(None, None), Tie::KeepBoth);
+    // The loser discards silently: no StopCCN, nothing further on the wire.
+    b.discard();
     assert_eq!(
-        peer_wins_tie(a.tie_breaker(), theirs),
-        theirs < a.tie_breaker()
+        b.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Discarded,
+            result: None
+        })
     );
-    assert_ne!(
-        peer_wins_tie(a.tie_breaker(), theirs),
-        peer_wins_tie(theirs, a.tie_breaker())
+    assert!(b.is_finished());
+    assert_eq!(b.poll_transmit(now + Duration::from_secs(10)), None);
+    b.handle_timeout(now + Duration::from_secs(10));
+    assert_eq!(b.poll_transmit(now + Duration::from_secs(10)), None);
+    // A responder and an initiator that sends none have no value to compare.
+    let quiet = Tunnel::connect(
+        Config {
+            tie_breaker: false,
+            ..cfg("q", None, 3)
+        },
+        now,
     );
+    assert_eq!(quiet.tie_breaker(), None);
+    assert_eq!(Tunnel::accept(cfg("r", None, 4), now).tie_breaker(), None);
 }
 
 #[test]
