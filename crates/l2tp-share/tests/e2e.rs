@@ -270,3 +270,48 @@ async fn control_socket_dial_and_cancelled_answer() {
     }
     srv.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_a_modem_already_in_a_call_is_busy() {
+    use bulkhead_modem::dte::Dte;
+    let dir = tempfile::tempdir().unwrap();
+    // The far end is another modem model, and its line is taken: someone rang it and
+    // its DTE answered.
+    let (tty_far, far_addr) = modem(dir.path(), "ttyFar", vec![]).await;
+    let mut far = Dte::open(&tty_far).unwrap();
+    far.init().await.unwrap();
+    let mut someone = TcpStream::connect(far_addr).await.unwrap();
+    far.wait_ring().await.unwrap();
+    far.answer(WAIT).await.unwrap();
+    let (tty_out, _) = modem(
+        dir.path(),
+        "ttyOutM",
+        vec![("5552000", Line::Modem(far_addr.to_string()))],
+    )
+    .await;
+    let profile = server_profile(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![device("out0", tty_out, true, false)],
+        &[("FAR_MODEM", "5552000")],
+    );
+    let srv = server::start(profile).await.unwrap();
+    let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
+    // The calling modem hears BUSY from the far modem: CDN result 8.
+    let rc = refused(client.dial("FAR_MODEM", None, WAIT).await);
+    assert_eq!(rc.result, 8, "{rc:?}");
+    // The far modem's own call is untouched.
+    someone.write_all(b"still here").await.unwrap();
+    let (tty, mut got) = far.data();
+    tokio::time::timeout(WAIT, async {
+        while got.len() < 10 {
+            let mut c = [0u8; 64];
+            let n = tty.read(&mut c).await.unwrap();
+            assert!(n > 0, "the far modem's line closed");
+            got.extend_from_slice(&c[..n]);
+        }
+    })
+    .await
+    .expect("the far modem's call data in time");
+    assert_eq!(&got, b"still here");
+    srv.abort();
+}
