@@ -163,6 +163,10 @@ impl Hayes {
         if text.is_empty() {
             return vec![];
         }
+        // Commands are ASCII; the parser below indexes the line by byte.
+        if !text.is_ascii() {
+            return vec![Action::Write(self.result(Code::Error, None))];
+        }
         let upper = text.to_ascii_uppercase();
         let Some(cmds) = upper.strip_prefix("AT") else {
             return vec![Action::Write(self.result(Code::Error, None))];
@@ -366,6 +370,9 @@ mod tests {
         assert_eq!(writes(&h.feed(b"ATV0\r")), "0\r");
         assert_eq!(writes(&h.feed(b"ATY\r")), "4\r");
         assert_eq!(writes(&h.feed(b"hello\r")), "4\r");
+        // Found by the fuzzer: a non-ASCII byte used to panic the parser.
+        assert_eq!(writes(&h.feed(b"AT&\xd8F\r")), "4\r");
+        assert_eq!(writes(&h.feed(b"ATDT555\xe9\r")), "4\r");
         assert_eq!(h.result(Code::Busy, None), b"7\r");
     }
 
