@@ -472,7 +472,8 @@ impl Modem {
         let line = match self.cfg.phonebook.get(number) {
             Some(l) => l.clone(),
             // Dialled directly: HOST:PORT or modem:HOST:PORT.
-            None => number.parse().unwrap_or(Line::Tcp(String::new())),
+            None if number.contains(':') => number.parse().unwrap_or(Line::Tcp(String::new())),
+            None => Line::Tcp(String::new()),
         };
         info!(number, ?line, "dialing");
         let wait = Duration::from_secs(self.hayes.s[7].max(1) as u64);
