@@ -4,38 +4,12 @@
 //!
 //! usage: agent_bench [ROUNDS]   (needs the image from `make image`)
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bulkhead_agent::{AgentClient, PowerAction};
+use bulkhead_testbed::{connect_unix, image_dir, GuestQemu};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
-
-/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
-/// the host's rate; microvm hangs in calibration without it), from
-/// /proc/cpuinfo's `cpu MHz`.
-fn tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_600_000)
-}
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
-        })
-}
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
@@ -46,17 +20,6 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     )
 }
 
-async fn connect(p: &Path) -> Result<UnixStream> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match UnixStream::connect(p).await {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() > deadline => return Err(e).context("connect"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let rounds: usize = std::env::args()
@@ -64,73 +27,27 @@ async fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(200);
-    let img = image_dir();
-    if !img.join("vmlinux").is_file() {
-        bail!("no guest image in {}: run `make image`", img.display());
-    }
     let dir = tempfile::tempdir()?;
-    let (agent_sock, echo_sock) = (dir.path().join("agent.sock"), dir.path().join("echo.sock"));
-    let mut qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("console.log").display()))
-        .arg("-kernel")
-        .arg(img.join("vmlinux"))
-        .arg("-initrd")
-        .arg(img.join("initramfs.cpio.gz"))
-        .args([
-            "-append",
-            &format!(
-                "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet",
-                tsc_khz()
-            ),
-        ])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            agent_sock.display()
-        ))
-        .arg("-chardev")
-        .arg(format!(
+    let mut q = GuestQemu::new(&image_dir(), dir.path());
+    let echo_sock = dir.path().join("echo.sock");
+    q.extra = vec![
+        "-chardev".into(),
+        format!(
             "socket,id=echo0,path={},server=on,wait=off",
             echo_sock.display()
-        ))
-        .args(["-device", "virtio-serial-device,id=vser0"])
-        .args([
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
-        ])
-        .args([
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=echo0,name=org.bulkhead.echo.0",
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("qemu-system-x86_64")?;
+        ),
+        "-device".into(),
+        "virtserialport,bus=vser0.0,chardev=echo0,name=org.bulkhead.echo.0".into(),
+    ];
+    let mut qemu = q.spawn().context("qemu-system-x86_64")?;
+    let wait = Duration::from_secs(30);
 
-    let agent = AgentClient::from_stream(connect(&agent_sock).await?);
+    let agent = AgentClient::from_stream(connect_unix(&q.agent_socket, wait).await?);
     agent.wait_ready(Duration::from_secs(120)).await?;
     eprintln!("agent ready");
 
     // The peer: a busybox shell loop on the raw port. `spawn` lines run /bin/true first.
-    let (rd, mut wr) = connect(&echo_sock).await?.into_split();
+    let (rd, mut wr) = connect_unix(&echo_sock, wait).await?.into_split();
     let mut lines = BufReader::new(rd).lines();
     let script = "P=/dev/$(basename $(dirname $(grep -l org.bulkhead.echo.0 /sys/class/virtio-ports/*/name))); \
         (while read l; do case $l in spawn*) /bin/true;; esac; echo \"$l\"; done <>$P >&0) >/dev/null 2>&1 &";

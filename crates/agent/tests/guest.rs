@@ -3,37 +3,13 @@
 //! talks to the agent over the virtio-serial port's unix socket.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use bulkhead_agent::{AgentClient, AgentError, PowerAction, READY_LINE};
+use bulkhead_testbed::{connect_unix, image_dir, GuestQemu};
 
 /// Generous: guests boot under TCG on a shared 2-core machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
-/// the host's rate; microvm hangs in calibration without it), from
-/// /proc/cpuinfo's `cpu MHz`.
-fn tsc_khz() -> u64 {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("cpu MHz"))
-                .and_then(|l| l.split(':').nth(1))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_600_000)
-}
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
-        })
-}
 
 struct Guest {
     qemu: tokio::process::Child,
@@ -42,94 +18,32 @@ struct Guest {
 }
 
 /// Boots a guest (`machine`: microvm with virtio-mmio, or q35 with
-/// virtio-pci) with one virtio disk (`disk`, qcow2) and connects to its agent
-/// socket (QEMU creates it before the guest runs).
+/// virtio-pci) with one virtio disk (`disk`, qcow2) and a QMP socket, and
+/// connects to its agent socket.
 async fn boot(machine: &str, dir: &Path, disk: &Path, append: &str, smp: u32) -> Guest {
-    let bus = if machine == "microvm" {
-        "device"
-    } else {
-        "pci"
-    };
-    let img = image_dir();
-    assert!(
-        img.join("vmlinux").is_file() && img.join("initramfs.cpio.gz").is_file(),
-        "no guest image in {}: run `make image`",
-        img.display()
-    );
-    let sock = dir.join("agent.sock");
-    let console = dir.join("console.log");
-    let qemu = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            machine,
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-        ])
-        .args(["-smp", &smp.to_string()])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-kernel")
-        .arg(img.join("vmlinux"))
-        .arg("-initrd")
-        .arg(img.join("initramfs.cpio.gz"))
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet {append}",
-            tsc_khz()
-        ))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=agent0,path={},server=on,wait=off",
-            sock.display()
-        ))
-        .arg("-device")
-        .arg(format!("virtio-serial-{bus},id=vser0"))
-        .args([
-            "-device",
-            "virtserialport,bus=vser0.0,chardev=agent0,name=org.bulkhead.agent.0",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "id=d0,file={},format=qcow2,if=none",
-            disk.display()
-        ))
-        .arg("-device")
-        .arg(format!("virtio-blk-{bus},drive=d0"))
-        .arg("-qmp")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            dir.join("qmp.sock").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut q = GuestQemu::new(&image_dir(), dir);
+    q.machine = machine.into();
+    q.smp = smp;
+    q.append = append.into();
+    let blk = q.virtio("blk");
+    q.extra = vec![
+        "-drive".into(),
+        format!("id=d0,file={},format=qcow2,if=none", disk.display()),
+        "-device".into(),
+        format!("{blk},drive=d0"),
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+    ];
+    let qemu = q
         .spawn()
         .expect("qemu-system-x86_64 (scripts/bootstrap installs it)");
-    // The socket exists once QEMU has parsed its command line.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let agent = loop {
-        match AgentClient::connect(&sock).await {
-            Ok(a) => break a,
-            Err(e) if tokio::time::Instant::now() > deadline => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let stream = connect_unix(&q.agent_socket, Duration::from_secs(30))
+        .await
+        .unwrap();
     Guest {
         qemu,
-        console,
-        agent,
+        console: q.console,
+        agent: AgentClient::from_stream(stream),
     }
 }
 

@@ -6,8 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 fn image_dir() -> String {
-    std::env::var("BULKHEAD_IMAGE_DIR")
-        .unwrap_or_else(|_| format!("{}/.cache/bulkhead/image", std::env::var("HOME").unwrap()))
+    bulkhead_testbed::image_dir().to_string_lossy().into_owned()
 }
 
 #[test]

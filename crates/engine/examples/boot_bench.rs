@@ -7,7 +7,6 @@
 //!
 //! `cargo run --release -p bulkhead-engine --example boot_bench -- [BOOTS] [CONCURRENT]`
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -16,13 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const READY: Duration = Duration::from_secs(300);
 
-fn image() -> PathBuf {
-    std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
-        })
-}
+use bulkhead_testbed::image_dir as image;
 
 fn spec(name: &str, mib: u64) -> PartitionSpec {
     let img = image();

@@ -15,21 +15,8 @@ use common::{boot, workspace, Guest};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn image_dir() -> PathBuf {
-    std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
-        })
-}
-
 async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::ReadyInfo, String) {
-    let img = image_dir();
-    assert!(
-        img.join("vmlinux").is_file(),
-        "no guest image in {}: run `make image`",
-        img.display()
-    );
+    let img = bulkhead_testbed::image_dir();
     let extra = [
         "-drive".to_string(),
         format!("id=d0,file={},format=qcow2,if=none", lu.display()),

@@ -23,13 +23,7 @@ const READY: Duration = Duration::from_secs(300);
 const URI: &str = "qemu:///system";
 const MEM: u64 = 256;
 
-fn image() -> PathBuf {
-    std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/bulkhead/image")
-        })
-}
+use bulkhead_testbed::image_dir as image;
 
 fn bin(name: &str) -> PathBuf {
     // The example sits in target/release/examples; the binaries one level up.

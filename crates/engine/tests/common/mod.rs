@@ -2,7 +2,6 @@
 //! and network namespaces the tests make for themselves.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,23 +11,7 @@ use bulkhead_engine::{LaunchOptions, PartitionSpec};
 pub const READY: Duration = Duration::from_secs(180);
 pub const CMD: Duration = Duration::from_secs(60);
 
-pub fn image_dir() -> PathBuf {
-    let dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs_home().join(".cache/bulkhead/image"));
-    assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
-        "no guest image in {} (run `make image`)",
-        dir.display()
-    );
-    dir
-}
-
-fn dirs_home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into())
-}
+pub use bulkhead_testbed::image_dir;
 
 pub fn spec(name: &str) -> PartitionSpec {
     let img = image_dir();

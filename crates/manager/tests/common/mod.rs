@@ -17,20 +17,7 @@ pub const BOOT: Duration = Duration::from_secs(180);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-pub fn image_dir() -> PathBuf {
-    let dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/bulkhead/image")
-        });
-    assert!(
-        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
-        "no guest image in {} (run `make image`)",
-        dir.display()
-    );
-    dir
-}
+pub use bulkhead_testbed::image_dir;
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,164 @@
+//! Boots the guest image by hand for the crates below the engine (see README).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+
+/// The agent's virtio-serial port name (the engine's `cmdline::AGENT_PORT`).
+pub const AGENT_PORT: &str = "org.bulkhead.agent.0";
+
+/// The guest image `make image` caches: `BULKHEAD_IMAGE_DIR`, else
+/// ~/.cache/bulkhead/image. Panics with the fix when it is missing.
+pub fn image_dir() -> PathBuf {
+    let dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/bulkhead/image")
+        });
+    assert!(
+        dir.join("vmlinux").is_file() && dir.join("initramfs.cpio.gz").is_file(),
+        "no guest image in {}: run `make image`",
+        dir.display()
+    );
+    dir
+}
+
+/// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
+/// the host's rate; microvm hangs in calibration without it), from
+/// /proc/cpuinfo's `cpu MHz`.
+pub fn tsc_khz() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("cpu MHz"))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .map(|mhz| (mhz * 1000.0) as u64)
+        .unwrap_or(2_600_000)
+}
+
+/// One guest's QEMU command line: `image`'s kernel and initramfs under TCG,
+/// the console to `console`, the agent's port on the unix socket `agent_socket`.
+#[derive(Debug, Clone)]
+pub struct GuestQemu {
+    pub image: PathBuf,
+    /// `microvm` (virtio-mmio) or `q35` (virtio-pci).
+    pub machine: String,
+    pub smp: u32,
+    pub memory_mib: u64,
+    /// Appended to the base kernel command line.
+    pub append: String,
+    pub console: PathBuf,
+    pub agent_socket: PathBuf,
+    /// More QEMU arguments (disks, more ports).
+    pub extra: Vec<String>,
+}
+
+impl GuestQemu {
+    /// microvm, 1 vCPU, 256 MiB; console.log and agent.sock in `dir`.
+    pub fn new(image: &Path, dir: &Path) -> GuestQemu {
+        GuestQemu {
+            image: image.to_path_buf(),
+            machine: "microvm".into(),
+            smp: 1,
+            memory_mib: 256,
+            append: String::new(),
+            console: dir.join("console.log"),
+            agent_socket: dir.join("agent.sock"),
+            extra: Vec::new(),
+        }
+    }
+
+    /// `virtio-…-device` on microvm, `virtio-…-pci` on q35.
+    pub fn virtio(&self, kind: &str) -> String {
+        let bus = if self.machine == "microvm" {
+            "device"
+        } else {
+            "pci"
+        };
+        format!("virtio-{kind}-{bus}")
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-M",
+            &self.machine,
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.smp.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let img = |f: &str| self.image.join(f).to_string_lossy().into_owned();
+        a.extend([
+            "-serial".into(),
+            format!("file:{}", self.console.display()),
+            "-kernel".into(),
+            img("vmlinux"),
+            "-initrd".into(),
+            img("initramfs.cpio.gz"),
+            "-append".into(),
+            format!(
+                "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet {}",
+                tsc_khz(),
+                self.append
+            ),
+            "-chardev".into(),
+            format!(
+                "socket,id=agent0,path={},server=on,wait=off",
+                self.agent_socket.display()
+            ),
+            "-device".into(),
+            format!("{},id=vser0", self.virtio("serial")),
+            "-device".into(),
+            format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}"),
+        ]);
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// Starts QEMU (killed when the child is dropped).
+    pub fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let _ = std::fs::remove_file(&self.agent_socket);
+        tokio::process::Command::new("qemu-system-x86_64")
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+    }
+}
+
+/// Connects to a socket QEMU creates itself once it has parsed its command
+/// line: retries, bounded by `timeout`.
+pub async fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
