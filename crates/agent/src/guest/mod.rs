@@ -13,6 +13,7 @@ pub mod serve;
 pub mod sys;
 
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::cmdline::{self, BootConfig};
@@ -127,6 +128,9 @@ fn run() {
     if pid1 {
         children.spawn_reaper();
         std::thread::spawn(move || {
+            // Right after the ready line the host's first hello is waiting: on
+            // a 1-vCPU guest under TCG these loads would hold up its answer.
+            wait_host_greeted(Duration::from_secs(1));
             for m in &deferred {
                 if let Err(e) = sys::finit_module(Path::new(m)) {
                     log(format_args!("module {m}: {e}"));
@@ -346,6 +350,23 @@ fn switch_root(dev: &str, fstype: &str) -> std::io::Error {
     std::process::Command::new(ROOT_AGENT)
         .env(STAGE_ENV, "2")
         .exec()
+}
+
+/// Set once the host's first hello has been answered.
+static HOST_GREETED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// The serve loop answered a hello: work deferred behind it may start.
+pub(crate) fn host_greeted() {
+    let (lock, cv) = &HOST_GREETED;
+    *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    cv.notify_all();
+}
+
+/// Waits until the host was greeted, or `max` passed (no host connected).
+fn wait_host_greeted(max: Duration) {
+    let (lock, cv) = &HOST_GREETED;
+    let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = cv.wait_timeout_while(guard, max, |greeted| !*greeted);
 }
 
 #[cfg(test)]

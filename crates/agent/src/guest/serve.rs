@@ -111,6 +111,7 @@ pub fn serve(
     };
     let mut power_after: Option<(PowerAction, Instant)> = None;
     let mut buf = vec![0u8; 65536];
+    let (mut hello_answered, mut greeted) = (false, false);
 
     loop {
         let mut fds = [
@@ -198,7 +199,10 @@ pub fn serve(
                                 format!("line longer than {MAX_LINE} bytes"),
                             )),
                             Frame::Line(line) => match proto::decode_request(&line) {
-                                Ok(req) => dispatch(req, &boot, &children, &tx, &wake),
+                                Ok(req) => {
+                                    hello_answered |= matches!(req.body, RequestBody::Hello { .. });
+                                    dispatch(req, &boot, &children, &tx, &wake)
+                                }
                                 Err(e) => {
                                     Some(Response::err(e.id.unwrap_or(0), "bad_request", e.message))
                                 }
@@ -228,6 +232,12 @@ pub fn serve(
                     break;
                 }
             }
+        }
+
+        if hello_answered && out.is_empty() && !greeted {
+            // The reply is out: deferred boot work may take the CPU now.
+            greeted = true;
+            super::host_greeted();
         }
 
         if let Some((action, deadline)) = power_after {
