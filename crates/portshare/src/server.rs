@@ -275,6 +275,7 @@ async fn bind_all(
             .map_err(|e| ServerError::Bind(l.listen, e))?;
         sock.bind(l.listen)
             .map_err(|e| ServerError::Bind(l.listen, e))?;
+        defer_accept(&sock, l.header_timeout.0).map_err(|e| ServerError::Bind(l.listen, e))?;
         out.push((
             l.listen,
             sock.listen(1024)
@@ -282,6 +283,31 @@ async fn bind_all(
         ));
     }
     Ok(out)
+}
+
+/// Every protocol here has the client speak first (HTTP, TLS, a PROXY header), so the
+/// kernel may hand a connection over only once its first bytes are in: one wakeup and
+/// one empty read fewer per connection (nginx's `deferred`, HAProxy's `defer-accept`).
+/// A client that stays silent is still handed over after about `wait`, and the
+/// listener's timeouts then apply as before.
+fn defer_accept(sock: &tokio::net::TcpSocket, wait: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = wait.as_secs().clamp(1, 3600) as libc::c_int;
+    // SAFETY: the fd is a live socket owned by `sock`; the option value is a c_int
+    // whose size is passed alongside.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 async fn accept_loop(
@@ -1339,5 +1365,32 @@ fn http_log(
             duration_us: start.elapsed().as_micros() as u64,
             error,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_defer_accept_until_the_first_bytes() {
+        use std::os::fd::AsRawFd;
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        defer_accept(&sock, Duration::from_secs(10)).unwrap();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: v and len are live locals sized for the option.
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        // The kernel rounds to its SYN-ACK retransmission schedule.
+        assert!(v >= 10, "{v}");
     }
 }
