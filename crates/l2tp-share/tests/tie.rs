@@ -198,6 +198,16 @@ async fn bed() -> Bed {
     }
 }
 
+impl Bed {
+    /// Opens our own tunnel to the server with Tie Breaker `value` while the server's
+    /// SCCRQ to us is unanswered; returns its index in `lns.tunnels`.
+    async fn cross(&mut self, value: [u8; 8]) -> usize {
+        let server = self.srv.addrs[0];
+        let t = Tunnel::connect(lns_config(Some(value)), Instant::now());
+        self.lns.add(t, server).await
+    }
+}
+
 /// Proves that the server's listen loop has dealt with everything sent to it before:
 /// it handles datagrams in order, so an SCCRQ from another address answered means the
 /// earlier one was settled. (127.0.0.2 is another peer: no tie with it.)
@@ -224,14 +234,7 @@ async fn their_lower_tie_breaker_wins_and_carries_the_call() {
     let mut b = bed().await;
     let (ours_from, first) = b.lns.sccrq().await;
     assert_ne!(sccrq_tie_breaker(&first), Some([0; 8]));
-    let server = b.srv.addrs[0];
-    let mine = b
-        .lns
-        .add(
-            Tunnel::connect(lns_config(Some([0; 8])), Instant::now()),
-            server,
-        )
-        .await;
+    let mine = b.cross([0; 8]).await;
     // The server answers ours, drops its own without a word, and sends the forwarded
     // call through the tunnel we opened.
     b.lns.take_call(mine).await;
@@ -249,16 +252,9 @@ async fn our_lower_tie_breaker_wins_and_theirs_is_ignored() {
     let mut b = bed().await;
     let (ours_from, sccrq) = b.lns.sccrq().await;
     assert_ne!(sccrq_tie_breaker(&sccrq), Some([0xff; 8]));
-    let server = b.srv.addrs[0];
-    let mine = b
-        .lns
-        .add(
-            Tunnel::connect(lns_config(Some([0xff; 8])), Instant::now()),
-            server,
-        )
-        .await;
+    let mine = b.cross([0xff; 8]).await;
     let mine_id = b.lns.tunnels[mine].0.local_id();
-    listen_loop_passed(server).await;
+    listen_loop_passed(b.srv.addrs[0]).await;
     // We lost: drop ours silently and answer the server's SCCRQ.
     b.lns.tunnels[mine].0.discard();
     let answered = b.lns.answer(&sccrq, ours_from).await;
@@ -275,16 +271,9 @@ async fn equal_tie_breakers_drop_both_and_the_server_tries_again() {
     let mut b = bed().await;
     let (first_from, first) = b.lns.sccrq().await;
     let value = sccrq_tie_breaker(&first).unwrap();
-    let server = b.srv.addrs[0];
-    let mine = b
-        .lns
-        .add(
-            Tunnel::connect(lns_config(Some(value)), Instant::now()),
-            server,
-        )
-        .await;
+    let mine = b.cross(value).await;
     let mine_id = b.lns.tunnels[mine].0.local_id();
-    listen_loop_passed(server).await;
+    listen_loop_passed(b.srv.addrs[0]).await;
     b.lns.tunnels[mine].0.discard();
     // The server's next SCCRQ is a new tunnel (new socket, new value), not a retry.
     let (from, sccrq) = loop {
