@@ -137,7 +137,9 @@ impl Shared {
     /// if ours loses, the tunnel it opened is used instead; if both lose, try again.
     async fn open_to(&self, lns: SocketAddr) -> anyhow::Result<TunnelHandle> {
         let wait = Duration::from_secs(40);
-        loop {
+        // Ties twice in a row are already rare (random 64-bit values, random pauses).
+        const ATTEMPTS: u32 = 5;
+        for _ in 0..ATTEMPTS {
             let cfg = tunnel_config(&self.profile, self.profile.secret.as_deref());
             let tunnel = Tunnel::connect(cfg, Instant::now());
             let (lost_tx, lost_rx) = oneshot::channel();
@@ -191,6 +193,7 @@ impl Shared {
                 Err(e) => return Err(e),
             }
         }
+        anyhow::bail!("no tunnel to {lns} after {ATTEMPTS} tied or failed attempts")
     }
 
     async fn put_back(&self, mut t: Taken) {
