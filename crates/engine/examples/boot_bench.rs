@@ -8,11 +8,9 @@
 //!
 //! `cargo run --release -p bulkhead-engine --example boot_bench -- [BOOTS] [CONCURRENT]`
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bulkhead_engine::{cmdline, host, LaunchOptions, Partition, PartitionSpec};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const READY: Duration = Duration::from_secs(300);
 
@@ -41,87 +39,24 @@ async fn engine_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<(Duratio
 }
 
 /// Plain QEMU: the same machine and kernel command line, console on stdout,
-/// the agent port backed by a null chardev; timed to the ready line.
-async fn plain_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<Duration> {
+/// the agent port backed by a null chardev, the same seccomp sandbox; timed to
+/// the ready line.
+async fn plain_boot(i: usize) -> anyhow::Result<Duration> {
     let s = spec(&format!("plain-{i}"), 256);
-    let r = cmdline::Resolved {
-        machine: cmdline::ResolvedMachine::for_spec(&s),
-        kvm: false,
-        tsc_khz: host::probe().tsc_khz,
-        qmp_fd: -1,
-        agent_fd: -1,
-        console_fd: -1,
-        console_log: dir.join("unused.log"),
-        pidfile: dir.join(format!("plain{i}.pid")),
-        taps: vec![],
-        macs: vec![],
-        sandbox: true,
-        run_as: None,
-        incoming: None,
-    };
-    let append = cmdline::kernel_cmdline(&s, &r);
-    let t0 = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "microvm",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&s.boot.kernel)
-        .arg("-initrd")
-        .arg(s.boot.initramfs.as_ref().unwrap())
-        .args(["-append", &append, "-serial", "stdio"])
-        .args([
-            "-chardev",
-            "null,id=agent0",
-            "-device",
-            "virtio-serial-device,id=vser0",
-        ])
-        .args([
-            "-device",
-            &format!(
-                "virtserialport,bus=vser0.0,chardev=agent0,name={}",
-                cmdline::AGENT_PORT
-            ),
-        ])
-        .args([
-            "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let found = tokio::time::timeout(READY, async {
-        while let Ok(Some(l)) = lines.next_line().await {
-            if l.contains("bulkhead-agent: ready") {
-                return true;
-            }
-        }
-        false
-    })
-    .await?;
-    let t = t0.elapsed();
-    child.kill().await?;
-    anyhow::ensure!(found, "plain QEMU never printed the ready line");
-    Ok(t)
+    let append = cmdline::kernel_cmdline(&s, false, host::probe().tsc_khz);
+    let sandbox = [
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ];
+    Ok(bulkhead_testbed::plain_qemu_to_ready(
+        &image(),
+        s.memory_mib,
+        &append,
+        &sandbox,
+        bulkhead_engine::READY_LINE,
+        READY,
+    )
+    .await?)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -158,13 +93,13 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..boots {
         let plain_first = i % 2 == 1;
         if plain_first {
-            plain.push(plain_boot(dir.path(), i).await?);
+            plain.push(plain_boot(i).await?);
         }
         let (t, line) = engine_boot(dir.path(), i).await?;
         eng.push(t);
         eng_line.push(line);
         if !plain_first {
-            plain.push(plain_boot(dir.path(), i).await?);
+            plain.push(plain_boot(i).await?);
         }
     }
     let (e50, e90) = (pct(&mut eng, 0.5), pct(&mut eng, 0.9));

@@ -75,8 +75,9 @@ const Q35_FIRST_ADAPTER_SLOT: u32 = 3;
 /// Hot-plug root ports sit after the cold-plugged devices.
 const Q35_FIRST_HOTPLUG_SLOT: u32 = 0x10;
 
-/// The guest kernel command line.
-pub fn kernel_cmdline(spec: &PartitionSpec, r: &Resolved) -> String {
+/// The guest kernel command line. It depends on the host only through the
+/// accelerator and, under TCG, the TSC rate.
+pub fn kernel_cmdline(spec: &PartitionSpec, kvm: bool, tsc_khz: Option<u64>) -> String {
     let mut parts: Vec<String> = vec![
         "console=ttyS0".into(),
         "panic=-1".into(),
@@ -84,8 +85,8 @@ pub fn kernel_cmdline(spec: &PartitionSpec, r: &Resolved) -> String {
         // q35 under load can panic in the timer check (shared notes).
         "no_timer_check".into(),
     ];
-    if !r.kvm {
-        if let Some(khz) = r.tsc_khz {
+    if !kvm {
+        if let Some(khz) = tsc_khz {
             parts.push(format!("tsc_early_khz={khz}"));
         }
     }
@@ -154,7 +155,7 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
     if let Some(i) = &spec.boot.initramfs {
         push(&["-initrd", &i.to_string_lossy()]);
     }
-    push(&["-append", &kernel_cmdline(spec, r)]);
+    push(&["-append", &kernel_cmdline(spec, r.kvm, r.tsc_khz)]);
 
     push(&[
         "-chardev",

@@ -18,7 +18,7 @@ pub use spec::{
     Accel, AdapterSpec, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
 };
 
-pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

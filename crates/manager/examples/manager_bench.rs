@@ -17,7 +17,6 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const READY: Duration = Duration::from_secs(300);
 const URI: &str = "qemu:///system";
@@ -40,23 +39,7 @@ fn spec(name: &str) -> PartitionSpec {
 
 /// The kernel command line the engine gives a partition of this name.
 fn append(name: &str) -> String {
-    let s = spec(name);
-    let r = cmdline::Resolved {
-        machine: cmdline::ResolvedMachine::for_spec(&s),
-        kvm: false,
-        tsc_khz: host::probe().tsc_khz,
-        qmp_fd: -1,
-        agent_fd: -1,
-        console_fd: -1,
-        console_log: "/dev/null".into(),
-        pidfile: "/dev/null".into(),
-        taps: vec![],
-        macs: vec![],
-        sandbox: true,
-        run_as: None,
-        incoming: None,
-    };
-    cmdline::kernel_cmdline(&s, &r)
+    cmdline::kernel_cmdline(&spec(name), false, host::probe().tsc_khz)
 }
 
 struct Daemon {
@@ -194,7 +177,7 @@ async fn libvirt_start(dir: &Path, name: &str) -> Duration {
     );
     // No event for a line in a file: poll it finely (5 ms), bounded.
     while t0.elapsed() < READY {
-        if std::fs::read_to_string(&log).is_ok_and(|s| s.contains("bulkhead-agent: ready")) {
+        if std::fs::read_to_string(&log).is_ok_and(|s| s.contains(bulkhead_engine::READY_LINE)) {
             return t0.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -208,58 +191,10 @@ fn libvirt_stop(name: &str) {
 
 /// Plain QEMU by hand: the engine's machine and kernel command line.
 async fn plain_start(name: &str) -> Duration {
-    let s = spec(name);
-    let t0 = Instant::now();
-    let mut child = tokio::process::Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "microvm",
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-        ])
-        .args([
-            "-m",
-            &MEM.to_string(),
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-no-user-config",
-        ])
-        .args(["-display", "none", "-no-reboot", "-kernel"])
-        .arg(&s.boot.kernel)
-        .arg("-initrd")
-        .arg(s.boot.initramfs.as_ref().unwrap())
-        .args(["-append", &append(name), "-serial", "stdio"])
-        .args([
-            "-chardev",
-            "null,id=agent0",
-            "-device",
-            "virtio-serial-device,id=vser0",
-        ])
-        .args([
-            "-device",
-            &format!(
-                "virtserialport,bus=vser0.0,chardev=agent0,name={}",
-                cmdline::AGENT_PORT
-            ),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
-        if l.contains("bulkhead-agent: ready") {
-            let t = t0.elapsed();
-            let _ = child.kill().await;
-            return t;
-        }
-    }
-    panic!("plain QEMU never printed the ready line");
+    let line = bulkhead_engine::READY_LINE;
+    bulkhead_testbed::plain_qemu_to_ready(&image(), MEM, &append(name), &[], line, READY)
+        .await
+        .expect("plain QEMU never printed the ready line")
 }
 
 fn pct(v: &[Duration], p: f64) -> Duration {

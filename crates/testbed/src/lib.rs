@@ -84,34 +84,10 @@ impl GuestQemu {
     }
 
     pub fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-M",
-            &self.machine,
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            &self.memory_mib.to_string(),
-            "-smp",
-            &self.smp.to_string(),
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let img = |f: &str| self.image.join(f).to_string_lossy().into_owned();
+        let mut a = machine_args(&self.image, &self.machine, self.memory_mib, self.smp);
         a.extend([
             "-serial".into(),
             format!("file:{}", self.console.display()),
-            "-kernel".into(),
-            img("vmlinux"),
-            "-initrd".into(),
-            img("initramfs.cpio.gz"),
             "-append".into(),
             format!(
                 "console=ttyS0 panic=-1 tsc_early_khz={} no_timer_check quiet {}",
@@ -142,6 +118,98 @@ impl GuestQemu {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
+    }
+}
+
+/// The machine, TCG, memory, vCPUs and `image`'s kernel and initramfs.
+fn machine_args(image: &Path, machine: &str, memory_mib: u64, smp: u32) -> Vec<String> {
+    let img = |f: &str| image.join(f).to_string_lossy().into_owned();
+    [
+        "-M",
+        machine,
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-m",
+        &memory_mib.to_string(),
+        "-smp",
+        &smp.to_string(),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        &img("vmlinux"),
+        "-initrd",
+        &img("initramfs.cpio.gz"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The peer of the boot benchmarks: QEMU by hand on microvm, 1 vCPU, with the
+/// kernel command line `cmdline`, the console on a pipe and the agent's port on a
+/// null chardev, plus `extra` arguments. Returns the time from spawn to the line
+/// `ready_line` on the console (QEMU is killed then), or an error after `timeout`.
+pub async fn plain_qemu_to_ready(
+    image: &Path,
+    memory_mib: u64,
+    cmdline: &str,
+    extra: &[&str],
+    ready_line: &str,
+    timeout: Duration,
+) -> std::io::Result<Duration> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut args = machine_args(image, "microvm", memory_mib, 1);
+    args.extend(
+        [
+            "-append",
+            cmdline,
+            "-serial",
+            "stdio",
+            "-chardev",
+            "null,id=agent0",
+            "-device",
+            "virtio-serial-device,id=vser0",
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=agent0,name={AGENT_PORT}"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string()),
+    );
+    let t0 = std::time::Instant::now();
+    let mut child = tokio::process::Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let found = tokio::time::timeout(timeout, async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains(ready_line) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let t = t0.elapsed();
+    let _ = child.kill().await;
+    match found {
+        Ok(true) => Ok(t),
+        Ok(false) => Err(std::io::Error::other(
+            "plain QEMU ended before its ready line",
+        )),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no ready line from plain QEMU within {timeout:?}"),
+        )),
     }
 }
 
