@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use bulkhead_agent::PowerAction;
 use bulkhead_image::build::{self, BuildOptions};
 
 mod common;
 
-use common::{boot, workspace, Guest};
+use common::{boot, workspace};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_programs_run_in_the_guest() {
@@ -36,7 +35,8 @@ async fn added_programs_run_in_the_guest() {
         .iter()
         .any(|(d, _)| d.starts_with("/lib64/ld-linux-x86-64.so.2")));
 
-    let Guest { mut qemu, agent } = boot(dir.path(), &img, "bulkhead.hostname=adds", &[]).await;
+    let g = boot(dir.path(), &img, "bulkhead.hostname=adds", &[]).await;
+    let agent = &g.agent;
     agent
         .wait_ready(Duration::from_secs(120))
         .await
@@ -58,10 +58,5 @@ async fn added_programs_run_in_the_guest() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from adds\n");
 
-    agent.shutdown(PowerAction::Poweroff).await.unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(60), qemu.wait())
-        .await
-        .expect("powers off")
-        .unwrap();
-    assert!(st.success());
+    g.power_off().await;
 }

@@ -6,12 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulkhead_agent::PowerAction;
 use bulkhead_image::rootfs::{self, RootfsOptions};
 
 mod common;
 
-use common::{boot, workspace, Guest};
+use common::{boot, workspace};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -23,7 +22,8 @@ async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::Ready
         "-device".to_string(),
         "virtio-blk-device,drive=d0".to_string(),
     ];
-    let Guest { mut qemu, agent } = boot(dir, &img, "bulkhead.root=/dev/vda", &extra).await;
+    let g = boot(dir, &img, "bulkhead.root=/dev/vda", &extra).await;
+    let agent = &g.agent;
     let ready = agent.wait_ready(BOOT_TIMEOUT).await.expect("agent ready");
     let out = agent
         .exec(
@@ -34,12 +34,7 @@ async fn boot_and(dir: &Path, lu: &Path, script: &str) -> (bulkhead_agent::Ready
         .await
         .unwrap();
     assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
-    agent.shutdown(PowerAction::Poweroff).await.unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(60), qemu.wait())
-        .await
-        .expect("powers off")
-        .unwrap();
-    assert!(st.success());
+    g.power_off().await;
     (ready, String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -193,21 +193,8 @@ fn tshark_decodes_everything_we_send() {
         );
         // tshark 4.0 does not unhide v2 AVPs (the Python vector checks our hiding); it
         // must still parse them as hidden AVPs, and read the plain ones.
-        let tid = tshark(
-            &pcap,
-            &[
-                "-Y",
-                "l2tp.avp.message_type == 1",
-                "-T",
-                "fields",
-                "-e",
-                "l2tp.avp.assigned_tunnel_id",
-            ],
-        );
-        if !hide {
-            assert_eq!(tid.trim(), lns_tid.to_string());
-        } else {
-            let hidden = tshark(
+        let sccrq_field = |field: &str| {
+            tshark(
                 &pcap,
                 &[
                     "-Y",
@@ -215,9 +202,15 @@ fn tshark_decodes_everything_we_send() {
                     "-T",
                     "fields",
                     "-e",
-                    "l2tp.avp.hidden",
+                    field,
                 ],
-            );
+            )
+        };
+        let tid = sccrq_field("l2tp.avp.assigned_tunnel_id");
+        if !hide {
+            assert_eq!(tid.trim(), lns_tid.to_string());
+        } else {
+            let hidden = sccrq_field("l2tp.avp.hidden");
             assert!(
                 hidden.contains("1") || hidden.contains("True"),
                 "SCCRQ carried no hidden AVP: {hidden}"

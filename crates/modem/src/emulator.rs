@@ -333,18 +333,7 @@ impl Modem {
 
     async fn on_dialed(&mut self, d: Dialed) -> anyhow::Result<()> {
         match d {
-            Dialed::Connect(conn, data) => {
-                self.state = State::Online(Call {
-                    conn,
-                    undecided: None,
-                });
-                self.escape = Escape::default();
-                let speed = self.cfg.speed;
-                self.say(Code::Connect, Some(speed)).await?;
-                if !data.is_empty() {
-                    self.tty.write_all(&data).await?;
-                }
-            }
+            Dialed::Connect(conn, data) => self.go_online(conn, None, &data).await?,
             Dialed::Fail(code) => {
                 self.state = State::Command;
                 self.say(code, None).await?;
@@ -372,12 +361,22 @@ impl Modem {
                 return Ok(self.say(Code::NoCarrier, None).await?);
             }
         };
+        self.go_online(conn, undecided, &data).await
+    }
+
+    /// Carrier: CONNECT, then the call data that came with it.
+    async fn go_online(
+        &mut self,
+        conn: TcpStream,
+        undecided: Option<Vec<u8>>,
+        data: &[u8],
+    ) -> anyhow::Result<()> {
         self.state = State::Online(Call { conn, undecided });
         self.escape = Escape::default();
         let speed = self.cfg.speed;
         self.say(Code::Connect, Some(speed)).await?;
         if !data.is_empty() {
-            self.tty.write_all(&data).await?;
+            self.tty.write_all(data).await?;
         }
         Ok(())
     }

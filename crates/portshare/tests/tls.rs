@@ -207,31 +207,7 @@ async fn proxy_protocol_before_the_client_hello() {
 #[tokio::test]
 async fn http2_inside_tls() {
     assert!(tool("nghttpd"), "nghttpd missing: run scripts/bootstrap");
-    let dir = tempfile::tempdir().unwrap();
-    let st = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args([
-            "-keyout",
-            "k.pem",
-            "-out",
-            "c.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=h2.test",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(st.status.success());
+    let dir = self_signed("h2.test");
     std::fs::write(dir.path().join("who"), "h2 server\n").unwrap();
     let port = std::net::TcpListener::bind(ANY)
         .unwrap()

@@ -111,7 +111,8 @@ pub fn serve(
     };
     let mut power_after: Option<(PowerAction, Instant)> = None;
     let mut buf = vec![0u8; 65536];
-    let (mut hello_answered, mut greeted) = (false, false);
+    // A hello was read whose reply may still be queued in `out`.
+    let mut hello_reply_pending = false;
 
     loop {
         let mut fds = [
@@ -200,7 +201,8 @@ pub fn serve(
                             )),
                             Frame::Line(line) => match proto::decode_request(&line) {
                                 Ok(req) => {
-                                    hello_answered |= matches!(req.body, RequestBody::Hello { .. });
+                                    hello_reply_pending |=
+                                        matches!(req.body, RequestBody::Hello { .. });
                                     dispatch(req, &boot, &children, &tx, &wake)
                                 }
                                 Err(e) => {
@@ -234,9 +236,9 @@ pub fn serve(
             }
         }
 
-        if hello_answered && out.is_empty() && !greeted {
+        if hello_reply_pending && out.is_empty() {
             // The reply is out: deferred boot work may take the CPU now.
-            greeted = true;
+            hello_reply_pending = false;
             super::host_greeted();
         }
 

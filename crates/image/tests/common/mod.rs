@@ -19,6 +19,21 @@ pub struct Guest {
     pub agent: AgentClient,
 }
 
+impl Guest {
+    /// Powers off through the agent; QEMU must exit cleanly within a minute.
+    pub async fn power_off(mut self) {
+        self.agent
+            .shutdown(bulkhead_agent::PowerAction::Poweroff)
+            .await
+            .unwrap();
+        let st = tokio::time::timeout(Duration::from_secs(60), self.qemu.wait())
+            .await
+            .expect("powers off")
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
 /// Boots `img`'s vmlinux + initramfs.cpio.gz under TCG microvm, 256 MiB,
 /// console to `dir/console.log`, with `cmdline` appended to the base kernel
 /// command line and `extra` QEMU arguments (disks), and connects the agent.

@@ -294,9 +294,8 @@ impl Drop for TlsBackend {
     }
 }
 
-pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
-    use tokio::io::AsyncBufReadExt;
-    assert!(tool("openssl"), "openssl missing: run scripts/bootstrap");
+/// A temporary directory holding a self-signed EC certificate for `cn`: c.pem, k.pem.
+pub fn self_signed(cn: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let st = std::process::Command::new("openssl")
         .args([
@@ -309,7 +308,7 @@ pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
             "-nodes",
         ])
         .args(["-keyout", "k.pem", "-out", "c.pem", "-days", "2", "-subj"])
-        .arg(format!("/CN={name}"))
+        .arg(format!("/CN={cn}"))
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -318,6 +317,13 @@ pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
         "{}",
         String::from_utf8_lossy(&st.stderr)
     );
+    dir
+}
+
+pub async fn tls_backend(name: &str, mode: &str) -> TlsBackend {
+    use tokio::io::AsyncBufReadExt;
+    assert!(tool("openssl"), "openssl missing: run scripts/bootstrap");
+    let dir = self_signed(name);
     std::fs::write(dir.path().join("who"), format!("{name}\n")).unwrap();
     let mut child = tokio::process::Command::new("openssl")
         .args([
