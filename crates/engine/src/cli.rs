@@ -73,6 +73,7 @@ impl RunArgs {
                 format: DiskFormat::guess(&path),
                 path,
                 readonly,
+                backing: None,
             }));
         }
         if self.root_disk {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::spec::{Accel, AdapterSpec, MachineKind, PartitionSpec};
+use crate::spec::{Accel, AdapterSpec, DiskFormat, DiskSpec, MachineKind, PartitionSpec};
 
 /// Name of the agent's virtio-serial port, the one the guest agent looks for.
 pub const AGENT_PORT: &str = "org.bulkhead.agent.0";
@@ -91,6 +91,16 @@ pub fn kernel_cmdline(spec: &PartitionSpec, kvm: bool, tsc_khz: Option<u64>) -> 
         }
     }
     parts.push(format!("bulkhead.hostname={}", spec.name));
+    if spec.boot.root_disk.is_some() {
+        // The root disk is ordered first, so it is the first virtio disk.
+        parts.push("bulkhead.root=/dev/vda".into());
+    }
+    if !spec.boot.cmdline.trim().is_empty() {
+        parts.push(spec.boot.cmdline.trim().to_string());
+    }
+    // The addresses come after the user's words: the agent takes the last
+    // of a key, so a partition cannot claim another's address this way
+    // (spec validation refuses an unbalanced quote that would swallow them).
     if let Some(n) = spec.nets().next() {
         if let Some(ip) = &n.ip {
             parts.push(format!("bulkhead.ip={ip}"));
@@ -98,13 +108,6 @@ pub fn kernel_cmdline(spec: &PartitionSpec, kvm: bool, tsc_khz: Option<u64>) -> 
         if let Some(gw) = &n.gateway {
             parts.push(format!("bulkhead.gw={gw}"));
         }
-    }
-    if spec.boot.root_disk.is_some() {
-        // The root disk is ordered first, so it is the first virtio disk.
-        parts.push("bulkhead.root=/dev/vda".into());
-    }
-    if !spec.boot.cmdline.trim().is_empty() {
-        parts.push(spec.boot.cmdline.trim().to_string());
     }
     parts.join(" ")
 }
@@ -198,13 +201,7 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
         };
         match ad {
             AdapterSpec::Disk(d) => {
-                let node = json!({
-                    "driver": d.format.as_str(),
-                    "node-name": format!("drive-{}", d.id),
-                    "read-only": d.readonly,
-                    "file": {"driver": "file", "filename": d.path, "read-only": d.readonly},
-                });
-                push(&["-blockdev", &node.to_string()]);
+                push(&["-blockdev", &blockdev(d).to_string()]);
                 push(&[
                     "-device",
                     &format!("virtio-blk-{v},drive=drive-{id},id={id}{addr}", id = d.id),
@@ -260,6 +257,31 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
         push(&["-S", "-incoming", inc]);
     }
     a
+}
+
+/// A disk's `-blockdev` node. A validated backing chain is spelled out node
+/// by node and ends in `"backing": null`, so QEMU opens exactly those files
+/// and never what a (crafted) image header names.
+pub fn blockdev(d: &DiskSpec) -> serde_json::Value {
+    let file = |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": p, "read-only": ro});
+    let mut node = json!({
+        "driver": d.format.as_str(),
+        "node-name": format!("drive-{}", d.id),
+        "read-only": d.readonly,
+        "file": file(&d.path, d.readonly),
+    });
+    if let (DiskFormat::Qcow2, Some(chain)) = (d.format, &d.backing) {
+        let mut backing = serde_json::Value::Null;
+        for b in chain.iter().rev() {
+            let mut n = json!({"driver": b.format.as_str(), "read-only": true, "file": file(&b.path, true)});
+            if b.format == DiskFormat::Qcow2 {
+                n["backing"] = backing;
+            }
+            backing = n;
+        }
+        node["backing"] = backing;
+    }
+    node
 }
 
 /// A stable locally administered MAC for an adapter of a partition.
@@ -322,6 +344,7 @@ mod tests {
             path: "/lu/a,b.qcow2".into(),
             format: DiskFormat::Qcow2,
             readonly: false,
+            backing: None,
         }));
         s
     }

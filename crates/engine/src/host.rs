@@ -54,6 +54,19 @@ pub fn qemu_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
 }
 
+/// `name` as an absolute, symlink-free path: itself when it has a slash,
+/// else the first match on PATH.
+pub fn find_binary(name: &Path) -> Option<PathBuf> {
+    if name.components().count() > 1 {
+        return std::fs::canonicalize(name).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

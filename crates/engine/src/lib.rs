@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cmdline;
 pub mod host;
+pub mod jail;
 mod partition;
 pub mod spec;
 mod tap;
@@ -15,7 +16,7 @@ pub use partition::{
     tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
 };
 pub use spec::{
-    Accel, AdapterSpec, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
+    Accel, AdapterSpec, BackingFile, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
 };
 
 pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};

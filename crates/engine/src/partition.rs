@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::cmdline::{self, ResolvedMachine};
 use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
+use crate::jail::{self, Jail, Reveal};
 use crate::{host, tap, EngineError};
 
 /// Where and how a partition's QEMU runs, beyond what the spec says.
@@ -32,9 +33,16 @@ pub struct LaunchOptions {
     pub cgroup_procs: Vec<PathBuf>,
     /// seccomp sandbox as libvirt sets it.
     pub sandbox: bool,
-    /// Unprivileged user QEMU drops to after opening its files.
+    /// Unprivileged user QEMU runs as: with `confine`, QEMU is executed as
+    /// this user from the start; without, QEMU drops to it itself (`-runas`)
+    /// after opening its files.
     #[serde(default)]
     pub run_as: Option<String>,
+    /// Run QEMU in its own mount namespace holding only /usr, a private /dev
+    /// and the partition's own files (see `jail`), with the files it needs
+    /// given to `run_as`.
+    #[serde(default)]
+    pub confine: bool,
     /// Kill QEMU when the `Partition` handle is dropped (tests, foreground runs).
     /// Off for a manager, whose partitions outlive it.
     #[serde(default)]
@@ -52,6 +60,7 @@ impl LaunchOptions {
             cgroup_procs: Vec::new(),
             sandbox: true,
             run_as: None,
+            confine: false,
             kill_on_drop: false,
             netns: None,
         }
@@ -149,6 +158,13 @@ pub struct Partition {
     opts: LaunchOptions,
     machine: ResolvedMachine,
     pid: u32,
+    /// Identifies the process behind `pid` (its start time, in clock ticks
+    /// since boot): a pid alone may be reused by another process.
+    start_time: u64,
+    /// QEMU's command line as the kernel shows it, recorded at spawn.
+    proc_cmdline: Vec<u8>,
+    /// Held from spawn or adoption: signals reach this process and no other.
+    pidfd: Option<OwnedFd>,
     qmp: QmpClient,
     agent: AgentClient,
     taps: Vec<String>,
@@ -241,11 +257,14 @@ impl Partition {
         }
         match Self::spawn(&spec, &opts, machine, kvm, hostinfo.tsc_khz, &taps, macs).await {
             Ok((pid, child)) => {
+                // Our unreaped child: the pid cannot have been reused yet.
+                let id = Identity::read(pid).unwrap_or_default();
                 match Self::connect(
                     spec.clone(),
                     opts.clone(),
                     machine,
                     pid,
+                    id,
                     taps.clone(),
                     Some(child),
                 )
@@ -289,7 +308,7 @@ impl Partition {
         ] {
             let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
         }
-        let resolved = cmdline::Resolved {
+        let mut resolved = cmdline::Resolved {
             machine,
             kvm,
             tsc_khz,
@@ -304,7 +323,19 @@ impl Partition {
             run_as: opts.run_as.clone(),
             incoming: None,
         };
-        let args = cmdline::qemu_args(spec, &resolved);
+        let mut qemu = host::qemu_binary();
+        let mut jail = None;
+        let args = if opts.confine {
+            let (j, jspec) = confine(spec, opts, kvm, !taps.is_empty(), &mut qemu)?;
+            jail = Some(j);
+            // QEMU sees its files where the jail puts them, and starts unprivileged.
+            resolved.console_log = Path::new(jail::JAIL_RUN).join("console.log");
+            resolved.pidfile = Path::new(jail::JAIL_RUN).join("qemu.pid");
+            resolved.run_as = None;
+            cmdline::qemu_args(&jspec, &resolved)
+        } else {
+            cmdline::qemu_args(spec, &resolved)
+        };
         tracing::debug!(partition = %spec.name, ?args, "starting QEMU");
         let log = std::fs::File::create(opts.qemu_log()).map_err(|e| {
             EngineError::Host(format!("creating {}: {e}", opts.qemu_log().display()))
@@ -333,15 +364,16 @@ impl Partition {
             .iter()
             .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL"))
             .collect();
-        let mut cmd = tokio::process::Command::new(host::qemu_binary());
+        let mut cmd = tokio::process::Command::new(&qemu);
         cmd.args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(false);
         // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe calls (setsid, fcntl, open, write, close) on
-        // data prepared before the fork.
+        // makes async-signal-safe calls (setsid, fcntl, open, write, close,
+        // and the jail's mount/mknod/pivot_root/setuid) on data prepared
+        // before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
@@ -368,12 +400,16 @@ impl Partition {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                // Last: the cgroups above are joined while still privileged.
+                if let Some(j) = &jail {
+                    j.enter()?;
+                }
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            EngineError::QemuStart(format!("{}: {e}", host::qemu_binary().display()))
-        })?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| EngineError::QemuStart(format!("{}: {e}", qemu.display())))?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
@@ -384,11 +420,13 @@ impl Partition {
         Ok((pid, child))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn connect(
         spec: PartitionSpec,
         opts: LaunchOptions,
         machine: ResolvedMachine,
         pid: u32,
+        id: Identity,
         taps: Vec<String>,
         child: Option<tokio::process::Child>,
     ) -> Result<Partition, EngineError> {
@@ -446,6 +484,9 @@ impl Partition {
             opts,
             machine,
             pid,
+            start_time: id.start_time,
+            proc_cmdline: id.cmdline,
+            pidfd: id.pidfd,
             qmp,
             agent,
             taps,
@@ -459,15 +500,49 @@ impl Partition {
 
     /// Re-attaches to a partition whose QEMU is still running (after the
     /// caller restarted), from its run directory.
+    ///
+    /// The pid must still be the QEMU that was started: after a host reboot
+    /// (or a QEMU that rewrote its pid file) it may be any other process, so
+    /// its start time and command line are checked against those recorded at
+    /// spawn before it is adopted, and it is signalled only through a pidfd.
     pub async fn adopt(spec: PartitionSpec, opts: LaunchOptions) -> Result<Partition, EngineError> {
-        let pid_text = std::fs::read_to_string(opts.pidfile()).map_err(|e| {
-            EngineError::NotRunning(format!("no pid file {}: {e}", opts.pidfile().display()))
-        })?;
-        let pid: u32 = pid_text.trim().parse().map_err(|_| {
-            EngineError::NotRunning(format!("bad pid file {}", opts.pidfile().display()))
-        })?;
+        let saved: Option<SavedState> = std::fs::read(opts.run_dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        // The engine's own record (root's run directory) over QEMU's pid file,
+        // which a confined QEMU can write.
+        let pid: u32 = match &saved {
+            Some(s) => s.pid,
+            None => {
+                let text = std::fs::read_to_string(opts.pidfile()).map_err(|e| {
+                    EngineError::NotRunning(format!(
+                        "no pid file {}: {e}",
+                        opts.pidfile().display()
+                    ))
+                })?;
+                text.trim().parse().map_err(|_| {
+                    EngineError::NotRunning(format!("bad pid file {}", opts.pidfile().display()))
+                })?
+            }
+        };
         if !pid_alive(pid) {
             return Err(EngineError::NotRunning(format!("QEMU pid {pid} is gone")));
+        }
+        let id = Identity::open(pid)
+            .ok_or_else(|| EngineError::NotRunning(format!("QEMU pid {pid} is gone")))?;
+        let ours = match saved.as_ref().and_then(|s| s.start_time.zip(s.cmdline.as_ref())) {
+            Some((start, cmdline)) => id.start_time == start && id.cmdline_args() == *cmdline,
+            // Recorded by an engine that kept no identity: at least its name.
+            None => id
+                .cmdline_args()
+                .iter()
+                .any(|a| a.starts_with(&format!("guest={},", spec.name))),
+        };
+        if !ours {
+            return Err(EngineError::NotRunning(format!(
+                "pid {pid} is not the QEMU started for {} (start time or command line differ); not adopted",
+                spec.name
+            )));
         }
         let machine = ResolvedMachine::for_spec(&spec);
         let taps = spec
@@ -478,10 +553,7 @@ impl Partition {
                     .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id))
             })
             .collect();
-        let saved: Option<SavedState> = std::fs::read(opts.run_dir.join("state.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let p = Self::connect(spec, opts, machine, pid, taps, None).await?;
+        let p = Self::connect(spec, opts, machine, pid, id, taps, None).await?;
         if let Some(s) = saved {
             *p.hotplugged.lock().expect("hotplug lock") = s.hotplugged;
         }
@@ -492,6 +564,8 @@ impl Partition {
         let s = SavedState {
             spec: self.spec.clone(),
             pid: self.pid,
+            start_time: Some(self.start_time),
+            cmdline: Some(split_cmdline(&self.proc_cmdline)),
             hotplugged: self.hotplugged.lock().expect("hotplug lock").clone(),
         };
         let path = self.opts.run_dir.join("state.json");
@@ -564,6 +638,26 @@ impl Partition {
     }
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// SIGKILL to this QEMU only: through the pidfd held since spawn or
+    /// adoption, so a reused pid is never hit.
+    fn signal_kill(&self) {
+        match &self.pidfd {
+            Some(fd) => {
+                // SAFETY: pidfd_send_signal with an fd we own and no siginfo.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    );
+                }
+            }
+            None => kill_pid(self.pid),
+        }
     }
     pub fn agent(&self) -> &AgentClient {
         &self.agent
@@ -670,7 +764,7 @@ impl Partition {
         if let Some(e) = self.exit_info() {
             return Ok(e);
         }
-        kill_pid(self.pid);
+        self.signal_kill();
         match self.wait_exit_for(Duration::from_secs(30)).await {
             Some(e) => Ok(e),
             None => Err(EngineError::Host(format!(
@@ -772,7 +866,7 @@ impl Drop for Partition {
     fn drop(&mut self) {
         self.monitor.abort();
         if self.opts.kill_on_drop && self.exit.borrow().is_none() {
-            kill_pid(self.pid);
+            self.signal_kill();
             remove_taps(&self.taps, self.opts.netns.as_deref());
         }
     }
@@ -782,7 +876,116 @@ impl Drop for Partition {
 struct SavedState {
     spec: PartitionSpec,
     pid: u32,
+    /// Identity of `pid` (see `Identity`); absent in older records.
+    #[serde(default)]
+    start_time: Option<u64>,
+    #[serde(default)]
+    cmdline: Option<Vec<String>>,
     hotplugged: BTreeMap<String, HotplugRecord>,
+}
+
+/// Prepares a confined QEMU: the files it needs given to its user (their
+/// owners recorded for `jail::restore_owners`), the jail that shows them,
+/// and the spec rewritten to where the jail puts the boot files. Disks and
+/// their backing files appear at their own (canonical) paths, so backing
+/// file names inside a qcow2 resolve as on the host.
+fn confine(
+    spec: &PartitionSpec,
+    opts: &LaunchOptions,
+    kvm: bool,
+    net: bool,
+    qemu: &mut PathBuf,
+) -> Result<(Jail, PartitionSpec), EngineError> {
+    let host_err = |p: &Path, e: std::io::Error| EngineError::Host(format!("{}: {e}", p.display()));
+    let user = opts.run_as.as_deref().map(jail::lookup_user).transpose()?;
+    let root = opts.run_dir.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| host_err(&root, e))?;
+    let run = Path::new(jail::JAIL_RUN);
+    let mut files = Vec::new();
+    // QEMU writes these two itself.
+    for (f, inside) in [
+        (opts.console_log(), "console.log"),
+        (opts.pidfile(), "qemu.pid"),
+    ] {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&f)
+            .map_err(|e| host_err(&f, e))?;
+        if let Some(u) = user {
+            std::os::unix::fs::chown(&f, Some(u.uid), Some(u.gid)).map_err(|e| host_err(&f, e))?;
+        }
+        files.push(Reveal {
+            host: f,
+            inside: run.join(inside),
+            writable: true,
+        });
+    }
+    let mut jspec = spec.clone();
+    let mut grants = Vec::new();
+    files.push(Reveal {
+        host: spec.boot.kernel.clone(),
+        inside: run.join("vmlinux"),
+        writable: false,
+    });
+    grants.push((spec.boot.kernel.clone(), false));
+    jspec.boot.kernel = run.join("vmlinux");
+    if let Some(i) = &spec.boot.initramfs {
+        files.push(Reveal {
+            host: i.clone(),
+            inside: run.join("initramfs"),
+            writable: false,
+        });
+        grants.push((i.clone(), false));
+        jspec.boot.initramfs = Some(run.join("initramfs"));
+    }
+    for a in jspec.adapters.iter_mut() {
+        let AdapterSpec::Disk(d) = a else { continue };
+        d.path = std::fs::canonicalize(&d.path).map_err(|e| host_err(&d.path, e))?;
+        files.push(Reveal {
+            host: d.path.clone(),
+            inside: d.path.clone(),
+            writable: !d.readonly,
+        });
+        grants.push((d.path.clone(), !d.readonly));
+        for b in d.backing.iter().flatten() {
+            files.push(Reveal {
+                host: b.path.clone(),
+                inside: b.path.clone(),
+                writable: false,
+            });
+            grants.push((b.path.clone(), false));
+        }
+    }
+    // The binary is found on PATH now; the jail holds /usr and nothing else.
+    let bin = host::find_binary(qemu)
+        .ok_or_else(|| EngineError::QemuStart(format!("{} not found", qemu.display())))?;
+    if !bin.starts_with("/usr/") {
+        files.push(Reveal {
+            host: bin.clone(),
+            inside: bin.clone(),
+            writable: false,
+        });
+    }
+    *qemu = bin;
+    if let Some(u) = user {
+        jail::grant(&opts.run_dir, u, &grants)?;
+    }
+    let mut devices = vec![
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+    ];
+    if net {
+        devices.push("/dev/net/tun");
+    }
+    if kvm {
+        devices.push("/dev/kvm");
+    }
+    let j = Jail::plan(&root, &devices, &files, user)?;
+    Ok((j, jspec))
 }
 
 fn remove_taps(taps: &[String], netns: Option<&str>) {
@@ -899,15 +1102,72 @@ async fn monitor(
     }
 }
 
-/// Waits for a process that is not our child to end, through a pidfd.
-async fn wait_pid_exit(pid: u32) {
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open has no memory arguments; the result is checked.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
     if fd < 0 {
-        return; // Already gone.
+        return None;
     }
     // SAFETY: the kernel just gave us this fd; we own it from here.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// What tells one process from another that later got the same pid.
+#[derive(Debug, Default)]
+struct Identity {
+    /// Start time, clock ticks after boot (/proc/PID/stat field 22).
+    start_time: u64,
+    cmdline: Vec<u8>,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Identity {
+    /// Reads the identity of `pid` and holds a pidfd on it.
+    fn read(pid: u32) -> Option<Identity> {
+        let pidfd = pidfd_open(pid);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised name start at field 3 (state).
+        let start_time = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(22 - 3)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(Identity {
+            start_time,
+            cmdline,
+            pidfd,
+        })
+    }
+
+    /// Like `read`, for a process that is not our child: the pidfd is taken
+    /// first, so what is read afterwards is the process the pidfd holds (a
+    /// pid reused in between shows a different start time).
+    fn open(pid: u32) -> Option<Identity> {
+        let id = Identity::read(pid)?;
+        id.pidfd.as_ref()?;
+        Some(id)
+    }
+
+    fn cmdline_args(&self) -> Vec<String> {
+        split_cmdline(&self.cmdline)
+    }
+}
+
+fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Waits for a process that is not our child to end, through a pidfd.
+async fn wait_pid_exit(pid: u32) {
+    let Some(owned) = pidfd_open(pid) else {
+        return; // Already gone.
+    };
     // SAFETY: the AsyncFd owns the pidfd, so it stays open for as long as
     // it is registered, and it is deregistered before it is closed on drop.
     if let Ok(afd) =

@@ -72,6 +72,18 @@ pub struct DiskSpec {
     pub format: DiskFormat,
     #[serde(default)]
     pub readonly: bool,
+    /// The qcow2 backing chain QEMU is held to, nearest first, as the
+    /// caller validated it: `Some(vec![])` pins "no backing file", whatever
+    /// the image header says. `None` lets QEMU follow the header.
+    #[serde(default)]
+    pub backing: Option<Vec<BackingFile>>,
+}
+
+/// One file of a qcow2 backing chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackingFile {
+    pub path: PathBuf,
+    pub format: DiskFormat,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +254,7 @@ impl PartitionSpec {
                 ));
             }
         }
+        check_cmdline(&self.boot.cmdline).map_err(EngineError::InvalidSpec)?;
         for o in &self.machine_options {
             if o.contains(',') || !o.contains('=') {
                 return bad(format!("machine option {o:?} must be one key=value"));
@@ -263,6 +276,18 @@ impl PartitionSpec {
             _ => None,
         })
     }
+}
+
+/// The extra kernel command line: one line, and balanced double quotes (an
+/// open quote would swallow the words the engine appends after it).
+pub fn check_cmdline(s: &str) -> Result<(), String> {
+    if s.len() > 2048 || s.contains(['\n', '\0']) {
+        return Err("cmdline must be one line of at most 2048 bytes".into());
+    }
+    if s.matches('"').count() % 2 != 0 {
+        return Err("cmdline has an unbalanced double quote".into());
+    }
+    Ok(())
 }
 
 pub fn valid_name(s: &str) -> bool {
@@ -328,6 +353,7 @@ mod tests {
             path: "/x.qcow2".into(),
             format: DiskFormat::Qcow2,
             readonly: false,
+            backing: None,
         }));
         s.adapters.push(AdapterSpec::Net(NetSpec {
             id: "n0".into(),

@@ -69,6 +69,7 @@ async fn vcpus_exec_and_disk_survive_graceful_stop() {
         path: disk.clone(),
         format: DiskFormat::Qcow2,
         readonly: false,
+        backing: None,
     }));
 
     let p = Partition::start(s.clone(), opts(&dir, "boot1"), READY)
@@ -203,6 +204,7 @@ async fn hotplugged_disk_appears_and_unplugs() {
         path: disk.clone(),
         format: DiskFormat::Raw,
         readonly: true,
+        backing: None,
     })
     .await
     .expect("hot-plug");
@@ -221,6 +223,7 @@ async fn hotplugged_disk_appears_and_unplugs() {
             path: disk,
             format: DiskFormat::Raw,
             readonly: true,
+            backing: None,
         })
         .await
         .unwrap_err();

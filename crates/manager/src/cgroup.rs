@@ -4,6 +4,8 @@
 //! v1 (this host: cpu, cpuacct and memory as separate hierarchies) uses
 //! `cpu.cfs_quota_us`/`cpu.cfs_period_us`, `cpuacct.usage`,
 //! `memory.limit_in_bytes`; v2 uses `cpu.max`, `cpu.stat` and `memory.max`.
+//! Both cap the number of tasks with `pids.max` where the pids controller is
+//! there (v1's own hierarchy, or enabled in the unified tree).
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -18,9 +20,12 @@ pub enum Layout {
         cpu: PathBuf,
         cpuacct: PathBuf,
         memory: PathBuf,
+        pids: Option<PathBuf>,
     },
     V2 {
         root: PathBuf,
+        /// The unified tree offers the pids controller.
+        pids: bool,
     },
 }
 
@@ -33,7 +38,7 @@ impl Layout {
     }
 
     fn from_mountinfo(info: &str, read: impl Fn(&Path) -> Option<String>) -> anyhow::Result<Self> {
-        let (mut cpu, mut cpuacct, mut memory) = (None, None, None);
+        let (mut cpu, mut cpuacct, mut memory, mut pids) = (None, None, None, None);
         for line in info.lines() {
             // "id parent maj:min root mountpoint opts [optional...] - fstype source superopts"
             let Some((left, right)) = line.split_once(" - ") else {
@@ -49,7 +54,8 @@ impl Layout {
                     let ctl = read(&root.join("cgroup.controllers")).unwrap_or_default();
                     let ctl: Vec<&str> = ctl.split_whitespace().collect();
                     if ctl.contains(&"cpu") && ctl.contains(&"memory") {
-                        return Ok(Self::V2 { root });
+                        let pids = ctl.contains(&"pids");
+                        return Ok(Self::V2 { root, pids });
                     }
                 }
                 "cgroup" => {
@@ -58,6 +64,7 @@ impl Layout {
                             "cpu" => cpu = Some(PathBuf::from(mountpoint)),
                             "cpuacct" => cpuacct = Some(PathBuf::from(mountpoint)),
                             "memory" => memory = Some(PathBuf::from(mountpoint)),
+                            "pids" => pids = Some(PathBuf::from(mountpoint)),
                             _ => {}
                         }
                     }
@@ -70,6 +77,7 @@ impl Layout {
                 cpu,
                 cpuacct,
                 memory,
+                pids,
             }),
             _ => bail!("no usable cgroup hierarchy: need cgroup v2 with cpu+memory, or v1 cpu, cpuacct and memory"),
         }
@@ -123,9 +131,10 @@ impl Cgroups {
         name: &str,
         cpu_percent: u32,
         memory_bytes: u64,
+        pids_max: u32,
     ) -> anyhow::Result<PartitionCgroup> {
         let cg = self.open(name);
-        let r = cg.create_inner(cpu_percent, memory_bytes);
+        let r = cg.create_inner(cpu_percent, memory_bytes, pids_max);
         if r.is_err() {
             let _ = cg.remove();
         }
@@ -136,7 +145,7 @@ impl Cgroups {
     pub fn list(&self) -> Vec<String> {
         let dir = match &self.layout {
             Layout::V1 { cpu, .. } => cpu.join(&self.base),
-            Layout::V2 { root } => root.join(&self.base),
+            Layout::V2 { root, .. } => root.join(&self.base),
         };
         std::fs::read_dir(dir)
             .map(|d| {
@@ -161,39 +170,40 @@ impl PartitionCgroup {
                 cpu,
                 cpuacct,
                 memory,
+                pids,
             } => {
                 let mut v = vec![cpu.join(&self.rel)];
                 // cpu and cpuacct are often co-mounted ("cpu,cpuacct").
-                if cpuacct != cpu {
-                    v.push(cpuacct.join(&self.rel));
-                }
-                if memory != cpu && memory != cpuacct {
-                    v.push(memory.join(&self.rel));
+                for h in [Some(cpuacct), Some(memory), pids.as_ref()].into_iter().flatten() {
+                    let d = h.join(&self.rel);
+                    if !v.contains(&d) {
+                        v.push(d);
+                    }
                 }
                 v
             }
-            Layout::V2 { root } => vec![root.join(&self.rel)],
+            Layout::V2 { root, .. } => vec![root.join(&self.rel)],
         }
     }
 
     fn cpu_dir(&self) -> PathBuf {
         match &self.layout {
             Layout::V1 { cpu, .. } => cpu.join(&self.rel),
-            Layout::V2 { root } => root.join(&self.rel),
+            Layout::V2 { root, .. } => root.join(&self.rel),
         }
     }
 
     fn memory_dir(&self) -> PathBuf {
         match &self.layout {
             Layout::V1 { memory, .. } => memory.join(&self.rel),
-            Layout::V2 { root } => root.join(&self.rel),
+            Layout::V2 { root, .. } => root.join(&self.rel),
         }
     }
 
     fn cpuacct_dir(&self) -> PathBuf {
         match &self.layout {
             Layout::V1 { cpuacct, .. } => cpuacct.join(&self.rel),
-            Layout::V2 { root } => root.join(&self.rel),
+            Layout::V2 { root, .. } => root.join(&self.rel),
         }
     }
 
@@ -209,7 +219,16 @@ impl PartitionCgroup {
         self.cpu_dir().is_dir()
     }
 
-    fn create_inner(&self, cpu_percent: u32, memory_bytes: u64) -> anyhow::Result<()> {
+    /// The pids.max file, where a pids controller is available.
+    pub fn pids_max_file(&self) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1 { pids, .. } => pids.as_ref().map(|p| p.join(&self.rel).join("pids.max")),
+            Layout::V2 { root, pids: true } => Some(root.join(&self.rel).join("pids.max")),
+            Layout::V2 { .. } => None,
+        }
+    }
+
+    fn create_inner(&self, cpu_percent: u32, memory_bytes: u64, pids_max: u32) -> anyhow::Result<()> {
         let quota = PERIOD_US * cpu_percent as u64 / 100;
         match &self.layout {
             Layout::V1 { .. } => {
@@ -225,22 +244,30 @@ impl PartitionCgroup {
                     &memory_bytes.to_string(),
                 )?;
             }
-            Layout::V2 { root } => {
-                // Every ancestor must delegate cpu and memory to its children.
+            Layout::V2 { root, pids } => {
+                // Every ancestor must delegate cpu and memory (and pids) to its children.
+                let ctl = if *pids {
+                    "+cpu +memory +pids"
+                } else {
+                    "+cpu +memory"
+                };
                 let mut dir = root.clone();
                 for comp in self.rel.parent().into_iter().flat_map(|p| p.components()) {
-                    write(&dir.join("cgroup.subtree_control"), "+cpu +memory")?;
+                    write(&dir.join("cgroup.subtree_control"), ctl)?;
                     dir = dir.join(comp);
                     std::fs::create_dir_all(&dir)
                         .with_context(|| format!("creating cgroup {}", dir.display()))?;
                 }
-                write(&dir.join("cgroup.subtree_control"), "+cpu +memory")?;
+                write(&dir.join("cgroup.subtree_control"), ctl)?;
                 let d = root.join(&self.rel);
                 std::fs::create_dir_all(&d)
                     .with_context(|| format!("creating cgroup {}", d.display()))?;
                 write(&d.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
                 write(&d.join("memory.max"), &memory_bytes.to_string())?;
             }
+        }
+        if let Some(f) = self.pids_max_file() {
+            write(&f, &pids_max.to_string())?;
         }
         Ok(())
     }
@@ -354,6 +381,7 @@ mod tests {
 25 24 0:22 / /sys/fs/cgroup/cpu rw,relatime shared:5 - cgroup cgroup rw,cpu
 26 24 0:23 / /sys/fs/cgroup/cpuacct rw,relatime shared:6 - cgroup cgroup rw,cpuacct
 28 24 0:25 / /sys/fs/cgroup/memory rw,relatime shared:8 - cgroup cgroup rw,memory
+29 24 0:26 / /sys/fs/cgroup/pids rw,relatime shared:9 - cgroup cgroup rw,pids
 33 24 0:30 / /sys/fs/cgroup/unified rw,relatime shared:13 - cgroup2 cgroup2 rw
 ";
 
@@ -365,7 +393,8 @@ mod tests {
             Layout::V1 {
                 cpu: "/sys/fs/cgroup/cpu".into(),
                 cpuacct: "/sys/fs/cgroup/cpuacct".into(),
-                memory: "/sys/fs/cgroup/memory".into()
+                memory: "/sys/fs/cgroup/memory".into(),
+                pids: Some("/sys/fs/cgroup/pids".into()),
             }
         );
     }
@@ -377,7 +406,8 @@ mod tests {
         assert_eq!(
             l,
             Layout::V2 {
-                root: "/sys/fs/cgroup".into()
+                root: "/sys/fs/cgroup".into(),
+                pids: true,
             }
         );
         let co = "1 1 0:1 / /c/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n1 1 0:2 / /c/memory rw - cgroup cgroup rw,memory\n";
@@ -396,8 +426,15 @@ mod tests {
         // A directory tree standing in for /sys/fs/cgroup: the files v2 expects.
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
-        let cgs = Cgroups::new(Layout::V2 { root: root.clone() }, "bulkhead", "inst");
-        let cg = cgs.create("web", 25, 300 << 20).unwrap();
+        let cgs = Cgroups::new(
+            Layout::V2 {
+                root: root.clone(),
+                pids: true,
+            },
+            "bulkhead",
+            "inst",
+        );
+        let cg = cgs.create("web", 25, 300 << 20, 99).unwrap();
         let d = root.join("bulkhead/inst/web");
         assert_eq!(
             std::fs::read_to_string(d.join("cpu.max")).unwrap(),
@@ -409,8 +446,9 @@ mod tests {
         );
         for p in ["", "bulkhead", "bulkhead/inst"] {
             let s = std::fs::read_to_string(root.join(p).join("cgroup.subtree_control")).unwrap();
-            assert_eq!(s, "+cpu +memory", "{p}");
+            assert_eq!(s, "+cpu +memory +pids", "{p}");
         }
+        assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "99");
         assert_eq!(cg.cpu_limit_percent().unwrap(), Some(25));
         assert_eq!(cg.procs_files(), vec![d.join("cgroup.procs")]);
         std::fs::write(d.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();

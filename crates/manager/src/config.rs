@@ -19,6 +19,32 @@ pub struct Config {
     pub capacity: CapacityConfig,
     pub partitions: PartitionDefaults,
     pub cgroup: CgroupConfig,
+    pub storage: StorageConfig,
+    pub qemu: QemuConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Directories partition disks (and their backing files) may come from;
+    /// `<data_dir>/storage` when empty. None may hold the data directory.
+    pub roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QemuConfig {
+    /// The unprivileged user every partition's QEMU runs as (scripts/bootstrap
+    /// creates it; bulkheadd refuses to start without it).
+    pub user: String,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            user: "bulkhead-qemu".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,6 +126,8 @@ impl Default for Config {
             capacity: CapacityConfig::default(),
             partitions: PartitionDefaults::default(),
             cgroup: CgroupConfig::default(),
+            storage: StorageConfig::default(),
+            qemu: QemuConfig::default(),
         }
     }
 }
@@ -191,6 +219,17 @@ impl Config {
         if self.capacity.cpu_overcommit.is_nan() || self.capacity.cpu_overcommit <= 0.0 {
             anyhow::bail!("capacity.cpu_overcommit must be positive");
         }
+        for r in &self.storage.roots {
+            if !r.is_absolute() {
+                anyhow::bail!("storage.roots: {} is not an absolute path", r.display());
+            }
+        }
+        if let Some(i) = &self.cgroup.instance {
+            // It names the cgroup subtree and the VLAN's nftables table.
+            if i.is_empty() || !i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                anyhow::bail!("cgroup.instance {i:?} must be letters, digits, '_' and '-'");
+            }
+        }
         Ok(())
     }
 
@@ -220,6 +259,15 @@ impl Config {
         }
         let canon = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
         format!("{:08x}", fnv1a(canon.as_os_str().as_encoded_bytes()) as u32)
+    }
+
+    /// The storage roots as configured (the default when none are).
+    pub fn storage_roots(&self) -> Vec<PathBuf> {
+        if self.storage.roots.is_empty() {
+            vec![self.data_dir.join("storage")]
+        } else {
+            self.storage.roots.clone()
+        }
     }
 
     pub fn gateway(&self) -> Ipv4Addr {

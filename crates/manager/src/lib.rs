@@ -10,5 +10,6 @@ pub mod manager;
 pub mod net;
 pub mod openapi;
 pub mod server;
+pub mod storage;
 
 pub use manager::Manager;

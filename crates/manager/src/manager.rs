@@ -7,6 +7,7 @@ use crate::capacity::{Capacity, Demand};
 use crate::cgroup::{Cgroups, Layout};
 use crate::config::Config;
 use crate::net::{self, Subnet};
+use crate::storage::Roots;
 use bulkhead_engine::{
     AdapterSpec, DiskFormat, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
 };
@@ -39,6 +40,8 @@ pub struct Manager {
     capacity: Capacity,
     subnet: Subnet,
     instance: String,
+    /// Where disks and images may come from.
+    roots: Roots,
     live: Mutex<HashMap<String, Live>>,
     /// One operation at a time per partition (start, stop, destroy...).
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -47,6 +50,10 @@ pub struct Manager {
     /// Partitions whose console is attached (one attachment at a time).
     consoles: Mutex<HashSet<String>>,
 }
+
+/// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
+/// RCU and I/O worker threads (its block thread pool alone may reach 64).
+const PIDS_BASE: u32 = 128;
 
 fn engine_err(e: impl std::fmt::Display) -> ApiError {
     ApiError::Engine(e.to_string())
@@ -61,6 +68,11 @@ impl Manager {
     /// the partitions a previous daemon left running.
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)?;
+        // QEMU never runs as root: without its user there is nothing to start.
+        bulkhead_engine::jail::lookup_user(&cfg.qemu.user).map_err(|e| {
+            anyhow::anyhow!("qemu.user: {e}; create it with scripts/bootstrap or name another")
+        })?;
+        let roots = Roots::open(&cfg.storage_roots(), &cfg.data_dir, &cfg.image_dir)?;
         let store = bulkhead_store::SqliteStore::open(&cfg.data_dir.join("state.db"))?;
         let layout = Layout::detect()?;
         let instance = cfg.cgroup_instance();
@@ -68,6 +80,7 @@ impl Manager {
         let capacity = Capacity::detect(&cfg.capacity);
         let subnet = Subnet::parse(&cfg.network.subnet)?;
         net::ensure_bridge(&cfg.network.bridge, &subnet)?;
+        net::ensure_filter(&instance)?;
         let m = Arc::new(Self {
             cfg,
             store: Arc::new(store),
@@ -75,6 +88,7 @@ impl Manager {
             capacity,
             subnet,
             instance,
+            roots,
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
@@ -299,21 +313,14 @@ impl Manager {
                 ));
             }
         }
+        self.roots.check_image(&image).map_err(ApiError::BadRequest)?;
         if let Some(cl) = &c.cmdline {
-            if cl.len() > 2048 || cl.contains('\n') {
-                return bad("cmdline must be one line of at most 2048 bytes".into());
-            }
+            bulkhead_engine::spec::check_cmdline(cl).map_err(ApiError::BadRequest)?;
         }
         for d in &c.disks {
-            if !Path::new(&d.path).is_absolute() || !Path::new(&d.path).exists() {
-                return bad(format!(
-                    "disk {:?} does not exist (absolute path needed)",
-                    d.path
-                ));
-            }
-            if d.format != "raw" && d.format != "qcow2" {
-                return bad(format!("disk format {:?} must be raw or qcow2", d.format));
-            }
+            self.roots
+                .check_disk(&d.path, &d.format)
+                .map_err(ApiError::BadRequest)?;
         }
         Ok(())
     }
@@ -388,6 +395,7 @@ impl Manager {
                     DiskFormat::Raw
                 },
                 readonly: d.readonly,
+                backing: None,
             }));
         }
         if let Some(n) = &rec.net {
@@ -403,9 +411,39 @@ impl Manager {
         spec
     }
 
+    /// The spec a start launches: image and disks checked against the
+    /// roots again (a path may have become a symlink since create), with
+    /// their canonical paths and each qcow2's backing chain pinned.
+    fn checked_spec(&self, rec: &PartitionRecord) -> Result<PartitionSpec, ApiError> {
+        let mut spec = self.spec_for(rec);
+        let image = self
+            .roots
+            .check_image(&self.image_dir(rec.image.as_deref()))
+            .map_err(ApiError::BadRequest)?;
+        spec.boot.kernel = image.join("vmlinux");
+        spec.boot.initramfs = Some(image.join("initramfs.cpio.gz"));
+        let mut disks = rec.disks.iter();
+        for a in spec.adapters.iter_mut() {
+            let (AdapterSpec::Disk(d), Some(r)) = (a, disks.next()) else {
+                continue;
+            };
+            let checked = self
+                .roots
+                .check_disk(&r.path, &r.format)
+                .map_err(ApiError::BadRequest)?;
+            d.path = checked.path;
+            d.backing = checked.backing;
+        }
+        spec.validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(spec)
+    }
+
     fn launch_options(&self, name: &str) -> LaunchOptions {
         let mut opts = LaunchOptions::new(self.run_dir(name));
         opts.cgroup_procs = self.cgroups.open(name).procs_files();
+        opts.run_as = Some(self.cfg.qemu.user.clone());
+        opts.confine = true;
         opts
     }
 
@@ -418,7 +456,9 @@ impl Manager {
         }
         bulkhead_engine::cleanup_leftovers(&self.spec_for(rec), &self.launch_options(&rec.name));
         if rec.net.is_some() {
-            let _ = net::delete_link(&net::tap_name(&self.instance, &rec.name));
+            let tap = net::tap_name(&self.instance, &rec.name);
+            let _ = net::delete_link(&tap);
+            net::unguard_tap(&self.instance, &tap);
         }
     }
 
@@ -441,9 +481,7 @@ impl Manager {
                 rec.state
             )));
         }
-        let spec = self.spec_for(&rec);
-        spec.validate()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let spec = self.checked_spec(&rec)?;
         let cg;
         {
             let _adm = self.admission.lock().await;
@@ -461,8 +499,21 @@ impl Manager {
             self.cleanup(&rec);
             cg = self
                 .cgroups
-                .create(name, rec.cpu_percent, self.memory_limit_mib(&rec) << 20)
+                .create(
+                    name,
+                    rec.cpu_percent,
+                    self.memory_limit_mib(&rec) << 20,
+                    PIDS_BASE + rec.vcpus,
+                )
                 .map_err(internal)?;
+            if let Some(n) = &rec.net {
+                let tap = net::tap_name(&self.instance, name);
+                let ip = net::addr_of(&n.ip).ok_or_else(|| internal("stored address"))?;
+                if let Err(e) = net::guard_tap(&self.instance, &tap, &n.mac, ip) {
+                    let _ = cg.remove();
+                    return Err(internal(e));
+                }
+            }
             let event = if by_policy {
                 "restarting (policy)"
             } else {
@@ -718,6 +769,8 @@ impl Manager {
         }
         let rec = self.get(name)?;
         self.cleanup(&rec);
+        // The disks QEMU's user was given go back to their owners.
+        bulkhead_engine::jail::restore_owners(&self.run_dir(name));
         let _ = std::fs::remove_dir_all(self.run_dir(name));
         self.store.delete(name, rec.revision)?;
         self.op_locks.lock().unwrap().remove(name);
@@ -880,6 +933,7 @@ impl Manager {
             if port.starts_with("bht") && !owned.contains(&port) {
                 tracing::info!(tap = %port, "removing orphan TAP");
                 let _ = net::delete_link(&port);
+                net::unguard_tap(&self.instance, &port);
             }
         }
         let known: HashSet<String> = self

@@ -125,6 +125,82 @@ pub fn delete_link(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The nftables table holding a daemon's anti-spoofing rules.
+pub fn filter_table(instance: &str) -> String {
+    format!("bulkhead-{instance}")
+}
+
+/// Feeds a script to `nft -f -`.
+fn nft(script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (nftables)")?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft: {}: {}",
+            script.trim().replace('\n', "; "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The VLAN's anti-spoofing table (nftables bridge family): one chain per
+/// partition TAP, reached through a verdict map keyed by the input port, so
+/// frames a partition sends are checked before the bridge forwards them or
+/// hands them to the host. Idempotent.
+pub fn ensure_filter(instance: &str) -> anyhow::Result<()> {
+    let t = filter_table(instance);
+    nft(&format!(
+        "add table bridge {t}\n\
+         add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n\
+         add map bridge {t} taps {{ type ifname : verdict; }}\n\
+         flush chain bridge {t} prerouting\n\
+         add rule bridge {t} prerouting iifname vmap @taps\n"
+    ))
+}
+
+/// Lets `tap` send only frames from its own MAC, IPv4 packets from its own
+/// address and ARP that names both as sender (an address probe's 0.0.0.0
+/// too); everything else it sends is dropped, as libvirt's clean-traffic
+/// filter does (no IPv6, no VLAN tags, no other ethertypes). Replaces any
+/// earlier rules for the TAP.
+pub fn guard_tap(instance: &str, tap: &str, mac: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let t = filter_table(instance);
+    let c = format!("bridge {t} {tap}");
+    nft(&format!(
+        "add chain {c}\n\
+         flush chain {c}\n\
+         add rule {c} ether saddr != {mac} drop\n\
+         add rule {c} ether type arp arp saddr ether != {mac} drop\n\
+         add rule {c} ether type arp arp saddr ip != {{ {ip}, 0.0.0.0 }} drop\n\
+         add rule {c} ether type arp accept\n\
+         add rule {c} ether type ip ip saddr != {ip} drop\n\
+         add rule {c} ether type ip accept\n\
+         add rule {c} drop\n\
+         add element bridge {t} taps {{ \"{tap}\" : jump {tap} }}\n"
+    ))
+}
+
+/// Removes a TAP's rules (nothing when there are none).
+pub fn unguard_tap(instance: &str, tap: &str) {
+    let t = filter_table(instance);
+    // Separate scripts: a missing element must not keep the chain.
+    let _ = nft(&format!("delete element bridge {t} taps {{ \"{tap}\" }}\n"));
+    let _ = nft(&format!("delete chain bridge {t} {tap}\n"));
+}
+
 /// The TAP name for a partition: short (IFNAMSIZ is 16), stable, and unique
 /// per daemon, so reconciliation can tell ours from others'.
 pub fn tap_name(instance: &str, partition: &str) -> String {

@@ -239,7 +239,7 @@ impl Drop for Daemon {
         self.kill9();
         // Kill every QEMU this daemon started (they are in its cgroups), then
         // remove the cgroups, TAPs and the bridge.
-        for h in ["cpu", "cpuacct", "memory"] {
+        for h in ["cpu", "cpuacct", "memory", "pids"] {
             let base = Path::new("/sys/fs/cgroup")
                 .join(h)
                 .join("bulkhead")
@@ -254,7 +254,7 @@ impl Drop for Daemon {
                 }
             }
         }
-        for h in ["cpu", "cpuacct", "memory"] {
+        for h in ["cpu", "cpuacct", "memory", "pids"] {
             let base = Path::new("/sys/fs/cgroup")
                 .join(h)
                 .join("bulkhead")
@@ -277,6 +277,9 @@ impl Drop for Daemon {
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "bridge", &format!("bulkhead-{}", self.instance)])
             .status();
     }
 }
