@@ -263,7 +263,8 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
 /// by node and ends in `"backing": null`, so QEMU opens exactly those files
 /// and never what a (crafted) image header names.
 pub fn blockdev(d: &DiskSpec) -> serde_json::Value {
-    let file = |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": p, "read-only": ro});
+    let file =
+        |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": p, "read-only": ro});
     let mut node = json!({
         "driver": d.format.as_str(),
         "node-name": format!("drive-{}", d.id),

@@ -328,8 +328,8 @@ pub fn grant(run_dir: &Path, user: User, paths: &[(PathBuf, bool)]) -> Result<()
         .unwrap_or_default();
     let mut changed = false;
     for (p, writable) in paths {
-        let m = std::fs::metadata(p)
-            .map_err(|e| EngineError::Host(format!("{}: {e}", p.display())))?;
+        let m =
+            std::fs::metadata(p).map_err(|e| EngineError::Host(format!("{}: {e}", p.display())))?;
         let mode = m.mode();
         let reachable = if m.uid() == user.uid {
             true

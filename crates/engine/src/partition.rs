@@ -17,8 +17,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::cmdline::{self, ResolvedMachine};
-use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
 use crate::jail::{self, Jail, Reveal};
+use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
 use crate::{host, tap, EngineError};
 
 /// Where and how a partition's QEMU runs, beyond what the spec says.
@@ -530,7 +530,10 @@ impl Partition {
         }
         let id = Identity::open(pid)
             .ok_or_else(|| EngineError::NotRunning(format!("QEMU pid {pid} is gone")))?;
-        let ours = match saved.as_ref().and_then(|s| s.start_time.zip(s.cmdline.as_ref())) {
+        let ours = match saved
+            .as_ref()
+            .and_then(|s| s.start_time.zip(s.cmdline.as_ref()))
+        {
             Some((start, cmdline)) => id.start_time == start && id.cmdline_args() == *cmdline,
             // Recorded by an engine that kept no identity: at least its name.
             None => id

@@ -174,7 +174,10 @@ impl PartitionCgroup {
             } => {
                 let mut v = vec![cpu.join(&self.rel)];
                 // cpu and cpuacct are often co-mounted ("cpu,cpuacct").
-                for h in [Some(cpuacct), Some(memory), pids.as_ref()].into_iter().flatten() {
+                for h in [Some(cpuacct), Some(memory), pids.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
                     let d = h.join(&self.rel);
                     if !v.contains(&d) {
                         v.push(d);
@@ -228,7 +231,12 @@ impl PartitionCgroup {
         }
     }
 
-    fn create_inner(&self, cpu_percent: u32, memory_bytes: u64, pids_max: u32) -> anyhow::Result<()> {
+    fn create_inner(
+        &self,
+        cpu_percent: u32,
+        memory_bytes: u64,
+        pids_max: u32,
+    ) -> anyhow::Result<()> {
         let quota = PERIOD_US * cpu_percent as u64 / 100;
         match &self.layout {
             Layout::V1 { .. } => {

@@ -226,7 +226,11 @@ impl Config {
         }
         if let Some(i) = &self.cgroup.instance {
             // It names the cgroup subtree and the VLAN's nftables table.
-            if i.is_empty() || !i.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if i.is_empty()
+                || !i
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 anyhow::bail!("cgroup.instance {i:?} must be letters, digits, '_' and '-'");
             }
         }

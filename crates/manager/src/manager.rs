@@ -313,7 +313,9 @@ impl Manager {
                 ));
             }
         }
-        self.roots.check_image(&image).map_err(ApiError::BadRequest)?;
+        self.roots
+            .check_image(&image)
+            .map_err(ApiError::BadRequest)?;
         if let Some(cl) = &c.cmdline {
             bulkhead_engine::spec::check_cmdline(cl).map_err(ApiError::BadRequest)?;
         }

@@ -61,11 +61,7 @@ impl Roots {
     }
 
     fn allowed(&self) -> String {
-        let v: Vec<String> = self
-            .roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect();
+        let v: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
         format!("storage roots [{}]", v.join(", "))
     }
 
@@ -77,10 +73,16 @@ impl Roots {
     /// `what` names it in errors ("disk /x", "backing file /y of disk /x").
     fn resolve(&self, path: &Path, what: &str) -> Result<PathBuf, String> {
         if !path.is_absolute() {
-            return Err(format!("{what} must be an absolute path"));
+            return Err(format!(
+                "{what} must be an absolute path in the {}",
+                self.allowed()
+            ));
         }
         if path.components().any(|c| c == Component::ParentDir) {
-            return Err(format!("{what} must not contain '..'"));
+            return Err(format!(
+                "{what} must not contain '..': name it inside the {}",
+                self.allowed()
+            ));
         }
         let canon = std::fs::canonicalize(path)
             .map_err(|_| format!("{what} does not exist (absolute path needed)"))?;
@@ -286,11 +288,16 @@ mod tests {
         let (t, r) = setup();
         let root = t.path().join("data/storage");
         std::fs::write(root.join("ok.img"), b"").unwrap();
-        assert!(r.check_disk(root.join("ok.img").to_str().unwrap(), "raw").is_ok());
+        assert!(r
+            .check_disk(root.join("ok.img").to_str().unwrap(), "raw")
+            .is_ok());
         std::os::unix::fs::symlink("/etc/passwd", root.join("link.img")).unwrap();
         let cases = [
             ("/dev/null", "host device"),
-            (t.path().join("data/state.db").to_str().unwrap(), "data directory"),
+            (
+                t.path().join("data/state.db").to_str().unwrap(),
+                "data directory",
+            ),
             (root.join("link.img").to_str().unwrap(), "through a symlink"),
             ("/etc/passwd", "outside the storage roots"),
             ("relative.img", "absolute"),
@@ -314,8 +321,15 @@ mod tests {
         let top = root.join("top.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
         qemu_img(&[
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-            base.to_str().unwrap(), top.to_str().unwrap(),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            base.to_str().unwrap(),
+            top.to_str().unwrap(),
         ]);
         let d = r.check_disk(base.to_str().unwrap(), "qcow2").unwrap();
         assert_eq!(d.backing, Some(vec![]));
@@ -329,11 +343,25 @@ mod tests {
         );
         // Backing file outside the roots.
         let outside = t.path().join("outside.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", outside.to_str().unwrap(), "16M"]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            outside.to_str().unwrap(),
+            "16M",
+        ]);
         let evil = root.join("evil.qcow2");
         qemu_img(&[
-            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-            outside.to_str().unwrap(), evil.to_str().unwrap(),
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            outside.to_str().unwrap(),
+            evil.to_str().unwrap(),
         ]);
         let e = r.check_disk(evil.to_str().unwrap(), "qcow2").unwrap_err();
         assert!(e.contains("backing file") && e.contains("outside"), "{e}");

@@ -279,7 +279,12 @@ impl Drop for Daemon {
             .args(["link", "del", &self.bridge])
             .status();
         let _ = Command::new("nft")
-            .args(["delete", "table", "bridge", &format!("bulkhead-{}", self.instance)])
+            .args([
+                "delete",
+                "table",
+                "bridge",
+                &format!("bulkhead-{}", self.instance),
+            ])
             .status();
     }
 }
