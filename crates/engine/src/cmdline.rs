@@ -417,6 +417,54 @@ mod tests {
     }
 
     #[test]
+    fn the_engines_address_comes_after_the_users_words() {
+        let mut s = spec();
+        s.boot.cmdline = "loglevel=7 bulkhead.ip=10.0.0.9/24".into();
+        let line = kernel_cmdline(&s, false, None);
+        let mine = line.rfind("bulkhead.ip=10.0.0.2/24").unwrap();
+        assert!(
+            line.find("bulkhead.ip=10.0.0.9/24").unwrap() < mine,
+            "{line}"
+        );
+        assert!(crate::spec::check_cmdline("a=\"b c\"").is_ok());
+        assert!(crate::spec::check_cmdline("a=\"b").is_err());
+    }
+
+    #[test]
+    fn backing_chains_are_pinned_in_the_blockdev() {
+        use crate::spec::BackingFile;
+        let mut d = DiskSpec {
+            id: "d0".into(),
+            path: "/lu/top.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            readonly: false,
+            backing: None,
+        };
+        assert!(
+            blockdev(&d).get("backing").is_none(),
+            "unchecked: QEMU follows the header"
+        );
+        d.backing = Some(vec![]);
+        assert_eq!(blockdev(&d)["backing"], serde_json::Value::Null);
+        d.backing = Some(vec![
+            BackingFile {
+                path: "/lu/mid.qcow2".into(),
+                format: DiskFormat::Qcow2,
+            },
+            BackingFile {
+                path: "/lu/base.img".into(),
+                format: DiskFormat::Raw,
+            },
+        ]);
+        let b = blockdev(&d);
+        assert_eq!(b["backing"]["file"]["filename"], "/lu/mid.qcow2");
+        assert_eq!(b["backing"]["read-only"], true);
+        assert_eq!(b["backing"]["backing"]["file"]["filename"], "/lu/base.img");
+        assert_eq!(b["backing"]["backing"]["driver"], "raw");
+        assert!(b["backing"]["backing"].get("backing").is_none());
+    }
+
+    #[test]
     fn console_log_path_commas_are_escaped() {
         let mut r = resolved(ResolvedMachine::Microvm, false);
         r.console_log = "/run/a,b/console.log".into();

@@ -284,7 +284,7 @@ pub fn check_cmdline(s: &str) -> Result<(), String> {
     if s.len() > 2048 || s.contains(['\n', '\0']) {
         return Err("cmdline must be one line of at most 2048 bytes".into());
     }
-    if s.matches('"').count() % 2 != 0 {
+    if !s.matches('"').count().is_multiple_of(2) {
         return Err("cmdline has an unbalanced double quote".into());
     }
     Ok(())

@@ -192,6 +192,7 @@ async fn qemu_runs_unprivileged_in_its_own_mount_namespace() {
     let uid = qemu_uid();
     let data = d.dir.path().join("data");
     let root = data.join("storage");
+    std::fs::create_dir_all(&root).unwrap();
     // A qcow2 over a backing file that carries a pattern the guest must see:
     // the pinned chain is opened inside the jail.
     let base = root.join("base.qcow2");
