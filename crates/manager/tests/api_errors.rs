@@ -295,9 +295,10 @@ async fn state_survives_a_daemon_restart() {
 #[tokio::test]
 async fn a_start_that_fails_leaves_nothing_behind() {
     let d = Daemon::start(Opts::default());
-    // An image whose kernel is garbage: QEMU refuses it.
-    let img = d.dir.path().join("bad-image");
-    std::fs::create_dir(&img).unwrap();
+    // An image whose kernel is garbage: QEMU refuses it. (In the storage
+    // root: an image directory must be there or the configured one.)
+    let img = d.dir.path().join("data/storage/bad-image");
+    std::fs::create_dir_all(&img).unwrap();
     std::fs::write(img.join("vmlinux"), vec![0u8; 1 << 20]).unwrap();
     std::fs::copy(
         common::image_dir().join("initramfs.cpio.gz"),
