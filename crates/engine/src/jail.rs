@@ -328,8 +328,16 @@ pub fn grant(run_dir: &Path, user: User, paths: &[(PathBuf, bool)]) -> Result<()
         .unwrap_or_default();
     let mut changed = false;
     for (p, writable) in paths {
-        let m =
-            std::fs::metadata(p).map_err(|e| EngineError::Host(format!("{}: {e}", p.display())))?;
+        // Canonical paths name regular files; anything else here was swapped
+        // in since they were checked, and chown would follow it.
+        let m = std::fs::symlink_metadata(p)
+            .map_err(|e| EngineError::Host(format!("{}: {e}", p.display())))?;
+        if !m.file_type().is_file() {
+            return Err(EngineError::InvalidSpec(format!(
+                "{} is no longer a regular file",
+                p.display()
+            )));
+        }
         let mode = m.mode();
         let reachable = if m.uid() == user.uid {
             true
