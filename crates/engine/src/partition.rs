@@ -840,6 +840,12 @@ async fn monitor(
             _ = &mut closed => break,
         }
     }
+    if let Some(why) = qmp.failure() {
+        // We closed QMP on a QEMU that broke the protocol: it can no longer
+        // be driven, so it must not run on unsupervised.
+        tracing::warn!(pid, error = %why, "QEMU broke QMP; killing it");
+        kill_pid(pid);
+    }
     // Late events queued before the close.
     while let Ok(ev) = events.try_recv() {
         if ev.name == "SHUTDOWN" {
