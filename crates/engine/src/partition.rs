@@ -39,6 +39,10 @@ pub struct LaunchOptions {
     /// Off for a manager, whose partitions outlive it.
     #[serde(default)]
     pub kill_on_drop: bool,
+    /// QEMU gets SIGKILL when this process dies, even by SIGKILL (foreground
+    /// runs). Off for a manager, whose partitions it re-adopts.
+    #[serde(default)]
+    pub die_with_parent: bool,
     /// Named network namespace (`ip netns`) QEMU and its TAPs live in; the
     /// host's own when absent.
     #[serde(default)]
@@ -53,6 +57,7 @@ impl LaunchOptions {
             sandbox: true,
             run_as: None,
             kill_on_drop: false,
+            die_with_parent: false,
             netns: None,
         }
     }
@@ -371,7 +376,13 @@ impl Partition {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
+        let child = if opts.die_with_parent {
+            crate::pdeath::die_with_parent(&mut cmd);
+            crate::pdeath::spawn(cmd).await
+        } else {
+            cmd.spawn()
+        };
+        let child = child.map_err(|e| {
             EngineError::QemuStart(format!("{}: {e}", host::qemu_binary().display()))
         })?;
         let pid = child
