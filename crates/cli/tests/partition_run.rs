@@ -105,6 +105,14 @@ impl Run {
         true
     }
 
+    fn expect_console(&mut self, what: &str, why: &str) {
+        assert!(
+            self.console_shows(what, Duration::from_secs(60)),
+            "{why}; console:\n{}",
+            String::from_utf8_lossy(&self.out_seen)
+        );
+    }
+
     /// Types `line` on the console until `expect` comes back: the serial
     /// port drops what arrives before the guest's shell opens it.
     fn type_until(&mut self, line: &str, expect: &str) {
@@ -301,18 +309,10 @@ fn the_console_runs_a_shell_with_job_control() {
     // Ctrl-C reaches the foreground job: the console is the shell's
     // controlling terminal. The job reports itself running before we press it.
     run.type_raw(b"sh -c 'echo sleeping-$((1+2)); exec sleep 600'\n");
-    assert!(
-        run.console_shows("sleeping-3", Duration::from_secs(60)),
-        "{}",
-        String::from_utf8_lossy(&run.out_seen)
-    );
+    run.expect_console("sleeping-3", "the job did not start");
     run.type_raw(b"\x03");
     run.type_raw(b"echo after-ctrl-c-$((3*5))\n");
-    assert!(
-        run.console_shows("after-ctrl-c-15", Duration::from_secs(60)),
-        "Ctrl-C did not end the foreground job; console:\n{}",
-        String::from_utf8_lossy(&run.out_seen)
-    );
+    run.expect_console("after-ctrl-c-15", "Ctrl-C did not end the foreground job");
     // A shell that exits is replaced.
     run.type_raw(b"exit\n");
     run.type_until("echo again-$((5*5))\n", "again-25");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bulkhead_qmp::{Limits, QmpClient, QmpError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Notify};
 
@@ -21,17 +21,8 @@ const BOUND: Duration = Duration::from_secs(30);
 fn fake_qemu(peer: UnixStream, gate: Option<Arc<Notify>>) -> mpsc::UnboundedReceiver<Value> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let (read, mut write) = peer.into_split();
-        write
-            .write_all(format!("{GREETING}\n").as_bytes())
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(read);
+        let (mut lines, write) = greet(peer).await;
         let mut line = String::new();
-        // qmp_capabilities
-        lines.read_line(&mut line).await.unwrap();
-        let id = serde_json::from_str::<Value>(&line).unwrap()["id"].clone();
-        reply(&mut write, &id).await;
         if let Some(gate) = gate {
             gate.notified().await;
         }
@@ -55,6 +46,21 @@ fn fake_qemu(peer: UnixStream, gate: Option<Arc<Notify>>) -> mpsc::UnboundedRece
     rx
 }
 
+/// Sends the greeting and answers qmp_capabilities.
+async fn greet(peer: UnixStream) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
+    let (read, mut write) = peer.into_split();
+    write
+        .write_all(format!("{GREETING}\n").as_bytes())
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    lines.read_line(&mut line).await.unwrap();
+    let id = serde_json::from_str::<Value>(&line).unwrap()["id"].clone();
+    reply(&mut write, &id).await;
+    (lines, write)
+}
+
 async fn reply(write: &mut OwnedWriteHalf, id: &Value) {
     let line = format!("{}\n", json!({ "return": {}, "id": id }));
     let _ = write.write_all(line.as_bytes()).await;
@@ -69,19 +75,10 @@ async fn endless_line_is_cut_at_the_cap_and_closes_the_session() {
         ..Limits::default()
     };
     let peer_task = tokio::spawn(async move {
-        let (read, mut write) = peer.into_split();
-        write
-            .write_all(format!("{GREETING}\n").as_bytes())
-            .await
-            .unwrap();
-        let mut lines = BufReader::new(read);
+        let (mut lines, mut write) = greet(peer).await;
         let mut line = String::new();
-        lines.read_line(&mut line).await.unwrap();
-        let id = serde_json::from_str::<Value>(&line).unwrap()["id"].clone();
-        reply(&mut write, &id).await;
         // The next command's reply never ends. Count what the client takes
         // before it hangs up; stop on our own well past any sane bound.
-        line.clear();
         lines.read_line(&mut line).await.unwrap();
         write.write_all(br#"{"return": ""#).await.unwrap();
         let chunk = vec![b'x'; 64 * 1024];
