@@ -14,7 +14,14 @@ pub enum PartitionCommand {
 
 pub fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
     match cmd {
-        PartitionCommand::Run(args) => runtime()?.block_on(bulkhead_engine::cli::run(args)),
+        PartitionCommand::Run(args) => {
+            let rt = runtime()?;
+            let result = rt.block_on(bulkhead_engine::cli::run(args));
+            // The console's stdin reader blocks in read(2), which nothing can
+            // cancel: waiting for it would hang the exit until Enter is pressed.
+            rt.shutdown_background();
+            result
+        }
         PartitionCommand::Api(c) => runtime()?.block_on(bulkhead_manager::cli::run(c)),
     }
 }

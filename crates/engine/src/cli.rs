@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::spec::{
     parse_mib, AdapterSpec, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec,
@@ -14,8 +15,9 @@ use crate::{LaunchOptions, Partition};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Guest image directory (vmlinux and initramfs.cpio.gz), as `bulkhead image build` writes it.
-    #[arg(long, env = "BULKHEAD_IMAGE_DIR")]
+    /// Guest image directory (vmlinux and initramfs.cpio.gz), as `bulkhead image build` writes it;
+    /// by default the daemon's: $BULKHEAD_IMAGE_DIR, else ~/.cache/bulkhead/image.
+    #[arg(long, default_value_os_t = crate::default_image_dir(), hide_default_value = true)]
     pub image: PathBuf,
     #[arg(long, default_value = "run")]
     pub name: String,
@@ -94,22 +96,57 @@ impl RunArgs {
     }
 }
 
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal went away) all stop the
+/// partition: none of them may leave QEMU running with nobody to stop it.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<StopSignals> {
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// A status line on stderr. After SIGHUP the terminal may be gone, and a
+/// failed write must not end us before QEMU is stopped (`eprintln!` panics).
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let spec = args.to_spec()?;
-    // Listen for Ctrl-C before anything starts, so an early one stops the
-    // partition instead of killing this process and leaving QEMU behind.
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    // Listen for the stop signals before anything starts, so an early one
+    // stops the partition instead of killing this process and leaving QEMU.
+    let mut stop = StopSignals::new()?;
     let run_dir =
         std::env::temp_dir().join(format!("bulkhead-run-{}-{}", spec.name, std::process::id()));
     let mut opts = LaunchOptions::new(&run_dir);
     opts.kill_on_drop = true;
+    // And if we die anyway (SIGKILL), QEMU dies with us.
+    opts.die_with_parent = true;
     let part = Partition::launch(spec, opts)
         .await
         .context("starting the partition")?;
-    eprintln!(
+    say(format_args!(
         "bulkhead: partition started (QEMU pid {}); Ctrl-C stops it",
         part.pid()
-    );
+    ));
 
     // The console: guest output to our stdout, our stdin to the guest.
     let console = tokio::net::UnixStream::connect(part.console_socket())
@@ -134,35 +171,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drop(con_w);
     });
 
-    let mut interrupted = false;
+    let mut interrupted = None;
     let ready = tokio::select! {
         r = part.wait_ready(Duration::from_secs(args.ready_timeout)) => r,
-        _ = interrupt.recv() => {
-            interrupted = true;
-            Err(crate::EngineError::NotRunning("interrupted before the agent was ready".into()))
+        sig = stop.recv() => {
+            interrupted = Some(sig);
+            Err(crate::EngineError::NotRunning(format!("{sig} before the agent was ready")))
         }
     };
     match &ready {
-        Ok(r) => eprintln!(
+        Ok(r) => say(format_args!(
             "bulkhead: agent ready: {} vCPU(s), kernel {}, guest boot {} ms",
             r.ncpus, r.kernel_release, r.boot_ms
-        ),
-        Err(e) => eprintln!("bulkhead: {e}"),
+        )),
+        Err(e) => say(format_args!("bulkhead: {e}")),
     }
-    let exit = if interrupted {
+    let exit = if interrupted.is_some() {
         part.stop(Duration::from_secs(30)).await?
     } else {
         tokio::select! {
             e = part.wait_exit() => e,
-            _ = interrupt.recv() => {
-                eprintln!("\nbulkhead: stopping");
+            sig = stop.recv() => {
+                say(format_args!("\nbulkhead: {sig}: stopping"));
                 part.stop(Duration::from_secs(30)).await?
             }
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), out).await;
     let _ = std::fs::remove_dir_all(&run_dir);
-    eprintln!("bulkhead: partition ended: {}", exit.reason);
+    say(format_args!("bulkhead: partition ended: {}", exit.reason));
     ready?;
     if exit.is_failure() {
         anyhow::bail!("partition failed: {}", exit.reason);

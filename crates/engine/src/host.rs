@@ -15,6 +15,23 @@ pub struct HostInfo {
     pub memory_mib: u64,
 }
 
+/// The guest image directory when none is given: `$BULKHEAD_IMAGE_DIR`, else
+/// `~/.cache/bulkhead/image`, where `make image` puts it. The daemon's config
+/// and `bulkhead partition run` both default to it.
+pub fn default_image_dir() -> PathBuf {
+    image_dir_from(
+        std::env::var_os("BULKHEAD_IMAGE_DIR"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn image_dir_from(env: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
+    match env.filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(home.unwrap_or_else(|| "/root".into())).join(".cache/bulkhead/image"),
+    }
+}
+
 pub fn probe() -> HostInfo {
     let sys = Path::new("/sys/module");
     let hardware_kvm = Path::new("/dev/kvm").exists()
@@ -70,6 +87,20 @@ pub fn find_binary(name: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_dir_is_the_env_else_the_cache() {
+        assert_eq!(
+            image_dir_from(Some("/img".into()), Some("/home/u".into())),
+            PathBuf::from("/img")
+        );
+        for env in [None, Some("".into())] {
+            assert_eq!(
+                image_dir_from(env, Some("/home/u".into())),
+                PathBuf::from("/home/u/.cache/bulkhead/image")
+            );
+        }
+    }
 
     #[test]
     fn parses_cpuinfo_and_meminfo() {

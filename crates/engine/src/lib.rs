@@ -6,12 +6,14 @@ pub mod cmdline;
 pub mod host;
 pub mod jail;
 mod partition;
+mod pdeath;
 pub mod spec;
 mod tap;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use host::default_image_dir;
 pub use partition::{
     tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
 };

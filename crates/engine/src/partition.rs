@@ -47,6 +47,10 @@ pub struct LaunchOptions {
     /// Off for a manager, whose partitions outlive it.
     #[serde(default)]
     pub kill_on_drop: bool,
+    /// QEMU gets SIGKILL when this process dies, even by SIGKILL (foreground
+    /// runs). Off for a manager, whose partitions it re-adopts.
+    #[serde(default)]
+    pub die_with_parent: bool,
     /// Named network namespace (`ip netns`) QEMU and its TAPs live in; the
     /// host's own when absent.
     #[serde(default)]
@@ -62,6 +66,7 @@ impl LaunchOptions {
             run_as: None,
             confine: false,
             kill_on_drop: false,
+            die_with_parent: false,
             netns: None,
         }
     }
@@ -407,9 +412,15 @@ impl Partition {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| EngineError::QemuStart(format!("{}: {e}", qemu.display())))?;
+        let child = if opts.die_with_parent {
+            crate::pdeath::die_with_parent(&mut cmd);
+            crate::pdeath::spawn(cmd).await
+        } else {
+            cmd.spawn()
+        };
+        let child = child.map_err(|e| {
+            EngineError::QemuStart(format!("{}: {e}", qemu.display()))
+        })?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
@@ -1045,6 +1056,12 @@ async fn monitor(
             },
             _ = &mut closed => break,
         }
+    }
+    if let Some(why) = qmp.failure() {
+        // We closed QMP on a QEMU that broke the protocol: it can no longer
+        // be driven, so it must not run on unsupervised.
+        tracing::warn!(pid, error = %why, "QEMU broke QMP; killing it");
+        kill_pid(pid);
     }
     // Late events queued before the close.
     while let Ok(ev) = events.try_recv() {

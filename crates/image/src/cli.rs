@@ -62,7 +62,7 @@ pub struct RootfsArgs {
     /// Debian suite.
     #[arg(long, default_value = "bookworm")]
     pub suite: String,
-    /// Debian mirror (default: the one apt uses).
+    /// Debian mirror (default: the first one in apt's sources; an error when there is none).
     #[arg(long)]
     pub mirror: Option<String>,
     /// Host name written to /etc/hostname.
@@ -113,8 +113,12 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         }
         ImageCommand::Rootfs(a) => {
             let Some(out) = a.out else {
-                let mirror = a.mirror.unwrap_or_else(rootfs::apt_mirror);
-                rootfs::prefetch(&a.suite, &mirror, &crate::cache_dir(), &mut progress)?;
+                rootfs::prefetch(
+                    &a.suite,
+                    a.mirror.as_deref(),
+                    &crate::cache_dir(),
+                    &mut progress,
+                )?;
                 return Ok(());
             };
             let mut opts = RootfsOptions::new(out);

@@ -62,40 +62,107 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
     n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(bad)
 }
 
-/// The first Debian (non-security) mirror in apt's sources, else deb.debian.org.
-pub fn apt_mirror() -> String {
-    let mut texts = Vec::new();
-    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
-        texts.push(t);
-    }
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut paths: Vec<_> = dir.flatten().map(|e| e.path()).collect();
-        paths.sort();
-        for p in paths {
-            if let Ok(t) = std::fs::read_to_string(&p) {
-                texts.push(t);
-            }
-        }
-    }
-    mirror_from_sources(&texts.join("\n")).unwrap_or_else(|| "http://deb.debian.org/debian".into())
+/// Where apt keeps its sources; [`apt_mirror_in`] reads below it.
+pub const APT_ETC: &str = "/etc/apt";
+
+/// The first Debian (non-security) mirror in apt's own sources.
+pub fn apt_mirror() -> Result<String, Error> {
+    apt_mirror_in(Path::new(APT_ETC))
 }
 
-fn mirror_from_sources(text: &str) -> Option<String> {
-    let looks_debian = |u: &str| u.contains("/debian") && !u.contains("security");
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("URIs:") {
-            if let Some(u) = rest.split_whitespace().find(|u| looks_debian(u)) {
-                return Some(u.trim_end_matches('/').into());
-            }
-        } else if let Some(rest) = line.strip_prefix("deb ") {
-            let u = rest.split_whitespace().find(|w| !w.starts_with('['));
-            if let Some(u) = u.filter(|u| looks_debian(u)) {
-                return Some(u.trim_end_matches('/').into());
+/// The first Debian (non-security) mirror in `etc_apt`'s `sources.list`, then
+/// `sources.list.d/*.list` and deb822 `*.sources` in name order, as apt reads
+/// them. No built-in fallback: a mirror we were not told about is not ours to
+/// pick, so none configured is an error that says how to give one.
+pub fn apt_mirror_in(etc_apt: &Path) -> Result<String, Error> {
+    let list = etc_apt.join("sources.list");
+    let dir = etc_apt.join("sources.list.d");
+    let mut files = vec![(list.clone(), false)];
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            match p.extension().and_then(|x| x.to_str()) {
+                Some("list") => files.push((p, false)),
+                Some("sources") => files.push((p, true)),
+                _ => {}
             }
         }
     }
-    None
+    for (path, deb822) in files {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let found = if deb822 {
+            mirror_from_deb822(&text)
+        } else {
+            mirror_from_list(&text)
+        };
+        if let Some(m) = found {
+            return Ok(m);
+        }
+    }
+    Err(Error::Invalid(format!(
+        "no Debian mirror configured in apt's sources ({}, {}/*.list, {}/*.sources); \
+         configure one for apt or pass --mirror URL",
+        list.display(),
+        dir.display(),
+        dir.display()
+    )))
+}
+
+fn looks_debian(uri: &str) -> bool {
+    uri.contains("/debian") && !uri.contains("security")
+}
+
+/// One-line style: `deb [options] URI suite components`.
+fn mirror_from_list(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("deb "))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let mut w = words.next()?;
+            // Options are `[a=b c=d]`, possibly spanning several words.
+            if w.starts_with('[') {
+                while !w.ends_with(']') {
+                    w = words.next()?;
+                }
+                w = words.next()?;
+            }
+            Some(w)
+        })
+        .find(|u| looks_debian(u))
+        .map(|u| u.trim_end_matches('/').to_string())
+}
+
+/// deb822 style: stanzas of `Field: value` lines separated by blank lines; a
+/// stanza counts when its Types include `deb` and it is not `Enabled: no`.
+fn mirror_from_deb822(text: &str) -> Option<String> {
+    let mut stanzas = vec![Vec::new()];
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            stanzas.push(Vec::new());
+        } else if !line.trim_start().starts_with('#') {
+            stanzas.last_mut().expect("never empty").push(line);
+        }
+    }
+    stanzas.iter().find_map(|st| {
+        let field = |name: &str| {
+            st.iter().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        };
+        let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        let enabled = field("Enabled").is_none_or(|e| !e.eq_ignore_ascii_case("no"));
+        if !(is_deb && enabled) {
+            return None;
+        }
+        field("URIs")?
+            .split_whitespace()
+            .find(|u| looks_debian(u))
+            .map(|u| u.trim_end_matches('/').to_string())
+    })
 }
 
 /// Makes sure the debootstrap package set of `suite` is cached (downloading
@@ -104,7 +171,7 @@ fn mirror_from_sources(text: &str) -> Option<String> {
 /// included, needs no network.
 pub fn prefetch(
     suite: &str,
-    mirror: &str,
+    mirror: Option<&str>,
     cache: &Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, Error> {
@@ -118,6 +185,10 @@ pub fn prefetch(
         ));
         return Ok(tarball);
     }
+    let mirror = match mirror {
+        Some(m) => m.to_string(),
+        None => apt_mirror()?,
+    };
     progress(&format!(
         "[1/5] downloading {suite} minbase packages from {mirror} (cached as {})",
         tarball.display()
@@ -132,7 +203,7 @@ pub fn prefetch(
         .arg(format!("--make-tarball={}", tmp.display()))
         .arg(suite)
         .arg(work.path().join("dl"))
-        .arg(mirror))?;
+        .arg(&mirror))?;
     std::fs::rename(&tmp, &tarball).map_err(|e| Error::io(&tarball, e))?;
     Ok(tarball)
 }
@@ -153,8 +224,10 @@ pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let mirror = opts.mirror.clone().unwrap_or_else(apt_mirror);
-    let tarball = prefetch(&opts.suite, &mirror, &opts.cache, progress)?;
+    // A cached package set needs no mirror; debootstrap then only writes the
+    // LU's own sources.list from it, when one is known.
+    let mirror = opts.mirror.clone().or_else(|| apt_mirror().ok());
+    let tarball = prefetch(&opts.suite, mirror.as_deref(), &opts.cache, progress)?;
     let cache = opts.cache.join("debootstrap");
     let work = tempfile::Builder::new()
         .prefix(".rootfs-")
@@ -171,7 +244,7 @@ pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<()
         .arg(format!("--unpack-tarball={}", tarball.display()))
         .arg(&opts.suite)
         .arg(&root)
-        .arg(&mirror))?;
+        .args(&mirror))?;
 
     progress("[3/5] installing bulkhead-agent at /usr/sbin/bulkhead-agent");
     let agent_dst = root.join("usr/sbin/bulkhead-agent");
@@ -235,22 +308,50 @@ mod tests {
     }
 
     #[test]
-    fn mirrors() {
-        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\
-                      Types: deb\nURIs: http://deb.debian.org/debian-security\n";
+    fn mirrors_come_only_from_apt_sources() {
+        let etc = tempfile::tempdir().unwrap();
+        let err = apt_mirror_in(etc.path()).unwrap_err().to_string();
+        assert!(err.contains("no Debian mirror configured"), "{err}");
+        assert!(err.contains("--mirror"), "{err}");
+
+        let d = etc.path().join("sources.list.d");
+        std::fs::create_dir(&d).unwrap();
+        // Files apt does not read, a disabled stanza, a deb-src stanza and the
+        // security archive are all skipped.
+        std::fs::write(
+            d.join("old.list.save"),
+            "deb http://a.example.org/debian x main\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("a.sources"),
+            "Types: deb\nURIs: http://b.example.org/debian\nEnabled: no\n\n\
+             Types: deb-src\nURIs: http://c.example.org/debian\n\n\
+             Types: deb\nURIs: http://d.example.org/debian-security\n",
+        )
+        .unwrap();
+        assert!(apt_mirror_in(etc.path()).is_err());
+
+        std::fs::write(
+            d.join("b.sources"),
+            "# comment\nTypes: deb deb-src\nURIs: http://e.example.org/debian/\nSuites: bookworm\n",
+        )
+        .unwrap();
         assert_eq!(
-            mirror_from_sources(deb822).unwrap(),
-            "http://deb.debian.org/debian"
+            apt_mirror_in(etc.path()).unwrap(),
+            "http://e.example.org/debian"
         );
-        let classic = "deb https://packages.cloud.google.com/apt x main\n\
-                       deb [arch=amd64] http://ftp.de.debian.org/debian/ bookworm main\n";
+
+        // sources.list is read first.
+        std::fs::write(
+            etc.path().join("sources.list"),
+            "deb https://apt.example.net/repo x main\n\
+             deb [arch=amd64 signed-by=/k.gpg] http://f.example.org/debian/ bookworm main\n",
+        )
+        .unwrap();
         assert_eq!(
-            mirror_from_sources(classic).unwrap(),
-            "http://ftp.de.debian.org/debian"
-        );
-        assert_eq!(
-            mirror_from_sources("deb http://security.debian.org/debian-security x\n"),
-            None
+            apt_mirror_in(etc.path()).unwrap(),
+            "http://f.example.org/debian"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! `image rootfs` end to end: debootstrap a Debian root LU (the package set is
 //! cached after the first run), boot it under QEMU with the image `make image`
 //! built and `bulkhead.root=/dev/vda`, and check that a file written in one
-//! boot is there in the next (clean shutdown, no journal recovery).
+//! boot is there in the next (clean shutdown, no journal recovery), and that
+//! the LU's own getty holds the serial console.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,12 +75,16 @@ async fn debian_root_lu_boots_and_keeps_data() {
     let (ready, out) = boot_and(
         dir.path(),
         &lu,
-        "grep -q bookworm /etc/os-release && cat /etc/hostname && echo persisted-42 > /root/note",
+        // The LU's own getty holds its console (started after the agent
+        // greeted the host: wait for it, bounded).
+        "grep -q bookworm /etc/os-release && cat /etc/hostname && echo persisted-42 > /root/note \
+         && for i in $(seq 300); do cat /proc/[0-9]*/comm 2>/dev/null | grep -qx agetty && break; \
+         sleep 0.1; done; cat /proc/[0-9]*/comm 2>/dev/null | grep -x agetty",
     )
     .await;
     assert!(ready.root_lu, "{ready:?}");
     assert_eq!(ready.hostname, "lu-test");
-    assert_eq!(out, "lu-test\n");
+    assert_eq!(out, "lu-test\nagetty\n");
 
     let (_, out) = boot_and(
         dir.path(),

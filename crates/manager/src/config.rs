@@ -111,16 +111,10 @@ pub struct CgroupConfig {
 
 impl Default for Config {
     fn default() -> Self {
-        let image_dir = std::env::var_os("BULKHEAD_IMAGE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-                PathBuf::from(home).join(".cache/bulkhead/image")
-            });
         Self {
             data_dir: "/var/lib/bulkhead".into(),
             socket: DEFAULT_SOCKET.into(),
-            image_dir,
+            image_dir: bulkhead_engine::default_image_dir(),
             api: ApiConfig::default(),
             network: NetworkConfig::default(),
             capacity: CapacityConfig::default(),

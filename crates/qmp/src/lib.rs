@@ -3,20 +3,21 @@
 pub mod proto;
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub use proto::{CommandError, Event, Greeting, QemuVersion};
+pub use proto::{CommandError, Event, Greeting, LineTooLong, QemuVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -54,13 +55,65 @@ impl QmpError {
 
 type Pending = HashMap<u64, oneshot::Sender<Result<Value, CommandError>>>;
 
+/// Bounds on what one QMP session may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest line accepted from QEMU; a longer one ends the session.
+    pub max_line: usize,
+    /// How long a command (and the greeting) may take before it fails.
+    pub command_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        // query-qmp-schema, the biggest reply QEMU 7.2 gives, is ~200 KiB.
+        Limits {
+            max_line: 8 << 20,
+            command_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 struct Inner {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Whole command lines go to one writer task, so a caller that gives up
+    /// mid-write (its future dropped) cannot leave half a line on the socket.
+    writer: mpsc::UnboundedSender<(u64, Vec<u8>)>,
     pending: Mutex<Option<Pending>>,
+    /// Why the session ended, when it was our doing (a protocol violation).
+    failure: Mutex<Option<String>>,
     next_id: AtomicU64,
     events: broadcast::Sender<Event>,
     closed: watch::Receiver<bool>,
-    greeting: Greeting,
+    greeting: OnceLock<Greeting>,
+    limits: Limits,
+}
+
+impl Inner {
+    fn forget(&self, id: u64) {
+        if let Some(p) = self.pending.lock().expect("pending lock").as_mut() {
+            p.remove(&id);
+        }
+    }
+
+    fn closed_error(&self) -> QmpError {
+        match self.failure.lock().expect("failure lock").clone() {
+            Some(why) => QmpError::Protocol(why),
+            None => QmpError::Closed,
+        }
+    }
+}
+
+/// Removes its command's pending entry when the caller stops waiting, whether
+/// by timeout, error or its future being dropped.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.forget(self.id);
+    }
 }
 
 /// A negotiated QMP session. Cheap to clone; all clones share one connection.
@@ -79,57 +132,105 @@ pub struct StatusInfo {
 impl QmpClient {
     /// Connects, reads the greeting and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<QmpClient, QmpError> {
+        Self::connect_with(path, Limits::default()).await
+    }
+
+    /// [`QmpClient::connect`] with explicit limits.
+    pub async fn connect_with(path: &Path, limits: Limits) -> Result<QmpClient, QmpError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| QmpError::Connect {
                 path: path.display().to_string(),
                 source,
             })?;
-        Self::handshake(stream).await
+        Self::handshake_with(stream, limits).await
     }
 
     /// Negotiates over an already connected stream.
     pub async fn handshake(stream: UnixStream) -> Result<QmpClient, QmpError> {
-        let (read, writer) = stream.into_split();
-        let mut lines = BufReader::new(read);
-        let mut line = Vec::new();
-        if lines.read_until(b'\n', &mut line).await? == 0 {
-            return Err(QmpError::Closed);
-        }
-        let greeting = match proto::decode(&line) {
-            Ok(proto::Message::Greeting(g)) => g,
-            Ok(other) => {
-                return Err(QmpError::Protocol(format!(
-                    "expected greeting, got {other:?}"
-                )))
-            }
-            Err(e) => return Err(QmpError::Protocol(e.to_string())),
-        };
+        Self::handshake_with(stream, Limits::default()).await
+    }
+
+    /// [`QmpClient::handshake`] with explicit limits.
+    pub async fn handshake_with(stream: UnixStream, limits: Limits) -> Result<QmpClient, QmpError> {
+        let (read, write) = stream.into_split();
         let (events, _) = broadcast::channel(256);
         let (closed_tx, closed) = watch::channel(false);
+        let (writer, queue) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            writer: tokio::sync::Mutex::new(writer),
+            writer,
             pending: Mutex::new(Some(HashMap::new())),
+            failure: Mutex::new(None),
             next_id: AtomicU64::new(1),
             events,
             closed,
-            greeting,
+            greeting: OnceLock::new(),
+            limits,
         });
-        tokio::spawn(read_loop(lines, Arc::downgrade(&inner), closed_tx));
+        let (greeted_tx, greeted) = oneshot::channel();
+        tokio::spawn(read_loop(
+            read,
+            Arc::downgrade(&inner),
+            closed_tx,
+            greeted_tx,
+        ));
+        tokio::spawn(write_loop(write, queue, Arc::downgrade(&inner)));
+        match tokio::time::timeout(limits.command_timeout, greeted).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(inner.closed_error()),
+            Err(_) => {
+                return Err(QmpError::Timeout(
+                    limits.command_timeout,
+                    "the QMP greeting".into(),
+                ))
+            }
+        }
         let client = QmpClient { inner };
         client.execute_value("qmp_capabilities", None).await?;
         Ok(client)
     }
 
     pub fn greeting(&self) -> &Greeting {
-        &self.inner.greeting
+        self.inner
+            .greeting
+            .get()
+            .expect("handshake stores the greeting before returning a client")
     }
 
-    /// Runs a command and returns QEMU's `return` value as is.
+    /// Commands sent and not yet answered, timed out or abandoned.
+    pub fn pending_commands(&self) -> usize {
+        self.inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .as_ref()
+            .map_or(0, HashMap::len)
+    }
+
+    /// Why the session was ended by us (a protocol violation such as an
+    /// over-long line), if it was.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.lock().expect("failure lock").clone()
+    }
+
+    /// Runs a command and returns QEMU's `return` value as is, failing after
+    /// the session's command timeout.
     pub async fn execute_value(
         &self,
         command: &str,
         args: Option<Value>,
+    ) -> Result<Value, QmpError> {
+        self.execute_value_timeout(command, args, self.inner.limits.command_timeout)
+            .await
+    }
+
+    /// [`QmpClient::execute_value`] with its own timeout. On timeout or
+    /// cancellation the command is forgotten; a late reply is dropped.
+    pub async fn execute_value_timeout(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        timeout: Duration,
     ) -> Result<Value, QmpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -137,25 +238,26 @@ impl QmpClient {
             let mut pending = self.inner.pending.lock().expect("pending lock");
             match pending.as_mut() {
                 Some(p) => p.insert(id, tx),
-                None => return Err(QmpError::Closed),
+                None => return Err(self.inner.closed_error()),
             };
         }
+        let _guard = PendingGuard {
+            inner: &self.inner,
+            id,
+        };
         let bytes = proto::encode_command(id, command, args.as_ref());
         tracing::trace!(command, id, "qmp send");
-        {
-            let mut w = self.inner.writer.lock().await;
-            if let Err(e) = w.write_all(&bytes).await {
-                self.forget(id);
-                return Err(e.into());
-            }
+        if self.inner.writer.send((id, bytes)).is_err() {
+            return Err(self.inner.closed_error());
         }
-        match rx.await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(error)) => Err(QmpError::Command {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(error))) => Err(QmpError::Command {
                 command: command.to_string(),
                 error,
             }),
-            Err(_) => Err(QmpError::Closed),
+            Ok(Err(_)) => Err(self.inner.closed_error()),
+            Err(_) => Err(QmpError::Timeout(timeout, command.to_string())),
         }
     }
 
@@ -170,12 +272,6 @@ impl QmpClient {
             command: command.to_string(),
             detail: e.to_string(),
         })
-    }
-
-    fn forget(&self, id: u64) {
-        if let Some(p) = self.inner.pending.lock().expect("pending lock").as_mut() {
-            p.remove(&id);
-        }
     }
 
     /// Subscribes to events. Subscribe before sending the command whose event you
@@ -265,37 +361,85 @@ pub async fn wait_event(
         .map_err(|_| QmpError::Timeout(timeout, what.to_string()))?
 }
 
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    inner: std::sync::Weak<Inner>,
+) {
+    while let Some((id, bytes)) = queue.recv().await {
+        if let Err(e) = write.write_all(&bytes).await {
+            tracing::debug!(error = %e, "qmp write failed");
+            // Its caller learns at once instead of at its timeout.
+            if let Some(inner) = inner.upgrade() {
+                inner.forget(id);
+            }
+        }
+    }
+}
+
 async fn read_loop(
-    mut lines: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut read: OwnedReadHalf,
     inner: std::sync::Weak<Inner>,
     closed: watch::Sender<bool>,
+    greeted: oneshot::Sender<()>,
 ) {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = match lines.read_until(b'\n', &mut line).await {
+    let mut greeted = Some(greeted);
+    let max_line = match inner.upgrade() {
+        Some(i) => i.limits.max_line,
+        None => return,
+    };
+    let mut framer = proto::Framer::new(max_line);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut lines = Vec::new();
+    let failure = 'session: loop {
+        let n = match read.read(&mut chunk).await {
+            Ok(0) => break None,
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "qmp read failed");
-                0
+                break None;
             }
         };
-        let Some(inner) = inner.upgrade() else { break };
-        if n == 0 {
-            // Dropping every waiting sender wakes its caller with Closed.
-            inner.pending.lock().expect("pending lock").take();
-            break;
+        if let Err(e) = framer.push(&chunk[..n], &mut lines) {
+            break Some(e.to_string());
         }
-        match proto::decode(&line) {
-            Ok(proto::Message::Return { id, value }) => deliver(&inner, id, Ok(value)),
-            Ok(proto::Message::Error { id, error }) => deliver(&inner, id, Err(error)),
-            Ok(proto::Message::Event(ev)) => {
-                tracing::debug!(event = %ev.name, data = %ev.data, "qmp event");
-                let _ = inner.events.send(ev);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        for line in lines.drain(..) {
+            match proto::decode(&line) {
+                Ok(proto::Message::Greeting(g)) => match greeted.take() {
+                    Some(tx) => {
+                        let _ = inner.greeting.set(g);
+                        let _ = tx.send(());
+                    }
+                    None => tracing::warn!("second QMP greeting ignored"),
+                },
+                Ok(other) if greeted.is_some() => {
+                    break 'session Some(format!("expected the QMP greeting, got {other:?}"));
+                }
+                Ok(proto::Message::Return { id, value }) => deliver(&inner, id, Ok(value)),
+                Ok(proto::Message::Error { id, error }) => deliver(&inner, id, Err(error)),
+                Ok(proto::Message::Event(ev)) => {
+                    tracing::debug!(event = %ev.name, data = %ev.data, "qmp event");
+                    let _ = inner.events.send(ev);
+                }
+                Err(e) if greeted.is_some() => break 'session Some(e.to_string()),
+                Err(e) => tracing::warn!(error = %e, "undecodable QMP line ignored"),
             }
-            Ok(proto::Message::Greeting(_)) => tracing::warn!("second QMP greeting ignored"),
-            Err(e) => tracing::warn!(error = %e, "undecodable QMP line ignored"),
         }
+    };
+    if let Some(why) = &failure {
+        tracing::warn!(error = %why, "closing the QMP session");
+        // Both directions, so QEMU's writes fail instead of filling a socket
+        // nobody reads, and our writer's fail instead of blocking.
+        let _ =
+            nix::sys::socket::shutdown(read.as_ref().as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+    if let Some(inner) = inner.upgrade() {
+        *inner.failure.lock().expect("failure lock") = failure;
+        // Dropping every waiting sender wakes its caller with the error.
+        inner.pending.lock().expect("pending lock").take();
     }
     let _ = closed.send(true);
 }

@@ -109,6 +109,55 @@ fn truncate(v: &Value) -> String {
     s
 }
 
+/// A line from QEMU longer than the framer's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("QMP line longer than {0} bytes")]
+pub struct LineTooLong(pub usize);
+
+/// Splits QEMU's byte stream into lines, never holding more than `max_line`
+/// bytes: a peer that never sends a newline cannot grow us.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    max_line: usize,
+}
+
+impl Framer {
+    pub fn new(max_line: usize) -> Framer {
+        Framer {
+            buf: Vec::new(),
+            max_line,
+        }
+    }
+
+    /// Bytes of an unfinished line held.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends `data`, pushing each line it completes (without the newline)
+    /// onto `out`. Over-long lines are fatal: QMP has no way to resynchronise
+    /// past one that we could trust, so the caller closes the connection.
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<Vec<u8>>) -> Result<(), LineTooLong> {
+        while let Some(nl) = data.iter().position(|&b| b == b'\n') {
+            if self.buf.len() + nl > self.max_line {
+                return Err(LineTooLong(self.max_line));
+            }
+            self.buf.extend_from_slice(&data[..nl]);
+            let line = std::mem::take(&mut self.buf);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push(line);
+            }
+            data = &data[nl + 1..];
+        }
+        if self.buf.len() + data.len() > self.max_line {
+            return Err(LineTooLong(self.max_line));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Encodes a command with its id, newline-terminated.
 pub fn encode_command(id: u64, command: &str, arguments: Option<&Value>) -> Vec<u8> {
     #[derive(Serialize)]
@@ -173,6 +222,26 @@ mod tests {
         assert!(decode(b"not json").is_err());
         assert!(decode(b"[1,2]").is_err());
         assert!(decode(br#"{"something": 1}"#).is_err());
+    }
+
+    #[test]
+    fn framer_splits_and_bounds_lines() {
+        let mut f = Framer::new(8);
+        let mut out = Vec::new();
+        f.push(b"{\"a\"", &mut out).unwrap();
+        assert!(out.is_empty());
+        f.push(b":1}\r\n\n{}\nxy", &mut out).unwrap();
+        assert_eq!(out, vec![b"{\"a\":1}\r".to_vec(), b"{}".to_vec()]);
+        assert_eq!(f.buffered(), 2);
+        // Exactly the limit is fine; one more byte, with or without a
+        // newline in the same chunk, is not.
+        let mut f = Framer::new(4);
+        f.push(b"abcd\n", &mut out).unwrap();
+        assert_eq!(f.push(b"abcde\n", &mut out), Err(LineTooLong(4)));
+        let mut f = Framer::new(4);
+        f.push(b"abc", &mut out).unwrap();
+        assert_eq!(f.push(b"de", &mut out), Err(LineTooLong(4)));
+        assert!(f.buffered() <= 4);
     }
 
     #[test]

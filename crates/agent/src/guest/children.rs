@@ -92,6 +92,30 @@ impl Children {
         }
     }
 
+    /// Spawns `cmd` as a child the reaper leaves alone: its owner reaps it
+    /// with [`Children::wait_owned`].
+    pub fn spawn_owned(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        let mut st = self.state.lock().unwrap();
+        let child = cmd.spawn()?;
+        st.owned.insert(child.id() as i32);
+        st.spawns += 1;
+        self.cv.notify_all();
+        Ok(child)
+    }
+
+    /// Waits for a child from [`Children::spawn_owned`] and hands it back to
+    /// the reaper's care.
+    pub fn wait_owned(
+        &self,
+        child: &mut std::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let status = child.wait();
+        let mut st = self.state.lock().unwrap();
+        st.owned.remove(&(child.id() as i32));
+        self.cv.notify_all();
+        status
+    }
+
     /// Runs `argv` to completion (or `timeout`, after which its process group
     /// is killed), feeding `stdin` and collecting stdout and stderr.
     ///
@@ -118,16 +142,9 @@ impl Children {
             .stderr(Stdio::piped())
             // Its own group, so a timeout kills what it started too.
             .process_group(0);
-        let mut child = {
-            let mut st = self.state.lock().unwrap();
-            let child = cmd
-                .spawn()
-                .map_err(|e| ExecError::Spawn(format!("{prog}: {e}")))?;
-            st.owned.insert(child.id() as i32);
-            st.spawns += 1;
-            self.cv.notify_all();
-            child
-        };
+        let mut child = self
+            .spawn_owned(&mut cmd)
+            .map_err(|e| ExecError::Spawn(format!("{prog}: {e}")))?;
         let pid = child.id() as i32;
         let result = self.drive(&mut child, stdin, deadline);
         // Reap (if drive did not) and release ownership in every case.
@@ -135,12 +152,7 @@ impl Children {
             // SAFETY: signalling our own child's process group.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
-        let status = child.wait();
-        {
-            let mut st = self.state.lock().unwrap();
-            st.owned.remove(&pid);
-            self.cv.notify_all();
-        }
+        let status = self.wait_owned(&mut child);
         let (stdout, stderr, timed_out, _) = result?;
         if timed_out {
             return Err(ExecError::Timeout(timeout));

@@ -4,9 +4,11 @@
 //! in /lib/modules/load.list, set the host name, configure the network from
 //! the command line; with `bulkhead.root=` switch into the root LU and exec its
 //! /usr/sbin/bulkhead-agent (stage 2, which skips what is done). Then print
-//! the ready line, reap zombies, watch the power button and serve the host.
+//! the ready line, reap zombies, watch the power button, keep a shell (or a
+//! root LU's getty) on the console and serve the host.
 
 pub mod children;
+pub mod console;
 pub mod power;
 pub mod procfs;
 pub mod serve;
@@ -127,6 +129,7 @@ fn run() {
     let children = children::Children::new();
     if pid1 {
         children.spawn_reaper();
+        let console_children = children.clone();
         std::thread::spawn(move || {
             // Right after the ready line the host's first hello is waiting: on
             // a 1-vCPU guest under TCG these loads would hold up its answer.
@@ -136,6 +139,7 @@ fn run() {
                     log(format_args!("module {m}: {e}"));
                 }
             }
+            std::thread::spawn(move || console::keep(console_children, root_lu));
             power::watch_power_button();
         });
     }
