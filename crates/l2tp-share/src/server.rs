@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::call::{bridge, End};
+use crate::call::{bridge, End, Stream};
 use crate::driver::{self, AppEvent, SessionMsg, SessionRx, TunnelHandle};
 use crate::profile::{Device, ServerProfile};
 
@@ -25,6 +25,25 @@ struct Slot {
     cfg: Device,
     /// `None` while a call or an armed request holds the device.
     dte: Option<Dte>,
+    /// Its call is over and the modem is hanging up: free in a moment.
+    releasing: bool,
+}
+
+/// How long a request waits for a device when all are busy in calls: the call that
+/// just ended may not have reached its device's task yet.
+const BUSY_GRACE: Duration = Duration::from_millis(250);
+/// How long a request waits for a device that is hanging up.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// The modem's state when a call or request gives it back.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    /// Still off hook (or dialing): hang up.
+    Online,
+    /// In command mode and in step.
+    Idle,
+    /// Unknown: reset it.
+    Unknown,
 }
 
 struct Shared {
@@ -34,6 +53,8 @@ struct Shared {
     to_lns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<TunnelHandle>>>>>,
     /// Our SCCRQs still unanswered: an SCCRQ from the same peer meanwhile is a tie.
     opening: Mutex<Vec<Opening>>,
+    /// Told whenever a device comes back to the pool.
+    freed: tokio::sync::Notify,
 }
 
 /// An SCCRQ of ours in flight, for the tie breaker (§4.4.3).
@@ -61,6 +82,34 @@ struct Taken {
 }
 
 impl Shared {
+    /// Takes a device for `want`; when every such device is busy, waits a moment for
+    /// one to come free ([`BUSY_GRACE`], or [`RELEASE_WAIT`] while one hangs up)
+    /// before giving up with CDN 4.
+    async fn take_wait(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let rc = match self.take(&want) {
+                Ok(t) => return Ok(t),
+                Err(rc) if rc.result == CDN_NO_FACILITIES_TEMP => rc,
+                Err(rc) => return Err(rc),
+            };
+            let releasing = self
+                .slots
+                .lock()
+                .expect("pool lock")
+                .iter()
+                .any(|s| s.releasing && want(&s.cfg));
+            let deadline = start + if releasing { RELEASE_WAIT } else { BUSY_GRACE };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(rc);
+            }
+            let _ = tokio::time::timeout_at(deadline, freed).await;
+        }
+    }
+
     fn take(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
         let mut slots = self.slots.lock().expect("pool lock");
         let mut exists = false;
@@ -196,11 +245,35 @@ impl Shared {
         anyhow::bail!("no tunnel to {lns} after {ATTEMPTS} tied or failed attempts")
     }
 
-    async fn put_back(&self, mut t: Taken) {
+    /// Gives the device back as soon as its modem is on hook and in step.
+    async fn put_back(&self, mut t: Taken, after: After) {
+        self.slots.lock().expect("pool lock")[t.index].releasing = true;
+        settle(&mut t, after).await;
+        let mut slots = self.slots.lock().expect("pool lock");
+        slots[t.index].dte = Some(t.dte);
+        slots[t.index].releasing = false;
+        drop(slots);
+        self.freed.notify_waiters();
+    }
+}
+
+/// Brings a modem back on hook and in step after a call or request.
+async fn settle(t: &mut Taken, after: After) {
+    let r = match after {
+        After::Online => t.dte.hangup().await,
+        After::Idle => Ok(()),
+        After::Unknown => Err(bulkhead_modem::dte::DteError::Timeout("state".into())),
+    };
+    if let Err(e) = r {
+        if !matches!(after, After::Unknown) {
+            warn!(
+                device = t.name,
+                "modem did not hang up cleanly: {e}; resetting it"
+            );
+        }
         if let Err(e) = t.dte.init().await {
             warn!(device = t.name, "modem did not reset after the call: {e}");
         }
-        self.slots.lock().expect("pool lock")[t.index].dte = Some(t.dte);
     }
 }
 
@@ -270,6 +343,7 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
         slots.push(Slot {
             cfg: d.clone(),
             dte: Some(dte),
+            releasing: false,
         });
     }
     let shared = Arc::new(Shared {
@@ -277,6 +351,7 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
         slots: Mutex::new(slots),
         to_lns: Mutex::new(HashMap::new()),
         opening: Mutex::new(Vec::new()),
+        freed: tokio::sync::Notify::new(),
     });
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
@@ -534,13 +609,13 @@ async fn outgoing_call(
             );
         }
     };
-    let mut dev = match shared.take(|d| d.outgoing) {
+    let mut dev = match shared.take_wait(|d| d.outgoing).await {
         Ok(d) => d,
         Err(rc) => return handle.disconnect(session, rc),
     };
     info!(called, number, device = dev.name, ?mode, "dialing");
     if handle.accept(session).await.is_err() {
-        return shared.put_back(dev).await;
+        return shared.put_back(dev, After::Idle).await;
     }
     let wait = dev.dial_timeout;
     let dialed = tokio::select! {
@@ -550,24 +625,38 @@ async fn outgoing_call(
     match dialed {
         None => {
             info!(device = dev.name, "call cancelled while dialing");
-            shared.put_back(dev).await;
+            // DTR drop ends the dial.
+            shared.put_back(dev, After::Online).await;
         }
         Some(Err(e)) => {
             info!(device = dev.name, "dial failed: {e}");
             // The device is free again before the client hears the result.
-            shared.put_back(dev).await;
+            shared.put_back(dev, after_failure(&e)).await;
             handle.disconnect(session, cdn_for(&e));
         }
         Some(Ok(speed)) => {
-            if handle
+            let after = if handle
                 .connected(session, speed, FRAMING_ASYNC)
                 .await
                 .is_ok()
             {
-                run_call(&handle, session, &mut rx, &mut dev, mode).await;
-            }
-            shared.put_back(dev).await;
+                run_call(&handle, session, &mut rx, &mut dev, mode).await
+            } else {
+                After::Online
+            };
+            shared.put_back(dev, after).await;
         }
+    }
+}
+
+/// What a failed dial or answer leaves the modem in.
+fn after_failure(e: &DteError) -> After {
+    match e {
+        // A result code: the modem is in command mode, in step.
+        DteError::Result(_) => After::Idle,
+        // Still dialing or answering, perhaps: hang up.
+        DteError::Timeout(_) => After::Online,
+        DteError::Io(_) => After::Unknown,
     }
 }
 
@@ -578,23 +667,27 @@ async fn run_call(
     rx: &mut SessionRx,
     dev: &mut Taken,
     mode: CallMode,
-) {
+) -> After {
     info!(device = dev.name, session, "call connected");
     let (tty, initial) = dev.dte.data();
-    let end = bridge(tty, initial, handle, session, rx, mode, true).await;
+    let end = bridge(&mut Stream(tty), initial, handle, session, rx, mode, true).await;
     info!(device = dev.name, session, ?end, "call ended");
     match end {
-        End::Remote(_) => {
-            let _ = dev.dte.hangup().await;
+        End::Remote(_) => After::Online,
+        End::Carrier => {
+            handle.disconnect(
+                session,
+                ResultCode::new(CDN_LOST_CARRIER, ERR_NONE, "NO CARRIER"),
+            );
+            After::Idle
         }
-        End::Carrier => handle.disconnect(
-            session,
-            ResultCode::new(CDN_LOST_CARRIER, ERR_NONE, "NO CARRIER"),
-        ),
-        End::Local => handle.disconnect(
-            session,
-            ResultCode::new(CDN_LOST_CARRIER, ERR_VENDOR, "modem line closed"),
-        ),
+        End::Local => {
+            handle.disconnect(
+                session,
+                ResultCode::new(CDN_LOST_CARRIER, ERR_VENDOR, "modem line closed"),
+            );
+            After::Unknown
+        }
     }
 }
 
@@ -623,7 +716,10 @@ async fn armed_call(
             return;
         }
     }
-    let mut dev = match shared.take(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name)) {
+    let mut dev = match shared
+        .take_wait(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name))
+        .await
+    {
         Ok(d) => d,
         Err(rc) => {
             let _ = handle.reply_arm(session, Err(rc)).await;
@@ -631,7 +727,7 @@ async fn armed_call(
         }
     };
     if handle.reply_arm(session, Ok(duration)).await.is_err() {
-        return shared.put_back(dev).await;
+        return shared.put_back(dev, After::Idle).await;
     }
     info!(device = dev.name, ?duration, "armed for an incoming call");
     let rang = tokio::select! {
@@ -641,11 +737,13 @@ async fn armed_call(
             false
         }
     };
-    if rang {
+    let after = if rang {
         info!(device = dev.name, "ring: routing the call to the client");
-        answer_and_run(&handle, session, &mut rx, &mut dev, mode, Some(session)).await;
-    }
-    shared.put_back(dev).await;
+        answer_and_run(&handle, session, &mut rx, &mut dev, mode, Some(session)).await
+    } else {
+        After::Idle
+    };
+    shared.put_back(dev, after).await;
 }
 
 /// ICRQ (tied to `armed` if set), wait for ICRP, answer, ICCN, bridge.
@@ -656,10 +754,10 @@ async fn answer_and_run(
     dev: &mut Taken,
     mode: CallMode,
     armed: Option<u16>,
-) {
+) -> After {
     if let Err(e) = handle.place_incoming(None, None, armed).await {
         warn!("ICRQ: {e}");
-        return;
+        return After::Idle;
     }
     let replied = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -674,7 +772,7 @@ async fn answer_and_run(
     .unwrap_or(false);
     if !replied {
         info!(device = dev.name, "the LNS did not take the call");
-        return;
+        return After::Idle;
     }
     match dev.dte.answer(Duration::from_secs(30)).await {
         Ok(speed) => {
@@ -683,10 +781,15 @@ async fn answer_and_run(
                 .await
                 .is_ok()
             {
-                run_call(handle, session, rx, dev, mode).await;
+                run_call(handle, session, rx, dev, mode).await
+            } else {
+                After::Online
             }
         }
-        Err(e) => handle.disconnect(session, cdn_for(&e)),
+        Err(e) => {
+            handle.disconnect(session, cdn_for(&e));
+            after_failure(&e)
+        }
     }
 }
 
@@ -710,15 +813,16 @@ async fn forward_incoming(dte: Dte, name: String, lns: SocketAddr, shared: Arc<S
                 continue;
             }
         };
-        match h.place_incoming(None, None, None).await {
+        let after = match h.place_incoming(None, None, None).await {
             Ok((session, Some(mut rx))) => {
-                answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await;
+                answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await
             }
-            Ok(_) => {}
-            Err(e) => warn!("ICRQ to {lns}: {e}"),
-        }
-        if let Err(e) = dev.dte.init().await {
-            warn!(device = dev.name, "modem reset: {e}");
-        }
+            Ok(_) => After::Idle,
+            Err(e) => {
+                warn!("ICRQ to {lns}: {e}");
+                After::Idle
+            }
+        };
+        settle(&mut dev, after).await;
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bulkhead_l2tp::CallMode;
 use bulkhead_l2tp_share::client::{CallError, Client};
+use bulkhead_l2tp_share::control;
 use bulkhead_l2tp_share::server;
 use bulkhead_modem::emulator::Line;
 use common::*;
@@ -215,7 +216,9 @@ async fn control_socket_dial_and_cancelled_answer() {
     let sock = dir.path().join("client.sock");
     let client = Client::new(cp);
     let s2 = sock.clone();
-    tokio::spawn(async move { bulkhead_l2tp_share::client::serve_control(client, &s2).await });
+    tokio::spawn(async move {
+        bulkhead_l2tp_share::control::serve_control(client, &s2, std::future::pending()).await
+    });
     // serve_control binds the socket in its own task: wait (bounded in time,
     // not in iterations, which a busy host runs through in a blink) until it
     // accepts.
@@ -238,13 +241,21 @@ async fn control_socket_dial_and_cancelled_answer() {
     let mut line = String::new();
     s.read_line(&mut line).await.unwrap();
     assert_eq!(line, "CONNECTED raw 33600\n");
-    s.get_mut()
-        .write_all(b"over the control socket")
-        .await
-        .unwrap();
-    let mut back = [0u8; 23];
+    // After CONNECTED the connection carries frames: tag, length, payload.
+    let mut f = Vec::new();
+    control::encode(control::DATA, b"over the control socket", &mut f);
+    s.get_mut().write_all(&f).await.unwrap();
+    let mut back = [0u8; 26];
     s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"over the control socket");
+    assert_eq!(&back[..3], b"D\x00\x17");
+    assert_eq!(&back[3..], b"over the control socket");
+    // Hanging up: the daemon confirms with the call's end.
+    let mut f = Vec::new();
+    control::encode(control::HANG_UP, b"", &mut f);
+    s.get_mut().write_all(&f).await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"X\x00\x08Lhung up");
     drop(s);
     // ANSWER, then the user gives up: the armed request is cancelled, the line freed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
