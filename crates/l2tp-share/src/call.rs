@@ -88,7 +88,13 @@ pub async fn bridge<L: Local>(
     let mut wire = Vec::with_capacity(2048);
     let fast = handle.data_sender(session).await;
     let mut pending = initial;
+    // The far end may have hung up before the call got here: its NO CARRIER is then
+    // in the bytes read with CONNECT.
     let mut carrier_lost = false;
+    if let Some(keep) = watch_carrier.then(|| before_no_carrier(&pending)).flatten() {
+        pending.truncate(keep);
+        carrier_lost = true;
+    }
     // Set at the end of input: (hang up at the latest, hang up when quiet until).
     let mut lingering: Option<(Instant, Instant)> = None;
     loop {
@@ -134,8 +140,7 @@ pub async fn bridge<L: Local>(
                     Input::Closed => return End::Local,
                 };
                 let data = &buf[..n];
-                if watch_carrier && ends_with_no_carrier(data) {
-                    let keep = data.len() - trailing_result_len(data);
+                if let Some(keep) = watch_carrier.then(|| before_no_carrier(data)).flatten() {
                     pending.extend_from_slice(&data[..keep]);
                     // Send what came before the result, then end.
                     carrier_lost = true;
@@ -172,6 +177,12 @@ pub async fn bridge<L: Local>(
 
 const NO_CARRIER: &[u8] = b"NO CARRIER";
 
+/// When `d` (bytes read from a modem) ends with a `NO CARRIER` result: how many bytes
+/// before it are call data.
+pub fn before_no_carrier(d: &[u8]) -> Option<usize> {
+    ends_with_no_carrier(d).then(|| d.len() - trailing_result_len(d))
+}
+
 fn ends_with_no_carrier(d: &[u8]) -> bool {
     let t = trim_end(d);
     t.ends_with(NO_CARRIER) && {
@@ -181,6 +192,11 @@ fn ends_with_no_carrier(d: &[u8]) -> bool {
 }
 
 fn trailing_result_len(d: &[u8]) -> usize {
+    // The exact verbose result: the CR LF before it is the modem's, not call data.
+    const RESULT: &[u8] = b"\r\nNO CARRIER\r\n";
+    if d.ends_with(RESULT) {
+        return RESULT.len();
+    }
     let t = trim_end(d);
     let mut start = t.len() - NO_CARRIER.len();
     while start > 0 && matches!(d[start - 1], b'\r' | b'\n') {
@@ -208,5 +224,7 @@ mod tests {
         assert!(!ends_with_no_carrier(b"I said NO CARRIER"));
         let d = b"data\r\nNO CARRIER\r\n";
         assert_eq!(&d[..d.len() - trailing_result_len(d)], b"data");
+        let d = b"bye\n\r\nNO CARRIER\r\n";
+        assert_eq!(&d[..d.len() - trailing_result_len(d)], b"bye\n");
     }
 }

@@ -72,6 +72,20 @@ pub struct Call {
     pub speed: u32,
     pub(crate) handle: TunnelHandle,
     rx: SessionRx,
+    /// The call has been cleared (by either side): dropping it sends nothing.
+    cleared: bool,
+}
+
+/// A call dropped without being run (its user went away) is hung up.
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.cleared {
+            self.handle.disconnect(
+                self.session,
+                ResultCode::new(result::CDN_ADMIN, 0, "hung up by the client"),
+            );
+        }
+    }
 }
 
 /// An accepted AICRQ waiting for its call.
@@ -224,6 +238,7 @@ impl Client {
                 speed,
                 handle,
                 rx,
+                cleared: false,
             }),
             Ok(Err(rc)) => Err(CallError::Refused(rc)),
             Err(_) => {
@@ -309,6 +324,7 @@ impl Armed {
                         speed,
                         handle: self.handle,
                         rx: self.rx,
+                        cleared: false,
                     });
                 }
                 Some(SessionMsg::Event(Event::CallDisconnected { result, .. })) => {
@@ -350,12 +366,8 @@ impl Call {
             false,
         )
         .await;
-        if !matches!(end, End::Remote(_)) {
-            self.handle.disconnect(
-                self.session,
-                ResultCode::new(result::CDN_ADMIN, 0, "hung up by the client"),
-            );
-        }
+        // Cleared by the peer already; otherwise `drop` hangs up.
+        self.cleared = matches!(end, End::Remote(_));
         end
     }
 
