@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bulkhead_l2tp_share::client::Client;
 use bulkhead_l2tp_share::server;
-use bulkhead_modem::emulator::Line;
 use common::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -93,18 +92,7 @@ impl Bed {
     async fn new(far: Far) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let far = far_end(far).await;
-        let (tty, _) = modem(
-            dir.path(),
-            "tty",
-            vec![("5551234", Line::Tcp(far.to_string()))],
-        )
-        .await;
-        let profile = server_profile(
-            "127.0.0.1:0".parse().unwrap(),
-            vec![device("m0", tty, true, false)],
-            &[("FAR", "5551234")],
-        );
-        let srv = server::start(profile).await.unwrap();
+        let srv = one_modem_server(dir.path(), far, "FAR").await;
         let sock = dir.path().join("client.sock");
         let conf = dir.path().join("client.toml");
         std::fs::write(

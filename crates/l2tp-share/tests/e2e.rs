@@ -370,18 +370,7 @@ async fn numbered_echo() -> (
 async fn fifty_back_to_back_calls_each_after_connect() {
     let dir = tempfile::tempdir().unwrap();
     let (far, got) = numbered_echo().await;
-    let (tty, _) = modem(
-        dir.path(),
-        "ttyB2B",
-        vec![("5551234", Line::Tcp(far.to_string()))],
-    )
-    .await;
-    let profile = server_profile(
-        "127.0.0.1:0".parse().unwrap(),
-        vec![device("m0", tty, true, false)],
-        &[("PRIMARY_ISP", "5551234")],
-    );
-    let srv = server::start(profile).await.unwrap();
+    let srv = one_modem_server(dir.path(), far, "PRIMARY_ISP").await;
     let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
     const CALLS: usize = 50;
     for i in 0..CALLS {
@@ -432,23 +421,12 @@ async fn fifty_back_to_back_calls_each_after_connect() {
     srv.abort();
 }
 
-/// A redial right after a hang-up, by the client or by the far end, connects.
+/// A redial right after the client's hang-up connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redial_right_after_a_hang_up_connects() {
     let dir = tempfile::tempdir().unwrap();
     let (echo, _) = echo_server().await;
-    let (tty, _) = modem(
-        dir.path(),
-        "ttyRedial",
-        vec![("5551234", Line::Tcp(echo.to_string()))],
-    )
-    .await;
-    let profile = server_profile(
-        "127.0.0.1:0".parse().unwrap(),
-        vec![device("m0", tty, true, false)],
-        &[("PRIMARY_ISP", "5551234")],
-    );
-    let srv = server::start(profile).await.unwrap();
+    let srv = one_modem_server(dir.path(), echo, "PRIMARY_ISP").await;
     let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
     let call = client.dial("PRIMARY_ISP", None, WAIT).await.unwrap();
     let mut s = call.into_stream();

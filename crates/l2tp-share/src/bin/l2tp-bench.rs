@@ -374,10 +374,63 @@ fn xl2tpd_throughput(me: &Path, mb: usize, round: usize) -> anyhow::Result<(f64,
     r
 }
 
-fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
+/// A modem model whose number "1" reaches `far` over TCP, a resource server sharing
+/// it, and a client of that server.
+async fn modem_bed(
+    dir: &Path,
+    far: SocketAddr,
+) -> anyhow::Result<(
+    bulkhead_l2tp_share::server::Running,
+    std::sync::Arc<bulkhead_l2tp_share::client::Client>,
+)> {
     use bulkhead_l2tp_share::client::Client;
     use bulkhead_l2tp_share::profile::{ClientProfile, Device, ServerProfile};
     use bulkhead_modem::emulator::{self, Emulator, Line};
+
+    let link = dir.join("ttyB");
+    let e = Emulator::bind(emulator::Config {
+        link: link.clone(),
+        phonebook: [("1".to_string(), Line::Tcp(far.to_string()))].into(),
+        listen: None,
+        speed: 33600,
+        ring_interval: Duration::from_secs(2),
+    })
+    .await?;
+    tokio::spawn(e.run());
+    let profile = ServerProfile {
+        hostname: "bench".into(),
+        listen: vec!["127.0.0.1:0".parse()?],
+        secret: None,
+        secrets: Default::default(),
+        vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
+        hello_interval: 60,
+        hide_avps: false,
+        devices: vec![Device {
+            name: "m".into(),
+            tty: link,
+            outgoing: true,
+            incoming: false,
+            dial_timeout: 30,
+            forward_incoming: None,
+        }],
+        directory: Default::default(),
+    };
+    let srv = bulkhead_l2tp_share::server::start(profile).await?;
+    let client = Client::new(ClientProfile {
+        hostname: "bench-client".into(),
+        outgoing: Some(srv.addrs[0]),
+        incoming: None,
+        secret: None,
+        vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
+        hello_interval: 60,
+        hide_avps: false,
+        control: PathBuf::from("/nonexistent"),
+        directory: Default::default(),
+    });
+    Ok((srv, client))
+}
+
+fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -405,46 +458,7 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
             }
             anyhow::Ok((total as f64, (last - first).as_secs_f64()))
         });
-        let link = dir.path().join("ttyB");
-        let e = Emulator::bind(emulator::Config {
-            link: link.clone(),
-            phonebook: [("1".to_string(), Line::Tcp(sink_addr.to_string()))].into(),
-            listen: None,
-            speed: 33600,
-            ring_interval: Duration::from_secs(2),
-        })
-        .await?;
-        tokio::spawn(e.run());
-        let profile = ServerProfile {
-            hostname: "bench".into(),
-            listen: vec!["127.0.0.1:0".parse()?],
-            secret: None,
-            secrets: Default::default(),
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            devices: vec![Device {
-                name: "m".into(),
-                tty: link,
-                outgoing: true,
-                incoming: false,
-                dial_timeout: 30,
-                forward_incoming: None,
-            }],
-            directory: Default::default(),
-        };
-        let srv = bulkhead_l2tp_share::server::start(profile).await?;
-        let client = Client::new(ClientProfile {
-            hostname: "bench-client".into(),
-            outgoing: Some(srv.addrs[0]),
-            incoming: None,
-            secret: None,
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            control: PathBuf::from("/nonexistent"),
-            directory: Default::default(),
-        });
+        let (srv, client) = modem_bed(dir.path(), sink_addr).await?;
         let call = client
             .dial("1", Some(CallMode::Ppp), Duration::from_secs(30))
             .await?;
@@ -458,9 +472,6 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
 
 /// Consecutive calls on one modem: hang-up to the next call connected, median of `calls`.
 fn redial(calls: usize) -> anyhow::Result<()> {
-    use bulkhead_l2tp_share::client::Client;
-    use bulkhead_l2tp_share::profile::{ClientProfile, Device, ServerProfile};
-    use bulkhead_modem::emulator::{self, Emulator, Line};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -479,46 +490,7 @@ fn redial(calls: usize) -> anyhow::Result<()> {
                 });
             }
         });
-        let link = dir.path().join("ttyR");
-        let e = Emulator::bind(emulator::Config {
-            link: link.clone(),
-            phonebook: [("1".to_string(), Line::Tcp(echo.to_string()))].into(),
-            listen: None,
-            speed: 33600,
-            ring_interval: Duration::from_secs(2),
-        })
-        .await?;
-        tokio::spawn(e.run());
-        let profile = ServerProfile {
-            hostname: "bench".into(),
-            listen: vec!["127.0.0.1:0".parse()?],
-            secret: None,
-            secrets: Default::default(),
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            devices: vec![Device {
-                name: "m".into(),
-                tty: link,
-                outgoing: true,
-                incoming: false,
-                dial_timeout: 30,
-                forward_incoming: None,
-            }],
-            directory: Default::default(),
-        };
-        let srv = bulkhead_l2tp_share::server::start(profile).await?;
-        let client = Client::new(ClientProfile {
-            hostname: "bench-client".into(),
-            outgoing: Some(srv.addrs[0]),
-            incoming: None,
-            secret: None,
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            control: PathBuf::from("/nonexistent"),
-            directory: Default::default(),
-        });
+        let (srv, client) = modem_bed(dir.path(), echo).await?;
         let wait = Duration::from_secs(30);
         let mut gaps = Vec::with_capacity(calls);
         let mut hung_up: Option<Instant> = None;
