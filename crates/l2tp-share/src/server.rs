@@ -31,7 +31,7 @@ struct Slot {
 
 /// How long a request waits for a device when all are busy in calls: the call that
 /// just ended may not have reached its device's task yet.
-const BUSY_GRACE: Duration = Duration::from_millis(250);
+const BUSY_GRACE: Duration = Duration::from_secs(1);
 /// How long a request waits for a device that is hanging up.
 const RELEASE_WAIT: Duration = Duration::from_secs(10);
 

@@ -63,7 +63,7 @@ async fn far_end(kind: Far) -> std::net::SocketAddr {
                             }
                             if matches!(kind, Far::SlowEcho) {
                                 // Not synchronisation: the far end's own pace.
-                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                tokio::time::sleep(Duration::from_millis(100)).await;
                             }
                             if s.write_all(&b[..n]).await.is_err() {
                                 break;
