@@ -9,5 +9,6 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod driver;
+mod pool;
 pub mod profile;
 pub mod server;

@@ -19,42 +19,16 @@ use tracing::{debug, info, warn};
 
 use crate::call::{bridge, End, Stream};
 use crate::driver::{self, AppEvent, SessionMsg, SessionRx, TunnelHandle};
-use crate::profile::{Device, ServerProfile};
-
-struct Slot {
-    cfg: Device,
-    /// `None` while a call or an armed request holds the device.
-    dte: Option<Dte>,
-    /// Its call is over and the modem is hanging up: free in a moment.
-    releasing: bool,
-}
-
-/// How long a request waits for a device when all are busy in calls: the call that
-/// just ended may not have reached its device's task yet.
-const BUSY_GRACE: Duration = Duration::from_secs(1);
-/// How long a request waits for a device that is hanging up.
-const RELEASE_WAIT: Duration = Duration::from_secs(10);
-
-/// The modem's state when a call or request gives it back.
-#[derive(Debug, Clone, Copy)]
-enum After {
-    /// Still off hook (or dialing): hang up.
-    Online,
-    /// In command mode and in step.
-    Idle,
-    /// Unknown: reset it.
-    Unknown,
-}
+use crate::pool::{after_failure, settle, After, Pool, Slot, Taken};
+use crate::profile::ServerProfile;
 
 struct Shared {
     profile: ServerProfile,
-    slots: Mutex<Vec<Slot>>,
+    pool: Pool,
     /// Tunnels to the LNSes that devices forward rings to: one per LNS, shared.
     to_lns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<TunnelHandle>>>>>,
     /// Our SCCRQs still unanswered: an SCCRQ from the same peer meanwhile is a tie.
     opening: Mutex<Vec<Opening>>,
-    /// Told whenever a device comes back to the pool.
-    freed: tokio::sync::Notify,
 }
 
 /// An SCCRQ of ours in flight, for the tie breaker (§4.4.3).
@@ -73,74 +47,7 @@ enum Answer {
     No(Tie),
 }
 
-/// A device taken from the pool; give it back with [`Shared::put_back`].
-struct Taken {
-    index: usize,
-    name: String,
-    dial_timeout: Duration,
-    dte: Dte,
-}
-
 impl Shared {
-    /// Takes a device for `want`; when every such device is busy, waits a moment for
-    /// one to come free ([`BUSY_GRACE`], or [`RELEASE_WAIT`] while one hangs up)
-    /// before giving up with CDN 4.
-    async fn take_wait(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
-        let start = tokio::time::Instant::now();
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let rc = match self.take(&want) {
-                Ok(t) => return Ok(t),
-                Err(rc) if rc.result == CDN_NO_FACILITIES_TEMP => rc,
-                Err(rc) => return Err(rc),
-            };
-            let releasing = self
-                .slots
-                .lock()
-                .expect("pool lock")
-                .iter()
-                .any(|s| s.releasing && want(&s.cfg));
-            let deadline = start + if releasing { RELEASE_WAIT } else { BUSY_GRACE };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(rc);
-            }
-            let _ = tokio::time::timeout_at(deadline, freed).await;
-        }
-    }
-
-    fn take(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
-        let mut slots = self.slots.lock().expect("pool lock");
-        let mut exists = false;
-        for (i, s) in slots.iter_mut().enumerate() {
-            if want(&s.cfg) && s.cfg.forward_incoming.is_none() {
-                exists = true;
-                if let Some(dte) = s.dte.take() {
-                    return Ok(Taken {
-                        index: i,
-                        name: s.cfg.name.clone(),
-                        dial_timeout: Duration::from_secs(s.cfg.dial_timeout),
-                        dte,
-                    });
-                }
-            }
-        }
-        Err(if exists {
-            ResultCode::new(
-                CDN_NO_FACILITIES_TEMP,
-                ERR_NO_RESOURCES,
-                "all devices are in use",
-            )
-        } else {
-            ResultCode::new(
-                CDN_NO_FACILITIES_PERM,
-                ERR_NONE,
-                "no device takes this kind of call",
-            )
-        })
-    }
-
     /// Settles an SCCRQ from `peer` against our unanswered SCCRQs to it (§4.4.3).
     fn settle(&self, peer: IpAddr, theirs: Option<[u8; 8]>) -> Answer {
         let mut opening = self.opening.lock().expect("opening lock");
@@ -244,37 +151,6 @@ impl Shared {
         }
         anyhow::bail!("no tunnel to {lns} after {ATTEMPTS} tied or failed attempts")
     }
-
-    /// Gives the device back as soon as its modem is on hook and in step.
-    async fn put_back(&self, mut t: Taken, after: After) {
-        self.slots.lock().expect("pool lock")[t.index].releasing = true;
-        settle(&mut t, after).await;
-        let mut slots = self.slots.lock().expect("pool lock");
-        slots[t.index].dte = Some(t.dte);
-        slots[t.index].releasing = false;
-        drop(slots);
-        self.freed.notify_waiters();
-    }
-}
-
-/// Brings a modem back on hook and in step after a call or request.
-async fn settle(t: &mut Taken, after: After) {
-    let r = match after {
-        After::Online => t.dte.hangup().await,
-        After::Idle => Ok(()),
-        After::Unknown => Err(bulkhead_modem::dte::DteError::Timeout("state".into())),
-    };
-    if let Err(e) = r {
-        if !matches!(after, After::Unknown) {
-            warn!(
-                device = t.name,
-                "modem did not hang up cleanly: {e}; resetting it"
-            );
-        }
-        if let Err(e) = t.dte.init().await {
-            warn!(device = t.name, "modem did not reset after the call: {e}");
-        }
-    }
 }
 
 /// The CDN for a modem's dial or answer failure.
@@ -348,10 +224,9 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
     }
     let shared = Arc::new(Shared {
         profile: profile.clone(),
-        slots: Mutex::new(slots),
+        pool: Pool::new(slots),
         to_lns: Mutex::new(HashMap::new()),
         opening: Mutex::new(Vec::new()),
-        freed: tokio::sync::Notify::new(),
     });
     let mut tasks = Vec::new();
     let mut addrs = Vec::new();
@@ -371,10 +246,7 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
     }
     for (i, d) in profile.devices.iter().enumerate() {
         if let Some(lns) = d.forward_incoming {
-            let dte = shared.slots.lock().expect("pool lock")[i]
-                .dte
-                .take()
-                .expect("just opened");
+            let dte = shared.pool.take_index(i).expect("just opened");
             tasks.push(tokio::spawn(forward_incoming(
                 dte,
                 d.name.clone(),
@@ -609,13 +481,13 @@ async fn outgoing_call(
             );
         }
     };
-    let mut dev = match shared.take_wait(|d| d.outgoing).await {
+    let mut dev = match shared.pool.take_wait(|d| d.outgoing).await {
         Ok(d) => d,
         Err(rc) => return handle.disconnect(session, rc),
     };
     info!(called, number, device = dev.name, ?mode, "dialing");
     if handle.accept(session).await.is_err() {
-        return shared.put_back(dev, After::Idle).await;
+        return shared.pool.put_back(dev, After::Idle).await;
     }
     let wait = dev.dial_timeout;
     let dialed = tokio::select! {
@@ -626,12 +498,12 @@ async fn outgoing_call(
         None => {
             info!(device = dev.name, "call cancelled while dialing");
             // DTR drop ends the dial.
-            shared.put_back(dev, After::Online).await;
+            shared.pool.put_back(dev, After::Online).await;
         }
         Some(Err(e)) => {
             info!(device = dev.name, "dial failed: {e}");
             // The device is free again before the client hears the result.
-            shared.put_back(dev, after_failure(&e)).await;
+            shared.pool.put_back(dev, after_failure(&e)).await;
             handle.disconnect(session, cdn_for(&e));
         }
         Some(Ok(speed)) => {
@@ -644,19 +516,8 @@ async fn outgoing_call(
             } else {
                 After::Online
             };
-            shared.put_back(dev, after).await;
+            shared.pool.put_back(dev, after).await;
         }
-    }
-}
-
-/// What a failed dial or answer leaves the modem in.
-fn after_failure(e: &DteError) -> After {
-    match e {
-        // A result code: the modem is in command mode, in step.
-        DteError::Result(_) => After::Idle,
-        // Still dialing or answering, perhaps: hang up.
-        DteError::Timeout(_) => After::Online,
-        DteError::Io(_) => After::Unknown,
     }
 }
 
@@ -717,6 +578,7 @@ async fn armed_call(
         }
     }
     let mut dev = match shared
+        .pool
         .take_wait(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name))
         .await
     {
@@ -727,7 +589,7 @@ async fn armed_call(
         }
     };
     if handle.reply_arm(session, Ok(duration)).await.is_err() {
-        return shared.put_back(dev, After::Idle).await;
+        return shared.pool.put_back(dev, After::Idle).await;
     }
     info!(device = dev.name, ?duration, "armed for an incoming call");
     let rang = tokio::select! {
@@ -743,7 +605,7 @@ async fn armed_call(
     } else {
         After::Idle
     };
-    shared.put_back(dev, after).await;
+    shared.pool.put_back(dev, after).await;
 }
 
 /// ICRQ (tied to `armed` if set), wait for ICRP, answer, ICCN, bridge.
