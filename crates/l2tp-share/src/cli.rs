@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use bulkhead_modem::tty::Pty;
 use clap::{Args as ClapArgs, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::control;
 use crate::profile::{self, ClientProfile, Device, ServerProfile};
 
 /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -116,11 +117,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let p = ClientProfile::load(&a.profile)?;
             let control = a.control.unwrap_or_else(|| p.control.clone());
             let client = crate::client::Client::new(p);
-            runtime()?.block_on(crate::client::serve_control(client, &control))
+            runtime()?.block_on(async {
+                let stop = stop_signals()?;
+                let stop = async {
+                    let sig = stop.await;
+                    tracing::info!(signal = sig, "stopping");
+                };
+                crate::control::serve_control(client, &control, stop).await
+            })
         }
         Command::Dial(a) => {
             let req = format!("DIAL {} {}\n", a.target, mode_word(a.call.mode));
-            runtime()?.block_on(place(&a.call, &req))
+            call_command(&a.call, &req)
         }
         Command::Answer(a) => {
             let req = format!(
@@ -129,9 +137,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 a.seconds,
                 mode_word(a.call.mode)
             );
-            runtime()?.block_on(place(&a.call, &req))
+            call_command(&a.call, &req)
         }
     }
+}
+
+fn call_command(call: &CallArgs, request: &str) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let r = rt.block_on(place(call, request));
+    // Reading stdin blocks a thread that only more input would free: do not wait for it.
+    rt.shutdown_background();
+    r
+}
+
+/// SIGTERM or SIGINT, caught from now on (SIGINT too when it was ignored at start,
+/// as in a background job): resolves with the signal's name.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
 
 fn mode_word(m: ModeArg) -> &'static str {
@@ -196,12 +226,23 @@ fn server_profile(a: ServerArgs) -> anyhow::Result<ServerProfile> {
 }
 
 /// Sends the request to the client daemon, reports progress on stderr, then carries
-/// the call on stdio or a new PTY until it ends.
+/// the call on stdio or a new PTY until it ends. A call cleared by the far end or the
+/// server is an error (its reason); a call this command hung up (end of input, SIGINT,
+/// SIGTERM) is not.
 async fn place(call: &CallArgs, request: &str) -> anyhow::Result<()> {
+    let stop = stop_signals()?;
+    tokio::pin!(stop);
     let mut s = connect_control(&call.control).await?;
     s.write_all(request.as_bytes()).await?;
     loop {
-        let line = read_line(&mut s).await?;
+        let line = tokio::select! {
+            l = read_line(&mut s) => l?,
+            sig = &mut stop => {
+                // Closing the connection cancels the request.
+                eprintln!("stopped by {sig} before the call connected");
+                return Ok(());
+            }
+        };
         let mut words = line.splitn(2, ' ');
         match (words.next(), words.next()) {
             (Some("ARMED"), _) => eprintln!("armed: waiting for an incoming call"),
@@ -214,43 +255,114 @@ async fn place(call: &CallArgs, request: &str) -> anyhow::Result<()> {
             _ => bail!("unexpected reply from the client daemon: {line:?}"),
         }
     }
-    if call.stdio {
-        let (mut r, mut w) = s.into_split();
-        let up = async {
-            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut w).await;
-        };
-        let down = async {
-            let mut out = tokio::io::stdout();
-            let _ = tokio::io::copy(&mut r, &mut out).await;
-            let _ = out.flush().await;
-        };
-        // Either direction ending ends the call.
-        tokio::select! {
-            _ = up => {},
-            _ = down => {},
-        }
+    let ended = if call.stdio {
+        carry(s, tokio::io::stdin(), tokio::io::stdout(), stop).await
     } else {
         let pty = Pty::open()?;
         println!("{}", pty.slave_path.display());
-        let (mut master, _slave) = pty.into_parts();
-        let mut sbuf = vec![0u8; 16384];
-        let mut pbuf = vec![0u8; 16384];
-        loop {
-            tokio::select! {
-                r = s.read(&mut sbuf) => match r? {
-                    0 => break,
-                    n => master.write_all(&sbuf[..n]).await?,
-                },
-                r = master.read(&mut pbuf) => match r? {
-                    0 => break,
-                    n => s.write_all(&pbuf[..n]).await?,
-                },
-                _ = tokio::signal::ctrl_c() => break,
+        let (master, _slave) = pty.into_parts();
+        let (input, output) = tokio::io::split(master);
+        carry(s, input, output, stop).await
+    };
+    let ended = ended.context("the client daemon closed the connection")?;
+    let (who, why) = ended.split_at(ended.len().min(1));
+    let why = String::from_utf8_lossy(why);
+    if who == b"L" {
+        eprintln!("call ended: {why}");
+        Ok(())
+    } else {
+        bail!("call ended: {why}")
+    }
+}
+
+/// Moves the call between the user's side and the daemon's frames until the daemon
+/// says the call is over; returns that frame's payload (`None`: no such frame).
+/// At the end of `input` the daemon is told so and the far end's answer still comes;
+/// `stop` hangs up.
+async fn carry(
+    s: UnixStream,
+    mut input: impl AsyncRead + Unpin,
+    mut output: impl AsyncWrite + Unpin,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = &'static str>>,
+) -> Option<Vec<u8>> {
+    let (mut r, mut w) = s.into_split();
+    let (tx, mut frames) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let writer = async move {
+        while let Some(f) = frames.recv().await {
+            if w.write_all(&f).await.is_err() {
+                break;
             }
         }
-        eprintln!("call ended");
+        // Keep the write half open: closing it would hang up.
+        std::future::pending::<()>().await
+    };
+    let up_tx = tx.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let mut f = Vec::new();
+            match input.read(&mut buf).await {
+                Ok(n) if n > 0 => control::encode(control::DATA, &buf[..n], &mut f),
+                _ => {
+                    control::encode(control::END_OF_INPUT, b"", &mut f);
+                    let _ = up_tx.send(f).await;
+                    return std::future::pending::<()>().await;
+                }
+            }
+            if up_tx.send(f).await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let down = async move {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        loop {
+            while let Ok(Some((f, used))) = control::decode(&buf) {
+                match f.tag {
+                    control::DATA => {
+                        // A user who stopped reading does not end the call.
+                        let _ = output.write_all(f.payload).await;
+                        let _ = output.flush().await;
+                    }
+                    control::ENDED => return Some(f.payload.to_vec()),
+                    _ => {}
+                }
+                buf.drain(..used);
+            }
+            if control::decode(&buf).is_err() {
+                return None;
+            }
+            match r.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    };
+    tokio::pin!(writer, up, down);
+    // Once hung up, how long to wait for the daemon to confirm.
+    let mut confirm_by: Option<tokio::time::Instant> = None;
+    loop {
+        let confirm = async {
+            match confirm_by {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            e = &mut down => return e,
+            _ = &mut writer => {}
+            _ = &mut up, if confirm_by.is_none() => {}
+            sig = &mut stop, if confirm_by.is_none() => {
+                eprintln!("{sig}: hanging up");
+                let mut f = Vec::new();
+                control::encode(control::HANG_UP, b"", &mut f);
+                let _ = tx.send(f).await;
+                confirm_by = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+            }
+            _ = confirm => return Some(b"Lhung up (not confirmed by the client daemon)".to_vec()),
+        }
     }
-    Ok(())
 }
 
 async fn connect_control(path: &Path) -> anyhow::Result<UnixStream> {

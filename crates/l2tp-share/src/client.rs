@@ -1,20 +1,19 @@
 //! The client (LNS role): tunnels to the resource servers for outgoing and incoming
 //! calls, `dial` (OCRQ) and `answer` (AICRQ), calls handed over as byte streams, and
-//! the daemon's control socket that `bulkhead l2tp dial|answer` use.
+//! [`Client::shutdown`] that clears them all (the daemon's control socket is in
+//! [`crate::control`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_l2tp::{ext, result, CallMode, Event, ResultCode, TunnelError};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::call::{bridge, End};
+use crate::call::{bridge, End, Local, Stream};
 use crate::driver::{self, AppEvent, SessionMsg, SessionRx, TunnelHandle};
 use crate::profile::ClientProfile;
 
@@ -71,8 +70,22 @@ pub struct Call {
     pub session: u16,
     pub mode: CallMode,
     pub speed: u32,
-    handle: TunnelHandle,
+    pub(crate) handle: TunnelHandle,
     rx: SessionRx,
+    /// The call has been cleared (by either side): dropping it sends nothing.
+    cleared: bool,
+}
+
+/// A call dropped without being run (its user went away) is hung up.
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.cleared {
+            self.handle.disconnect(
+                self.session,
+                ResultCode::new(result::CDN_ADMIN, 0, "hung up by the client"),
+            );
+        }
+    }
 }
 
 /// An accepted AICRQ waiting for its call.
@@ -80,7 +93,7 @@ pub struct Armed {
     pub session: u16,
     /// The mode asked for; the LAC's ICCN confirms it.
     pub mode: CallMode,
-    handle: TunnelHandle,
+    pub(crate) handle: TunnelHandle,
     rx: SessionRx,
 }
 
@@ -170,6 +183,30 @@ impl Client {
         Ok((handle, ext))
     }
 
+    /// Clears every call and armed request (CDN) and both tunnels (StopCCN), and
+    /// waits (at most `wait`) until the servers have acknowledged it.
+    pub async fn shutdown(&self, wait: Duration) {
+        let rc = ResultCode::new(result::STOP_SHUTTING_DOWN, 0, "client shutting down");
+        let mut handles = Vec::new();
+        for slot in [&self.out, &self.inc] {
+            if let Some(c) = slot.lock().await.take() {
+                if c.alive.load(Ordering::Acquire) {
+                    handles.push(c.handle);
+                }
+            }
+        }
+        // Both StopCCNs leave now; then wait for their acknowledgements.
+        let acked: Vec<_> = handles.iter().map(|h| h.shutdown(rc.clone())).collect();
+        let all = async {
+            for a in acked {
+                a.await;
+            }
+        };
+        if tokio::time::timeout(wait, all).await.is_err() {
+            warn!("the resource server did not acknowledge the shutdown in time");
+        }
+    }
+
     fn pick_mode(mode: Option<CallMode>, ext: Option<u32>) -> CallMode {
         mode.unwrap_or(if ext.is_some_and(|c| c & ext::CAP_RAW != 0) {
             CallMode::Raw
@@ -201,6 +238,7 @@ impl Client {
                 speed,
                 handle,
                 rx,
+                cleared: false,
             }),
             Ok(Err(rc)) => Err(CallError::Refused(rc)),
             Err(_) => {
@@ -286,6 +324,7 @@ impl Armed {
                         speed,
                         handle: self.handle,
                         rx: self.rx,
+                        cleared: false,
                     });
                 }
                 Some(SessionMsg::Event(Event::CallDisconnected { result, .. })) => {
@@ -309,9 +348,16 @@ impl Armed {
 impl Call {
     /// Carries the call over `stream` until either side ends it. In PPP mode the
     /// stream carries async HDLC (what pppd writes on a tty).
-    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(mut self, stream: &mut S) -> End {
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: &mut S) -> End {
+        self.run_local(&mut Stream(stream)).await
+    }
+
+    /// Carries the call over the user's side `local` until either side ends it; an
+    /// end of input ([`Input::EndOfInput`](crate::call::Input)) waits for the far
+    /// end's answer first.
+    pub async fn run_local<L: Local>(mut self, local: &mut L) -> End {
         let end = bridge(
-            stream,
+            local,
             Vec::new(),
             &self.handle,
             self.session,
@@ -320,12 +366,8 @@ impl Call {
             false,
         )
         .await;
-        if !matches!(end, End::Remote(_)) {
-            self.handle.disconnect(
-                self.session,
-                ResultCode::new(result::CDN_ADMIN, 0, "hung up by the client"),
-            );
-        }
+        // Cleared by the peer already; otherwise `drop` hangs up.
+        self.cleared = matches!(end, End::Remote(_));
         end
     }
 
@@ -340,7 +382,7 @@ impl Call {
     }
 }
 
-fn mode_name(m: CallMode) -> &'static str {
+pub fn mode_name(m: CallMode) -> &'static str {
     match m {
         CallMode::Ppp => "ppp",
         CallMode::Raw => "raw",
@@ -354,104 +396,5 @@ pub fn parse_mode(s: &str) -> Result<Option<CallMode>, String> {
         "ppp" => Ok(Some(CallMode::Ppp)),
         "auto" => Ok(None),
         _ => Err(format!("{s:?}: expected raw, ppp or auto")),
-    }
-}
-
-/// Serves `DIAL` and `ANSWER` requests on the control socket until the process ends.
-/// Protocol: one request line, `DIAL <target> <mode>` or `ANSWER <line|*> <seconds> <mode>`;
-/// replies `ARMED` (answer only), then `CONNECTED <mode> <speed>` followed by the call's
-/// bytes both ways, or `ERROR <text>`.
-pub async fn serve_control(client: Arc<Client>, path: &Path) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    // Only the owner may place calls.
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    info!(path = %path.display(), "control socket ready");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let c = client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = control_session(c, stream).await {
-                warn!("control session: {e:#}");
-            }
-        });
-    }
-}
-
-async fn control_session(client: Arc<Client>, stream: UnixStream) -> anyhow::Result<()> {
-    let mut stream = BufReader::new(stream);
-    let mut line = String::new();
-    stream.read_line(&mut line).await?;
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let call = match words.as_slice() {
-        ["DIAL", target, mode] => {
-            let mode = parse_mode(mode).map_err(anyhow::Error::msg)?;
-            client.dial(target, mode, Duration::from_secs(180)).await
-        }
-        ["ANSWER", line, secs, mode] => {
-            let mode = parse_mode(mode).map_err(anyhow::Error::msg)?;
-            let line = (*line != "*").then_some(*line);
-            match client
-                .answer(line, Duration::from_secs(secs.parse()?), mode)
-                .await
-            {
-                Ok(armed) => {
-                    stream.get_mut().write_all(b"ARMED\n").await?;
-                    let (handle, session) = (armed.handle.clone(), armed.session);
-                    tokio::select! {
-                        r = armed.wait_call() => r,
-                        _ = peer_gone(stream.get_mut()) => {
-                            // `bulkhead l2tp answer` was stopped: cancel the armed request.
-                            handle.disconnect(session, ResultCode::new(result::CDN_ADMIN, 0, "cancelled"));
-                            return Ok(());
-                        }
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
-        _ => {
-            stream.get_mut().write_all(b"ERROR bad request\n").await?;
-            return Ok(());
-        }
-    };
-    match call {
-        Ok(call) => {
-            stream
-                .get_mut()
-                .write_all(
-                    format!("CONNECTED {} {}\n", mode_name(call.mode), call.speed).as_bytes(),
-                )
-                .await?;
-            let leftover = stream.buffer().to_vec();
-            let mut s = stream.into_inner();
-            // Bytes sent before CONNECTED arrived (raw calls only; PPP needs framing).
-            if !leftover.is_empty() && call.mode == CallMode::Raw {
-                call.handle.send_data(call.session, leftover);
-            }
-            let end = call.run(&mut s).await;
-            info!(?end, "call over");
-        }
-        Err(e) => {
-            stream
-                .get_mut()
-                .write_all(format!("ERROR {e}\n").as_bytes())
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Resolves when the control connection's peer has closed it (bytes sent before the
-/// call is connected are discarded).
-async fn peer_gone(s: &mut UnixStream) {
-    let mut b = [0u8; 256];
-    while let Ok(n) = tokio::io::AsyncReadExt::read(s, &mut b).await {
-        if n == 0 {
-            return;
-        }
     }
 }

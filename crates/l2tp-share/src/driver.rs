@@ -78,6 +78,10 @@ enum Cmd {
         payload: Vec<u8>,
     },
     Close(ResultCode),
+    Shutdown {
+        result: ResultCode,
+        acked: oneshot::Sender<()>,
+    },
     Discard,
     DataPath {
         session: u16,
@@ -232,6 +236,19 @@ impl TunnelHandle {
         let _ = self.cmd.send(Cmd::Close(result));
     }
 
+    /// Clears every session (CDN 3) and the tunnel (StopCCN `result`); resolves when
+    /// the peer has acknowledged them all (or the tunnel is gone).
+    /// The commands go out at once, before the returned future is awaited.
+    pub fn shutdown(&self, result: ResultCode) -> impl std::future::Future<Output = ()> {
+        let (acked, rx) = oneshot::channel();
+        let sent = self.cmd.send(Cmd::Shutdown { result, acked }).is_ok();
+        async move {
+            if sent {
+                let _ = rx.await;
+            }
+        }
+    }
+
     /// Drops the tunnel without a StopCCN (the loser of a tie, §4.4.3).
     pub fn discard(&self) {
         let _ = self.cmd.send(Cmd::Discard);
@@ -278,6 +295,7 @@ pub fn spawn(
         app: app_tx,
         out: Vec::with_capacity(2048),
         data_pending: false,
+        on_acked: None,
     };
     tokio::spawn(d.run(inbound, cmd_rx));
     (TunnelHandle { cmd: cmd_tx }, app_rx)
@@ -292,6 +310,8 @@ struct Driver {
     out: Vec<u8>,
     /// `out` holds a data message to send (sent from the loop, where it may await).
     data_pending: bool,
+    /// Told once the peer has acknowledged everything (after a shutdown).
+    on_acked: Option<oneshot::Sender<()>>,
 }
 
 impl Driver {
@@ -306,6 +326,11 @@ impl Driver {
                 let _ = self.socket.send_to(&self.out, self.peer).await;
             }
             self.flush().await;
+            if self.tunnel.all_acked() || self.tunnel.is_finished() {
+                if let Some(tx) = self.on_acked.take() {
+                    let _ = tx.send(());
+                }
+            }
             if self.tunnel.is_finished() {
                 break;
             }
@@ -421,6 +446,18 @@ impl Driver {
                 }
             }
             Cmd::Close(rc) => t.close(now, rc),
+            Cmd::Shutdown { result, acked } => {
+                let cdn = ResultCode::new(
+                    bulkhead_l2tp::result::CDN_ADMIN,
+                    0,
+                    result.message.clone().unwrap_or_default(),
+                );
+                for session in self.sessions.keys() {
+                    let _ = t.disconnect_call(now, *session, cdn.clone());
+                }
+                t.close(now, result);
+                self.on_acked = Some(acked);
+            }
             Cmd::Discard => t.discard(),
             Cmd::DataPath { session, reply } => {
                 let d = t.data_path(session).map(|(tunnel, session)| DataSender {

@@ -17,19 +17,14 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::call::{bridge, End};
+use crate::call::{bridge, End, Stream};
 use crate::driver::{self, AppEvent, SessionMsg, SessionRx, TunnelHandle};
-use crate::profile::{Device, ServerProfile};
-
-struct Slot {
-    cfg: Device,
-    /// `None` while a call or an armed request holds the device.
-    dte: Option<Dte>,
-}
+use crate::pool::{after_failure, settle, After, Pool, Slot, Taken};
+use crate::profile::ServerProfile;
 
 struct Shared {
     profile: ServerProfile,
-    slots: Mutex<Vec<Slot>>,
+    pool: Pool,
     /// Tunnels to the LNSes that devices forward rings to: one per LNS, shared.
     to_lns: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Option<TunnelHandle>>>>>,
     /// Our SCCRQs still unanswered: an SCCRQ from the same peer meanwhile is a tie.
@@ -52,46 +47,7 @@ enum Answer {
     No(Tie),
 }
 
-/// A device taken from the pool; give it back with [`Shared::put_back`].
-struct Taken {
-    index: usize,
-    name: String,
-    dial_timeout: Duration,
-    dte: Dte,
-}
-
 impl Shared {
-    fn take(&self, want: impl Fn(&Device) -> bool) -> Result<Taken, ResultCode> {
-        let mut slots = self.slots.lock().expect("pool lock");
-        let mut exists = false;
-        for (i, s) in slots.iter_mut().enumerate() {
-            if want(&s.cfg) && s.cfg.forward_incoming.is_none() {
-                exists = true;
-                if let Some(dte) = s.dte.take() {
-                    return Ok(Taken {
-                        index: i,
-                        name: s.cfg.name.clone(),
-                        dial_timeout: Duration::from_secs(s.cfg.dial_timeout),
-                        dte,
-                    });
-                }
-            }
-        }
-        Err(if exists {
-            ResultCode::new(
-                CDN_NO_FACILITIES_TEMP,
-                ERR_NO_RESOURCES,
-                "all devices are in use",
-            )
-        } else {
-            ResultCode::new(
-                CDN_NO_FACILITIES_PERM,
-                ERR_NONE,
-                "no device takes this kind of call",
-            )
-        })
-    }
-
     /// Settles an SCCRQ from `peer` against our unanswered SCCRQs to it (§4.4.3).
     fn settle(&self, peer: IpAddr, theirs: Option<[u8; 8]>) -> Answer {
         let mut opening = self.opening.lock().expect("opening lock");
@@ -195,13 +151,6 @@ impl Shared {
         }
         anyhow::bail!("no tunnel to {lns} after {ATTEMPTS} tied or failed attempts")
     }
-
-    async fn put_back(&self, mut t: Taken) {
-        if let Err(e) = t.dte.init().await {
-            warn!(device = t.name, "modem did not reset after the call: {e}");
-        }
-        self.slots.lock().expect("pool lock")[t.index].dte = Some(t.dte);
-    }
 }
 
 /// The CDN for a modem's dial or answer failure.
@@ -270,11 +219,12 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
         slots.push(Slot {
             cfg: d.clone(),
             dte: Some(dte),
+            releasing: false,
         });
     }
     let shared = Arc::new(Shared {
         profile: profile.clone(),
-        slots: Mutex::new(slots),
+        pool: Pool::new(slots),
         to_lns: Mutex::new(HashMap::new()),
         opening: Mutex::new(Vec::new()),
     });
@@ -296,10 +246,7 @@ pub async fn start(profile: ServerProfile) -> anyhow::Result<Running> {
     }
     for (i, d) in profile.devices.iter().enumerate() {
         if let Some(lns) = d.forward_incoming {
-            let dte = shared.slots.lock().expect("pool lock")[i]
-                .dte
-                .take()
-                .expect("just opened");
+            let dte = shared.pool.take_index(i).expect("just opened");
             tasks.push(tokio::spawn(forward_incoming(
                 dte,
                 d.name.clone(),
@@ -534,13 +481,13 @@ async fn outgoing_call(
             );
         }
     };
-    let mut dev = match shared.take(|d| d.outgoing) {
+    let mut dev = match shared.pool.take_wait(|d| d.outgoing).await {
         Ok(d) => d,
         Err(rc) => return handle.disconnect(session, rc),
     };
     info!(called, number, device = dev.name, ?mode, "dialing");
     if handle.accept(session).await.is_err() {
-        return shared.put_back(dev).await;
+        return shared.pool.put_back(dev, After::Idle).await;
     }
     let wait = dev.dial_timeout;
     let dialed = tokio::select! {
@@ -550,23 +497,26 @@ async fn outgoing_call(
     match dialed {
         None => {
             info!(device = dev.name, "call cancelled while dialing");
-            shared.put_back(dev).await;
+            // DTR drop ends the dial.
+            shared.pool.put_back(dev, After::Online).await;
         }
         Some(Err(e)) => {
             info!(device = dev.name, "dial failed: {e}");
             // The device is free again before the client hears the result.
-            shared.put_back(dev).await;
+            shared.pool.put_back(dev, after_failure(&e)).await;
             handle.disconnect(session, cdn_for(&e));
         }
         Some(Ok(speed)) => {
-            if handle
+            let after = if handle
                 .connected(session, speed, FRAMING_ASYNC)
                 .await
                 .is_ok()
             {
-                run_call(&handle, session, &mut rx, &mut dev, mode).await;
-            }
-            shared.put_back(dev).await;
+                run_call(&handle, session, &mut rx, &mut dev, mode).await
+            } else {
+                After::Online
+            };
+            shared.pool.put_back(dev, after).await;
         }
     }
 }
@@ -578,23 +528,27 @@ async fn run_call(
     rx: &mut SessionRx,
     dev: &mut Taken,
     mode: CallMode,
-) {
+) -> After {
     info!(device = dev.name, session, "call connected");
     let (tty, initial) = dev.dte.data();
-    let end = bridge(tty, initial, handle, session, rx, mode, true).await;
+    let end = bridge(&mut Stream(tty), initial, handle, session, rx, mode, true).await;
     info!(device = dev.name, session, ?end, "call ended");
     match end {
-        End::Remote(_) => {
-            let _ = dev.dte.hangup().await;
+        End::Remote(_) => After::Online,
+        End::Carrier => {
+            handle.disconnect(
+                session,
+                ResultCode::new(CDN_LOST_CARRIER, ERR_NONE, "NO CARRIER"),
+            );
+            After::Idle
         }
-        End::Carrier => handle.disconnect(
-            session,
-            ResultCode::new(CDN_LOST_CARRIER, ERR_NONE, "NO CARRIER"),
-        ),
-        End::Local => handle.disconnect(
-            session,
-            ResultCode::new(CDN_LOST_CARRIER, ERR_VENDOR, "modem line closed"),
-        ),
+        End::Local => {
+            handle.disconnect(
+                session,
+                ResultCode::new(CDN_LOST_CARRIER, ERR_VENDOR, "modem line closed"),
+            );
+            After::Unknown
+        }
     }
 }
 
@@ -623,7 +577,11 @@ async fn armed_call(
             return;
         }
     }
-    let mut dev = match shared.take(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name)) {
+    let mut dev = match shared
+        .pool
+        .take_wait(|d| d.incoming && line.as_ref().is_none_or(|l| *l == d.name))
+        .await
+    {
         Ok(d) => d,
         Err(rc) => {
             let _ = handle.reply_arm(session, Err(rc)).await;
@@ -631,7 +589,7 @@ async fn armed_call(
         }
     };
     if handle.reply_arm(session, Ok(duration)).await.is_err() {
-        return shared.put_back(dev).await;
+        return shared.pool.put_back(dev, After::Idle).await;
     }
     info!(device = dev.name, ?duration, "armed for an incoming call");
     let rang = tokio::select! {
@@ -641,11 +599,13 @@ async fn armed_call(
             false
         }
     };
-    if rang {
+    let after = if rang {
         info!(device = dev.name, "ring: routing the call to the client");
-        answer_and_run(&handle, session, &mut rx, &mut dev, mode, Some(session)).await;
-    }
-    shared.put_back(dev).await;
+        answer_and_run(&handle, session, &mut rx, &mut dev, mode, Some(session)).await
+    } else {
+        After::Idle
+    };
+    shared.pool.put_back(dev, after).await;
 }
 
 /// ICRQ (tied to `armed` if set), wait for ICRP, answer, ICCN, bridge.
@@ -656,10 +616,10 @@ async fn answer_and_run(
     dev: &mut Taken,
     mode: CallMode,
     armed: Option<u16>,
-) {
+) -> After {
     if let Err(e) = handle.place_incoming(None, None, armed).await {
         warn!("ICRQ: {e}");
-        return;
+        return After::Idle;
     }
     let replied = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -674,7 +634,7 @@ async fn answer_and_run(
     .unwrap_or(false);
     if !replied {
         info!(device = dev.name, "the LNS did not take the call");
-        return;
+        return After::Idle;
     }
     match dev.dte.answer(Duration::from_secs(30)).await {
         Ok(speed) => {
@@ -683,10 +643,15 @@ async fn answer_and_run(
                 .await
                 .is_ok()
             {
-                run_call(handle, session, rx, dev, mode).await;
+                run_call(handle, session, rx, dev, mode).await
+            } else {
+                After::Online
             }
         }
-        Err(e) => handle.disconnect(session, cdn_for(&e)),
+        Err(e) => {
+            handle.disconnect(session, cdn_for(&e));
+            after_failure(&e)
+        }
     }
 }
 
@@ -710,15 +675,16 @@ async fn forward_incoming(dte: Dte, name: String, lns: SocketAddr, shared: Arc<S
                 continue;
             }
         };
-        match h.place_incoming(None, None, None).await {
+        let after = match h.place_incoming(None, None, None).await {
             Ok((session, Some(mut rx))) => {
-                answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await;
+                answer_and_run(&h, session, &mut rx, &mut dev, CallMode::Ppp, None).await
             }
-            Ok(_) => {}
-            Err(e) => warn!("ICRQ to {lns}: {e}"),
-        }
-        if let Err(e) = dev.dte.init().await {
-            warn!(device = dev.name, "modem reset: {e}");
-        }
+            Ok(_) => After::Idle,
+            Err(e) => {
+                warn!("ICRQ to {lns}: {e}");
+                After::Idle
+            }
+        };
+        settle(&mut dev, after).await;
     }
 }

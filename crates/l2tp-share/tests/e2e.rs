@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bulkhead_l2tp::CallMode;
 use bulkhead_l2tp_share::client::{CallError, Client};
+use bulkhead_l2tp_share::control;
 use bulkhead_l2tp_share::server;
 use bulkhead_modem::emulator::Line;
 use common::*;
@@ -215,7 +216,9 @@ async fn control_socket_dial_and_cancelled_answer() {
     let sock = dir.path().join("client.sock");
     let client = Client::new(cp);
     let s2 = sock.clone();
-    tokio::spawn(async move { bulkhead_l2tp_share::client::serve_control(client, &s2).await });
+    tokio::spawn(async move {
+        bulkhead_l2tp_share::control::serve_control(client, &s2, std::future::pending()).await
+    });
     // serve_control binds the socket in its own task: wait (bounded in time,
     // not in iterations, which a busy host runs through in a blink) until it
     // accepts.
@@ -238,13 +241,21 @@ async fn control_socket_dial_and_cancelled_answer() {
     let mut line = String::new();
     s.read_line(&mut line).await.unwrap();
     assert_eq!(line, "CONNECTED raw 33600\n");
-    s.get_mut()
-        .write_all(b"over the control socket")
-        .await
-        .unwrap();
-    let mut back = [0u8; 23];
+    // After CONNECTED the connection carries frames: tag, length, payload.
+    let mut f = Vec::new();
+    control::encode(control::DATA, b"over the control socket", &mut f);
+    s.get_mut().write_all(&f).await.unwrap();
+    let mut back = [0u8; 26];
     s.read_exact(&mut back).await.unwrap();
-    assert_eq!(&back, b"over the control socket");
+    assert_eq!(&back[..3], b"D\x00\x17");
+    assert_eq!(&back[3..], b"over the control socket");
+    // Hanging up: the daemon confirms with the call's end.
+    let mut f = Vec::new();
+    control::encode(control::HANG_UP, b"", &mut f);
+    s.get_mut().write_all(&f).await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"X\x00\x08Lhung up");
     drop(s);
     // ANSWER, then the user gives up: the armed request is cancelled, the line freed.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -313,5 +324,117 @@ async fn dialing_a_modem_already_in_a_call_is_busy() {
     .await
     .expect("the far modem's call data in time");
     assert_eq!(&got, b"still here");
+    srv.abort();
+}
+
+/// A far end that greets each call with its number ("far end N\n"), echoes, and
+/// records what each call sent it.
+async fn numbered_echo() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    tokio::spawn(async move {
+        for n in 0usize.. {
+            let (mut s, _) = l.accept().await.unwrap();
+            g.lock().unwrap().push(Vec::new());
+            let g = g.clone();
+            tokio::spawn(async move {
+                s.write_all(format!("far end {n}\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut b = [0u8; 4096];
+                while let Ok(k) = s.read(&mut b).await {
+                    if k == 0 {
+                        break;
+                    }
+                    g.lock().unwrap()[n].extend_from_slice(&b[..k]);
+                    if s.write_all(&b[..k]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// Fifty short calls back to back on one modem, each dialled right after the last one
+/// hung up: every one connects (no CDN 4 while the modem hangs up), only after the
+/// modem's CONNECT (the far end's greeting is the first thing the call carries, not a
+/// modem result), and carries exactly the caller's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_back_to_back_calls_each_after_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (far, got) = numbered_echo().await;
+    let srv = one_modem_server(dir.path(), far, "PRIMARY_ISP").await;
+    let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
+    const CALLS: usize = 50;
+    for i in 0..CALLS {
+        let call = match client.dial("PRIMARY_ISP", None, WAIT).await {
+            Ok(c) => c,
+            Err(e) => panic!("call {i}: {e}"),
+        };
+        assert_eq!(call.speed, 33600, "call {i}");
+        let mut s = call.into_stream();
+        let greeting = format!("far end {i}\n");
+        let mut first = vec![0u8; greeting.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut first))
+            .await
+            .expect("greeting in time")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&first), greeting, "call {i}");
+        let mine = format!("caller's bytes of call {i}");
+        s.write_all(mine.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; mine.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&back), mine, "call {i}");
+        // Hang up; the next dial follows at once.
+        drop(s);
+    }
+    // Each far-end connection got exactly its caller's bytes (bounded wait for the
+    // last ones to be recorded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let g = got.lock().unwrap().clone();
+        let want: Vec<Vec<u8>> = (0..CALLS)
+            .map(|i| format!("caller's bytes of call {i}").into_bytes())
+            .collect();
+        if g == want {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the far end got {:?}",
+            g.iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.abort();
+}
+
+/// A redial right after the client's hang-up connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redial_right_after_a_hang_up_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, _) = echo_server().await;
+    let srv = one_modem_server(dir.path(), echo, "PRIMARY_ISP").await;
+    let client = Client::new(client_profile(srv.addrs[0], "s3cret"));
+    let call = client.dial("PRIMARY_ISP", None, WAIT).await.unwrap();
+    let mut s = call.into_stream();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    let again = client.dial("PRIMARY_ISP", None, WAIT).await;
+    assert!(again.is_ok(), "redial: {:?}", again.err());
     srv.abort();
 }

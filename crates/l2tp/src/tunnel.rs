@@ -365,6 +365,11 @@ impl Tunnel {
     pub fn tie_breaker(&self) -> Option<[u8; 8]> {
         (self.cfg.tie_breaker && self.role == Role::Initiator).then_some(self.tie_breaker)
     }
+    /// Every control message sent so far has been acknowledged by the peer (a
+    /// StopCCN included: the peer has it).
+    pub fn all_acked(&self) -> bool {
+        self.channel.idle()
+    }
     /// Sessions that exist, with their peer IDs.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

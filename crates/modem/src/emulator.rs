@@ -129,6 +129,7 @@ impl Emulator {
     /// Creates the PTY (and its symlink) and binds the listen address.
     pub async fn bind(cfg: Config) -> anyhow::Result<Emulator> {
         let pty = Pty::open()?;
+        pty.watch_settings()?;
         pty.link(&cfg.link)?;
         info!(link = %cfg.link.display(), tty = %pty.slave_path.display(), "modem ready");
         let listener = match cfg.listen {
@@ -142,7 +143,7 @@ impl Emulator {
         let modem = Modem {
             cfg,
             tty,
-            _slave: slave,
+            slave,
             hayes: Hayes::default(),
             state: State::Command,
             escape: Escape::default(),
@@ -170,8 +171,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 struct Modem {
     cfg: Config,
     tty: AsyncTty,
-    /// Held open so the master never sees EIO between DTE sessions.
-    _slave: std::os::fd::OwnedFd,
+    /// Held open so the master never sees EIO between DTE sessions; its settings
+    /// tell whether the DTE holds DTR up.
+    slave: std::os::fd::OwnedFd,
     hayes: Hayes,
     state: State,
     escape: Escape,
@@ -226,7 +228,13 @@ impl Modem {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                    self.on_dte_input(&tbuf[..n]).await?;
+                    // Packet mode: a status byte first; non-zero = the settings changed.
+                    if tbuf[0] != 0 {
+                        self.on_settings().await?;
+                    }
+                    if n > 1 {
+                        self.on_dte_input(&tbuf[1..n]).await?;
+                    }
                 }
                 ev = line => match ev {
                     LineEvent::Data(r) => self.on_line_data(r, &nbuf).await?,
@@ -251,6 +259,33 @@ impl Modem {
                 _ = sleep => self.on_timer().await?,
             }
         }
+    }
+
+    /// The DTE changed the line's settings: a DTR drop (B0) acts as `&D` says.
+    async fn on_settings(&mut self) -> anyhow::Result<()> {
+        if !crate::tty::dtr_dropped(&self.slave)? || self.hayes.dtr == 0 {
+            return Ok(());
+        }
+        match std::mem::replace(&mut self.state, State::Command) {
+            State::Online(call) if self.hayes.dtr == 1 => {
+                info!("DTR dropped: command mode, call kept");
+                self.state = State::Held(call);
+                self.escape = Escape::default();
+                self.say(Code::Ok, None).await?;
+            }
+            s @ (State::Online(_) | State::Held(_) | State::Dialing(_)) if self.hayes.dtr >= 2 => {
+                info!("DTR dropped: hanging up");
+                // Dropping the call's connection (or the dial) hangs up.
+                drop(s);
+                self.escape = Escape::default();
+                if self.hayes.dtr == 3 {
+                    self.hayes = Hayes::default();
+                }
+                self.say(Code::NoCarrier, None).await?;
+            }
+            s => self.state = s,
+        }
+        Ok(())
     }
 
     /// One call at a time: a new caller hears BUSY and is hung up on, without holding

@@ -86,6 +86,9 @@ pub struct Hayes {
     pub echo: bool,
     pub verbose: bool,
     pub quiet: bool,
+    /// `&D`: what a DTR drop does (0 nothing, 1 command mode with the call kept,
+    /// 2 and 3 hang up).
+    pub dtr: u8,
     pub s: [u8; 32],
     line: Vec<u8>,
 }
@@ -96,6 +99,7 @@ impl Default for Hayes {
             echo: true,
             verbose: true,
             quiet: false,
+            dtr: 2,
             s: DEFAULT_S,
             line: Vec::new(),
         }
@@ -245,7 +249,13 @@ impl Hayes {
                         return vec![Action::Write(self.result(Code::Error, None))];
                     };
                     i += 1;
-                    num(&mut i);
+                    let n = num(&mut i);
+                    if what == b'D' {
+                        match n.unwrap_or(0) {
+                            v @ 0..=3 => self.dtr = v as u8,
+                            _ => return vec![Action::Write(self.result(Code::Error, None))],
+                        }
+                    }
                     if what == b'F' {
                         *self = Hayes {
                             line: Vec::new(),
@@ -374,6 +384,10 @@ mod tests {
         assert_eq!(writes(&h.feed(b"AT&\xd8F\r")), "4\r");
         assert_eq!(writes(&h.feed(b"ATDT555\xe9\r")), "4\r");
         assert_eq!(h.result(Code::Busy, None), b"7\r");
+        assert_eq!(h.dtr, 2, "DTR drop hangs up by default");
+        assert_eq!(writes(&h.feed(b"AT&D0\r")), "0\r");
+        assert_eq!(h.dtr, 0);
+        assert_eq!(writes(&h.feed(b"AT&D9\r")), "4\r");
     }
 
     #[test]

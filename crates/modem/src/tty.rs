@@ -42,6 +42,43 @@ impl AsyncTty {
     }
 }
 
+impl AsFd for AsyncTty {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+impl AsyncTty {
+    /// Reads what is already there without waiting: `WouldBlock` when nothing is.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match nix::unistd::read(self.fd.get_ref().as_raw_fd(), buf) {
+            Err(nix::errno::Errno::EIO) => Ok(0),
+            r => r.map_err(io::Error::from),
+        }
+    }
+
+    /// Drops DTR (output speed B0, as POSIX defines a hang-up) and returns the
+    /// settings that raise it again with [`AsyncTty::restore`].
+    pub fn drop_dtr(&self) -> io::Result<termios::Termios> {
+        let saved = termios::tcgetattr(self)?;
+        let mut t = saved.clone();
+        termios::cfsetospeed(&mut t, termios::BaudRate::B0)?;
+        termios::tcsetattr(self, SetArg::TCSANOW, &t)?;
+        Ok(saved)
+    }
+
+    /// Puts back settings saved by [`AsyncTty::drop_dtr`] (DTR up again).
+    pub fn restore(&self, t: &termios::Termios) -> io::Result<()> {
+        Ok(termios::tcsetattr(self, SetArg::TCSANOW, t)?)
+    }
+}
+
+/// Whether the terminal's DTE has dropped DTR (output speed B0).
+pub fn dtr_dropped(fd: &impl AsFd) -> io::Result<bool> {
+    let t = termios::tcgetattr(fd)?;
+    Ok(termios::cfgetospeed(&t) == termios::BaudRate::B0)
+}
+
 /// Puts a terminal into raw mode.
 pub fn make_raw(fd: &impl AsFd) -> io::Result<()> {
     let mut t = termios::tcgetattr(fd)?;
@@ -117,6 +154,23 @@ impl Pty {
             slave_path,
             _slave: r.slave,
         })
+    }
+
+    /// Makes every change of the slave's settings (a DTR drop among them) show on the
+    /// master: packet mode, where each read starts with a status byte (0 = data
+    /// follows, non-zero = the settings changed), and EXTPROC on the slave, without
+    /// which Linux reports no settings change to the master.
+    pub fn watch_settings(&self) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: TIOCPKT reads one c_int through the pointer, which outlives the call;
+        // the fd is the open PTY master.
+        if unsafe { libc::ioctl(self.master.as_fd().as_raw_fd(), libc::TIOCPKT, &on) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut t = termios::tcgetattr(&self._slave)?;
+        t.local_flags |= termios::LocalFlags::EXTPROC;
+        termios::tcsetattr(&self._slave, SetArg::TCSANOW, &t)?;
+        Ok(())
     }
 
     pub fn into_parts(self) -> (AsyncTty, OwnedFd) {

@@ -389,3 +389,64 @@ async fn caller_classified_after_the_answer_plain_or_modem() {
     assert_eq!(&status, phoneline::ANSWER);
     expect_data(&mut b, Vec::new(), b"data").await;
 }
+
+/// DTR dropped by the DTE (output speed B0, as POSIX hangs up a modem): the model hangs
+/// up at once (&D2) and says NO CARRIER; with &D0 it keeps the call.
+#[tokio::test]
+async fn dtr_drop_hangs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let far = l.local_addr().unwrap().to_string();
+    let book = HashMap::from([("1".to_string(), Line::Tcp(far))]);
+    let (link, _) = modem(&dir, "ttyDtr", book).await;
+    let mut dte = dte(&link).await;
+    dte.dial("1", WAIT).await.unwrap();
+    let (mut conn, _) = l.accept().await.unwrap();
+    let saved = dte.data().0.drop_dtr().unwrap();
+    read_to(&mut dte, "NO CARRIER").await;
+    // The far end sees the hang-up.
+    let mut b = [0u8; 8];
+    let n = tokio::time::timeout(WAIT, conn.read(&mut b))
+        .await
+        .expect("hang-up in time")
+        .unwrap();
+    assert_eq!(n, 0);
+    dte.data().0.restore(&saved).unwrap();
+    dte.command("", WAIT).await.unwrap();
+
+    // &D0: DTR is ignored, the call goes on.
+    dte.command("&D0", WAIT).await.unwrap();
+    dte.dial("1", WAIT).await.unwrap();
+    let (mut conn, _) = l.accept().await.unwrap();
+    let saved = dte.data().0.drop_dtr().unwrap();
+    conn.write_all(b"still up").await.unwrap();
+    expect_data(&mut dte, Vec::new(), b"still up").await;
+    dte.data().0.restore(&saved).unwrap();
+    // The DTE's hang-up falls back to the escape when DTR is ignored.
+    dte.hangup().await.unwrap();
+    let n = tokio::time::timeout(WAIT, conn.read(&mut b))
+        .await
+        .expect("hang-up in time")
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+/// Back-to-back dials after hang-ups, each answered only by CONNECT: a reply left on
+/// the line from a former command is never taken for the next one.
+#[tokio::test]
+async fn dials_after_hang_ups_wait_for_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = echo_server().await;
+    let book = HashMap::from([("1".to_string(), Line::Tcp(echo))]);
+    let (link, _) = modem(&dir, "ttySeq", book).await;
+    let mut dte = dte(&link).await;
+    for i in 0..20u32 {
+        // A stray OK on the line, as a modem one step behind would leave.
+        dte.data().0.write_all(b"AT\r").await.unwrap();
+        assert_eq!(dte.dial("1", WAIT).await.unwrap(), 33600, "call {i}");
+        let msg = format!("call {i}");
+        dte.data().0.write_all(msg.as_bytes()).await.unwrap();
+        expect_data(&mut dte, Vec::new(), msg.as_bytes()).await;
+        dte.hangup().await.unwrap();
+    }
+}

@@ -9,6 +9,10 @@
 //! stream → client (LNS) → UDP → resource server (LAC) → modem model pty → TCP → sink.
 //! Goodput = bytes at the sink / (last byte − first byte).
 //!
+//! `redial`: consecutive outgoing calls on one modem (the modem model dialling a TCP echo
+//! service): from the client's hang-up of one call to the next call connected (OCCN),
+//! median over the calls. xl2tpd drives no modem, so it has no figure here.
+//!
 //! `source`/`sink` are the pppd stand-ins xl2tpd runs (through a stub script).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,10 +35,11 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup(args.get(1).map_or(Ok(50), |n| n.parse())?),
         Some("throughput") => throughput(args.get(1).map_or(Ok(20), |n| n.parse())?),
+        Some("redial") => redial(args.get(1).map_or(Ok(50), |n| n.parse())?),
         Some("source") => source(Path::new(&args[1]), args[2].parse()?),
         Some("sink") => sink(Path::new(&args[1])),
         _ => {
-            bail!("usage: l2tp-bench setup [ROUNDS] | throughput [MB] | source FILE MB | sink FILE")
+            bail!("usage: l2tp-bench setup [ROUNDS] | throughput [MB] | redial [CALLS] | source FILE MB | sink FILE")
         }
     }
 }
@@ -369,10 +374,63 @@ fn xl2tpd_throughput(me: &Path, mb: usize, round: usize) -> anyhow::Result<(f64,
     r
 }
 
-fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
+/// A modem model whose number "1" reaches `far` over TCP, a resource server sharing
+/// it, and a client of that server.
+async fn modem_bed(
+    dir: &Path,
+    far: SocketAddr,
+) -> anyhow::Result<(
+    bulkhead_l2tp_share::server::Running,
+    std::sync::Arc<bulkhead_l2tp_share::client::Client>,
+)> {
     use bulkhead_l2tp_share::client::Client;
     use bulkhead_l2tp_share::profile::{ClientProfile, Device, ServerProfile};
     use bulkhead_modem::emulator::{self, Emulator, Line};
+
+    let link = dir.join("ttyB");
+    let e = Emulator::bind(emulator::Config {
+        link: link.clone(),
+        phonebook: [("1".to_string(), Line::Tcp(far.to_string()))].into(),
+        listen: None,
+        speed: 33600,
+        ring_interval: Duration::from_secs(2),
+    })
+    .await?;
+    tokio::spawn(e.run());
+    let profile = ServerProfile {
+        hostname: "bench".into(),
+        listen: vec!["127.0.0.1:0".parse()?],
+        secret: None,
+        secrets: Default::default(),
+        vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
+        hello_interval: 60,
+        hide_avps: false,
+        devices: vec![Device {
+            name: "m".into(),
+            tty: link,
+            outgoing: true,
+            incoming: false,
+            dial_timeout: 30,
+            forward_incoming: None,
+        }],
+        directory: Default::default(),
+    };
+    let srv = bulkhead_l2tp_share::server::start(profile).await?;
+    let client = Client::new(ClientProfile {
+        hostname: "bench-client".into(),
+        outgoing: Some(srv.addrs[0]),
+        incoming: None,
+        secret: None,
+        vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
+        hello_interval: 60,
+        hide_avps: false,
+        control: PathBuf::from("/nonexistent"),
+        directory: Default::default(),
+    });
+    Ok((srv, client))
+}
+
+fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -400,46 +458,7 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
             }
             anyhow::Ok((total as f64, (last - first).as_secs_f64()))
         });
-        let link = dir.path().join("ttyB");
-        let e = Emulator::bind(emulator::Config {
-            link: link.clone(),
-            phonebook: [("1".to_string(), Line::Tcp(sink_addr.to_string()))].into(),
-            listen: None,
-            speed: 33600,
-            ring_interval: Duration::from_secs(2),
-        })
-        .await?;
-        tokio::spawn(e.run());
-        let profile = ServerProfile {
-            hostname: "bench".into(),
-            listen: vec!["127.0.0.1:0".parse()?],
-            secret: None,
-            secrets: Default::default(),
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            devices: vec![Device {
-                name: "m".into(),
-                tty: link,
-                outgoing: true,
-                incoming: false,
-                dial_timeout: 30,
-                forward_incoming: None,
-            }],
-            directory: Default::default(),
-        };
-        let srv = bulkhead_l2tp_share::server::start(profile).await?;
-        let client = Client::new(ClientProfile {
-            hostname: "bench-client".into(),
-            outgoing: Some(srv.addrs[0]),
-            incoming: None,
-            secret: None,
-            vendor_id: bulkhead_l2tp::ext::DEFAULT_VENDOR_ID,
-            hello_interval: 60,
-            hide_avps: false,
-            control: PathBuf::from("/nonexistent"),
-            directory: Default::default(),
-        });
+        let (srv, client) = modem_bed(dir.path(), sink_addr).await?;
         let call = client
             .dial("1", Some(CallMode::Ppp), Duration::from_secs(30))
             .await?;
@@ -449,4 +468,60 @@ fn bulkhead_throughput(mb: usize) -> anyhow::Result<(f64, f64)> {
         srv.abort();
         Ok(r)
     })
+}
+
+/// Consecutive calls on one modem: hang-up to the next call connected, median of `calls`.
+fn redial(calls: usize) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut gaps = rt.block_on(async {
+        let dir = tempfile::tempdir()?;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let echo = l.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (srv, client) = modem_bed(dir.path(), echo).await?;
+        let wait = Duration::from_secs(30);
+        let mut gaps = Vec::with_capacity(calls);
+        let mut hung_up: Option<Instant> = None;
+        for _ in 0..=calls {
+            let call = client.dial("1", Some(CallMode::Raw), wait).await?;
+            if let Some(t) = hung_up {
+                gaps.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            // A short call: one byte there and back, then hang up.
+            let mut s = call.into_stream();
+            s.write_all(b"x").await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            hung_up = Some(Instant::now());
+            drop(s);
+        }
+        srv.abort();
+        anyhow::Ok(gaps)
+    })?;
+    println!("consecutive calls on one modem (modem model), median of {calls}:");
+    println!(
+        "  {:<28} {:>10} {:>10} {:>8}",
+        "", "Bulkhead", "xl2tpd", "ratio"
+    );
+    println!(
+        "  {:<28} {:>8.3}ms {:>10} {:>8}",
+        "hang-up .. next connected",
+        median(&mut gaps),
+        "n/a",
+        "-"
+    );
+    println!("  (xl2tpd drives no modem: it has no hang-up to wait for)");
+    Ok(())
 }

@@ -103,3 +103,19 @@ pub fn client_profile(server: SocketAddr, secret: &str) -> ClientProfile {
         directory: HashMap::new(),
     }
 }
+
+/// A resource server with one outgoing modem whose phone book reaches `far` as
+/// 5551234, in the directory as `name`.
+pub async fn one_modem_server(
+    dir: &std::path::Path,
+    far: SocketAddr,
+    name: &str,
+) -> bulkhead_l2tp_share::server::Running {
+    let (tty, _) = modem(dir, "ttyOne", vec![("5551234", Line::Tcp(far.to_string()))]).await;
+    let profile = server_profile(
+        "127.0.0.1:0".parse().unwrap(),
+        vec![device("m0", tty, true, false)],
+        &[(name, "5551234")],
+    );
+    bulkhead_l2tp_share::server::start(profile).await.unwrap()
+}
