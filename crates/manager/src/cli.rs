@@ -96,8 +96,46 @@ pub struct CreateArgs {
     /// never, on-failure or always.
     #[arg(long, default_value = "never")]
     pub restart: String,
+    /// PCIe ports kept free for disks hot-plugged while it runs (q35).
+    #[arg(long, default_value_t = 0)]
+    pub hotplug: u32,
+    /// Named guest CPU model: x86-64-v2 (default) or x86-64-v1.
+    #[arg(long)]
+    pub cpu_model: Option<String>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `bulkhead partition disk add|remove`: disks of a running partition.
+#[derive(Debug, clap::Subcommand)]
+pub enum DiskCommand {
+    /// Hot-plug a disk into a running partition created with --hotplug N.
+    Add(DiskAddArgs),
+    /// Remove a hot-plugged disk (waits until the guest released it).
+    Remove(DiskRemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskAddArgs {
+    pub name: String,
+    /// The image: PATH[:ro] (qcow2 by extension, raw otherwise).
+    pub disk: String,
+    /// Adapter id; hotN when absent.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskRemoveArgs {
+    pub name: String,
+    /// The disk's adapter id (from `disk add` or `show`).
+    pub id: String,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -208,6 +246,9 @@ pub enum PartitionCommand {
     Exec(ExecArgs),
     /// CPU time used vs entitlement, memory, uptime.
     Stats(NameArgs),
+    /// Hot-plug disks into a running partition, or remove them.
+    #[command(subcommand)]
+    Disk(DiskCommand),
 }
 
 /// Parses `50%` or `50` as a percentage.
@@ -256,6 +297,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 "cpu_percent": parse_percent(&a.cpu)?, "disks": disks, "net": a.net,
                 "image": a.image, "cmdline": a.cmdline,
                 "restart_policy": a.restart.parse::<bulkhead_store::RestartPolicy>().map_err(anyhow::Error::msg)?,
+                "hotplug_slots": a.hotplug, "cpu_model": a.cpu_model,
             });
             let v = a.api.client().post("/v1/partitions", &body).await?;
             print_record(&v, a.json);
@@ -349,6 +391,32 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             if code != 0 {
                 std::process::exit(code);
             }
+        }
+        PartitionCommand::Disk(DiskCommand::Add(a)) => {
+            let mut body = parse_disk(&a.disk)?;
+            body["id"] = json!(a.id);
+            let v = a.api.client().post(&path(&a.name, "disks"), &body).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} attached to {} (port {})",
+                    s(&v["id"]),
+                    a.name,
+                    s(&v["slot"])
+                );
+            }
+        }
+        PartitionCommand::Disk(DiskCommand::Remove(a)) => {
+            a.api
+                .client()
+                .call(
+                    Method::DELETE,
+                    &format!("{}/{}", path(&a.name, "disks"), a.id),
+                    None,
+                )
+                .await?;
+            println!("{} removed from {}", a.id, a.name);
         }
         PartitionCommand::Console(a) => {
             let client = a.api.client();
@@ -581,6 +649,8 @@ pub fn show_text(v: &Value) -> String {
                 s(&v["restarts"])
             ),
         ),
+        ("cpu model", s(&v["cpu_model"])),
+        ("hot-plug ports", s(&v["hotplug_slots"])),
         ("pid", s(&v["pid"])),
         ("started", ms_ago(&v["started_at"])),
         ("last exit", s(&v["last_exit"])),
@@ -598,6 +668,23 @@ pub fn show_text(v: &Value) -> String {
                 } else {
                     ""
                 }
+            ),
+        ));
+    }
+    for d in v["hotplugged_disks"].as_array().into_iter().flatten() {
+        rows.push((
+            "hot-plugged",
+            format!(
+                "{} {} ({}{}, port {})",
+                s(&d["id"]),
+                s(&d["path"]),
+                s(&d["format"]),
+                if d["readonly"].as_bool() == Some(true) {
+                    ", ro"
+                } else {
+                    ""
+                },
+                s(&d["slot"])
             ),
         ));
     }
