@@ -618,6 +618,15 @@ fn ms_ago(at: &Value) -> String {
     }
 }
 
+/// `, ro` for a read-only disk.
+fn ro(disk: &Value) -> &'static str {
+    if disk["readonly"].as_bool() == Some(true) {
+        ", ro"
+    } else {
+        ""
+    }
+}
+
 pub fn show_text(v: &Value) -> String {
     let mut rows = vec![
         ("name", s(&v["name"])),
@@ -659,16 +668,7 @@ pub fn show_text(v: &Value) -> String {
     for d in v["disks"].as_array().into_iter().flatten() {
         rows.push((
             "disk",
-            format!(
-                "{} ({}{})",
-                s(&d["path"]),
-                s(&d["format"]),
-                if d["readonly"].as_bool() == Some(true) {
-                    ", ro"
-                } else {
-                    ""
-                }
-            ),
+            format!("{} ({}{})", s(&d["path"]), s(&d["format"]), ro(d)),
         ));
     }
     for d in v["hotplugged_disks"].as_array().into_iter().flatten() {
@@ -679,11 +679,7 @@ pub fn show_text(v: &Value) -> String {
                 s(&d["id"]),
                 s(&d["path"]),
                 s(&d["format"]),
-                if d["readonly"].as_bool() == Some(true) {
-                    ", ro"
-                } else {
-                    ""
-                },
+                ro(d),
                 s(&d["slot"])
             ),
         ));
@@ -751,6 +747,52 @@ mod tests {
         let d = parse_disk("/x/a.qcow2:ro").unwrap();
         assert_eq!(d["format"], "qcow2");
         assert_eq!(d["readonly"], true);
+    }
+
+    #[test]
+    fn hotplug_and_cpu_model_arguments() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PartitionCommand,
+        }
+        let t = T::try_parse_from([
+            "t",
+            "create",
+            "p",
+            "--memory",
+            "256M",
+            "--cpu",
+            "50%",
+            "--hotplug",
+            "2",
+            "--cpu-model",
+            "x86-64-v1",
+        ])
+        .unwrap();
+        let PartitionCommand::Create(a) = t.c else {
+            panic!("not create")
+        };
+        assert_eq!((a.hotplug, a.cpu_model.as_deref()), (2, Some("x86-64-v1")));
+        let t = T::try_parse_from(["t", "disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = t.c else {
+            panic!("not disk add")
+        };
+        assert_eq!(
+            (a.disk.as_str(), a.id.as_deref()),
+            ("/x.raw:ro", Some("d1"))
+        );
+        assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
+        let shown = show_text(&json!({
+            "name": "p", "cpu_model": "x86-64-v2", "hotplug_slots": 2,
+            "hotplugged_disks": [{"id": "hot0", "path": "/x.raw", "format": "raw", "readonly": true, "slot": 0}],
+        }));
+        assert!(shown.contains("cpu model:       x86-64-v2"), "{shown}");
+        assert!(
+            shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -227,7 +227,13 @@ async fn the_recorded_cpu_model_is_the_one_qemu_runs() {
         .collect();
     // The baseline has SSE2 and nothing of v2 (which `max` or the host would add).
     assert!(flags.contains(&"sse2"), "{flags:?}");
-    for f in ["ssse3", "sse4_2", "popcnt", "avx"] {
+    for f in ["ssse3", "sse4_2", "popcnt", "rdrand", "avx"] {
         assert!(!flags.contains(&f), "{f} in a x86-64-v1 guest: {flags:?}");
     }
+    // Without RDRAND the guest kernel seeds its RNG from CPU jitter: a read
+    // that blocks until it is seeded still returns.
+    let t0 = std::time::Instant::now();
+    let r = d.exec("old", "head -c 16 /dev/random | wc -c").await;
+    assert_eq!(r["stdout"].as_str().unwrap().trim(), "16", "{r:#}");
+    eprintln!("/dev/random answered after {:?}", t0.elapsed());
 }
