@@ -32,6 +32,9 @@ pub fn check_disk_path(path: &str) -> Result<PathBuf, ApiError> {
         Ok(_) => Err(ApiError::BadRequest(format!(
             "disk {path:?} is neither a file nor a block device"
         ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::BadRequest(format!(
+            "disk {path:?} does not exist"
+        ))),
         Err(e) => Err(ApiError::BadRequest(format!("disk {path:?}: {e}"))),
     }
 }
