@@ -130,6 +130,10 @@ async fn hotplug_partition_takes_a_disk_and_gives_it_back() {
         (json!({ "path": "relative.raw" }), "invalid_argument"),
         (json!({ "path": "/no/such/disk.raw" }), "invalid_argument"),
         (json!({ "path": one, "format": "vmdk" }), "invalid_argument"),
+        (
+            json!({ "path": one, "id": "Not An Id" }),
+            "invalid_argument",
+        ),
     ] {
         let e = c.post("/v1/partitions/hp/disks", &body).await.unwrap_err();
         assert_eq!(e.code(), Some(code), "{body}: {e}");
@@ -148,7 +152,15 @@ async fn hotplug_partition_takes_a_disk_and_gives_it_back() {
     assert_eq!(r, json!({ "id": "hot0" }));
     wait_guest_disk(&d, "hp", "vda", false).await;
     assert_eq!(guest_disks(&d, "hp").await, vec!["vdb"]);
-    // Its port is free again.
+    // Its port is free again; an id in use is still refused.
+    let e = c
+        .post(
+            "/v1/partitions/hp/disks",
+            &json!({ "path": one, "id": "scratch" }),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("already has a device"), "{e}");
     let again = c
         .post("/v1/partitions/hp/disks", &json!({ "path": one }))
         .await

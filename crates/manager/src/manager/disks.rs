@@ -88,6 +88,13 @@ impl Manager {
         }
         let path = check_disk_path(&req.path)?;
         let format = disk_format(&path, req.format.as_deref())?;
+        if let Some(id) = &req.id {
+            if !bulkhead_engine::spec::valid_name(id) || id.len() > 16 {
+                return Err(ApiError::BadRequest(format!(
+                    "disk id {id:?} must be 1-16 characters of a-z, 0-9 and '-'"
+                )));
+            }
+        }
         let p = self.ready_partition(name)?;
         let used = p.hotplugged();
         if used.len() >= rec.hotplug_slots as usize {
@@ -127,7 +134,7 @@ impl Manager {
             .ok_or_else(|| ApiError::Internal("hot-plugged disk not recorded".into()))?;
         let ev = format!("disk {} hot-plugged ({})", disk.id, disk.path.display());
         tracing::info!(partition = name, disk = %disk.id, slot, "disk hot-plugged");
-        self.modify(name, &ev, |_| {})?;
+        self.record_event(name, &ev);
         Ok(attached(&disk, slot))
     }
 
@@ -148,8 +155,16 @@ impl Manager {
             ))
         })?;
         tracing::info!(partition = name, disk = id, "disk removed");
-        self.modify(name, &format!("disk {id} removed"), |_| {})?;
+        self.record_event(name, &format!("disk {id} removed"));
         Ok(DetachedDisk { id: id.to_string() })
+    }
+
+    /// Adds to the partition's history. The device change it records has
+    /// happened either way, so a failed write is logged, not reported.
+    fn record_event(&self, name: &str, event: &str) {
+        if let Err(e) = self.modify(name, event, |_| {}) {
+            tracing::warn!(partition = name, error = %e, event, "recording event");
+        }
     }
 
     /// The disks hot-plugged into a partition's running QEMU.
