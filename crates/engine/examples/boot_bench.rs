@@ -4,13 +4,16 @@
 //!    QEMU; the agent's handshake reply for the engine, which comes after it),
 //!    in ABBA order;
 //! 2. QMP round-trip latency (query-status) through the engine's client;
-//! 3. N partitions of 128 MiB started at once: total time and memory.
+//! 3. N partitions of 128 MiB started at once: total time and memory;
+//! 4. what the machine costs at boot, each pair in ABBA order: q35 with two
+//!    hot-plug ports (what `--hotplug 2` gives) against microvm, through the
+//!    engine; and the portable CPU model against `-cpu max`, by plain QEMU.
 //!
 //! `cargo run --release -p bulkhead-engine --example boot_bench -- [BOOTS] [CONCURRENT]`
 
 use std::time::{Duration, Instant};
 
-use bulkhead_engine::{cmdline, host, LaunchOptions, Partition, PartitionSpec};
+use bulkhead_engine::{cmdline, host, CpuModel, LaunchOptions, Partition, PartitionSpec};
 
 const READY: Duration = Duration::from_secs(300);
 
@@ -25,38 +28,83 @@ fn spec(name: &str, mib: u64) -> PartitionSpec {
 
 /// Start-to-ready through the engine, and when the ready line reached the
 /// console log (its modification time), to split guest boot from handshake.
-async fn engine_boot(dir: &std::path::Path, i: usize) -> anyhow::Result<(Duration, Duration)> {
-    let mut o = LaunchOptions::new(dir.join(format!("e{i}")));
+async fn engine_boot(
+    dir: &std::path::Path,
+    s: PartitionSpec,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut o = LaunchOptions::new(dir.join(&s.name));
     o.kill_on_drop = true;
     let log = o.console_log();
     let wall0 = std::time::SystemTime::now();
     let t0 = Instant::now();
-    let p = Partition::start(spec(&format!("bench-{i}"), 256), o, READY).await?;
+    let p = Partition::start(s, o, READY).await?;
     let t = t0.elapsed();
     let line = std::fs::metadata(&log)?.modified()?.duration_since(wall0)?;
     p.kill().await?;
     Ok((t, line.min(t)))
 }
 
-/// Plain QEMU: the same machine and kernel command line, console on stdout,
-/// the agent port backed by a null chardev, the same seccomp sandbox; timed to
-/// the ready line.
-async fn plain_boot(i: usize) -> anyhow::Result<Duration> {
+/// Plain QEMU: the same machine, CPU model and kernel command line, console on
+/// stdout, the agent port backed by a null chardev, the same seccomp sandbox;
+/// timed to the ready line. `cpu` overrides the CPU (`-cpu` given last wins).
+async fn plain_boot(i: usize, cpu: Option<&str>) -> anyhow::Result<Duration> {
     let s = spec(&format!("plain-{i}"), 256);
     let append = cmdline::kernel_cmdline(&s, false, host::probe().tsc_khz);
-    let sandbox = [
+    let cpu = cpu.map_or_else(|| s.cpu_model.qemu_cpu(), str::to_string);
+    let extra = [
         "-sandbox",
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-cpu",
+        &cpu,
     ];
     Ok(bulkhead_testbed::plain_qemu_to_ready(
         &image(),
         s.memory_mib,
         &append,
-        &sandbox,
+        &extra,
         bulkhead_engine::READY_LINE,
         READY,
     )
     .await?)
+}
+
+/// `n` runs of each of two sides in ABBA order (A B B A A B ...): on this host
+/// every other boot in a row is ~10% slower whichever side runs it (first-touch
+/// cost of the guest's memory, an artefact of the machine, not of either side),
+/// so each side gets as many slow turns as fast ones.
+async fn abba<TA, TB, FA, FB>(
+    n: usize,
+    mut a: impl FnMut(usize) -> FA,
+    mut b: impl FnMut(usize) -> FB,
+) -> anyhow::Result<(Vec<TA>, Vec<TB>)>
+where
+    FA: std::future::Future<Output = anyhow::Result<TA>>,
+    FB: std::future::Future<Output = anyhow::Result<TB>>,
+{
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i % 2 == 1 {
+            vb.push(b(i).await?);
+        }
+        va.push(a(i).await?);
+        if i % 2 == 0 {
+            vb.push(b(i).await?);
+        }
+    }
+    Ok((va, vb))
+}
+
+/// One row per side and their ratio, medians and p90s.
+fn pair(label_a: &str, a: &mut [Duration], label_b: &str, b: &mut [Duration]) {
+    let (a50, a90) = (pct(a, 0.5), pct(a, 0.9));
+    let (b50, b90) = (pct(b, 0.5), pct(b, 0.9));
+    println!("  {:<38} {:>10.0} {:>10.0}", label_a, ms(a50), ms(a90));
+    println!("  {:<38} {:>10.0} {:>10.0}", label_b, ms(b50), ms(b90));
+    println!(
+        "  ratio: median {:.3}, p90 {:.3}",
+        ms(a50) / ms(b50),
+        ms(a90) / ms(b90)
+    );
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -85,23 +133,14 @@ async fn main() -> anyhow::Result<()> {
     let concurrent: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10);
     let dir = tempfile::tempdir()?;
 
-    // 1. Start-to-ready. On this host every other boot in a row is ~10% slower
-    // whichever side runs it (first-touch cost of the guest's memory, an
-    // artefact of the machine, not of either side), so the order alternates
-    // ABBA: each side gets as many slow turns as fast ones.
-    let (mut eng, mut eng_line, mut plain) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..boots {
-        let plain_first = i % 2 == 1;
-        if plain_first {
-            plain.push(plain_boot(i).await?);
-        }
-        let (t, line) = engine_boot(dir.path(), i).await?;
-        eng.push(t);
-        eng_line.push(line);
-        if !plain_first {
-            plain.push(plain_boot(i).await?);
-        }
-    }
+    // 1. Start-to-ready, engine against plain QEMU, ABBA.
+    let (eng_both, mut plain) = abba(
+        boots,
+        |i| engine_boot(dir.path(), spec(&format!("bench-{i}"), 256)),
+        |i| plain_boot(i, None),
+    )
+    .await?;
+    let (mut eng, mut eng_line): (Vec<Duration>, Vec<Duration>) = eng_both.into_iter().unzip();
     let (e50, e90) = (pct(&mut eng, 0.5), pct(&mut eng, 0.9));
     let (p50, p90) = (pct(&mut plain, 0.5), pct(&mut plain, 0.9));
     println!("start-to-ready, {boots} boots each, microvm TCG, 1 vCPU, 256 MiB");
@@ -167,6 +206,51 @@ async fn main() -> anyhow::Result<()> {
     for p in &parts {
         p.kill().await?;
     }
+
+    // 4. Machine costs at boot.
+    let d = dir.path();
+    let (mut q35, mut micro) = abba(
+        boots,
+        |i| {
+            let mut s = spec(&format!("bench-q35-{i}"), 256);
+            s.hotplug_slots = 2;
+            async move { Ok(engine_boot(d, s).await?.0) }
+        },
+        |i| async move {
+            Ok(engine_boot(d, spec(&format!("bench-mvm-{i}"), 256))
+                .await?
+                .0)
+        },
+    )
+    .await?;
+    println!(
+        "machine cost at boot, engine start-to-ready, {boots} boots each (ABBA), 1 vCPU, 256 MiB"
+    );
+    println!("  {:<38} {:>10} {:>10}", "", "median ms", "p90 ms");
+    pair(
+        "q35 + 2 hot-plug ports (--hotplug 2)",
+        &mut q35,
+        "microvm",
+        &mut micro,
+    );
+    let model = CpuModel::default();
+    let model_cpu = model.qemu_cpu();
+    let (mut portable, mut max) = abba(
+        boots,
+        |i| plain_boot(i, Some(&model_cpu)),
+        |i| plain_boot(i, Some("max")),
+    )
+    .await?;
+    println!(
+        "CPU model cost at boot, plain QEMU to the ready line, {boots} boots each (ABBA), microvm"
+    );
+    println!("  {:<38} {:>10} {:>10}", "", "median ms", "p90 ms");
+    pair(
+        &format!("-cpu {} (portable)", model.name()),
+        &mut portable,
+        "-cpu max",
+        &mut max,
+    );
     Ok(())
 }
 

@@ -140,11 +140,10 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
         &format!("guest={},debug-threads=on", esc(&spec.name)),
     ]);
     push(&["-machine", &machine]);
-    if r.kvm {
-        push(&["-accel", "kvm", "-cpu", "host"]);
-    } else {
-        push(&["-accel", "tcg,thread=multi", "-cpu", "max"]);
-    }
+    // The same named CPU under both accelerators: a partition saved on a
+    // KVM host restores under TCG and the other way round.
+    let accel = if r.kvm { "kvm" } else { "tcg,thread=multi" };
+    push(&["-accel", accel, "-cpu", &spec.cpu_model.qemu_cpu()]);
     push(&["-m", &spec.memory_mib.to_string()]);
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&[
@@ -263,8 +262,16 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
 /// by node and ends in `"backing": null`, so QEMU opens exactly those files
 /// and never what a (crafted) image header names.
 pub fn blockdev(d: &DiskSpec) -> serde_json::Value {
-    let file =
-        |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": p, "read-only": ro});
+    blockdev_with(d, &|p| json!(p))
+}
+
+/// [`blockdev`] with each file named by `filename` (a path, or the
+/// `/dev/fdset/N` of a descriptor passed to QEMU at hot-plug).
+pub fn blockdev_with(
+    d: &DiskSpec,
+    filename: &dyn Fn(&std::path::Path) -> serde_json::Value,
+) -> serde_json::Value {
+    let file = |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": filename(p), "read-only": ro});
     let mut node = json!({
         "driver": d.format.as_str(),
         "node-name": format!("drive-{}", d.id),
@@ -368,7 +375,9 @@ mod tests {
         let a = qemu_args(&spec(), &resolved(ResolvedMachine::Microvm, false));
         let line = a.join(" ");
         assert!(line.contains("-machine microvm "), "{line}");
-        assert!(line.contains("-accel tcg,thread=multi -cpu max"));
+        assert!(line.contains(
+            "-accel tcg,thread=multi -cpu qemu64,-svm,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+lahf-lm,model-id=Bulkhead x86-64-v2,enforce"
+        ), "{line}");
         assert!(line.contains("-nodefaults"));
         assert!(line.contains("tsc_early_khz=2600000"));
         assert!(line.contains("bulkhead.ip=10.0.0.2/24 bulkhead.gw=10.0.0.1"));
@@ -390,7 +399,9 @@ mod tests {
         s.boot.root_disk = Some("root".into());
         let a = qemu_args(&s, &resolved(ResolvedMachine::Q35, true));
         let line = a.join(" ");
-        assert!(line.contains("-accel kvm -cpu host"));
+        // KVM runs the same named model, never the host's CPU.
+        assert!(line.contains("-accel kvm -cpu qemu64,-svm,"), "{line}");
+        assert!(!line.contains("-cpu host") && !line.contains("-cpu max"));
         assert!(!line.contains("tsc_early_khz"));
         assert!(line.contains("virtio-serial-pci,id=vser0,addr=0x2"));
         // The root disk moves first, to slot 3, and is /dev/vda in the guest.

@@ -18,8 +18,8 @@ pub use partition::{
     tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
 };
 pub use spec::{
-    Accel, AdapterSpec, BackingFile, BootSource, DiskFormat, DiskSpec, MachineKind, NetSpec,
-    PartitionSpec,
+    Accel, AdapterSpec, BackingFile, BootSource, CpuModel, DiskFormat, DiskSpec, MachineKind,
+    NetSpec, PartitionSpec,
 };
 
 pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};

@@ -156,6 +156,9 @@ pub enum RunState {
 pub struct HotplugRecord {
     pub slot: u32,
     pub adapter: AdapterSpec,
+    /// The fd sets holding the adapter's files in QEMU, removed with it.
+    #[serde(default)]
+    pub fdsets: Vec<u64>,
 }
 
 pub struct Partition {
@@ -418,9 +421,8 @@ impl Partition {
         } else {
             cmd.spawn()
         };
-        let child = child.map_err(|e| {
-            EngineError::QemuStart(format!("{}: {e}", qemu.display()))
-        })?;
+        let child =
+            child.map_err(|e| EngineError::QemuStart(format!("{}: {e}", qemu.display())))?;
         let pid = child
             .id()
             .ok_or_else(|| EngineError::QemuStart("QEMU exited at once".into()))?;
@@ -822,35 +824,90 @@ impl Partition {
                 .ok_or_else(|| EngineError::InvalidSpec("no free hot-plug slot".into()))?
         };
         let node = format!("drive-{}", disk.id);
-        self.qmp
-            .blockdev_add(json!({
-                "driver": disk.format.as_str(),
-                "node-name": node,
-                "read-only": disk.readonly,
-                "file": {"driver": "file", "filename": disk.path, "read-only": disk.readonly},
-            }))
-            .await?;
-        if let Err(e) = self
-            .qmp
-            .device_add(json!({
-                "driver": "virtio-blk-pci",
-                "drive": node,
-                "id": disk.id,
-                "bus": format!("hp{slot}"),
-            }))
-            .await
-        {
-            let _ = self.qmp.blockdev_del(&node).await;
-            return Err(e.into());
+        // The engine opens the files and QEMU receives descriptors: a
+        // confined QEMU neither sees host paths nor may open them itself.
+        let mut fdsets = std::collections::BTreeMap::new();
+        let added = self.pass_disk_files(&disk, &mut fdsets).await;
+        let node_json = cmdline::blockdev_with(&disk, &|p| {
+            json!(format!(
+                "/dev/fdset/{}",
+                fdsets.get(p).copied().unwrap_or(u64::MAX)
+            ))
+        });
+        let result = match added {
+            Ok(()) => self.qmp.blockdev_add(node_json).await.map_err(Into::into),
+            Err(e) => Err(e),
+        };
+        let result = match result {
+            Ok(()) => match self
+                .qmp
+                .device_add(json!({
+                    "driver": "virtio-blk-pci",
+                    "drive": node,
+                    "id": disk.id,
+                    "bus": format!("hp{slot}"),
+                }))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.qmp.blockdev_del(&node).await;
+                    Err(e.into())
+                }
+            },
+            Err(e) => Err(e),
+        };
+        let fdsets: Vec<u64> = fdsets.into_values().collect();
+        if let Err(e) = result {
+            for f in fdsets {
+                let _ = self.qmp.remove_fd(f).await;
+            }
+            return Err(e);
         }
         self.hotplugged.lock().expect("hotplug lock").insert(
             disk.id.clone(),
             HotplugRecord {
                 slot,
                 adapter: AdapterSpec::Disk(disk),
+                fdsets,
             },
         );
         self.save_state()
+    }
+
+    /// Opens a disk's file and its pinned backing files and passes each to
+    /// QEMU as an fd set, recording path → set in `fdsets` as it goes (so a
+    /// failure part-way leaves the caller the sets to remove).
+    async fn pass_disk_files(
+        &self,
+        disk: &DiskSpec,
+        fdsets: &mut std::collections::BTreeMap<PathBuf, u64>,
+    ) -> Result<(), EngineError> {
+        let mut files = vec![(disk.path.clone(), disk.readonly)];
+        if disk.format == crate::DiskFormat::Qcow2 {
+            files.extend(
+                disk.backing
+                    .iter()
+                    .flatten()
+                    .map(|b| (b.path.clone(), true)),
+            );
+        }
+        for (path, readonly) in files {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(!readonly)
+                .open(&path)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => EngineError::MissingFile {
+                        what: "disk",
+                        path: path.clone(),
+                    },
+                    _ => EngineError::Host(format!("opening {}: {e}", path.display())),
+                })?;
+            let set = self.qmp.add_fd(f.into()).await?;
+            fdsets.insert(path, set);
+        }
+        Ok(())
     }
 
     /// Unplugs a hot-plugged device and waits for the guest to release it.
@@ -870,6 +927,9 @@ impl Partition {
         .await?;
         if let AdapterSpec::Disk(d) = &rec.adapter {
             self.qmp.blockdev_del(&format!("drive-{}", d.id)).await?;
+        }
+        for f in &rec.fdsets {
+            self.qmp.remove_fd(*f).await?;
         }
         self.hotplugged.lock().expect("hotplug lock").remove(id);
         self.save_state()

@@ -12,6 +12,8 @@ use crate::EngineError;
 pub const MIN_MEMORY_MIB: u64 = 96;
 /// QEMU's x86 limit for one guest.
 pub const MAX_VCPUS: u32 = 255;
+/// Hot-plug root ports take PCI slots 0x10-0x1f of q35's root bus.
+pub const MAX_HOTPLUG_SLOTS: u32 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSpec {
@@ -34,6 +36,10 @@ pub struct PartitionSpec {
     /// shared memory for grants). Any slot makes the machine q35.
     #[serde(default)]
     pub hotplug_slots: u32,
+    /// The guest CPU, by name: the same on every host that can give it, so a
+    /// saved state restores elsewhere (never the host's own CPU).
+    #[serde(default)]
+    pub cpu_model: CpuModel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +145,72 @@ pub enum MachineKind {
     Q35,
 }
 
+/// A named guest CPU model. Each is a fixed CPUID (QEMU's `qemu64` plus the
+/// features of an x86-64 micro-architecture level) that QEMU 7.2 TCG gives
+/// and that KVM gives on every x86-64 host of that level, checked with
+/// `enforce`: a host that cannot give the whole model refuses to start it
+/// rather than start a different CPU. Never `host` or `max`, whose CPUID is the
+/// host's and whose saved state restores only on the same kind of host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CpuModel {
+    /// The x86-64 baseline (SSE2): any x86-64 host.
+    #[serde(rename = "x86-64-v1")]
+    X86_64V1,
+    /// Baseline + SSSE3, SSE4.1, SSE4.2, POPCNT, CMPXCHG16B, LAHF: every
+    /// x86-64 server since 2009 (Nehalem, Bulldozer) and TCG. The default.
+    #[default]
+    #[serde(rename = "x86-64-v2")]
+    X86_64V2,
+}
+
+impl CpuModel {
+    pub const ALL: [CpuModel; 2] = [CpuModel::X86_64V1, CpuModel::X86_64V2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuModel::X86_64V1 => "x86-64-v1",
+            CpuModel::X86_64V2 => "x86-64-v2",
+        }
+    }
+
+    /// The guest's `/proc/cpuinfo` model name: the model, visibly.
+    pub fn model_id(self) -> String {
+        format!("Bulkhead {}", self.name())
+    }
+
+    /// QEMU's `-cpu` value. `qemu64` carries `svm`, which Intel hosts cannot
+    /// give under KVM, so it is taken out: the model is the same on both vendors.
+    pub fn qemu_cpu(self) -> String {
+        let flags = match self {
+            CpuModel::X86_64V1 => "",
+            CpuModel::X86_64V2 => ",+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+lahf-lm",
+        };
+        format!("qemu64,-svm{flags},model-id={},enforce", self.model_id())
+    }
+}
+
+impl std::fmt::Display for CpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CpuModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CpuModel::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = CpuModel::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "unknown CPU model {s:?} (known: {}; host and max are not portable)",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Accel {
@@ -167,6 +239,7 @@ impl PartitionSpec {
             machine_options: Vec::new(),
             accel: Accel::Auto,
             hotplug_slots: 0,
+            cpu_model: CpuModel::default(),
         }
     }
 
@@ -255,6 +328,15 @@ impl PartitionSpec {
             }
         }
         check_cmdline(&self.boot.cmdline).map_err(EngineError::InvalidSpec)?;
+        if self.hotplug_slots > MAX_HOTPLUG_SLOTS {
+            return bad(format!(
+                "hot-plug slots must be 0-{MAX_HOTPLUG_SLOTS}, got {}",
+                self.hotplug_slots
+            ));
+        }
+        if self.hotplug_slots > 0 && self.machine == MachineKind::Microvm {
+            return bad("hot-plug slots need q35 (microvm has no hot-plug ports)".into());
+        }
         for o in &self.machine_options {
             if o.contains(',') || !o.contains('=') {
                 return bad(format!("machine option {o:?} must be one key=value"));
@@ -369,6 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn cpu_models_round_trip_by_name() {
+        for m in CpuModel::ALL {
+            assert_eq!(m.name().parse::<CpuModel>().unwrap(), m);
+            assert_eq!(
+                serde_json::to_value(m).unwrap(),
+                serde_json::json!(m.name())
+            );
+        }
+        assert_eq!(CpuModel::default(), CpuModel::X86_64V2);
+        let e = "host".parse::<CpuModel>().unwrap_err();
+        assert!(e.contains("x86-64-v2") && e.contains("not portable"), "{e}");
+        // A spec saved before the field existed gets the default model.
+        let mut j =
+            serde_json::to_value(PartitionSpec::new("p", "/k".into(), "/i".into())).unwrap();
+        j.as_object_mut().unwrap().remove("cpu_model");
+        let back: PartitionSpec = serde_json::from_value(j).unwrap();
+        assert_eq!(back.cpu_model, CpuModel::X86_64V2);
+    }
+
+    #[test]
     fn validation_errors_are_specific() {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("k");
@@ -391,6 +493,12 @@ mod tests {
         let mut s = ok.clone();
         s.boot.root_disk = Some("d9".into());
         assert!(s.validate().unwrap_err().to_string().contains("root disk"));
+        let mut s = ok.clone();
+        s.hotplug_slots = MAX_HOTPLUG_SLOTS + 1;
+        assert!(s.validate().unwrap_err().to_string().contains("hot-plug"));
+        s.hotplug_slots = 1;
+        s.machine = MachineKind::Microvm;
+        assert!(s.validate().unwrap_err().to_string().contains("q35"));
         let mut s = ok;
         s.machine_options.push("bad".into());
         assert!(s

@@ -189,10 +189,12 @@ fn libvirt_stop(name: &str) {
     let _ = virsh(&["destroy", name]);
 }
 
-/// Plain QEMU by hand: the engine's machine and kernel command line.
+/// Plain QEMU by hand: the engine's machine, CPU model and kernel command line.
 async fn plain_start(name: &str) -> Duration {
     let line = bulkhead_engine::READY_LINE;
-    bulkhead_testbed::plain_qemu_to_ready(&image(), MEM, &append(name), &[], line, READY)
+    let cpu = spec(name).cpu_model.qemu_cpu();
+    let extra = ["-cpu", cpu.as_str()];
+    bulkhead_testbed::plain_qemu_to_ready(&image(), MEM, &append(name), &extra, line, READY)
         .await
         .expect("plain QEMU never printed the ready line")
 }

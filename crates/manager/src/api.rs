@@ -28,6 +28,13 @@ pub struct CreatePartition {
     pub net: bool,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// PCIe root ports kept free for disks hot-plugged while it runs (makes
+    /// the machine q35); 0 for none.
+    #[serde(default)]
+    pub hotplug_slots: u32,
+    /// Named guest CPU model (`x86-64-v2` when absent); see docs/manager.md.
+    #[serde(default)]
+    pub cpu_model: Option<String>,
 }
 
 fn one() -> u32 {
@@ -71,6 +78,41 @@ pub struct ExecResult {
     pub stderr: String,
 }
 
+/// Body of `POST /v1/partitions/{name}/disks`: a disk to hot-plug into a
+/// running partition created with hot-plug ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachDisk {
+    /// Absolute path of the image on the host.
+    pub path: String,
+    /// `raw` or `qcow2`; from the file name when absent (`.qcow2`, else raw).
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Adapter id (1-16 of a-z, 0-9, '-'); `hotN` when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A disk hot-plugged into a running partition (reply of attach, and listed
+/// by `show`). It lasts until removed or until the partition's QEMU ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedDisk {
+    pub id: String,
+    pub path: String,
+    pub format: String,
+    pub readonly: bool,
+    /// The hot-plug port (0-based) the disk occupies.
+    pub slot: u32,
+}
+
+/// Reply of `DELETE /v1/partitions/{name}/disks/{id}`: the guest released it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachedDisk {
+    pub id: String,
+}
+
 /// One typed command per API call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiRequest {
@@ -112,6 +154,14 @@ pub enum ApiRequest {
         name: String,
         tail_lines: usize,
     },
+    AttachDisk {
+        name: String,
+        req: AttachDisk,
+    },
+    DetachDisk {
+        name: String,
+        id: String,
+    },
 }
 
 /// What `show` returns: the record plus what only the daemon knows.
@@ -127,6 +177,9 @@ pub struct PartitionView {
     pub console_log: Option<String>,
     #[serde(default)]
     pub events: Vec<Event>,
+    /// Disks hot-plugged into the running QEMU.
+    #[serde(default)]
+    pub hotplugged_disks: Vec<AttachedDisk>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +226,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("partition {0:?} already exists")]
     AlreadyExists(String),
+    /// A device of a partition (a hot-plugged disk) that does not exist.
+    #[error("{0}")]
+    NoDevice(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -192,7 +248,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => 400,
             Self::Unauthorized => 401,
-            Self::NotFound(_) | Self::NoRoute(_) => 404,
+            Self::NotFound(_) | Self::NoDevice(_) | Self::NoRoute(_) => 404,
             Self::AlreadyExists(_) | Self::Conflict(_) => 409,
             Self::OverCapacity(_) => 507,
             Self::Engine(_) => 502,
@@ -203,7 +259,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "invalid_argument",
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::NoDevice(_) => "not_found",
             Self::AlreadyExists(_) => "already_exists",
             Self::Conflict(_) => "conflict",
             Self::OverCapacity(_) => "over_capacity",

@@ -37,7 +37,12 @@ impl Layout {
         Self::from_mountinfo(&info, |p| std::fs::read_to_string(p).ok())
     }
 
-    fn from_mountinfo(info: &str, read: impl Fn(&Path) -> Option<String>) -> anyhow::Result<Self> {
+    /// From the text of a mountinfo file; `read` reads a file (the v2
+    /// controllers list). Public for the tests' own cgroup helpers.
+    pub fn from_mountinfo(
+        info: &str,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let (mut cpu, mut cpuacct, mut memory, mut pids) = (None, None, None, None);
         for line in info.lines() {
             // "id parent maj:min root mountpoint opts [optional...] - fstype source superopts"

@@ -96,8 +96,46 @@ pub struct CreateArgs {
     /// never, on-failure or always.
     #[arg(long, default_value = "never")]
     pub restart: String,
+    /// PCIe ports kept free for disks hot-plugged while it runs (q35).
+    #[arg(long, default_value_t = 0)]
+    pub hotplug: u32,
+    /// Named guest CPU model: x86-64-v2 (default) or x86-64-v1.
+    #[arg(long)]
+    pub cpu_model: Option<String>,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `bulkhead partition disk add|remove`: disks of a running partition.
+#[derive(Debug, clap::Subcommand)]
+pub enum DiskCommand {
+    /// Hot-plug a disk into a running partition created with --hotplug N.
+    Add(DiskAddArgs),
+    /// Remove a hot-plugged disk (waits until the guest released it).
+    Remove(DiskRemoveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskAddArgs {
+    pub name: String,
+    /// The image: PATH[:ro] (qcow2 by extension, raw otherwise).
+    pub disk: String,
+    /// Adapter id; hotN when absent.
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiskRemoveArgs {
+    pub name: String,
+    /// The disk's adapter id (from `disk add` or `show`).
+    pub id: String,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -208,6 +246,9 @@ pub enum PartitionCommand {
     Exec(ExecArgs),
     /// CPU time used vs entitlement, memory, uptime.
     Stats(NameArgs),
+    /// Hot-plug disks into a running partition, or remove them.
+    #[command(subcommand)]
+    Disk(DiskCommand),
 }
 
 /// Parses `50%` or `50` as a percentage.
@@ -256,6 +297,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 "cpu_percent": parse_percent(&a.cpu)?, "disks": disks, "net": a.net,
                 "image": a.image, "cmdline": a.cmdline,
                 "restart_policy": a.restart.parse::<bulkhead_store::RestartPolicy>().map_err(anyhow::Error::msg)?,
+                "hotplug_slots": a.hotplug, "cpu_model": a.cpu_model,
             });
             let v = a.api.client().post("/v1/partitions", &body).await?;
             print_record(&v, a.json);
@@ -349,6 +391,32 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             if code != 0 {
                 std::process::exit(code);
             }
+        }
+        PartitionCommand::Disk(DiskCommand::Add(a)) => {
+            let mut body = parse_disk(&a.disk)?;
+            body["id"] = json!(a.id);
+            let v = a.api.client().post(&path(&a.name, "disks"), &body).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{} attached to {} (port {})",
+                    s(&v["id"]),
+                    a.name,
+                    s(&v["slot"])
+                );
+            }
+        }
+        PartitionCommand::Disk(DiskCommand::Remove(a)) => {
+            a.api
+                .client()
+                .call(
+                    Method::DELETE,
+                    &format!("{}/{}", path(&a.name, "disks"), a.id),
+                    None,
+                )
+                .await?;
+            println!("{} removed from {}", a.id, a.name);
         }
         PartitionCommand::Console(a) => {
             let client = a.api.client();
@@ -550,6 +618,15 @@ fn ms_ago(at: &Value) -> String {
     }
 }
 
+/// `, ro` for a read-only disk.
+fn ro(disk: &Value) -> &'static str {
+    if disk["readonly"].as_bool() == Some(true) {
+        ", ro"
+    } else {
+        ""
+    }
+}
+
 pub fn show_text(v: &Value) -> String {
     let mut rows = vec![
         ("name", s(&v["name"])),
@@ -581,6 +658,8 @@ pub fn show_text(v: &Value) -> String {
                 s(&v["restarts"])
             ),
         ),
+        ("cpu model", s(&v["cpu_model"])),
+        ("hot-plug ports", s(&v["hotplug_slots"])),
         ("pid", s(&v["pid"])),
         ("started", ms_ago(&v["started_at"])),
         ("last exit", s(&v["last_exit"])),
@@ -589,15 +668,19 @@ pub fn show_text(v: &Value) -> String {
     for d in v["disks"].as_array().into_iter().flatten() {
         rows.push((
             "disk",
+            format!("{} ({}{})", s(&d["path"]), s(&d["format"]), ro(d)),
+        ));
+    }
+    for d in v["hotplugged_disks"].as_array().into_iter().flatten() {
+        rows.push((
+            "hot-plugged",
             format!(
-                "{} ({}{})",
+                "{} {} ({}{}, port {})",
+                s(&d["id"]),
                 s(&d["path"]),
                 s(&d["format"]),
-                if d["readonly"].as_bool() == Some(true) {
-                    ", ro"
-                } else {
-                    ""
-                }
+                ro(d),
+                s(&d["slot"])
             ),
         ));
     }
@@ -664,6 +747,52 @@ mod tests {
         let d = parse_disk("/x/a.qcow2:ro").unwrap();
         assert_eq!(d["format"], "qcow2");
         assert_eq!(d["readonly"], true);
+    }
+
+    #[test]
+    fn hotplug_and_cpu_model_arguments() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PartitionCommand,
+        }
+        let t = T::try_parse_from([
+            "t",
+            "create",
+            "p",
+            "--memory",
+            "256M",
+            "--cpu",
+            "50%",
+            "--hotplug",
+            "2",
+            "--cpu-model",
+            "x86-64-v1",
+        ])
+        .unwrap();
+        let PartitionCommand::Create(a) = t.c else {
+            panic!("not create")
+        };
+        assert_eq!((a.hotplug, a.cpu_model.as_deref()), (2, Some("x86-64-v1")));
+        let t = T::try_parse_from(["t", "disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = t.c else {
+            panic!("not disk add")
+        };
+        assert_eq!(
+            (a.disk.as_str(), a.id.as_deref()),
+            ("/x.raw:ro", Some("d1"))
+        );
+        assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
+        let shown = show_text(&json!({
+            "name": "p", "cpu_model": "x86-64-v2", "hotplug_slots": 2,
+            "hotplugged_disks": [{"id": "hot0", "path": "/x.raw", "format": "raw", "readonly": true, "slot": 0}],
+        }));
+        assert!(shown.contains("cpu model:       x86-64-v2"), "{shown}");
+        assert!(
+            shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::net::{self, Subnet};
 use crate::storage::Roots;
 use bulkhead_engine::{
-    AdapterSpec, DiskFormat, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
+    AdapterSpec, CpuModel, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
 };
 use bulkhead_store::{
     now_ms, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Store, StoreError,
@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+
+mod disks;
 
 /// A partition whose QEMU this daemon watches.
 struct Live {
@@ -143,6 +145,8 @@ impl Manager {
                 let log = self.run_dir(&name).join("console.log");
                 Ok(json!({ "lines": bulkhead_engine::tail_lines(&log, tail_lines) }))
             }
+            ApiRequest::AttachDisk { name, req } => self.attach_disk(&name, req).await.map(to_json),
+            ApiRequest::DetachDisk { name, id } => self.detach_disk(&name, &id).await.map(to_json),
         }
     }
 
@@ -170,6 +174,21 @@ impl Manager {
             "partition {name:?} is {}, not running",
             rec.state
         )))
+    }
+
+    /// A running partition whose agent has answered (409 otherwise).
+    fn ready_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
+        let p = self.live_partition(name)?;
+        let ready = {
+            let map = self.live.lock().unwrap();
+            map.get(name).map(|l| l.ready.borrow().clone())
+        };
+        if !matches!(ready, Some(Some(Ok(())))) {
+            return Err(ApiError::Conflict(format!(
+                "partition {name:?} is still starting"
+            )));
+        }
+        Ok(p)
     }
 
     fn run_dir(&self, name: &str) -> PathBuf {
@@ -252,6 +271,7 @@ impl Manager {
                     .to_string_lossy()
                     .into_owned(),
             ),
+            hotplugged_disks: self.hotplugged_disks(name),
             record: rec,
             events,
         })
@@ -324,6 +344,16 @@ impl Manager {
                 .check_disk(&d.path, &d.format)
                 .map_err(ApiError::BadRequest)?;
         }
+        if c.hotplug_slots > bulkhead_engine::spec::MAX_HOTPLUG_SLOTS {
+            return bad(format!(
+                "hot-plug ports must be 0-{}, got {}",
+                bulkhead_engine::spec::MAX_HOTPLUG_SLOTS,
+                c.hotplug_slots
+            ));
+        }
+        if let Some(m) = &c.cpu_model {
+            m.parse::<CpuModel>().map_err(ApiError::BadRequest)?;
+        }
         Ok(())
     }
 
@@ -345,6 +375,13 @@ impl Manager {
             disks: c.disks.clone(),
             net: None,
             restart_policy: c.restart_policy,
+            hotplug_slots: c.hotplug_slots,
+            // Recorded by name at create, so the default changing later never
+            // changes this partition's CPU.
+            cpu_model: c
+                .cpu_model
+                .clone()
+                .unwrap_or_else(|| CpuModel::default().name().to_string()),
             state: PartitionState::Defined,
             created_at: now,
             state_since: now,
@@ -387,15 +424,15 @@ impl Manager {
         spec.vcpus = rec.vcpus;
         spec.memory_mib = rec.memory_mib;
         spec.boot.cmdline = rec.cmdline.clone().unwrap_or_default();
+        spec.hotplug_slots = rec.hotplug_slots;
+        // A record that names no known model is refused by `start_locked`.
+        spec.cpu_model = rec.cpu_model.parse().unwrap_or_default();
         for (i, d) in rec.disks.iter().enumerate() {
+            let path = PathBuf::from(&d.path);
             spec.adapters.push(AdapterSpec::Disk(DiskSpec {
                 id: format!("disk{i}"),
-                path: PathBuf::from(&d.path),
-                format: if d.format == "qcow2" {
-                    DiskFormat::Qcow2
-                } else {
-                    DiskFormat::Raw
-                },
+                format: disks::disk_format(&path, Some(&d.format)).unwrap_or_default(),
+                path,
                 readonly: d.readonly,
                 backing: None,
             }));
@@ -483,6 +520,9 @@ impl Manager {
                 rec.state
             )));
         }
+        rec.cpu_model
+            .parse::<CpuModel>()
+            .map_err(ApiError::BadRequest)?;
         let spec = self.checked_spec(&rec)?;
         let cg;
         {
@@ -784,16 +824,7 @@ impl Manager {
         if req.argv.is_empty() || req.argv[0].is_empty() {
             return Err(ApiError::BadRequest("exec needs a command".into()));
         }
-        let p = self.live_partition(name)?;
-        let ready = {
-            let map = self.live.lock().unwrap();
-            map.get(name).map(|l| l.ready.borrow().clone())
-        };
-        if !matches!(ready, Some(Some(Ok(())))) {
-            return Err(ApiError::Conflict(format!(
-                "partition {name:?} is still starting"
-            )));
-        }
+        let p = self.ready_partition(name)?;
         let t = Duration::from_secs(req.timeout_secs.unwrap_or(60).clamp(1, 3600));
         let out = p
             .agent()

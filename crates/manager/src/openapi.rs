@@ -28,7 +28,17 @@ pub fn document() -> Value {
                     "image": { "type": "string" }, "cmdline": { "type": "string" },
                     "disks": { "type": "array", "items": { "$ref": "#/components/schemas/Disk" } },
                     "net": { "type": "boolean", "description": "attach to the internal VLAN with an assigned address" },
-                    "restart_policy": { "type": "string", "enum": ["never","on-failure","always"] } } },
+                    "restart_policy": { "type": "string", "enum": ["never","on-failure","always"] },
+                    "hotplug_slots": { "type": "integer", "minimum": 0, "maximum": 16, "default": 0, "description": "PCIe root ports kept free for disks hot-plugged while it runs (makes the machine q35)" },
+                    "cpu_model": { "type": "string", "enum": ["x86-64-v1","x86-64-v2"], "default": "x86-64-v2", "description": "named guest CPU model, the same on every host" } } },
+                "AttachDisk": { "type": "object", "required": ["path"], "additionalProperties": false, "properties": {
+                    "path": { "type": "string", "description": "absolute path of the image on the host" },
+                    "format": { "type": "string", "enum": ["raw","qcow2"] }, "readonly": { "type": "boolean" },
+                    "id": { "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,15}$" } } },
+                "AttachedDisk": { "type": "object", "required": ["id","path","format","readonly","slot"], "properties": {
+                    "id": { "type": "string" }, "path": { "type": "string" }, "format": { "type": "string", "enum": ["raw","qcow2"] },
+                    "readonly": { "type": "boolean" }, "slot": { "type": "integer" } } },
+                "DetachedDisk": { "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } },
                 "Partition": { "type": "object", "properties": {
                     "name": { "type": "string" }, "vcpus": { "type": "integer" }, "memory_mib": { "type": "integer" },
                     "cpu_percent": { "type": "integer" },
@@ -37,7 +47,9 @@ pub fn document() -> Value {
                     "created_at": { "type": "integer", "description": "unix ms" }, "state_since": { "type": "integer" },
                     "started_at": { "type": "integer" }, "last_exit": { "type": "string" }, "pid": { "type": "integer" },
                     "restarts": { "type": "integer" }, "revision": { "type": "integer" },
-                    "restart_policy": { "type": "string" } } },
+                    "restart_policy": { "type": "string" },
+                    "hotplug_slots": { "type": "integer" }, "cpu_model": { "type": "string" },
+                    "hotplugged_disks": { "type": "array", "items": { "$ref": "#/components/schemas/AttachedDisk" } } } },
                 "StartOptions": { "type": "object", "properties": { "wait": { "type": "boolean" } } },
                 "StopOptions": { "type": "object", "properties": { "force": { "type": "boolean" }, "timeout_secs": { "type": "integer" } } },
                 "ExecRequest": { "type": "object", "required": ["argv"], "properties": {
@@ -74,6 +86,16 @@ pub fn document() -> Value {
                 "responses": { "200": { "description": "exit code and output", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ExecResult" } } } }, "409": err.clone() } } },
             "/v1/partitions/{name}/stats": { "get": { "summary": "CPU time vs entitlement, memory, uptime", "parameters": name.clone(),
                 "responses": { "200": { "description": "stats", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Stats" } } } } } } },
+            "/v1/partitions/{name}/disks": { "post": { "summary": "hot-plug a disk into a running partition created with hot-plug ports",
+                "parameters": name.clone(), "requestBody": body("AttachDisk"),
+                "responses": { "200": { "description": "attached", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AttachedDisk" } } } },
+                    "400": err.clone(), "404": err.clone(), "409": err.clone(), "502": err.clone() } } },
+            "/v1/partitions/{name}/disks/{id}": { "delete": { "summary": "remove a hot-plugged disk; answers once the guest released it",
+                "parameters": [
+                    { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                    { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "removed", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DetachedDisk" } } } },
+                    "404": err.clone(), "409": err.clone(), "502": err.clone() } } },
             "/v1/partitions/{name}/console": { "get": { "summary": "console log tail (lines=N); with `Upgrade: bulkhead-console` attaches to the serial console",
                 "parameters": name, "responses": { "200": { "description": "lines" }, "101": { "description": "attached" }, "409": err } } }
         }

@@ -265,6 +265,14 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             req: body_required(b)?,
         },
         (&Method::GET, ["v1", "partitions", n, "stats"]) => ApiRequest::Stats { name: name(n) },
+        (&Method::POST, ["v1", "partitions", n, "disks"]) => ApiRequest::AttachDisk {
+            name: name(n),
+            req: body_required(b)?,
+        },
+        (&Method::DELETE, ["v1", "partitions", n, "disks", id]) => ApiRequest::DetachDisk {
+            name: name(n),
+            id: name(id),
+        },
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -363,6 +371,33 @@ mod tests {
                 opts: StartOptions { wait: true }
             }
         );
+        let r = route(
+            &Method::POST,
+            "/v1/partitions/a/disks",
+            "",
+            br#"{"path":"/d/x.raw","readonly":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            ApiRequest::AttachDisk {
+                name: "a".into(),
+                req: AttachDisk {
+                    path: "/d/x.raw".into(),
+                    format: None,
+                    readonly: true,
+                    id: None
+                }
+            }
+        );
+        let r = route(&Method::DELETE, "/v1/partitions/a/disks/hot0", "", b"").unwrap();
+        assert_eq!(
+            r,
+            ApiRequest::DetachDisk {
+                name: "a".into(),
+                id: "hot0".into()
+            }
+        );
         let r = route(&Method::POST, "/v1/partitions/a/stop", "", b"").unwrap();
         assert_eq!(
             r,
@@ -403,6 +438,7 @@ mod tests {
         let e = route(&Method::GET, "/v1/partitions/a/console", "lines=x", b"").unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(route(&Method::POST, "/v1/partitions/a/exec", "", b"").is_err());
+        assert!(route(&Method::POST, "/v1/partitions/a/disks", "", b"{}").is_err());
     }
 
     #[test]

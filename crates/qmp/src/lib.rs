@@ -3,7 +3,7 @@
 pub mod proto;
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -74,10 +74,18 @@ impl Default for Limits {
     }
 }
 
+/// One command line for the writer task, with the file descriptor that
+/// travels with it (SCM_RIGHTS) for `add-fd`.
+struct Outgoing {
+    id: u64,
+    line: Vec<u8>,
+    fd: Option<OwnedFd>,
+}
+
 struct Inner {
     /// Whole command lines go to one writer task, so a caller that gives up
     /// mid-write (its future dropped) cannot leave half a line on the socket.
-    writer: mpsc::UnboundedSender<(u64, Vec<u8>)>,
+    writer: mpsc::UnboundedSender<Outgoing>,
     pending: Mutex<Option<Pending>>,
     /// Why the session ended, when it was our doing (a protocol violation).
     failure: Mutex<Option<String>>,
@@ -232,6 +240,16 @@ impl QmpClient {
         args: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.send(command, args, None, timeout).await
+    }
+
+    async fn send(
+        &self,
+        command: &str,
+        args: Option<Value>,
+        fd: Option<OwnedFd>,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -245,9 +263,9 @@ impl QmpClient {
             inner: &self.inner,
             id,
         };
-        let bytes = proto::encode_command(id, command, args.as_ref());
+        let line = proto::encode_command(id, command, args.as_ref());
         tracing::trace!(command, id, "qmp send");
-        if self.inner.writer.send((id, bytes)).is_err() {
+        if self.inner.writer.send(Outgoing { id, line, fd }).is_err() {
             return Err(self.inner.closed_error());
         }
         match tokio::time::timeout(timeout, rx).await {
@@ -329,6 +347,28 @@ impl QmpClient {
             .await
             .map(drop)
     }
+    /// Passes `fd` to QEMU (`add-fd`): it joins a new fd set, which QEMU
+    /// opens as `/dev/fdset/N`. Files reach a confined QEMU this way, as
+    /// libvirt hands them over, without QEMU opening a host path. Returns N.
+    pub async fn add_fd(&self, fd: OwnedFd) -> Result<u64, QmpError> {
+        #[derive(Deserialize)]
+        struct AddFdInfo {
+            #[serde(rename = "fdset-id")]
+            fdset_id: u64,
+        }
+        let v = self
+            .send("add-fd", None, Some(fd), self.inner.limits.command_timeout)
+            .await?;
+        let info: AddFdInfo = serde_json::from_value(v)
+            .map_err(|e| QmpError::Protocol(format!("add-fd reply: {e}")))?;
+        Ok(info.fdset_id)
+    }
+    /// Drops an fd set; descriptors QEMU still uses stay open until it closes them.
+    pub async fn remove_fd(&self, fdset_id: u64) -> Result<(), QmpError> {
+        self.execute_value("remove-fd", Some(json!({ "fdset-id": fdset_id })))
+            .await
+            .map(drop)
+    }
     pub async fn human_monitor_command(&self, line: &str) -> Result<String, QmpError> {
         self.execute(
             "human-monitor-command",
@@ -363,11 +403,15 @@ pub async fn wait_event(
 
 async fn write_loop(
     mut write: OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
     inner: std::sync::Weak<Inner>,
 ) {
-    while let Some((id, bytes)) = queue.recv().await {
-        if let Err(e) = write.write_all(&bytes).await {
+    while let Some(Outgoing { id, line, fd }) = queue.recv().await {
+        let sent = match fd {
+            Some(fd) => send_with_fd(&mut write, &line, fd).await,
+            None => write.write_all(&line).await,
+        };
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "qmp write failed");
             // Its caller learns at once instead of at its timeout.
             if let Some(inner) = inner.upgrade() {
@@ -375,6 +419,36 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Writes `line` with `fd` attached to its first byte (SCM_RIGHTS); QEMU
+/// takes the descriptor with the command it arrives with.
+async fn send_with_fd(write: &mut OwnedWriteHalf, line: &[u8], fd: OwnedFd) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw = [fd.as_raw_fd()];
+    let stream: &UnixStream = write.as_ref();
+    let n = loop {
+        stream.writable().await?;
+        let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(line)];
+            let cmsg = [ControlMessage::ScmRights(&raw)];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &iov,
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // The descriptor went with the first chunk; the rest of the line follows.
+    write.write_all(&line[n..]).await
 }
 
 async fn read_loop(

@@ -12,6 +12,7 @@ mod sqlite;
 
 pub use record::{
     now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
+    DEFAULT_CPU_MODEL,
 };
 pub use sqlite::SqliteStore;
 

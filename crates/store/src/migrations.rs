@@ -19,4 +19,12 @@ pub const MIGRATIONS: &[&str] = &[
         message   TEXT NOT NULL
     );
     CREATE INDEX events_partition ON events(partition, id);",
+    // 3: hot-plug ports and the named CPU model are part of a partition's
+    // definition. Records made before ran with no hot-plug ports; they get the
+    // CPU model that was the default when this migration was written, pinned in
+    // the record, so a later change of the default never changes a partition.
+    "UPDATE partitions SET record = json_set(record, '$.hotplug_slots', 0)
+        WHERE json_type(record, '$.hotplug_slots') IS NULL;
+    UPDATE partitions SET record = json_set(record, '$.cpu_model', 'x86-64-v2')
+        WHERE json_type(record, '$.cpu_model') IS NULL;",
 ];

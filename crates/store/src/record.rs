@@ -131,6 +131,14 @@ pub struct PartitionRecord {
     pub net: Option<NetRecord>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// PCIe root ports kept free for devices hot-plugged while it runs; any
+    /// makes the machine q35 (migration 3 gives older records 0).
+    #[serde(default)]
+    pub hotplug_slots: u32,
+    /// The named guest CPU model (the engine's `CpuModel`), e.g. `x86-64-v2`.
+    /// Recorded at create so a saved state finds the same CPU on any host.
+    #[serde(default = "default_cpu_model")]
+    pub cpu_model: String,
     pub state: PartitionState,
     /// Unix time in milliseconds.
     pub created_at: u64,
@@ -148,6 +156,14 @@ pub struct PartitionRecord {
     /// Bumped by every write; `Store::update` compares it.
     #[serde(default)]
     pub revision: u64,
+}
+
+/// The CPU model a partition gets when its creator names none. Migration 3
+/// wrote this value into older records; the engine's default is the same.
+pub const DEFAULT_CPU_MODEL: &str = "x86-64-v2";
+
+fn default_cpu_model() -> String {
+    DEFAULT_CPU_MODEL.to_string()
 }
 
 /// One entry in a partition's history, written in the same transaction as

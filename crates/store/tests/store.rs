@@ -14,6 +14,8 @@ fn rec(name: &str, ip: Option<&str>) -> PartitionRecord {
             mac: "52:54:00:00:00:01".into(),
         }),
         restart_policy: RestartPolicy::OnFailure,
+        hotplug_slots: 0,
+        cpu_model: DEFAULT_CPU_MODEL.into(),
         state: PartitionState::Defined,
         created_at: now_ms(),
         state_since: now_ms(),
@@ -162,7 +164,7 @@ fn migrates_an_old_database_and_refuses_a_newer_one() {
         .unwrap();
     }
     let s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.schema_version().unwrap(), 2);
+    assert_eq!(s.schema_version().unwrap(), 3);
     let old = s.get("old").unwrap().unwrap();
     s.update(&old, "migrated").unwrap();
     assert_eq!(s.events("old", 5).unwrap().len(), 1);
@@ -177,11 +179,61 @@ fn migrates_an_old_database_and_refuses_a_newer_one() {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{e}"
     );
+}
+
+#[test]
+fn migration_pins_hotplug_and_cpu_model_into_older_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        // Version 2 of the schema, with a record written before the fields existed.
+        SqliteStore::open(&path).unwrap();
+        let c = rusqlite_conn(&path);
+        let mut old = serde_json::to_value(rec("old", None)).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("hotplug_slots");
+        o.remove("cpu_model");
+        c.execute(
+            "INSERT INTO partitions VALUES ('old', 1, NULL, 'defined', ?1)",
+            [old.to_string()],
+        )
+        .unwrap();
+        // A record that already names a model keeps it.
+        let mut v1 = rec("v1", None);
+        v1.cpu_model = "x86-64-v1".into();
+        v1.hotplug_slots = 2;
+        c.execute(
+            "INSERT INTO partitions VALUES ('v1', 1, NULL, 'defined', ?1)",
+            [serde_json_string(&v1)],
+        )
+        .unwrap();
+        c.execute_batch("PRAGMA user_version = 2;").unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap(), 3);
+    let old = s.get("old").unwrap().unwrap();
+    assert_eq!(
+        (old.hotplug_slots, old.cpu_model.as_str()),
+        (0, "x86-64-v2")
+    );
+    let v1 = s.get("v1").unwrap().unwrap();
+    assert_eq!((v1.hotplug_slots, v1.cpu_model.as_str()), (2, "x86-64-v1"));
+    drop(s);
+    // Written into the stored JSON, not only defaulted when read.
+    let raw: String = rusqlite_conn(&path)
+        .query_row(
+            "SELECT record FROM partitions WHERE name = 'old'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(raw.contains(r#""cpu_model":"x86-64-v2""#), "{raw}");
+    assert!(raw.contains(r#""hotplug_slots":0"#), "{raw}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! the test failed half-way.
 #![allow(dead_code)]
 
+use bulkhead_manager::cgroup::Layout;
 use bulkhead_manager::client::Client;
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -19,6 +20,91 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 pub use bulkhead_testbed::image_dir;
 
+/// The daemon's default cgroup parent (`[cgroup] parent`).
+pub const CGROUP_PARENT: &str = "bulkhead";
+
+/// The cgroup hierarchies of this host, found in /proc/self/mountinfo (v1:
+/// the cpu, cpuacct and memory mounts; v2: the unified mount). The helpers
+/// built on it fail when a hierarchy is missing or is not a cgroup file
+/// system, so a "no cgroup leaked" assertion cannot pass by looking where
+/// nothing ever is.
+#[derive(Debug, Clone)]
+pub struct CgroupMounts(Layout);
+
+impl CgroupMounts {
+    /// This host's mounts; panics when there are none to use.
+    pub fn detect() -> CgroupMounts {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
+        CgroupMounts::from_mountinfo(&info, |p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|e| panic!("test harness: cannot find the cgroup mounts: {e:#}"))
+    }
+
+    /// The mounts a mountinfo text describes; an error when it has none usable.
+    pub fn from_mountinfo(
+        info: &str,
+        read: impl Fn(&Path) -> Option<String>,
+    ) -> anyhow::Result<CgroupMounts> {
+        Ok(CgroupMounts(Layout::from_mountinfo(info, read)?))
+    }
+
+    /// The mount holding `controller` (cpu, cpuacct or memory).
+    pub fn mount(&self, controller: &str) -> PathBuf {
+        match (&self.0, controller) {
+            (Layout::V2 { root, .. }, "cpu" | "cpuacct" | "memory") => root.clone(),
+            (Layout::V1 { cpu, .. }, "cpu") => cpu.clone(),
+            (Layout::V1 { cpuacct, .. }, "cpuacct") => cpuacct.clone(),
+            (Layout::V1 { memory, .. }, "memory") => memory.clone(),
+            (_, other) => panic!("test harness: no cgroup controller {other:?}"),
+        }
+    }
+
+    /// Every distinct mount, each checked to be a live cgroup file system.
+    pub fn mounts(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = ["cpu", "cpuacct", "memory"]
+            .iter()
+            .map(|c| self.mount(c))
+            .collect();
+        // The pids hierarchy, when the host has one, holds partition cgroups too.
+        if let Layout::V1 {
+            pids: Some(pids), ..
+        } = &self.0
+        {
+            v.push(pids.clone());
+        }
+        v.sort();
+        v.dedup();
+        for m in &v {
+            assert!(
+                m.join("cgroup.procs").is_file(),
+                "test harness: {} is not a mounted cgroup hierarchy (no cgroup.procs)",
+                m.display()
+            );
+        }
+        v
+    }
+
+    /// The cgroups (directories) under `rel` in any hierarchy: a cgroup left
+    /// in only one of them is found too. `rel` not existing means none.
+    pub fn children(&self, rel: &Path) -> Vec<String> {
+        let mut v = Vec::new();
+        for m in self.mounts() {
+            let dir = m.join(rel);
+            match std::fs::read_dir(&dir) {
+                Ok(d) => v.extend(
+                    d.map(|e| e.expect("reading a cgroup directory"))
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("test harness: reading {}: {e}", dir.display()),
+            }
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
@@ -27,6 +113,7 @@ pub struct Daemon {
     pub subnet_prefix: String,
     pub instance: String,
     pub tcp: Option<String>,
+    pub cgroup_mounts: CgroupMounts,
     child: Option<Child>,
 }
 
@@ -46,6 +133,13 @@ fn free_tcp_port() -> u16 {
 }
 
 impl Daemon {
+    /// The daemon's default storage root (`<data_dir>/storage`), made if missing.
+    pub fn storage_root(&self) -> PathBuf {
+        let root = self.dir.path().join("data").join("storage");
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
     pub fn start(opts: Opts) -> Daemon {
         let seq = SEQ.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -83,6 +177,7 @@ impl Daemon {
             subnet_prefix,
             instance,
             tcp,
+            cgroup_mounts: CgroupMounts::detect(),
             child: None,
         };
         d.spawn();
@@ -137,11 +232,16 @@ impl Daemon {
         Client::unix(&self.socket)
     }
 
-    pub fn cgroup_dir(&self, hierarchy: &str, name: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join("bulkhead")
-            .join(&self.instance)
+    /// This daemon's cgroups, relative to a hierarchy's mount.
+    pub fn cgroup_base(&self) -> PathBuf {
+        Path::new(CGROUP_PARENT).join(&self.instance)
+    }
+
+    /// A partition's cgroup in the hierarchy of `controller`.
+    pub fn cgroup_dir(&self, controller: &str, name: &str) -> PathBuf {
+        self.cgroup_mounts
+            .mount(controller)
+            .join(self.cgroup_base())
             .join(name)
     }
 
@@ -159,19 +259,9 @@ impl Daemon {
         v
     }
 
-    /// Partition cgroups that exist for this daemon.
+    /// Partition cgroups that exist for this daemon, in any hierarchy.
     pub fn cgroups(&self) -> Vec<String> {
-        let dir = Path::new("/sys/fs/cgroup/cpu/bulkhead").join(&self.instance);
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        self.cgroup_mounts.children(&self.cgroup_base())
     }
 
     pub async fn create(&self, name: &str, cpu: u32, memory: u64, extra: Value) -> Value {
@@ -239,12 +329,14 @@ impl Drop for Daemon {
         self.kill9();
         // Kill every QEMU this daemon started (they are in its cgroups), then
         // remove the cgroups, TAPs and the bridge.
-        for h in ["cpu", "cpuacct", "memory", "pids"] {
-            let base = Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join("bulkhead")
-                .join(&self.instance);
-            if let Ok(d) = std::fs::read_dir(&base) {
+        let bases: Vec<PathBuf> = self
+            .cgroup_mounts
+            .mounts()
+            .iter()
+            .map(|m| m.join(self.cgroup_base()))
+            .collect();
+        for base in &bases {
+            if let Ok(d) = std::fs::read_dir(base) {
                 for e in d.flatten() {
                     if let Ok(procs) = std::fs::read_to_string(e.path().join("cgroup.procs")) {
                         for p in procs.lines() {
@@ -254,12 +346,8 @@ impl Drop for Daemon {
                 }
             }
         }
-        for h in ["cpu", "cpuacct", "memory", "pids"] {
-            let base = Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join("bulkhead")
-                .join(&self.instance);
-            if let Ok(d) = std::fs::read_dir(&base) {
+        for base in &bases {
+            if let Ok(d) = std::fs::read_dir(base) {
                 // Partition cgroups are the directories; the rest are control files.
                 for e in d.flatten().filter(|e| e.path().is_dir()) {
                     for _ in 0..50 {
@@ -270,7 +358,7 @@ impl Drop for Daemon {
                     }
                 }
             }
-            let _ = std::fs::remove_dir(&base);
+            let _ = std::fs::remove_dir(base);
         }
         for t in self.taps() {
             let _ = Command::new("ip").args(["link", "del", &t]).status();

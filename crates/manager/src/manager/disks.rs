@@ -1,0 +1,180 @@
+//! Disks hot-plugged into running partitions. Their paths pass the storage
+//! roots' check (`storage::Roots::check_disk`) as disks given at create do.
+
+use super::{engine_err, Manager};
+use crate::api::{ApiError, AttachDisk, AttachedDisk, DetachedDisk};
+use bulkhead_engine::{AdapterSpec, DiskFormat, DiskSpec, EngineError};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long the guest has to release a disk being removed. ACPI hot-plug on
+/// q35 releases it within a fraction of a second (shared notes, §5); a guest
+/// that never does must not hold the API call forever.
+const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `raw` or `qcow2`, from the request or else from the file name.
+pub fn disk_format(path: &Path, given: Option<&str>) -> Result<DiskFormat, ApiError> {
+    match given {
+        None => Ok(DiskFormat::guess(path)),
+        Some("raw") => Ok(DiskFormat::Raw),
+        Some("qcow2") => Ok(DiskFormat::Qcow2),
+        Some(f) => Err(ApiError::BadRequest(format!(
+            "disk format {f:?} must be raw or qcow2"
+        ))),
+    }
+}
+
+fn attached(d: &DiskSpec, slot: u32) -> AttachedDisk {
+    AttachedDisk {
+        id: d.id.clone(),
+        path: d.path.to_string_lossy().into_owned(),
+        format: d.format.as_str().to_string(),
+        readonly: d.readonly,
+        slot,
+    }
+}
+
+/// What the engine refused because of the request is the client's error.
+fn hotplug_err(e: EngineError) -> ApiError {
+    match e {
+        EngineError::InvalidSpec(_) | EngineError::MissingFile { .. } => {
+            ApiError::BadRequest(e.to_string())
+        }
+        other => engine_err(other),
+    }
+}
+
+impl Manager {
+    /// Hot-plugs a disk into a running partition's free hot-plug port.
+    pub(super) async fn attach_disk(
+        &self,
+        name: &str,
+        req: AttachDisk,
+    ) -> Result<AttachedDisk, ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        let rec = self.get(name)?;
+        if rec.hotplug_slots == 0 {
+            return Err(ApiError::Conflict(format!(
+                "partition {name:?} has no hot-plug ports; create it with --hotplug N to add disks while it runs"
+            )));
+        }
+        let format = disk_format(Path::new(&req.path), req.format.as_deref())?;
+        let checked = self
+            .roots
+            .check_disk(&req.path, format.as_str())
+            .map_err(ApiError::BadRequest)?;
+        if let Some(id) = &req.id {
+            if !bulkhead_engine::spec::valid_name(id) || id.len() > 16 {
+                return Err(ApiError::BadRequest(format!(
+                    "disk id {id:?} must be 1-16 characters of a-z, 0-9 and '-'"
+                )));
+            }
+        }
+        let p = self.ready_partition(name)?;
+        let used = p.hotplugged();
+        if used.len() >= rec.hotplug_slots as usize {
+            return Err(ApiError::Conflict(format!(
+                "all {} hot-plug ports of {name:?} are in use; remove a disk first",
+                rec.hotplug_slots
+            )));
+        }
+        let taken = |id: &str| {
+            used.iter().any(|h| h.adapter.id() == id)
+                || p.spec().adapters.iter().any(|a| a.id() == id)
+        };
+        let id = match req.id {
+            Some(id) if taken(&id) => {
+                return Err(ApiError::Conflict(format!(
+                    "partition {name:?} already has a device {id:?}"
+                )))
+            }
+            Some(id) => id,
+            None => (0..)
+                .map(|i| format!("hot{i}"))
+                .find(|id| !taken(id))
+                .expect("a free id among infinitely many"),
+        };
+        let disk = DiskSpec {
+            id,
+            path: checked.path,
+            format,
+            readonly: req.readonly,
+            backing: checked.backing,
+        };
+        p.hotplug_disk(disk.clone()).await.map_err(hotplug_err)?;
+        let slot = p
+            .hotplugged()
+            .iter()
+            .find(|h| h.adapter.id() == disk.id)
+            .map(|h| h.slot)
+            .ok_or_else(|| ApiError::Internal("hot-plugged disk not recorded".into()))?;
+        let ev = format!("disk {} hot-plugged ({})", disk.id, disk.path.display());
+        tracing::info!(partition = name, disk = %disk.id, slot, "disk hot-plugged");
+        self.record_event(name, &ev);
+        Ok(attached(&disk, slot))
+    }
+
+    /// Unplugs a hot-plugged disk; answers once the guest released it.
+    pub(super) async fn detach_disk(&self, name: &str, id: &str) -> Result<DetachedDisk, ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        self.get(name)?;
+        let p = self.ready_partition(name)?;
+        if !p.hotplugged().iter().any(|h| h.adapter.id() == id) {
+            return Err(ApiError::NoDevice(format!(
+                "partition {name:?} has no hot-plugged disk {id:?}"
+            )));
+        }
+        p.unplug(id, DETACH_TIMEOUT).await.map_err(|e| {
+            engine_err(format!(
+                "removing disk {id:?}: {e} (the disk stays attached until the guest releases it)"
+            ))
+        })?;
+        tracing::info!(partition = name, disk = id, "disk removed");
+        self.record_event(name, &format!("disk {id} removed"));
+        Ok(DetachedDisk { id: id.to_string() })
+    }
+
+    /// Adds to the partition's history. The device change it records has
+    /// happened either way, so a failed write is logged, not reported.
+    fn record_event(&self, name: &str, event: &str) {
+        if let Err(e) = self.modify(name, event, |_| {}) {
+            tracing::warn!(partition = name, error = %e, event, "recording event");
+        }
+    }
+
+    /// The disks hot-plugged into a partition's running QEMU.
+    pub(super) fn hotplugged_disks(&self, name: &str) -> Vec<AttachedDisk> {
+        let live = self
+            .live
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|l| l.partition.clone());
+        let mut v: Vec<AttachedDisk> = live
+            .map(|p| p.hotplugged())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| match &h.adapter {
+                AdapterSpec::Disk(d) => Some(attached(d, h.slot)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|d| d.slot);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_formats_come_from_the_request_or_the_name() {
+        let p = Path::new("/lu/a.qcow2");
+        assert_eq!(disk_format(p, None).unwrap(), DiskFormat::Qcow2);
+        assert_eq!(disk_format(p, Some("raw")).unwrap(), DiskFormat::Raw);
+        assert_eq!(disk_format(p, Some("vmdk")).unwrap_err().status(), 400);
+    }
+}
