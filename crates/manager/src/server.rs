@@ -180,7 +180,7 @@ fn error_response(e: &ApiError) -> Response<Body> {
 
 /// The token of an `Authorization: Bearer <token>` header; the scheme is
 /// case-insensitive (RFC 9110 §11.1).
-fn bearer(value: &str) -> Option<&str> {
+pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.trim_start().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -21,7 +21,10 @@ async fn absurd_durations_get_400_and_change_nothing() {
         ("stop", json!({ "timeout_secs": u64::MAX })),
         ("stop", json!({ "timeout_secs": u64::MAX - 1 })),
         ("stop", json!({ "timeout_secs": 3601 })),
-        ("exec", json!({ "argv": ["true"], "timeout_secs": u64::MAX })),
+        (
+            "exec",
+            json!({ "argv": ["true"], "timeout_secs": u64::MAX }),
+        ),
         ("exec", json!({ "argv": ["true"], "timeout_secs": 0 })),
     ] {
         let r = timeout(
@@ -42,7 +45,10 @@ async fn absurd_durations_get_400_and_change_nothing() {
         let now = d.show("ranged").await;
         assert_eq!(now["state"], "running", "{path} {body}: {now:#}");
         assert_eq!(now["pid"], before["pid"], "{path} {body}");
-        assert_eq!(now["revision"], before["revision"], "{path} {body} changed the record");
+        assert_eq!(
+            now["revision"], before["revision"],
+            "{path} {body} changed the record"
+        );
     }
     // Still a live partition, and a sane stop works.
     let out = d.exec("ranged", "echo alive").await;

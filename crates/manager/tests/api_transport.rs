@@ -238,6 +238,16 @@ async fn slow_and_silent_clients_are_dropped() {
     d.tcp_client().get("/v1/ping").await.unwrap();
 }
 
+/// Every idle connection is closed by the daemon, within a bound.
+async fn all_dropped<S: tokio::io::AsyncRead + Unpin>(mut idle: Vec<S>, what: &str) {
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            until_closed(s, Duration::from_secs(120)).await.is_some(),
+            "idle {what} connection {i} never dropped"
+        );
+    }
+}
+
 #[tokio::test]
 async fn more_connections_than_descriptors_leave_both_sockets_serving() {
     // 128 descriptors for the whole daemon; 300 idle TCP connections.
@@ -254,13 +264,7 @@ async fn more_connections_than_descriptors_leave_both_sockets_serving() {
         .unwrap();
     assert_eq!(v, json!([]));
     // The daemon drops every one of them (accepted in turn as slots free up).
-    for (i, s) in idle.iter_mut().enumerate() {
-        assert!(
-            until_closed(s, Duration::from_secs(120)).await.is_some(),
-            "idle connection {i} never dropped"
-        );
-    }
-    drop(idle);
+    all_dropped(idle, "tcp").await;
     assert!(d.alive(), "bulkheadd exited");
     d.tcp_client().get("/v1/partitions").await.unwrap();
 
@@ -283,13 +287,7 @@ async fn more_connections_than_descriptors_leave_both_sockets_serving() {
         "only {} unix connections made",
         idle.len()
     );
-    for (i, s) in idle.iter_mut().enumerate() {
-        assert!(
-            until_closed(s, Duration::from_secs(120)).await.is_some(),
-            "idle unix connection {i} never dropped"
-        );
-    }
-    drop(idle);
+    all_dropped(idle, "unix").await;
     assert!(d.alive(), "bulkheadd exited");
     assert!(
         d.log.lock().unwrap().contains("backing off"),
