@@ -50,7 +50,7 @@ struct Daemon {
     child: std::process::Child,
     socket: PathBuf,
     tcp: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 const TOKEN: &str = "bench-token-0123456789";
@@ -107,7 +107,7 @@ impl Daemon {
             child,
             socket,
             tcp,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -117,7 +117,7 @@ impl Daemon {
 
     /// The daemon's self-signed certificate's SHA-256, as a user pins it.
     fn fingerprint(&self) -> String {
-        let cert = self._dir.path().join("data/tls/cert.pem");
+        let cert = self.dir.path().join("data/tls/cert.pem");
         bulkhead_manager::tls::file_fingerprint(&cert).unwrap()
     }
 
