@@ -5,13 +5,17 @@
 //! 2. N partitions started at once: bulkheadd vs libvirt;
 //! 3. list/show latency: `bulkhead partition list|show` vs `virsh list|dominfo`
 //!    (each a process, as a user runs them), plus the raw API round trip;
-//! 4. the daemons' own memory with N partitions running.
+//! 4. the daemons' own memory with N partitions running;
+//! 5. `partition list` over the TCP API (TLS, a new connection and handshake
+//!    per call, as the CLI makes): in-process and as a CLI process.
 //!
 //! `cargo run --release -p bulkhead-manager --example manager_bench -- [BOOTS] [CONCURRENT]`
-//! (bench/manager/run prepares libvirt and runs this).
+//! (bench/manager/run prepares libvirt and runs this), or `-- api [REPS] [N]`
+//! for measure 5 alone (`ONLY=api bench/manager/run`).
 
 use bulkhead_engine::{cmdline, host, PartitionSpec};
-use bulkhead_manager::client::Client;
+use bulkhead_manager::client::{Client, Endpoint};
+use bulkhead_manager::tls::Trust;
 use serde_json::json;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -45,8 +49,11 @@ fn append(name: &str) -> String {
 struct Daemon {
     child: std::process::Child,
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    tcp: String,
+    dir: tempfile::TempDir,
 }
+
+const TOKEN: &str = "bench-token-0123456789";
 
 impl Daemon {
     fn start() -> Daemon {
@@ -55,12 +62,18 @@ impl Daemon {
             .tempdir()
             .unwrap();
         let socket = dir.path().join("api.sock");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
         let cfg = dir.path().join("c.toml");
         std::fs::write(
             &cfg,
             format!(
                 "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n[network]\nbridge = \"bhbench0\"\nsubnet = \"10.234.0.0/24\"\n\
-                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = \"bench\"\n",
+                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = \"bench\"\n\
+                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n",
                 dir.path().join("data"),
                 socket,
                 image()
@@ -93,12 +106,29 @@ impl Daemon {
         Daemon {
             child,
             socket,
-            _dir: dir,
+            tcp,
+            dir,
         }
     }
 
     fn client(&self) -> Client {
         Client::unix(&self.socket)
+    }
+
+    /// The daemon's self-signed certificate's SHA-256, as a user pins it.
+    fn fingerprint(&self) -> String {
+        let cert = self.dir.path().join("data/tls/cert.pem");
+        bulkhead_manager::tls::file_fingerprint(&cert).unwrap()
+    }
+
+    fn tls_client(&self) -> Client {
+        Client::new(Endpoint::Tcp {
+            addr: self.tcp.clone(),
+            token: Some(TOKEN.into()),
+            tls: Trust::Fingerprint(self.fingerprint())
+                .client_config()
+                .unwrap(),
+        })
     }
 }
 
@@ -248,9 +278,72 @@ fn time_cmd(cmd: &mut Command) -> Duration {
     t0.elapsed()
 }
 
+/// `partition list` over TLS: the API in-process and the CLI as a process.
+async fn tls_list(d: &Daemon, reps: usize) {
+    let tls = d.tls_client();
+    let fp = d.fingerprint();
+    let cli = bin("bulkhead");
+    let (mut tl, mut tcli) = (vec![], vec![]);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        tls.get("/v1/partitions").await.unwrap();
+        tl.push(t0.elapsed());
+        tcli.push(time_cmd(Command::new(&cli).args([
+            "partition",
+            "list",
+            "--api",
+            &d.tcp,
+            "--token",
+            TOKEN,
+            "--tls-fingerprint",
+            &fp,
+        ])));
+    }
+    println!("partition list over the TCP API (TLS, pinned certificate, a new connection each):");
+    row("API GET /v1/partitions over TLS", &tl);
+    row("bulkhead partition list --api (TLS)", &tcli);
+    println!(
+        "  target: API over TLS median <= 2 ms: {}",
+        if ms(pct(&tl, 0.5)) <= 2.0 {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+}
+
+/// `api [REPS] [PARTITIONS]`: only the API latency, with partitions
+/// defined (not booted); needs neither libvirt nor a boot.
+async fn api_only(reps: usize, n: usize) {
+    let d = Daemon::start();
+    let c = d.client();
+    for i in 0..n {
+        c.post(
+            "/v1/partitions",
+            &json!({ "name": format!("c{i}"), "memory_mib": MEM, "cpu_percent": 10 }),
+        )
+        .await
+        .unwrap();
+    }
+    let mut al = vec![];
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        c.get("/v1/partitions").await.unwrap();
+        al.push(t0.elapsed());
+    }
+    println!("{n} partitions defined:");
+    row("API GET /v1/partitions (unix socket)", &al);
+    tls_list(&d, reps).await;
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("api") {
+        let reps = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(30);
+        let n = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
+        return api_only(reps, n).await;
+    }
     let boots: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let conc: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let dir = tempfile::Builder::new()
@@ -387,6 +480,9 @@ async fn main() {
         ms(pct(&bl, 0.5)) / ms(pct(&vl, 0.5)),
         ms(pct(&bs, 0.5)) / ms(pct(&vs, 0.5))
     );
+
+    // 5. The TCP API over TLS, with the same N partitions.
+    tls_list(&d, reps).await;
 
     for i in 0..conc {
         libvirt_stop(&format!("bhbench-c{i}"));

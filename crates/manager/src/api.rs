@@ -164,6 +164,37 @@ pub enum ApiRequest {
     },
 }
 
+/// The partition name rule, one message for the daemon and the CLI.
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    if bulkhead_engine::spec::valid_name(name) {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "partition name {name:?} must be 1-48 characters of a-z, 0-9 and '-', not starting with '-'"
+    )))
+}
+
+/// Longest duration a request may ask for (stop and exec timeouts).
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+impl ApiRequest {
+    /// Refuses durations and sizes out of range before anything acts on
+    /// them (a stop timeout near 2^64 once overflowed the deadline sum).
+    pub fn check_ranges(&self) -> Result<(), ApiError> {
+        let secs = |what: &str, v: Option<u64>, min: u64| match v {
+            Some(t) if !(min..=MAX_TIMEOUT_SECS).contains(&t) => Err(ApiError::BadRequest(
+                format!("{what} must be {min}-{MAX_TIMEOUT_SECS} seconds, got {t}"),
+            )),
+            _ => Ok(()),
+        };
+        match self {
+            Self::Stop { opts, .. } => secs("timeout_secs", opts.timeout_secs, 0),
+            Self::Exec { req, .. } => secs("timeout_secs", req.timeout_secs, 1),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What `show` returns: the record plus what only the daemon knows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionView {
@@ -237,6 +268,16 @@ pub enum ApiError {
     Unauthorized,
     #[error("no such API endpoint: {0}")]
     NoRoute(String),
+    #[error("{method} is not allowed on {path} (allowed: {allow})")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: &'static str,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     Engine(String),
     #[error("internal error: {0}")]
@@ -249,6 +290,9 @@ impl ApiError {
             Self::BadRequest(_) => 400,
             Self::Unauthorized => 401,
             Self::NotFound(_) | Self::NoDevice(_) | Self::NoRoute(_) => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::RequestTimeout(_) => 408,
+            Self::PayloadTooLarge(_) => 413,
             Self::AlreadyExists(_) | Self::Conflict(_) => 409,
             Self::OverCapacity(_) => 507,
             Self::Engine(_) => 502,
@@ -265,6 +309,9 @@ impl ApiError {
             Self::OverCapacity(_) => "over_capacity",
             Self::Unauthorized => "unauthorized",
             Self::NoRoute(_) => "no_route",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Engine(_) => "engine",
             Self::Internal(_) => "internal",
         }

@@ -3,6 +3,7 @@
 
 use crate::client::{Client, Endpoint};
 use crate::config::{Config, DEFAULT_SOCKET};
+use crate::tls::Trust;
 use anyhow::Context;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -50,23 +51,38 @@ pub struct ApiArgs {
     /// bulkheadd's unix socket.
     #[arg(long, env = "BULKHEAD_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Use the TCP API at host:port instead of the socket.
+    /// Use the TCP API (TLS) at host:port instead of the socket.
     #[arg(long, env = "BULKHEAD_API")]
     pub api: Option<String>,
     /// Bearer token for the TCP API.
     #[arg(long, env = "BULKHEAD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust the daemon whose certificate has this SHA-256 (bulkheadd logs it).
+    #[arg(long, env = "BULKHEAD_TLS_FINGERPRINT")]
+    pub tls_fingerprint: Option<String>,
+    /// Trust the daemon's certificate if it chains to this PEM CA file and
+    /// names the --api host.
+    #[arg(long, env = "BULKHEAD_TLS_CA", conflicts_with = "tls_fingerprint")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ApiArgs {
-    pub fn client(&self) -> Client {
-        match &self.api {
-            Some(addr) => Client::new(Endpoint::Tcp {
-                addr: addr.clone(),
-                token: self.token.clone(),
-            }),
-            None => Client::unix(&self.socket),
-        }
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let Some(addr) = &self.api else {
+            return Ok(Client::unix(&self.socket));
+        };
+        let trust = match (&self.tls_fingerprint, &self.tls_ca) {
+            (Some(f), _) => Trust::Fingerprint(f.clone()),
+            (None, Some(ca)) => Trust::CaFile(ca.clone()),
+            (None, None) => anyhow::bail!(
+                "the TCP API is TLS: give --tls-fingerprint (the SHA-256 bulkheadd logs) or --tls-ca FILE"
+            ),
+        };
+        Ok(Client::new(Endpoint::Tcp {
+            addr: addr.clone(),
+            token: self.token.clone(),
+            tls: trust.client_config()?,
+        }))
     }
 }
 
@@ -299,31 +315,31 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 "restart_policy": a.restart.parse::<bulkhead_store::RestartPolicy>().map_err(anyhow::Error::msg)?,
                 "hotplug_slots": a.hotplug, "cpu_model": a.cpu_model,
             });
-            let v = a.api.client().post("/v1/partitions", &body).await?;
+            let v = a.api.client()?.post("/v1/partitions", &body).await?;
             print_record(&v, a.json);
         }
         PartitionCommand::Start(a) => {
             let v = a
                 .api
-                .client()
-                .post(&path(&a.name, "start"), &json!({ "wait": a.wait }))
+                .client()?
+                .post(&path(&a.name, "start")?, &json!({ "wait": a.wait }))
                 .await?;
             print_record(&v, a.json);
         }
         PartitionCommand::Restart(a) => {
             let v = a
                 .api
-                .client()
-                .post(&path(&a.name, "restart"), &json!({ "wait": a.wait }))
+                .client()?
+                .post(&path(&a.name, "restart")?, &json!({ "wait": a.wait }))
                 .await?;
             print_record(&v, a.json);
         }
         PartitionCommand::Stop(a) => {
             let v = a
                 .api
-                .client()
+                .client()?
                 .post(
-                    &path(&a.name, "stop"),
+                    &path(&a.name, "stop")?,
                     &json!({ "force": a.force, "timeout_secs": a.timeout }),
                 )
                 .await?;
@@ -332,17 +348,17 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::Destroy(a) => {
             let q = if a.force { "?force=true" } else { "" };
             a.api
-                .client()
+                .client()?
                 .call(
                     Method::DELETE,
-                    &format!("/v1/partitions/{}{q}", a.name),
+                    &format!("{}{q}", partition_path(&a.name)?),
                     None,
                 )
                 .await?;
             println!("destroyed {}", a.name);
         }
         PartitionCommand::List(a) => {
-            let v = a.api.client().get("/v1/partitions").await?;
+            let v = a.api.client()?.get("/v1/partitions").await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -350,11 +366,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             }
         }
         PartitionCommand::Show(a) => {
-            let v = a
-                .api
-                .client()
-                .get(&format!("/v1/partitions/{}", a.name))
-                .await?;
+            let v = a.api.client()?.get(&partition_path(&a.name)?).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -362,7 +374,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             }
         }
         PartitionCommand::Stats(a) => {
-            let v = a.api.client().get(&path(&a.name, "stats")).await?;
+            let v = a.api.client()?.get(&path(&a.name, "stats")?).await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -372,9 +384,9 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::Exec(a) => {
             let v = a
                 .api
-                .client()
+                .client()?
                 .post(
-                    &path(&a.name, "exec"),
+                    &path(&a.name, "exec")?,
                     &json!({ "argv": a.argv, "timeout_secs": a.timeout }),
                 )
                 .await?;
@@ -395,7 +407,11 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::Disk(DiskCommand::Add(a)) => {
             let mut body = parse_disk(&a.disk)?;
             body["id"] = json!(a.id);
-            let v = a.api.client().post(&path(&a.name, "disks"), &body).await?;
+            let v = a
+                .api
+                .client()?
+                .post(&path(&a.name, "disks")?, &body)
+                .await?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -409,20 +425,20 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         }
         PartitionCommand::Disk(DiskCommand::Remove(a)) => {
             a.api
-                .client()
+                .client()?
                 .call(
                     Method::DELETE,
-                    &format!("{}/{}", path(&a.name, "disks"), a.id),
+                    &format!("{}/{}", path(&a.name, "disks")?, encode_segment(&a.id)),
                     None,
                 )
                 .await?;
             println!("{} removed from {}", a.id, a.name);
         }
         PartitionCommand::Console(a) => {
-            let client = a.api.client();
+            let client = a.api.client()?;
             if a.log || a.json {
                 let v = client
-                    .get(&format!("{}?lines={}", path(&a.name, "console"), a.lines))
+                    .get(&format!("{}?lines={}", path(&a.name, "console")?, a.lines))
                     .await?;
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
@@ -439,8 +455,28 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn path(name: &str, action: &str) -> String {
-    format!("/v1/partitions/{name}/{action}")
+/// `/v1/partitions/NAME`, for a name the daemon would accept (checked here
+/// so that a bad one is a clear error, not a panic or another request).
+pub fn partition_path(name: &str) -> anyhow::Result<String> {
+    crate::api::check_name(name)?;
+    Ok(format!("/v1/partitions/{}", encode_segment(name)))
+}
+
+fn path(name: &str, action: &str) -> anyhow::Result<String> {
+    Ok(format!("{}/{action}", partition_path(name)?))
+}
+
+/// Percent-encodes one path segment: only RFC 3986 unreserved bytes pass.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Console: guest output to stdout, stdin to the guest, until Ctrl-] or EOF
@@ -793,6 +829,17 @@ mod tests {
             shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn names_are_checked_and_segments_encoded() {
+        assert_eq!(partition_path("web-1").unwrap(), "/v1/partitions/web-1");
+        assert_eq!(path("web", "stop").unwrap(), "/v1/partitions/web/stop");
+        for bad in ["a b", "x?force=true", "../host", "x/stop", "", "Web"] {
+            let e = partition_path(bad).unwrap_err().to_string();
+            assert!(e.contains("partition name"), "{bad:?}: {e}");
+        }
+        assert_eq!(encode_segment("a b?c=d/é"), "a%20b%3Fc%3Dd%2F%C3%A9");
     }
 
     #[test]

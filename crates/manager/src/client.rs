@@ -1,4 +1,4 @@
-//! A client for bulkheadd's API, over its unix socket or TCP with a token.
+//! A client for bulkheadd's API, over its unix socket or TCP (TLS) with a token.
 //! One HTTP/1.1 connection per client call: the CLI makes one call per run.
 
 use bytes::Bytes;
@@ -8,14 +8,17 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     Unix(PathBuf),
-    /// `host:port`, with the bearer token.
+    /// `host:port`, with the bearer token and how to trust the daemon
+    /// ([`crate::tls::Trust::client_config`]).
     Tcp {
         addr: String,
         token: Option<String>,
+        tls: Arc<rustls::ClientConfig>,
     },
 }
 
@@ -33,8 +36,15 @@ pub enum ClientError {
         endpoint: String,
         source: std::io::Error,
     },
+    #[error("TLS with bulkheadd at {endpoint}: {source}")]
+    Tls {
+        endpoint: String,
+        source: std::io::Error,
+    },
     #[error("talking to bulkheadd: {0}")]
     Http(String),
+    #[error("invalid request: {0}")]
+    Request(String),
 }
 
 impl ClientError {
@@ -92,17 +102,29 @@ impl Client {
             Endpoint::Unix(p) => {
                 handshake!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?)
             }
-            Endpoint::Tcp { addr, .. } => {
+            Endpoint::Tcp { addr, tls, .. } => {
                 let s = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(conn_err)?;
                 let _ = s.set_nodelay(true);
+                let s = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(crate::tls::server_name(addr), s)
+                    .await
+                    .map_err(|source| ClientError::Tls {
+                        endpoint: self.describe(),
+                        source,
+                    })?;
                 handshake!(s)
             }
         })
     }
 
-    fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
         let bytes = body
             .map(|b| serde_json::to_vec(b).expect("JSON values serialise"))
             .unwrap_or_default();
@@ -116,8 +138,9 @@ impl Client {
         if let Endpoint::Tcp { token: Some(t), .. } = &self.endpoint {
             b = b.header(AUTHORIZATION, format!("Bearer {t}"));
         }
+        // A path that is no URI (a space in it) is the caller's error, not a panic.
         b.body(Full::new(Bytes::from(bytes)))
-            .expect("request parts are valid")
+            .map_err(|e| ClientError::Request(format!("{path:?}: {e}")))
     }
 
     /// One API call; a non-2xx answer becomes [`ClientError::Api`].
@@ -127,7 +150,7 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
-        let (status, bytes) = self.call_raw(self.request(method, path, body)).await?;
+        let (status, bytes) = self.call_raw(self.request(method, path, body)?).await?;
         let v: Value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -169,7 +192,9 @@ impl Client {
 
     /// A raw request with this client's endpoint and token.
     pub fn raw_request(&self, method: Method, path: &str, body: &[u8]) -> Request<Full<Bytes>> {
-        let mut r = self.request(method, path, None);
+        let mut r = self
+            .request(method, path, None)
+            .expect("tests pass valid paths");
         *r.body_mut() = Full::new(Bytes::copy_from_slice(body));
         r
     }
@@ -184,7 +209,7 @@ impl Client {
 
     /// Attaches to a running partition's serial console.
     pub async fn console(&self, name: &str) -> Result<ConsoleStream, ClientError> {
-        let mut req = self.request(Method::GET, &format!("/v1/partitions/{name}/console"), None);
+        let mut req = self.request(Method::GET, &format!("/v1/partitions/{name}/console"), None)?;
         req.headers_mut()
             .insert(CONNECTION, "upgrade".parse().expect("static header"));
         req.headers_mut().insert(

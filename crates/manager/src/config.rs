@@ -47,16 +47,33 @@ impl Default for QemuConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Also serve the API on this TCP address; requires a token.
+    /// Also serve the API on this TCP address (TLS); requires a token.
     pub tcp: Option<SocketAddr>,
-    /// Bearer token for TCP clients.
+    /// Bearer token for TCP clients (at least [`MIN_TOKEN_BYTES`]).
     pub token: Option<String>,
     /// File holding the bearer token (first line), instead of `token`.
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and key for the TCP API; without them a
+    /// self-signed pair is made under `<data_dir>/tls/`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// TLS handshake plus a request's line and headers must arrive within
+    /// this, counted from when the daemon waits for them (so it also closes
+    /// a keep-alive connection that sends no next request).
+    pub header_timeout_ms: u64,
+    /// A connection that moves no byte for this long while no request is
+    /// being answered is closed; a request body must arrive within it.
+    pub idle_timeout_ms: u64,
+    /// TCP connections served at once (also capped at half the daemon's
+    /// file descriptor limit); more wait in the listen backlog.
+    pub max_connections: usize,
 }
+
+/// Shortest bearer token accepted: a guessable token opens the whole API.
+pub const MIN_TOKEN_BYTES: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -127,6 +144,21 @@ impl Default for Config {
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/bulkhead/bulkheadd.sock";
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            tcp: None,
+            token: None,
+            token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 256,
+        }
+    }
+}
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -207,8 +239,32 @@ impl Config {
         if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
             anyhow::bail!("network.bridge {b:?} is not a valid interface name (1-15 characters)");
         }
-        if self.api.tcp.is_some() && self.token()?.is_none() {
+        let token = self.token()?;
+        if self.api.tcp.is_some() && token.is_none() {
             anyhow::bail!("api.tcp needs api.token or api.token_file: the TCP API is never open");
+        }
+        if let Some(t) = &token {
+            if t.len() < MIN_TOKEN_BYTES {
+                anyhow::bail!(
+                    "api token is {} bytes: at least {MIN_TOKEN_BYTES} needed (e.g. `openssl rand -hex 16`)",
+                    t.len()
+                );
+            }
+        }
+        if self.api.tls_cert.is_some() != self.api.tls_key.is_some() {
+            anyhow::bail!("api.tls_cert and api.tls_key go together");
+        }
+        let ms = 1..=3_600_000;
+        for (k, v) in [
+            ("header_timeout_ms", self.api.header_timeout_ms),
+            ("idle_timeout_ms", self.api.idle_timeout_ms),
+        ] {
+            if !ms.contains(&v) {
+                anyhow::bail!("api.{k} must be 1-3600000, got {v}");
+            }
+        }
+        if self.api.max_connections == 0 {
+            anyhow::bail!("api.max_connections must be at least 1");
         }
         if self.capacity.cpu_overcommit.is_nan() || self.capacity.cpu_overcommit <= 0.0 {
             anyhow::bail!("capacity.cpu_overcommit must be positive");
@@ -240,11 +296,7 @@ impl Config {
             Some(p) => {
                 let t = std::fs::read_to_string(p)
                     .map_err(|e| anyhow::anyhow!("reading api.token_file {}: {e}", p.display()))?;
-                let t = t.lines().next().unwrap_or("").trim().to_string();
-                if t.is_empty() {
-                    anyhow::bail!("api.token_file {} is empty", p.display());
-                }
-                Ok(Some(t))
+                Ok(Some(t.lines().next().unwrap_or("").trim().to_string()))
             }
             None => Ok(None),
         }
@@ -311,6 +363,17 @@ mod tests {
     fn tcp_without_token_is_refused() {
         let c = Config::parse("[api]\ntcp = '127.0.0.1:1'\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("token"));
+        for t in ["", "short", "fifteen-bytes!!"] {
+            let c = Config::parse(&format!("[api]\ntcp = '127.0.0.1:1'\ntoken = {t:?}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("at least 16"), "{t:?}: {e}");
+        }
+        let c = Config::parse("[api]\ntcp = '127.0.0.1:1'\ntoken = 'sixteen-bytes!!!'\n").unwrap();
+        c.validate().unwrap();
+        let c = Config::parse("[api]\ntls_cert = '/c.pem'\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::parse("[api]\nheader_timeout_ms = 0\n").unwrap();
+        assert!(c.validate().is_err());
         let c = Config::parse("[network]\nbridge = 'much-too-long-name'\n").unwrap();
         assert!(c.validate().is_err());
         let c = Config::parse("[network]\nsubnet = '10.0.0.0/33'\n").unwrap();

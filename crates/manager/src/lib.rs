@@ -6,10 +6,12 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod listen;
 pub mod manager;
 pub mod net;
 pub mod openapi;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 pub use manager::Manager;

@@ -285,12 +285,7 @@ impl Manager {
 
     fn validate(&self, c: &CreatePartition) -> Result<(), ApiError> {
         let bad = |m: String| Err(ApiError::BadRequest(m));
-        if !bulkhead_engine::spec::valid_name(&c.name) {
-            return bad(format!(
-                "partition name {:?} must be 1-48 characters of a-z, 0-9 and '-', not starting with '-'",
-                c.name
-            ));
-        }
+        check_name(&c.name)?;
         let max_vcpus = self
             .cfg
             .partitions
@@ -572,11 +567,22 @@ impl Manager {
                 return Err(e);
             }
         }
+        // Until the supervisor owns it, anything that ends this start early
+        // (a `?`, a panic) leaves the partition failed, never `starting`.
+        let undo = OnDrop::new(|| {
+            let _ = cg.remove();
+            let why = "start interrupted".to_string();
+            let _ = self.set_state(name, PartitionState::Failed, &why, |r| {
+                r.pid = None;
+                r.last_exit = Some(why.clone());
+            });
+        });
         let opts = self.launch_options(name);
         let t_launch = std::time::Instant::now();
         let partition = match Partition::launch(spec, opts).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
+                undo.disarm();
                 let _ = cg.remove();
                 let msg = format!("start failed: {e}");
                 self.set_state(name, PartitionState::Failed, &msg, |r| {
@@ -594,6 +600,7 @@ impl Manager {
             "QEMU launched"
         );
         let mut ready = self.supervise(name, partition, true);
+        undo.disarm();
         if !wait {
             return Ok(rec);
         }
@@ -759,6 +766,18 @@ impl Manager {
             )));
         };
         flag.store(true, Ordering::SeqCst);
+        // Until the supervisor has recorded the exit, a stop that fails (an
+        // error, a panic) puts the partition back as it was, still watched.
+        let before = rec.state;
+        let undo = OnDrop::new(|| {
+            flag.store(false, Ordering::SeqCst);
+            let _ = self.modify(name, &format!("stop failed; back to {before}"), |r| {
+                if r.state == PartitionState::Stopping {
+                    r.state = before;
+                    r.state_since = now_ms();
+                }
+            });
+        });
         self.set_state(name, PartitionState::Stopping, "stopping", |_| {})?;
         let r = if opts.force {
             partition.kill().await
@@ -773,6 +792,7 @@ impl Manager {
         }
         // The supervisor records the exit and cleans up; answer once it has.
         let _ = done.wait_for(|d| *d).await;
+        undo.disarm();
         self.get(name)
     }
 
@@ -994,6 +1014,27 @@ impl Manager {
             if let Err(e) = rotate_if_larger(&log, max) {
                 tracing::warn!(partition = %n, error = %e, "rotating console log");
             }
+        }
+    }
+}
+
+/// Runs its closure when dropped (an early return, a panic) unless disarmed.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    fn new(f: F) -> Self {
+        Self(Some(f))
+    }
+
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }

@@ -11,7 +11,7 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": { "title": "bulkheadd", "version": env!("CARGO_PKG_VERSION"),
-                  "description": "Bulkhead partition manager API. Unix socket (0600) without auth; TCP needs `Authorization: Bearer <token>`." },
+                  "description": "Bulkhead partition manager API. Unix socket (0600) without auth; TCP is TLS and needs `Authorization: Bearer <token>`. Any path answers 405 (with `Allow`) to a method it does not take, 413 to a body over 1 MiB and 408 to a body that does not arrive within the idle timeout." },
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
             "schemas": {
@@ -51,9 +51,9 @@ pub fn document() -> Value {
                     "hotplug_slots": { "type": "integer" }, "cpu_model": { "type": "string" },
                     "hotplugged_disks": { "type": "array", "items": { "$ref": "#/components/schemas/AttachedDisk" } } } },
                 "StartOptions": { "type": "object", "properties": { "wait": { "type": "boolean" } } },
-                "StopOptions": { "type": "object", "properties": { "force": { "type": "boolean" }, "timeout_secs": { "type": "integer" } } },
+                "StopOptions": { "type": "object", "properties": { "force": { "type": "boolean" }, "timeout_secs": { "type": "integer", "minimum": 0, "maximum": crate::api::MAX_TIMEOUT_SECS } } },
                 "ExecRequest": { "type": "object", "required": ["argv"], "properties": {
-                    "argv": { "type": "array", "items": { "type": "string" } }, "timeout_secs": { "type": "integer" } } },
+                    "argv": { "type": "array", "items": { "type": "string" } }, "timeout_secs": { "type": "integer", "minimum": 1, "maximum": crate::api::MAX_TIMEOUT_SECS } } },
                 "ExecResult": { "type": "object", "properties": { "code": { "type": "integer" }, "stdout": { "type": "string" }, "stderr": { "type": "string" } } },
                 "Stats": { "type": "object", "properties": {
                     "cpu_entitlement_percent": { "type": "integer" }, "cpu_time_ns": { "type": "integer" },
@@ -80,7 +80,7 @@ pub fn document() -> Value {
             "/v1/partitions/{name}/start": { "post": { "summary": "start; wait=true answers once the agent is ready",
                 "parameters": name.clone(), "requestBody": body("StartOptions"), "responses": { "200": rec.clone(), "409": err.clone(), "502": err.clone(), "507": err.clone() } } },
             "/v1/partitions/{name}/stop": { "post": { "summary": "graceful stop (agent, ACPI, then kill after the timeout), or force",
-                "parameters": name.clone(), "requestBody": body("StopOptions"), "responses": { "200": rec.clone(), "409": err.clone() } } },
+                "parameters": name.clone(), "requestBody": body("StopOptions"), "responses": { "200": rec.clone(), "400": err.clone(), "409": err.clone() } } },
             "/v1/partitions/{name}/restart": { "post": { "summary": "stop then start", "parameters": name.clone(), "requestBody": body("StartOptions"), "responses": { "200": rec.clone() } } },
             "/v1/partitions/{name}/exec": { "post": { "summary": "run a command through the agent", "parameters": name.clone(), "requestBody": body("ExecRequest"),
                 "responses": { "200": { "description": "exit code and output", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ExecResult" } } } }, "409": err.clone() } } },

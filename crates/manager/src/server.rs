@@ -1,19 +1,22 @@
 //! The HTTP side of the API: hyper 1 on a unix socket (0600) and, when
-//! configured, on TCP with a bearer token. Requests become [`ApiRequest`]s
-//! here and nothing else is decided here.
+//! configured, on TCP with TLS and a bearer token (the transport, limits
+//! and timeouts are `listen`'s). Requests become [`ApiRequest`]s here and
+//! nothing else is decided here.
 
 use crate::api::*;
+use crate::listen::{self, Activity, Limits};
 use crate::manager::Manager;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
 /// Largest request body accepted.
@@ -41,23 +44,58 @@ pub async fn serve(
     let unix = UnixListener::bind(&cfg.socket)
         .with_context(|| format!("binding {}", cfg.socket.display()))?;
     std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o600))?;
-    let tcp = match cfg.api.tcp {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            tracing::info!(addr = %l.local_addr()?, "TCP API bound (bearer token required)");
-            Some(l)
-        }
-        None => None,
+    let limits = Limits {
+        header: Duration::from_millis(cfg.api.header_timeout_ms),
+        idle: Duration::from_millis(cfg.api.idle_timeout_ms),
     };
+    let nofile = listen::raise_nofile();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = cfg.api.tcp {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let tls = crate::tls::server(
+            cfg.api.tls_cert.as_deref().zip(cfg.api.tls_key.as_deref()),
+            &cfg.data_dir,
+            &certificate_names(addr.ip()),
+        )?;
+        let bound = listen::tcp_bound(cfg.api.max_connections, nofile);
+        tracing::info!(
+            addr = %l.local_addr()?,
+            fingerprint = %tls.fingerprint,
+            certificate = %tls.cert_path.display(),
+            generated = tls.generated,
+            max_connections = bound,
+            "TCP API bound (TLS, bearer token required; clients pin the fingerprint or trust the certificate)"
+        );
+        // TCP clients always need the token (config validation guarantees one).
+        let token: Arc<str> = Arc::from(cfg.token()?.context("api.tcp needs a token")?);
+        let serve: listen::Serve<_> = {
+            let m = manager.clone();
+            Arc::new(move |io, activity| {
+                Box::pin(serve_http(
+                    m.clone(),
+                    Some(token.clone()),
+                    io,
+                    activity,
+                    limits,
+                ))
+            })
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
+        tasks.spawn(listen::tcp_loop(l, bound, acceptor, limits, serve));
+    }
+    let serve: listen::Serve<_> = {
+        let m = manager.clone();
+        Arc::new(move |io, activity| Box::pin(serve_http(m.clone(), None, io, activity, limits)))
+    };
+    tasks.spawn(listen::unix_loop(unix, limits, serve));
     // Said once every listener is bound: tests and scripts wait for this line.
     tracing::info!(socket = %cfg.socket.display(), "API listening");
-    let token: Option<Arc<str>> = cfg.token()?.map(Arc::from);
 
     // Console logs are rotated in the background.
     let m = manager.clone();
-    let rotate = tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
@@ -65,46 +103,60 @@ pub async fn serve(
         }
     });
 
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            r = unix.accept() => {
-                let (s, _) = r?;
-                spawn_conn(manager.clone(), None, TokioIo::new(s));
-            }
-            r = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
-                let (s, _) = r?;
-                let _ = s.set_nodelay(true);
-                // TCP clients always need the token (config validation guarantees one).
-                spawn_conn(manager.clone(), Some(token.clone().expect("validated")), TokioIo::new(s));
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    rotate.abort();
+    shutdown.await;
+    tasks.abort_all();
     let _ = std::fs::remove_file(&cfg.socket);
     tracing::info!("API stopped; partitions keep running");
     Ok(())
 }
 
-fn spawn_conn<S>(manager: Arc<Manager>, token: Option<Arc<str>>, io: TokioIo<S>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+/// Names the self-signed certificate carries: loopback, the listen address
+/// and the host's name, so a CA-file client can also check it.
+fn certificate_names(ip: std::net::IpAddr) -> Vec<String> {
+    let mut names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !ip.is_unspecified() && !ip.is_loopback() {
+        names.push(ip.to_string());
+    }
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h.to_string());
+        }
+    }
+    names
+}
+
+/// HTTP/1.1 on one connection: the request head must arrive within the
+/// header timeout; each request is marked busy so idleness is not counted
+/// while it is answered.
+async fn serve_http<S>(
+    manager: Arc<Manager>,
+    token: Option<Arc<str>>,
+    io: S,
+    activity: Arc<Activity>,
+    limits: Limits,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
-        let svc = hyper::service::service_fn(move |req| {
-            let m = manager.clone();
-            let t = token.clone();
-            async move { Ok::<_, std::convert::Infallible>(dispatch(m, t, req).await) }
-        });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
-            .serve_connection(io, svc)
-            .with_upgrades()
-            .await
-        {
-            tracing::debug!(error = %e, "API connection ended");
+    let svc = hyper::service::service_fn(move |req| {
+        let m = manager.clone();
+        let t = token.clone();
+        let busy = activity.busy();
+        async move {
+            let r = dispatch(m, t, req, limits).await;
+            drop(busy);
+            Ok::<_, std::convert::Infallible>(r)
         }
     });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(error = %e, "API connection ended");
+    }
 }
 
 fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
@@ -118,7 +170,21 @@ fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
 }
 
 fn error_response(e: &ApiError) -> Response<Body> {
-    json_response(e.status(), &e.body())
+    let mut r = json_response(e.status(), &e.body());
+    if let ApiError::MethodNotAllowed { allow, .. } = e {
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(allow));
+    }
+    r
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 §11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_matches(' '))
 }
 
 /// Compares without an early exit, so timing does not reveal the token.
@@ -137,14 +203,15 @@ async fn dispatch(
     manager: Arc<Manager>,
     token: Option<Arc<str>>,
     req: Request<Incoming>,
+    limits: Limits,
 ) -> Response<Body> {
     if let Some(t) = token {
         let ok = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|g| token_matches(g.trim().as_bytes(), t.as_bytes()));
+            .and_then(bearer)
+            .is_some_and(|g| token_matches(g.as_bytes(), t.as_bytes()));
         if !ok {
             return error_response(&ApiError::Unauthorized);
         }
@@ -162,16 +229,35 @@ async fn dispatch(
     if wants_console {
         return attach_console(manager, &path, req).await;
     }
-    let body = match read_body(req.into_body()).await {
-        Ok(b) => b,
-        Err(e) => return error_response(&e),
+    let body = match tokio::time::timeout(limits.idle, read_body(req.into_body())).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return error_response(&e),
+        Err(_) => {
+            let e = ApiError::RequestTimeout(format!(
+                "request body not received within {} ms",
+                limits.idle.as_millis()
+            ));
+            let mut r = error_response(&e);
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
     };
     let api_req = match route(&method, &path, &query, &body) {
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
     let created = matches!(api_req, ApiRequest::Create(_));
-    match manager.handle(api_req).await {
+    // Its own task: a client that goes away does not cancel an operation
+    // half-way, and a panic becomes a 500 (the manager rolls the state back).
+    let handled = tokio::spawn(async move { manager.handle(api_req).await }).await;
+    let r = handled.unwrap_or_else(|e| {
+        tracing::error!(%method, %path, error = %e, "API handler panicked");
+        Err(ApiError::Internal(format!(
+            "{method} {path} failed unexpectedly"
+        )))
+    });
+    match r {
         Ok(v) => json_response(if created { 201 } else { 200 }, &v),
         Err(e) => {
             tracing::debug!(%method, %path, error = %e, "API error");
@@ -181,7 +267,8 @@ async fn dispatch(
 }
 
 /// Reads the body up to [`MAX_BODY`]. A larger one is read to its end (up to
-/// a bound) and refused, so the client gets the answer instead of a reset.
+/// a bound) and refused with 413, so the client gets the answer instead of a
+/// reset.
 async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     let mut buf = Vec::new();
     let mut total = 0usize;
@@ -197,7 +284,7 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
         }
     }
     if total > MAX_BODY {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::PayloadTooLarge(format!(
             "request body of {total}+ bytes is over the limit of {MAX_BODY} bytes"
         )));
     }
@@ -282,9 +369,33 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
                 })?,
             },
         },
-        _ => return Err(ApiError::NoRoute(format!("{method} {path}"))),
+        _ => {
+            return Err(match allowed_methods(&segs) {
+                Some(allow) => ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    allow,
+                },
+                None => ApiError::NoRoute(format!("{method} {path}")),
+            })
+        }
     };
+    r.check_ranges()?;
     Ok(r)
+}
+
+/// The methods a known path takes, for a 405's `Allow`.
+fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
+    Some(match segs {
+        ["openapi.json"] | ["v1", "ping"] | ["v1", "host"] => "GET",
+        ["v1", "partitions"] => "GET, POST",
+        ["v1", "partitions", _] => "GET, DELETE",
+        ["v1", "partitions", _, "start" | "stop" | "restart" | "exec"] => "POST",
+        ["v1", "partitions", _, "stats" | "console"] => "GET",
+        ["v1", "partitions", _, "disks"] => "POST",
+        ["v1", "partitions", _, "disks", _] => "DELETE",
+        _ => return None,
+    })
 }
 
 /// Splices an upgraded HTTP connection to the partition's serial console.
@@ -432,13 +543,42 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status(), 400);
         let e = route(&Method::PUT, "/v1/partitions/a", "", b"").unwrap_err();
+        assert_eq!(e.status(), 405);
+        assert!(matches!(
+            e,
+            ApiError::MethodNotAllowed {
+                allow: "GET, DELETE",
+                ..
+            }
+        ));
+        let e = route(&Method::GET, "/v1/partitions/a/stop", "", b"").unwrap_err();
+        assert_eq!(e.status(), 405);
+        let e = route(&Method::GET, "/v1/nothing", "", b"").unwrap_err();
         assert_eq!(e.status(), 404);
+        let e = route(
+            &Method::POST,
+            "/v1/partitions/a/stop",
+            "",
+            br#"{"timeout_secs":18446744073709551615}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert!(e.to_string().contains("timeout_secs"), "{e}");
         let e = route(&Method::DELETE, "/v1/partitions/a", "force=maybe", b"").unwrap_err();
         assert_eq!(e.status(), 400);
         let e = route(&Method::GET, "/v1/partitions/a/console", "lines=x", b"").unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(route(&Method::POST, "/v1/partitions/a/exec", "", b"").is_err());
         assert!(route(&Method::POST, "/v1/partitions/a/disks", "", b"{}").is_err());
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearerabc"), None);
     }
 
     #[test]

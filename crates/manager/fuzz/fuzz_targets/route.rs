@@ -1,6 +1,7 @@
 //! What reaches bulkheadd from a client: method, path, query and body go
 //! through `server::route` (JSON bodies into typed requests); the same bytes,
-//! as text, through the TOML configuration parser. Nothing may panic, and
+//! as text, through the Authorization header's parser, the TLS fingerprint
+//! parser and the TOML configuration parser. Nothing may panic, and
 //! every refusal must be a one-line API error.
 #![no_main]
 
@@ -32,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = e.body();
     }
     if let Ok(text) = std::str::from_utf8(data) {
+        if let Some(t) = bulkhead_manager::server::bearer(text) {
+            assert!(text.len() > t.len());
+        }
+        let _ = bulkhead_manager::tls::parse_fingerprint(text);
         if let Ok(cfg) = bulkhead_manager::config::Config::parse(text) {
             let _ = cfg.validate();
         }

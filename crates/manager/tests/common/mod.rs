@@ -5,12 +5,14 @@
 #![allow(dead_code)]
 
 use bulkhead_manager::cgroup::Layout;
-use bulkhead_manager::client::Client;
+use bulkhead_manager::client::{Client, Endpoint};
+use bulkhead_manager::tls::Trust;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Boots under TCG on a busy 2-core host can take tens of seconds.
@@ -114,6 +116,11 @@ pub struct Daemon {
     pub instance: String,
     pub tcp: Option<String>,
     pub cgroup_mounts: CgroupMounts,
+    pub token: Option<String>,
+    /// Soft and hard RLIMIT_NOFILE for the daemon.
+    pub nofile: Option<u64>,
+    /// Everything the daemon logged so far.
+    pub log: Arc<Mutex<String>>,
     child: Option<Child>,
 }
 
@@ -121,7 +128,10 @@ pub struct Daemon {
 pub struct Opts {
     /// Extra TOML appended to the generated configuration.
     pub extra: String,
+    /// Serve TCP (TLS, a self-signed pair made by the daemon) with this token.
     pub tcp_token: Option<String>,
+    /// Start the daemon with this RLIMIT_NOFILE (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 fn free_tcp_port() -> u16 {
@@ -163,10 +173,18 @@ impl Daemon {
             socket,
             image_dir(),
         );
-        if let (Some(addr), Some(tok)) = (&tcp, &opts.tcp_token) {
-            cfg.push_str(&format!("[api]\ntcp = {addr:?}\ntoken = {tok:?}\n"));
-        }
         cfg.push_str(&opts.extra);
+        if let (Some(addr), Some(tok)) = (&tcp, &opts.tcp_token) {
+            // Keys of [api] may come from `extra` too: append to its table.
+            if !cfg.contains("[api]") {
+                cfg.push_str("\n[api]\n");
+            }
+            cfg = cfg.replacen(
+                "[api]\n",
+                &format!("[api]\ntcp = {addr:?}\ntoken = {tok:?}\n"),
+                1,
+            );
+        }
         let config = dir.path().join("bulkheadd.toml");
         std::fs::write(&config, cfg).unwrap();
         let mut d = Daemon {
@@ -178,6 +196,9 @@ impl Daemon {
             instance,
             tcp,
             cgroup_mounts: CgroupMounts::detect(),
+            token: opts.tcp_token,
+            nofile: opts.nofile,
+            log: Arc::default(),
             child: None,
         };
         d.spawn();
@@ -186,22 +207,40 @@ impl Daemon {
 
     /// Starts bulkheadd and returns once its API listens (it says so on stderr).
     pub fn spawn(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkheadd"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bulkheadd"));
+        cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: between fork and exec only setrlimit runs, which is
+            // async-signal-safe, on a struct copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let tag = self.instance.clone();
+        let log = self.log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 eprintln!("[bulkheadd {tag}] {line}");
+                log.lock().unwrap().push_str(&format!("{line}\n"));
                 if line.contains("API listening") {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(());
@@ -230,6 +269,33 @@ impl Daemon {
 
     pub fn client(&self) -> Client {
         Client::unix(&self.socket)
+    }
+
+    /// The self-signed certificate the daemon made for its TCP API.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("data/tls/cert.pem")
+    }
+
+    /// A TCP (TLS) client trusting `trust`, with this token.
+    pub fn tcp_client_with(&self, trust: Trust, token: Option<&str>) -> Client {
+        Client::new(Endpoint::Tcp {
+            addr: self.tcp.clone().expect("daemon serves TCP"),
+            token: token.map(str::to_string),
+            tls: trust.client_config().unwrap(),
+        })
+    }
+
+    /// A TCP client pinning the daemon's certificate, with its token.
+    pub fn tcp_client(&self) -> Client {
+        let f = bulkhead_manager::tls::file_fingerprint(&self.cert()).unwrap();
+        self.tcp_client_with(Trust::Fingerprint(f), self.token.as_deref())
+    }
+
+    /// Whether the daemon process is still there (not exited, not reaped).
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// This daemon's cgroups, relative to a hierarchy's mount.
