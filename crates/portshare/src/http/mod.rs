@@ -234,19 +234,27 @@ fn absolute_authority(target: &[u8]) -> Result<Option<&[u8]>, HeadError> {
     Ok(Some(auth))
 }
 
+/// The length of a complete, canonical head of at most `max_head` bytes.
+fn head_len(
+    parsed: httparse::Result<usize>,
+    buf: &[u8],
+    max_head: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed.map_err(map_httparse)? {
+        httparse::Status::Complete(n) if n > max_head => Err(HeadError::TooLarge(max_head)),
+        httparse::Status::Complete(n) => check_canonical(&buf[..n]).map(|()| Some(n)),
+        httparse::Status::Partial if buf.len() >= max_head => Err(HeadError::TooLarge(max_head)),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<RequestHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf).map_err(map_httparse)? {
-        httparse::Status::Complete(n) if n > max_head => return Err(HeadError::TooLarge(max_head)),
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= max_head => {
-            return Err(HeadError::TooLarge(max_head))
-        }
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = head_len(req.parse(buf), buf, max_head)? else {
+        return Ok(None);
     };
-    check_canonical(&buf[..len])?;
     let version = req.version.ok_or(HeadError::Version)?;
     let method = req.method.ok_or(HeadError::Malformed("method"))?;
     if method == "CONNECT" {
@@ -348,15 +356,9 @@ pub fn parse_response(
 ) -> Result<Option<ResponseHead>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
-    let len = match res.parse(buf).map_err(map_httparse)? {
-        httparse::Status::Complete(n) if n > max_head => return Err(HeadError::TooLarge(max_head)),
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= max_head => {
-            return Err(HeadError::TooLarge(max_head))
-        }
-        httparse::Status::Partial => return Ok(None),
+    let Some(len) = head_len(res.parse(buf), buf, max_head)? else {
+        return Ok(None);
     };
-    check_canonical(&buf[..len])?;
     let version = res.version.ok_or(HeadError::Version)?;
     let status = res.code.ok_or(HeadError::Malformed("status"))?;
     let mut length = None;

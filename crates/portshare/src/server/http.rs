@@ -5,7 +5,6 @@
 use super::pool::probe;
 use super::tls::splice;
 use super::{connect, read_more, Client, Shared};
-use crate::access::Entry;
 use crate::http::proxy::{self, BodyReader, Event, ResponseError, ResponseReader};
 use crate::http::{self, HeadError, RequestHead};
 use crate::proxy_protocol;
@@ -571,24 +570,16 @@ fn http_log(
     head: &RequestHead,
     route: Option<&Route>,
     status: u16,
-    (bytes_in, bytes_out): (u64, u64),
+    bytes: (u64, u64),
     start: Instant,
     error: Option<&str>,
 ) {
-    if let Some(a) = &shared.access {
-        a.write(Entry {
-            client: c.peer,
-            listen,
-            kind: "http",
-            host: head.host.as_deref(),
-            route: route.map(|r| r.cfg.domain.as_str()),
-            target: route.map(|r| r.cfg.target.as_str()),
-            request: line,
-            status: Some(status),
-            bytes_in,
-            bytes_out,
-            duration_us: start.elapsed().as_micros() as u64,
-            error,
-        });
-    }
+    let what = super::Logged {
+        kind: "http",
+        host: head.host.as_deref(),
+        route,
+        request: line,
+        status: Some(status),
+    };
+    super::access(shared, c, listen, what, bytes, start, error);
 }

@@ -7,7 +7,7 @@ mod http;
 mod pool;
 mod tls;
 
-use crate::access::AccessLog;
+use crate::access::{AccessLog, Entry};
 use crate::metrics::Stats;
 use crate::table::{Config, ConfigError, ListenerConfig, Protocol, Route, RouteConfig, Table};
 use arc_swap::ArcSwap;
@@ -405,6 +405,42 @@ async fn handle(shared: &Arc<Shared>, listen: SocketAddr, stream: TcpStream, pee
         tls::serve_tls(shared, listen, &cfg, c, head_deadline).await
     } else {
         http::serve_http(shared, listen, c, head_deadline).await
+    }
+}
+
+/// What an access-log line says beyond the client and the byte counts.
+struct Logged<'a> {
+    kind: &'static str,
+    host: Option<&'a str>,
+    route: Option<&'a Route>,
+    request: Option<&'a str>,
+    status: Option<u16>,
+}
+
+fn access(
+    shared: &Shared,
+    c: &Client,
+    listen: SocketAddr,
+    what: Logged<'_>,
+    (bytes_in, bytes_out): (u64, u64),
+    start: std::time::Instant,
+    error: Option<&str>,
+) {
+    if let Some(a) = &shared.access {
+        a.write(Entry {
+            client: c.peer,
+            listen,
+            kind: what.kind,
+            host: what.host,
+            route: what.route.map(|r| r.cfg.domain.as_str()),
+            target: what.route.map(|r| r.cfg.target.as_str()),
+            request: what.request,
+            status: what.status,
+            bytes_in,
+            bytes_out,
+            duration_us: start.elapsed().as_micros() as u64,
+            error,
+        });
     }
 }
 

@@ -2,7 +2,6 @@
 //! server name, replay it to the target and splice both ways.
 
 use super::{connect, read_more, Client, Shared, READ_CHUNK};
-use crate::access::Entry;
 use crate::proxy_protocol;
 use crate::sni::{self, SniError};
 use crate::table::{ListenerConfig, Route};
@@ -251,20 +250,12 @@ fn log(
     start: Instant,
     error: Option<&str>,
 ) {
-    if let Some(a) = &shared.access {
-        a.write(Entry {
-            client: c.peer,
-            listen,
-            kind,
-            host,
-            route: route.map(|r| r.cfg.domain.as_str()),
-            target: route.map(|r| r.cfg.target.as_str()),
-            request: None,
-            status: None,
-            bytes_in,
-            bytes_out,
-            duration_us: start.elapsed().as_micros() as u64,
-            error,
-        });
-    }
+    let what = super::Logged {
+        kind,
+        host,
+        route,
+        request: None,
+        status: None,
+    };
+    super::access(shared, c, listen, what, (bytes_in, bytes_out), start, error);
 }
