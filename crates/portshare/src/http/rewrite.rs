@@ -59,6 +59,11 @@ fn origin_form<'a>(method: &[u8], target: &'a [u8]) -> Cow<'a, [u8]> {
 /// origin-form and a Host that is the target URI's authority (RFC 9112 §3.2.2),
 /// whatever Host the client sent, as nginx does.
 pub fn forward_head<'a>(raw: &'a [u8], req: &RequestHead) -> Cow<'a, [u8]> {
+    // Empty lines before the request line are not part of it (RFC 9112 §2.2).
+    let mut raw = raw;
+    while let Some(rest) = raw.strip_prefix(b"\r\n") {
+        raw = rest;
+    }
     if !req.close_requested && !req.absolute {
         return Cow::Borrowed(raw);
     }
@@ -192,6 +197,15 @@ mod tests {
         assert_eq!(
             fwd(b"OPTIONS http://b.test HTTP/1.0\r\n\r\n"),
             "OPTIONS * HTTP/1.0\r\nHost: b.test\r\n\r\n"
+        );
+        // Found by fuzzing: an empty line before the request line.
+        assert_eq!(
+            fwd(b"\r\nGET http://b.test/p HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "GET /p HTTP/1.1\r\nHost: b.test\r\n\r\n"
+        );
+        assert_eq!(
+            fwd(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         );
     }
 

@@ -339,8 +339,9 @@ async fn exchange(
         .map_err(|e| Fail::BadBody(e, false))?;
     let first = head.len + already;
     let sent = match http::forward_head(&c.buf[..head.len], head) {
-        Cow::Borrowed(_) => u.stream.write_all(&c.buf[..first]).await,
-        Cow::Owned(mut h) => {
+        Cow::Borrowed(h) if h.len() == head.len => u.stream.write_all(&c.buf[..first]).await,
+        h => {
+            let mut h = h.into_owned();
             h.extend_from_slice(&c.buf[head.len..first]);
             u.stream.write_all(&h).await
         }
@@ -457,7 +458,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut status = 0;
-    // The final head, held to go out with the first body bytes.
+    // The final head goes out with the first body bytes, in one write: either
+    // unchanged, as the first `held` bytes of `ubuf`, or rewritten in `pending`.
+    let mut held = 0;
     let mut pending: Vec<u8> = Vec::new();
     let fail = |e: ResponseError, out: &AtomicU64| match e {
         ResponseError::Head(_) | ResponseError::UnaskedSwitch if out.load(Relaxed) == 0 => {
@@ -466,8 +469,8 @@ where
         _ => Fail::Midway,
     };
     loop {
-        let ev = reader.next(ubuf).map_err(|e| fail(e, out))?;
-        let head_bytes = |h: &http::ResponseHead, close: bool| {
+        let ev = reader.next(&ubuf[held..]).map_err(|e| fail(e, out))?;
+        let head_bytes = |h: &http::ResponseHead, close: bool| -> Cow<'_, [u8]> {
             let raw = &ubuf[..h.len];
             let mapped = if h.has_uri_headers {
                 http::rewrite_uri_headers(raw, map)
@@ -477,17 +480,14 @@ where
             // The client asked to close but the target's head says keep-alive:
             // say close, as the proxy will (RFC 9112 §9.6).
             match (mapped, close) {
-                (m, true) => http::set_connection_close(m.as_deref().unwrap_or(raw)),
-                (Some(m), false) => m,
-                (None, false) => raw.to_vec(),
+                (m, true) => Cow::Owned(http::set_connection_close(m.as_deref().unwrap_or(raw))),
+                (Some(m), false) => Cow::Owned(m),
+                (None, false) => Cow::Borrowed(raw),
             }
         };
         match ev {
             Event::NeedMore => {
-                if !pending.is_empty() {
-                    put(cw, &pending, out).await?;
-                    pending.clear();
-                }
+                flush(cw, ubuf, &mut held, &mut pending, out).await?;
                 let r = read_more(ur, ubuf, Some(tokio::time::Instant::now() + idle)).await;
                 let r = match r {
                     Ok(0) => Err(io::Error::new(
@@ -514,13 +514,13 @@ where
                 }
             }
             Event::Interim(h) => {
-                let b = head_bytes(&h, false);
+                let b = head_bytes(&h, false).into_owned();
                 put(cw, &b, out).await?;
                 ubuf.drain(..h.len);
             }
             Event::Switched(h) => {
                 // Bytes the target sent after its 101 belong to the new protocol.
-                let mut b = head_bytes(&h, false);
+                let mut b = head_bytes(&h, false).into_owned();
                 b.extend_from_slice(&ubuf[h.len..]);
                 put(cw, &b, out).await?;
                 ubuf.clear();
@@ -532,19 +532,26 @@ where
             }
             Event::Final(h) => {
                 status = h.status;
-                pending = head_bytes(&h, !req.keep_alive && h.keep_alive);
-                ubuf.drain(..h.len);
+                match head_bytes(&h, !req.keep_alive && h.keep_alive) {
+                    Cow::Borrowed(_) => held = h.len,
+                    Cow::Owned(v) => {
+                        pending = v;
+                        ubuf.drain(..h.len);
+                    }
+                }
+            }
+            Event::Body(n) if pending.is_empty() => {
+                put(cw, &ubuf[..held + n], out).await?;
+                ubuf.drain(..held + n);
+                held = 0;
             }
             Event::Body(n) => {
                 pending.extend_from_slice(&ubuf[..n]);
-                put(cw, &pending, out).await?;
-                pending.clear();
                 ubuf.drain(..n);
+                flush(cw, ubuf, &mut held, &mut pending, out).await?;
             }
             Event::End { keep_alive } => {
-                if !pending.is_empty() {
-                    put(cw, &pending, out).await?;
-                }
+                flush(cw, ubuf, &mut held, &mut pending, out).await?;
                 return Ok(Relayed {
                     status,
                     keep_alive,
@@ -553,6 +560,26 @@ where
             }
         }
     }
+}
+
+/// Writes what `relay_response` holds back: `held` bytes of `ubuf`, or `pending`.
+async fn flush<W: AsyncWrite + Unpin>(
+    cw: &mut W,
+    ubuf: &mut Vec<u8>,
+    held: &mut usize,
+    pending: &mut Vec<u8>,
+    out: &AtomicU64,
+) -> Result<(), Fail> {
+    if *held > 0 {
+        put(cw, &ubuf[..*held], out).await?;
+        ubuf.drain(..*held);
+        *held = 0;
+    }
+    if !pending.is_empty() {
+        put(cw, pending, out).await?;
+        pending.clear();
+    }
+    Ok(())
 }
 
 /// Writes `b` to the client, counting it in `out`.

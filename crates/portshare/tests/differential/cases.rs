@@ -53,6 +53,8 @@ pub fn all() -> Vec<Case> {
         must("pipelined-after-get-with-body", b"GET /gb1 HTTP/1.1\r\nHost: b.test\r\nContent-Length: 3\r\n\r\nabcGET /gb2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n", &[(B, "/gb1"), (A, "/gb2")]),
         must("head-response-has-no-body", b"HEAD /h1 HTTP/1.1\r\nHost: a.test\r\n\r\nGET /h2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n", &[(A, "/h1"), (A, "/h2")]),
         must("204-response-has-no-body", b"GET /204 HTTP/1.1\r\nHost: b.test\r\n\r\nGET /n2 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n", &[(B, "/204"), (B, "/n2")]),
+        must("empty-line-between-requests", b"POST /e1 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\nabc\r\nGET /e2 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n", &[(A, "/e1"), (B, "/e2")]),
+        must("empty-line-before-absolute-form", b"\r\nGET http://b.test/lead HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n", &[(B, "/lead")]),
         must("http10-with-host", b"GET /old HTTP/1.0\r\nHost: b.test\r\n\r\n", &[(B, "/old")]),
         must("host-case-and-port", b"GET /hc HTTP/1.1\r\nHost: A.Test:80\r\nConnection: close\r\n\r\n", &[(A, "/hc")]),
         must("absolute-form-same-host", b"GET http://a.test/abs HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n", &[(A, "/abs")]),
