@@ -4,8 +4,9 @@
 //! port are mapped back to the shared port.
 //!
 //! The byte-level parts are sans-I/O and fuzzed: [`sni`] (ClientHello),
-//! [`http`] (request/response heads, chunked framing), [`proxy_protocol`]
-//! (PROXY v1/v2). [`server`] drives them with tokio.
+//! [`http`] (strict request/response heads, chunked framing, and in
+//! [`http::proxy`] the proxy's keep-alive, retry, upgrade and pool decisions),
+//! [`proxy_protocol`] (PROXY v1/v2). [`server`] drives them with tokio.
 
 pub mod access;
 pub mod admin;

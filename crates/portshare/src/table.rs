@@ -267,6 +267,14 @@ impl ListenerTable {
         self.default.as_ref()
     }
 
+    /// The row an exact or wildcard name gives `host`, never the default row.
+    pub fn lookup_named(&self, host: &str) -> Option<&Arc<Route>> {
+        match self.lookup(Some(host)) {
+            Some(r) if self.default.as_ref().is_none_or(|d| !Arc::ptr_eq(d, r)) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn trusts_proxy_from(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
     }
