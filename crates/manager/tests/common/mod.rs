@@ -49,13 +49,15 @@ impl CgroupMounts {
         Ok(CgroupMounts(Layout::from_mountinfo(info, read)?))
     }
 
-    /// The mount holding `controller` (cpu, cpuacct or memory).
+    /// The mount holding `controller` (cpu, cpuacct, memory or pids).
     pub fn mount(&self, controller: &str) -> PathBuf {
         match (&self.0, controller) {
             (Layout::V2 { root, .. }, "cpu" | "cpuacct" | "memory") => root.clone(),
+            (Layout::V2 { root, pids: true }, "pids") => root.clone(),
             (Layout::V1 { cpu, .. }, "cpu") => cpu.clone(),
             (Layout::V1 { cpuacct, .. }, "cpuacct") => cpuacct.clone(),
             (Layout::V1 { memory, .. }, "memory") => memory.clone(),
+            (Layout::V1 { pids: Some(p), .. }, "pids") => p.clone(),
             (_, other) => panic!("test harness: no cgroup controller {other:?}"),
         }
     }
