@@ -165,9 +165,18 @@ impl Manager {
             .clone()
     }
 
+    /// The partition's running QEMU, if this daemon supervises one.
+    fn running(&self, name: &str) -> Option<Arc<Partition>> {
+        self.live
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|l| l.partition.clone())
+    }
+
     fn live_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
-        if let Some(l) = self.live.lock().unwrap().get(name) {
-            return Ok(l.partition.clone());
+        if let Some(p) = self.running(name) {
+            return Ok(p);
         }
         let rec = self.get(name)?;
         Err(ApiError::Conflict(format!(
@@ -861,12 +870,7 @@ impl Manager {
     async fn stats(&self, name: &str) -> Result<Stats, ApiError> {
         let rec = self.get(name)?;
         let cg = self.cgroups.open(name);
-        let live = self
-            .live
-            .lock()
-            .unwrap()
-            .get(name)
-            .map(|l| l.partition.clone());
+        let live = self.running(name);
         let mut s = Stats {
             name: name.to_string(),
             state: rec.state.to_string(),

@@ -146,13 +146,8 @@ impl Manager {
 
     /// The disks hot-plugged into a partition's running QEMU.
     pub(super) fn hotplugged_disks(&self, name: &str) -> Vec<AttachedDisk> {
-        let live = self
-            .live
-            .lock()
-            .unwrap()
-            .get(name)
-            .map(|l| l.partition.clone());
-        let mut v: Vec<AttachedDisk> = live
+        let mut v: Vec<AttachedDisk> = self
+            .running(name)
             .map(|p| p.hotplugged())
             .unwrap_or_default()
             .iter()
