@@ -625,7 +625,7 @@ impl Partition {
         &self,
         timeout: Duration,
     ) -> Result<ReadyInfo, bulkhead_agent::AgentError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         // Subscribe before probing: an open after this point is an event, an
         // open before it answers the probe.
         let mut events = self.qmp.events();
@@ -752,7 +752,7 @@ impl Partition {
         if let Some(e) = self.exit_info() {
             return Ok(e);
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let agent_try =
             tokio::time::timeout(left() / 2, self.agent.shutdown(PowerAction::Poweroff)).await;
@@ -805,12 +805,6 @@ impl Partition {
                 disk.id
             )));
         }
-        if !disk.path.exists() {
-            return Err(EngineError::MissingFile {
-                what: "disk",
-                path: disk.path.clone(),
-            });
-        }
         let slot = {
             let h = self.hotplugged.lock().expect("hotplug lock");
             if h.contains_key(&disk.id) || self.spec.adapters.iter().any(|a| a.id() == disk.id) {
@@ -823,42 +817,12 @@ impl Partition {
                 .find(|s| !h.values().any(|r| r.slot == *s))
                 .ok_or_else(|| EngineError::InvalidSpec("no free hot-plug slot".into()))?
         };
-        let node = format!("drive-{}", disk.id);
         // The engine opens the files and QEMU receives descriptors: a
         // confined QEMU neither sees host paths nor may open them itself.
         let mut fdsets = std::collections::BTreeMap::new();
-        let added = self.pass_disk_files(&disk, &mut fdsets).await;
-        let node_json = cmdline::blockdev_with(&disk, &|p| {
-            json!(format!(
-                "/dev/fdset/{}",
-                fdsets.get(p).copied().unwrap_or(u64::MAX)
-            ))
-        });
-        let result = match added {
-            Ok(()) => self.qmp.blockdev_add(node_json).await.map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        let result = match result {
-            Ok(()) => match self
-                .qmp
-                .device_add(json!({
-                    "driver": "virtio-blk-pci",
-                    "drive": node,
-                    "id": disk.id,
-                    "bus": format!("hp{slot}"),
-                }))
-                .await
-            {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    let _ = self.qmp.blockdev_del(&node).await;
-                    Err(e.into())
-                }
-            },
-            Err(e) => Err(e),
-        };
+        let attached = self.attach_disk(&disk, slot, &mut fdsets).await;
         let fdsets: Vec<u64> = fdsets.into_values().collect();
-        if let Err(e) = result {
+        if let Err(e) = attached {
             for f in fdsets {
                 let _ = self.qmp.remove_fd(f).await;
             }
@@ -873,6 +837,38 @@ impl Partition {
             },
         );
         self.save_state()
+    }
+
+    /// Passes the disk's files to QEMU, adds its block node and plugs the
+    /// device into root port `slot`; a failed device_add removes the node.
+    /// The fd sets made are left in `fdsets` for the caller to remove on error.
+    async fn attach_disk(
+        &self,
+        disk: &DiskSpec,
+        slot: u32,
+        fdsets: &mut std::collections::BTreeMap<PathBuf, u64>,
+    ) -> Result<(), EngineError> {
+        self.pass_disk_files(disk, fdsets).await?;
+        let node = format!("drive-{}", disk.id);
+        self.qmp
+            .blockdev_add(cmdline::blockdev_with(disk, &|p| {
+                json!(format!("/dev/fdset/{}", fdsets[p]))
+            }))
+            .await?;
+        let plugged = self
+            .qmp
+            .device_add(json!({
+                "driver": "virtio-blk-pci",
+                "drive": node,
+                "id": disk.id,
+                "bus": format!("hp{slot}"),
+            }))
+            .await;
+        if let Err(e) = plugged {
+            let _ = self.qmp.blockdev_del(&node).await;
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Opens a disk's file and its pinned backing files and passes each to
@@ -944,6 +940,15 @@ impl Drop for Partition {
             remove_taps(&self.taps, self.opts.netns.as_deref());
         }
     }
+}
+
+/// `timeout` from now; an absurd timeout means no deadline rather than an
+/// overflow panic (the engine's callers are not all the manager, which
+/// range-checks first).
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 #[derive(Serialize, Deserialize)]

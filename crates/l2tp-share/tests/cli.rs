@@ -17,21 +17,7 @@ use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The built `bulkhead` binary. A missing one fails the test: `make test`
-/// builds every binary before running the tests.
-fn bulkhead() -> PathBuf {
-    let p = std::env::var_os("BULKHEAD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/bulkhead")
-        });
-    assert!(
-        p.exists(),
-        "no bulkhead binary at {} (run `make test`, or `cargo build -p bulkhead-cli` first)",
-        p.display()
-    );
-    p
-}
+use bulkhead_testbed::bulkhead_bin as bulkhead;
 
 /// What the far end does with a call.
 #[derive(Clone, Copy)]

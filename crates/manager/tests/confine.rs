@@ -59,10 +59,9 @@ async fn disks_come_only_from_the_storage_roots() {
     let d = Daemon::start(Opts::default());
     let c = d.client();
     let data = d.dir.path().join("data");
-    let root = data.join("storage");
     // Made by the daemon at start (made here too, so that on a daemon without
     // storage roots the test fails at the refusals, not here).
-    std::fs::create_dir_all(&root).unwrap();
+    let root = d.storage_root();
 
     // What may be used: a qcow2 whose backing file is in the root too.
     let base = root.join("base.qcow2");
@@ -191,8 +190,7 @@ async fn qemu_runs_unprivileged_in_its_own_mount_namespace() {
     let d = Daemon::start(Opts::default());
     let uid = qemu_uid();
     let data = d.dir.path().join("data");
-    let root = data.join("storage");
-    std::fs::create_dir_all(&root).unwrap();
+    let root = d.storage_root();
     // A qcow2 over a backing file that carries a pattern the guest must see:
     // the pinned chain is opened inside the jail.
     let base = root.join("base.qcow2");

@@ -5,27 +5,12 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The built `bulkhead` binary. A missing one fails the test: `make test`
-/// builds every binary before running the tests.
-fn bulkhead() -> PathBuf {
-    let p = std::env::var_os("BULKHEAD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/bulkhead")
-        });
-    assert!(
-        p.exists(),
-        "no bulkhead binary at {} (run `make test`, or `cargo build -p bulkhead-cli` first)",
-        p.display()
-    );
-    p
-}
+use bulkhead_testbed::bulkhead_bin as bulkhead;
 
 fn file(
     listen: std::net::SocketAddr,

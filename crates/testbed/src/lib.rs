@@ -25,6 +25,23 @@ pub fn image_dir() -> PathBuf {
     dir
 }
 
+/// The built `bulkhead` binary: `BULKHEAD_BIN`, else the workspace's debug
+/// build. A missing one fails the test: `make test` builds every binary
+/// before running the tests.
+pub fn bulkhead_bin() -> PathBuf {
+    let p = std::env::var_os("BULKHEAD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/bulkhead")
+        });
+    assert!(
+        p.exists(),
+        "no bulkhead binary at {} (run `make test`, or `cargo build -p bulkhead-cli` first)",
+        p.display()
+    );
+    p
+}
+
 /// The host's TSC rate in kHz for `tsc_early_khz=` (a TCG guest's TSC runs at
 /// the host's rate; microvm hangs in calibration without it), from
 /// /proc/cpuinfo's `cpu MHz`.
