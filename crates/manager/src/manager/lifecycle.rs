@@ -1,0 +1,457 @@
+//! Creating, starting, stopping and destroying partitions: each step checks
+//! its request, and rolls back what it did if a later step fails.
+
+use super::*;
+
+impl Manager {
+    pub(super) fn validate(&self, c: &CreatePartition) -> Result<(), ApiError> {
+        let bad = |m: String| Err(ApiError::BadRequest(m));
+        check_name(&c.name)?;
+        let max_vcpus = self
+            .cfg
+            .partitions
+            .max_vcpus
+            .min(bulkhead_engine::spec::MAX_VCPUS);
+        if c.vcpus == 0 || c.vcpus > max_vcpus {
+            return bad(format!("vcpus must be 1-{max_vcpus}, got {}", c.vcpus));
+        }
+        let min_mem = self
+            .cfg
+            .partitions
+            .min_memory_mib
+            .max(bulkhead_engine::spec::MIN_MEMORY_MIB);
+        if c.memory_mib < min_mem {
+            return bad(format!(
+                "memory {} MiB is too small: at least {min_mem} MiB",
+                c.memory_mib
+            ));
+        }
+        if c.memory_mib > self.capacity.host_memory_mib {
+            return bad(format!(
+                "memory {} MiB is more than the host has ({} MiB)",
+                c.memory_mib, self.capacity.host_memory_mib
+            ));
+        }
+        if c.cpu_percent == 0 || c.cpu_percent > c.vcpus * 100 {
+            return bad(format!(
+                "cpu entitlement must be 1-{}% for {} vCPU(s) (100% is one host CPU), got {}%",
+                c.vcpus * 100,
+                c.vcpus,
+                c.cpu_percent
+            ));
+        }
+        let image = self.image_dir(c.image.as_deref());
+        for f in ["vmlinux", "initramfs.cpio.gz"] {
+            if !image.join(f).is_file() {
+                return bad(format!(
+                    "image {} has no {f} (build one with `bulkhead image build`)",
+                    image.display()
+                ));
+            }
+        }
+        self.roots
+            .check_image(&image)
+            .map_err(ApiError::BadRequest)?;
+        if let Some(cl) = &c.cmdline {
+            bulkhead_engine::spec::check_cmdline(cl).map_err(ApiError::BadRequest)?;
+        }
+        for d in &c.disks {
+            self.roots
+                .check_disk(&d.path, &d.format)
+                .map_err(ApiError::BadRequest)?;
+        }
+        if c.hotplug_slots > bulkhead_engine::spec::MAX_HOTPLUG_SLOTS {
+            return bad(format!(
+                "hot-plug ports must be 0-{}, got {}",
+                bulkhead_engine::spec::MAX_HOTPLUG_SLOTS,
+                c.hotplug_slots
+            ));
+        }
+        if let Some(m) = &c.cpu_model {
+            m.parse::<CpuModel>().map_err(ApiError::BadRequest)?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn create(&self, c: CreatePartition) -> Result<PartitionRecord, ApiError> {
+        self.validate(&c)?;
+        let _adm = self.admission.lock().await;
+        if self.store.get(&c.name)?.is_some() {
+            return Err(ApiError::AlreadyExists(c.name));
+        }
+        let all = self.store.list()?;
+        let now = now_ms();
+        let mut rec = PartitionRecord {
+            name: c.name.clone(),
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
+            cpu_percent: c.cpu_percent,
+            image: c.image.clone(),
+            cmdline: c.cmdline.clone(),
+            disks: c.disks.clone(),
+            net: None,
+            restart_policy: c.restart_policy,
+            hotplug_slots: c.hotplug_slots,
+            // Recorded by name at create, so the default changing later never
+            // changes this partition's CPU.
+            cpu_model: c
+                .cpu_model
+                .clone()
+                .unwrap_or_else(|| CpuModel::default().name().to_string()),
+            state: PartitionState::Defined,
+            created_at: now,
+            state_since: now,
+            started_at: None,
+            last_exit: None,
+            pid: None,
+            restarts: 0,
+            revision: 0,
+        };
+        let held: Demand = all.iter().map(|r| self.demand(r)).sum();
+        self.capacity
+            .admit(held, self.demand(&rec))
+            .map_err(|e| ApiError::OverCapacity(e.to_string()))?;
+        if c.net {
+            let used: HashSet<_> = all
+                .iter()
+                .filter_map(|r| r.net.as_ref().and_then(|n| net::addr_of(&n.ip)))
+                .collect();
+            let ip = self.subnet.allocate(&used).ok_or_else(|| {
+                ApiError::OverCapacity(format!(
+                    "no free address left in {}",
+                    self.cfg.network.subnet
+                ))
+            })?;
+            let mac = net::mac_for(net::addr_of(&ip).expect("allocated address parses"));
+            rec.net = Some(NetRecord { ip, mac });
+        }
+        let rec = self.store.insert(&rec, "created")?;
+        tracing::info!(partition = %rec.name, cpu = rec.cpu_percent, memory_mib = rec.memory_mib, "created");
+        Ok(rec)
+    }
+
+    pub(super) fn spec_for(&self, rec: &PartitionRecord) -> PartitionSpec {
+        let image = self.image_dir(rec.image.as_deref());
+        let mut spec = PartitionSpec::new(
+            &rec.name,
+            image.join("vmlinux"),
+            image.join("initramfs.cpio.gz"),
+        );
+        spec.vcpus = rec.vcpus;
+        spec.memory_mib = rec.memory_mib;
+        spec.boot.cmdline = rec.cmdline.clone().unwrap_or_default();
+        spec.hotplug_slots = rec.hotplug_slots;
+        // A record that names no known model is refused by `start_locked`.
+        spec.cpu_model = rec.cpu_model.parse().unwrap_or_default();
+        for (i, d) in rec.disks.iter().enumerate() {
+            let path = PathBuf::from(&d.path);
+            spec.adapters.push(AdapterSpec::Disk(DiskSpec {
+                id: format!("disk{i}"),
+                format: disks::disk_format(&path, Some(&d.format)).unwrap_or_default(),
+                path,
+                readonly: d.readonly,
+                backing: None,
+            }));
+        }
+        if let Some(n) = &rec.net {
+            spec.adapters.push(AdapterSpec::Net(NetSpec {
+                id: "net0".into(),
+                bridge: self.cfg.network.bridge.clone(),
+                mac: Some(n.mac.clone()),
+                tap: Some(net::tap_name(&self.instance, &rec.name)),
+                ip: Some(n.ip.clone()),
+                gateway: Some(self.subnet.gateway().to_string()),
+            }));
+        }
+        spec
+    }
+
+    /// The spec a start launches: image and disks checked against the
+    /// roots again (a path may have become a symlink since create), with
+    /// their canonical paths and each qcow2's backing chain pinned.
+    pub(super) fn checked_spec(&self, rec: &PartitionRecord) -> Result<PartitionSpec, ApiError> {
+        let mut spec = self.spec_for(rec);
+        let image = self
+            .roots
+            .check_image(&self.image_dir(rec.image.as_deref()))
+            .map_err(ApiError::BadRequest)?;
+        spec.boot.kernel = image.join("vmlinux");
+        spec.boot.initramfs = Some(image.join("initramfs.cpio.gz"));
+        let mut disks = rec.disks.iter();
+        for a in spec.adapters.iter_mut() {
+            let (AdapterSpec::Disk(d), Some(r)) = (a, disks.next()) else {
+                continue;
+            };
+            let checked = self
+                .roots
+                .check_disk(&r.path, &r.format)
+                .map_err(ApiError::BadRequest)?;
+            d.path = checked.path;
+            d.backing = checked.backing;
+        }
+        spec.validate()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        Ok(spec)
+    }
+
+    pub(super) fn launch_options(&self, name: &str) -> LaunchOptions {
+        let mut opts = LaunchOptions::new(self.run_dir(name));
+        opts.cgroup_procs = self.cgroups.open(name).procs_files();
+        opts.run_as = Some(self.cfg.qemu.user.clone());
+        opts.confine = true;
+        opts
+    }
+
+    /// Removes everything a partition may have left on the host: its
+    /// cgroup (killing what is still in it), TAP and sockets.
+    pub(super) fn cleanup(&self, rec: &PartitionRecord) {
+        let cg = self.cgroups.open(&rec.name);
+        if let Err(e) = cg.remove() {
+            tracing::warn!(partition = %rec.name, error = %e, "removing cgroup");
+        }
+        bulkhead_engine::cleanup_leftovers(&self.spec_for(rec), &self.launch_options(&rec.name));
+        if rec.net.is_some() {
+            let tap = net::tap_name(&self.instance, &rec.name);
+            let _ = net::delete_link(&tap);
+            net::unguard_tap(&self.instance, &tap);
+        }
+    }
+
+    pub(super) async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        wait: bool,
+    ) -> Result<PartitionRecord, ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        self.start_locked(name, wait, false).await
+    }
+
+    pub(super) async fn start_locked(
+        self: &Arc<Self>,
+        name: &str,
+        wait: bool,
+        by_policy: bool,
+    ) -> Result<PartitionRecord, ApiError> {
+        let rec = self.get(name)?;
+        if rec.state.is_active() {
+            return Err(ApiError::Conflict(format!(
+                "partition {name:?} is already {}",
+                rec.state
+            )));
+        }
+        rec.cpu_model
+            .parse::<CpuModel>()
+            .map_err(ApiError::BadRequest)?;
+        let spec = self.checked_spec(&rec)?;
+        let cg;
+        {
+            let _adm = self.admission.lock().await;
+            let held: Demand = self
+                .store
+                .list()?
+                .iter()
+                .filter(|r| r.state.is_active() && r.name != name)
+                .map(|r| self.demand(r))
+                .sum();
+            self.capacity
+                .admit(held, self.demand(&rec))
+                .map_err(|e| ApiError::OverCapacity(e.to_string()))?;
+            // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
+            self.cleanup(&rec);
+            cg = self
+                .cgroups
+                .create(
+                    name,
+                    rec.cpu_percent,
+                    self.memory_limit_mib(&rec) << 20,
+                    PIDS_BASE + rec.vcpus,
+                )
+                .map_err(internal)?;
+            if let Some(n) = &rec.net {
+                let tap = net::tap_name(&self.instance, name);
+                let ip = net::addr_of(&n.ip).ok_or_else(|| internal("stored address"))?;
+                if let Err(e) = net::guard_tap(&self.instance, &tap, &n.mac, ip) {
+                    let _ = cg.remove();
+                    return Err(internal(e));
+                }
+            }
+            let event = if by_policy {
+                "restarting (policy)"
+            } else {
+                "starting"
+            };
+            if let Err(e) = self.set_state(name, PartitionState::Starting, event, |r| {
+                r.started_at = Some(now_ms());
+                r.pid = None;
+                if !by_policy {
+                    r.restarts = 0;
+                }
+            }) {
+                let _ = cg.remove();
+                return Err(e);
+            }
+        }
+        // Until the supervisor owns it, anything that ends this start early
+        // (a `?`, a panic) leaves the partition failed, never `starting`.
+        let undo = OnDrop::new(|| {
+            let _ = cg.remove();
+            let why = "start interrupted".to_string();
+            let _ = self.set_state(name, PartitionState::Failed, &why, |r| {
+                r.pid = None;
+                r.last_exit = Some(why.clone());
+            });
+        });
+        let opts = self.launch_options(name);
+        let t_launch = std::time::Instant::now();
+        let partition = match Partition::launch(spec, opts).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                undo.disarm();
+                let _ = cg.remove();
+                let msg = format!("start failed: {e}");
+                self.set_state(name, PartitionState::Failed, &msg, |r| {
+                    r.pid = None;
+                    r.last_exit = Some(msg.clone());
+                })?;
+                return Err(engine_err(e));
+            }
+        };
+        let rec = self.modify(name, "", |r| r.pid = Some(partition.pid()))?;
+        tracing::info!(
+            partition = name,
+            pid = partition.pid(),
+            launch_ms = t_launch.elapsed().as_millis() as u64,
+            "QEMU launched"
+        );
+        let mut ready = self.supervise(name, partition, true);
+        undo.disarm();
+        if !wait {
+            return Ok(rec);
+        }
+        let _ = ready.wait_for(|r| r.is_some()).await;
+        let outcome = ready.borrow().clone();
+        match outcome {
+            Some(Ok(())) => self.get(name),
+            Some(Err(e)) => Err(ApiError::Engine(e)),
+            None => Err(ApiError::Internal("supervisor ended".into())),
+        }
+    }
+
+    pub(super) async fn stop(
+        &self,
+        name: &str,
+        opts: StopOptions,
+    ) -> Result<PartitionRecord, ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        self.stop_locked(name, opts).await
+    }
+
+    pub(super) async fn stop_locked(
+        &self,
+        name: &str,
+        opts: StopOptions,
+    ) -> Result<PartitionRecord, ApiError> {
+        let rec = self.get(name)?;
+        let live = {
+            let map = self.live.lock().unwrap();
+            map.get(name).map(|l| {
+                (
+                    l.partition.clone(),
+                    l.stop_requested.clone(),
+                    l.done.clone(),
+                )
+            })
+        };
+        let Some((partition, flag, mut done)) = live else {
+            if rec.state.is_active() {
+                // Recorded active but not watched: nothing runs (recovery found it gone).
+                self.cleanup(&rec);
+                return self.set_state(
+                    name,
+                    PartitionState::Stopped,
+                    "stopped (not running)",
+                    |r| r.pid = None,
+                );
+            }
+            return Err(ApiError::Conflict(format!(
+                "partition {name:?} is {}, not running",
+                rec.state
+            )));
+        };
+        flag.store(true, Ordering::SeqCst);
+        // Until the supervisor has recorded the exit, a stop that fails (an
+        // error, a panic) puts the partition back as it was, still watched.
+        let before = rec.state;
+        let undo = OnDrop::new(|| {
+            flag.store(false, Ordering::SeqCst);
+            let _ = self.modify(name, &format!("stop failed; back to {before}"), |r| {
+                if r.state == PartitionState::Stopping {
+                    r.state = before;
+                    r.state_since = now_ms();
+                }
+            });
+        });
+        self.set_state(name, PartitionState::Stopping, "stopping", |_| {})?;
+        let r = if opts.force {
+            partition.kill().await
+        } else {
+            let t = opts
+                .timeout_secs
+                .unwrap_or(self.cfg.partitions.stop_timeout_secs);
+            partition.stop(Duration::from_secs(t)).await
+        };
+        if let Err(e) = r {
+            return Err(engine_err(e));
+        }
+        // The supervisor records the exit and cleans up; answer once it has.
+        let _ = done.wait_for(|d| *d).await;
+        undo.disarm();
+        self.get(name)
+    }
+
+    pub(super) async fn restart(
+        self: &Arc<Self>,
+        name: &str,
+        wait: bool,
+    ) -> Result<PartitionRecord, ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        if self.live.lock().unwrap().contains_key(name) {
+            self.stop_locked(name, StopOptions::default()).await?;
+        }
+        self.start_locked(name, wait, false).await
+    }
+
+    pub(super) async fn destroy(&self, name: &str, force: bool) -> Result<(), ApiError> {
+        let lock = self.op_lock(name);
+        let _g = lock.lock().await;
+        let rec = self.get(name)?;
+        if rec.state.is_active() {
+            if !force {
+                return Err(ApiError::Conflict(format!(
+                    "partition {name:?} is {}; stop it first or destroy with --force",
+                    rec.state
+                )));
+            }
+            self.stop_locked(
+                name,
+                StopOptions {
+                    force: true,
+                    timeout_secs: None,
+                },
+            )
+            .await?;
+        }
+        let rec = self.get(name)?;
+        self.cleanup(&rec);
+        // The disks QEMU's user was given go back to their owners.
+        bulkhead_engine::jail::restore_owners(&self.run_dir(name));
+        let _ = std::fs::remove_dir_all(self.run_dir(name));
+        self.store.delete(name, rec.revision)?;
+        self.op_locks.lock().unwrap().remove(name);
+        tracing::info!(partition = name, "destroyed");
+        Ok(())
+    }
+}

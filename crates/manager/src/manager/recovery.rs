@@ -1,0 +1,114 @@
+//! A new daemon taking over: re-adopting the partitions a previous one left
+//! running, removing what nobody owns, and periodic housekeeping.
+
+use super::*;
+
+impl Manager {
+    /// Re-adopts what a previous daemon left running and removes what
+    /// nobody owns any more (cgroups, TAPs, run directories).
+    pub(super) async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
+        let recs = self.store.list()?;
+        for rec in &recs {
+            if !rec.state.is_active() {
+                self.cleanup(rec);
+                continue;
+            }
+            let spec = self.spec_for(rec);
+            let opts = self.launch_options(&rec.name);
+            match Partition::adopt(spec, opts).await {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    tracing::info!(partition = %rec.name, pid = p.pid(), state = %rec.state, "re-adopted");
+                    let _ = self.modify(&rec.name, "re-adopted by a new bulkheadd", |r| {
+                        r.pid = Some(p.pid())
+                    });
+                    let starting = rec.state == PartitionState::Starting;
+                    self.supervise(&rec.name, p.clone(), starting);
+                    if rec.state == PartitionState::Stopping {
+                        // Finish the stop the previous daemon began.
+                        let m = self.clone();
+                        let name = rec.name.clone();
+                        tokio::spawn(async move {
+                            let _ = m.stop(&name, StopOptions::default()).await;
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::info!(partition = %rec.name, error = %e, "not re-adoptable; cleaning up");
+                    self.cleanup(rec);
+                    let (state, why) = match rec.state {
+                        PartitionState::Running => (
+                            PartitionState::Failed,
+                            format!("QEMU ended while bulkheadd was down ({e})"),
+                        ),
+                        _ => (
+                            PartitionState::Stopped,
+                            format!("{} interrupted by a bulkheadd restart", rec.state),
+                        ),
+                    };
+                    self.set_state(&rec.name, state, &why, |r| {
+                        r.pid = None;
+                        r.last_exit = Some(why.clone());
+                    })?;
+                    if state == PartitionState::Failed && rec.restart_policy != RestartPolicy::Never
+                    {
+                        tokio::spawn(
+                            self.clone()
+                                .restart_by_policy(rec.name.clone(), rec.restarts),
+                        );
+                    }
+                }
+            }
+        }
+        self.reconcile();
+        Ok(())
+    }
+
+    /// Removes host objects under this daemon's names that no live partition owns.
+    pub(super) fn reconcile(&self) {
+        let live: HashSet<String> = self.live.lock().unwrap().keys().cloned().collect();
+        for name in self.cgroups.list() {
+            if !live.contains(&name) {
+                tracing::info!(cgroup = %name, "removing orphan cgroup");
+                let _ = self.cgroups.open(&name).remove();
+            }
+        }
+        let owned: HashSet<String> = live
+            .iter()
+            .map(|n| net::tap_name(&self.instance, n))
+            .collect();
+        for port in net::bridge_ports(&self.cfg.network.bridge) {
+            if port.starts_with("bht") && !owned.contains(&port) {
+                tracing::info!(tap = %port, "removing orphan TAP");
+                let _ = net::delete_link(&port);
+                net::unguard_tap(&self.instance, &port);
+            }
+        }
+        let known: HashSet<String> = self
+            .store
+            .list()
+            .map(|v| v.into_iter().map(|r| r.name).collect())
+            .unwrap_or_default();
+        if let Ok(dirs) = std::fs::read_dir(self.cfg.data_dir.join("run")) {
+            for d in dirs.flatten() {
+                let n = d.file_name().to_string_lossy().into_owned();
+                if !known.contains(&n) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+    }
+
+    /// Rotates console logs that grew past the limit (copy, then truncate:
+    /// QEMU appends, so it keeps writing at the new end).
+    pub fn rotate_console_logs(&self) {
+        let max = self.cfg.partitions.console_log_max_bytes;
+        let names: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
+        for n in names {
+            let log = self.run_dir(&n).join("console.log");
+            if let Err(e) = rotate_if_larger(&log, max) {
+                tracing::warn!(partition = %n, error = %e, "rotating console log");
+            }
+        }
+    }
+}
