@@ -67,7 +67,9 @@ pub enum GuestRequest {
     Revoke {
         grant: GrantId,
     },
-    List,
+    /// A struct variant, not a unit one: serde's `deny_unknown_fields` does not
+    /// reach unit variants of an internally tagged enum.
+    List {},
     /// `read NAME_OR_GRANT_ID --offset O --len N`.
     Read {
         target: Target,
@@ -163,9 +165,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<GuestRequest, RequestError> {
     }
     let req: GuestRequest = serde_json::from_slice(bytes).map_err(|e| {
         // serde's messages can quote the input: keep them one short line.
-        let mut m = e.to_string();
-        m.truncate(200);
-        RequestError::Malformed(m)
+        RequestError::Malformed(e.to_string().chars().take(200).collect())
     })?;
     check(&req)?;
     Ok(req)
