@@ -16,6 +16,11 @@ use crate::cookie::{Binding, Cookie, CookieDigest};
 use crate::error::GrantError;
 use crate::types::{Access, Actor, GrantId, PartitionId, Resource, ResourceId, Timestamp};
 
+mod check;
+mod outcome;
+
+pub use outcome::{Action, Effect, Event, IssueRequest, Issued, Outcome, Source};
+
 /// Bounds of the table. Persisted with it, so a restart keeps the same rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -113,113 +118,13 @@ pub struct ResourceEntry {
     pub created_at: Timestamp,
 }
 
-/// Where a new grant comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// The owner grants a resource it owns.
-    Owned(ResourceId),
-    /// A holder re-grants what it holds through this grant (`--regrant`).
-    Regrant(GrantId),
-}
-
-/// A grant asked for: by the owner of a resource, or by a holder re-granting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssueRequest {
-    pub source: Source,
-    pub grantee: PartitionId,
-    pub access: Access,
-    /// How long the grant lasts once issued; `None`: until it is ended. A re-grant
-    /// never outlives its parent, whatever is asked.
-    pub lifetime_ms: Option<u64>,
-}
-
-/// What the manager must do after an operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "effect", rename_all = "snake_case")]
-pub enum Effect {
-    /// Hot-plug `resource` into `holder` and have its agent map it.
-    Map {
-        holder: PartitionId,
-        grant: GrantId,
-        resource: ResourceId,
-        access: Access,
-    },
-    /// Have `holder`'s agent unmap `grant`'s device, then unplug it (forced after the
-    /// deadline). Listed deepest grant first.
-    Unmap { holder: PartitionId, grant: GrantId },
-}
-
-/// A line of `bulkhead grant log`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub at: Timestamp,
-    pub actor: Actor,
-    pub action: Action,
-}
-
-/// What happened. `ended` lists the grants that ended with it (descendants
-/// included), deepest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
-    ResourceAdded {
-        resource: ResourceId,
-    },
-    ResourceRemoved {
-        resource: ResourceId,
-        ended: Vec<GrantId>,
-    },
-    Issued {
-        grant: GrantId,
-        resource: ResourceId,
-        grantee: PartitionId,
-        access: Access,
-        parent: Option<GrantId>,
-    },
-    Accepted {
-        grant: GrantId,
-    },
-    Released {
-        grant: GrantId,
-        ended: Vec<GrantId>,
-    },
-    Revoked {
-        grant: GrantId,
-        ended: Vec<GrantId>,
-    },
-    Expired {
-        grant: GrantId,
-        ended: Vec<GrantId>,
-    },
-    PartitionStopped {
-        partition: PartitionId,
-        ended: Vec<GrantId>,
-    },
-}
-
-/// The result of a successful operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome<T> {
-    pub value: T,
-    pub effects: Vec<Effect>,
-    pub events: Vec<Event>,
-}
-
-/// A new grant and its cookie, for the granter to hand over. The cookie exists only
-/// here: the table keeps its hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issued {
-    pub grant: GrantId,
-    pub cookie: Cookie,
-}
-
 /// The whole grant state of a manager. Serialise it to persist it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantTable {
     #[serde(default)]
     config: GrantConfig,
     next_generation: u64,
-    #[serde(with = "resource_list")]
+    #[serde(with = "check::resource_list")]
     resources: BTreeMap<ResourceId, ResourceEntry>,
     grants: BTreeMap<GrantId, Grant>,
 }
@@ -719,65 +624,6 @@ impl GrantTable {
         n - self.grants.len()
     }
 
-    /// Checks the table's invariants; run it on a table read back from the store.
-    pub fn check(&self) -> Result<(), String> {
-        for g in self.grants.values() {
-            let fail = |why: &str| Err(format!("grant {}: {why}", g.id));
-            if g.state.is_live() == g.ended_at.is_some() {
-                return fail("ended_at set iff the grant ended");
-            }
-            if (g.state == GrantState::Accepted && g.accepted_at.is_none())
-                || (g.state == GrantState::Issued && g.accepted_at.is_some())
-            {
-                return fail("accepted_at disagrees with the state");
-            }
-            if g.depth == 0 || g.depth > self.config.max_depth || g.grantee == g.granter {
-                return fail("bad depth, or granted to itself");
-            }
-            match g.parent.and_then(|p| self.grants.get(&p)) {
-                Some(p) => {
-                    if g.depth != p.depth + 1
-                        || g.resource != p.resource
-                        || g.granter != p.grantee
-                        || g.access > p.access
-                        || g.generation != p.generation
-                    {
-                        return fail("does not derive from its parent");
-                    }
-                    if g.state.is_live()
-                        && (p.state != GrantState::Accepted || !ends_by(g.expires_at, p.expires_at))
-                    {
-                        return fail("outlives its parent");
-                    }
-                }
-                None if g.parent.is_some() && g.state.is_live() => {
-                    return fail("live grant with a missing parent")
-                }
-                None if g.parent.is_none() && (g.depth != 1 || g.granter != g.resource.owner) => {
-                    return fail("a root grant comes from the owner")
-                }
-                None => {}
-            }
-            if g.state.is_live() {
-                match self.resources.get(&g.resource) {
-                    Some(e)
-                        if e.generation == g.generation && g.access <= e.resource.max_access() => {}
-                    _ => {
-                        return fail(
-                            "live grant of a missing resource, another generation, or too wide",
-                        )
-                    }
-                }
-            }
-        }
-        for (id, e) in &self.resources {
-            if &e.resource.id() != id || e.generation > self.next_generation {
-                return Err(format!("resource {id}: inconsistent entry"));
-            }
-        }
-        Ok(())
-    }
-
     /// The grant `by` holds as `gid`: it must be the grantee and have accepted it.
     fn held_by(&self, by: &PartitionId, gid: GrantId) -> Result<&Grant, GrantError> {
         let g = self.grants.get(&gid).ok_or(GrantError::UnknownGrant(gid))?;
@@ -874,16 +720,6 @@ fn deadline(g: &Grant) -> Option<Timestamp> {
     }
 }
 
-/// Whether a lifetime ending at `child` ends no later than one ending at `parent`
-/// (`None`: never ends).
-fn ends_by(child: Option<Timestamp>, parent: Option<Timestamp>) -> bool {
-    match (child, parent) {
-        (_, None) => true,
-        (Some(c), Some(p)) => c <= p,
-        (None, Some(_)) => false,
-    }
-}
-
 fn check_owner_or_admin(by: &Actor, id: &ResourceId) -> Result<(), GrantError> {
     match by {
         Actor::Partition(p) if p != &id.owner => Err(GrantError::NotOwner {
@@ -891,31 +727,5 @@ fn check_owner_or_admin(by: &Actor, id: &ResourceId) -> Result<(), GrantError> {
             resource: id.clone(),
         }),
         _ => Ok(()),
-    }
-}
-
-/// JSON map keys must be strings: the resources persist as a list of entries, each
-/// carrying its own id.
-mod resource_list {
-    use super::*;
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        m: &BTreeMap<ResourceId, ResourceEntry>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(m.values())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<ResourceId, ResourceEntry>, D::Error> {
-        let list = Vec::<ResourceEntry>::deserialize(d)?;
-        let n = list.len();
-        let m: BTreeMap<_, _> = list.into_iter().map(|e| (e.resource.id(), e)).collect();
-        if m.len() != n {
-            return Err(serde::de::Error::custom("a resource is listed twice"));
-        }
-        Ok(m)
     }
 }
