@@ -5,15 +5,11 @@ mod common;
 use bulkhead_grant::*;
 use common::*;
 
-fn owned() -> Source {
-    Source::Owned(region_id("a", "mem"))
-}
-
 #[test]
 fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(1);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     assert_eq!(t.grant(ab.grant).unwrap().state, GrantState::Issued);
     let out = t.accept(&p("b"), &ab.cookie, T0).unwrap();
     assert_eq!(
@@ -57,7 +53,7 @@ fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
 fn cookie_presented_by_another_partition_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(2);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     refused(&mut t, GrantError::WrongPartition, |t| {
         t.accept(&p("c"), &ab.cookie, T0)
     });
@@ -73,7 +69,7 @@ fn cookie_presented_by_another_partition_is_refused() {
 fn random_and_bit_flipped_cookies_are_unknown() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(3);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     let printed = ab.cookie.to_string();
 
     // A random secret with the real (public) grant id, and a random id altogether.
@@ -104,7 +100,7 @@ fn random_and_bit_flipped_cookies_are_unknown() {
 fn a_cookie_accepts_once() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(4);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     t.accept(&p("b"), &ab.cookie, T0).unwrap();
     refused(&mut t, GrantError::CookieUsed, |t| {
         t.accept(&p("b"), &ab.cookie, T0)
@@ -124,7 +120,7 @@ fn expired_cookie_is_refused_before_and_after_expire_runs() {
     };
     let mut t = table_with_region(cfg);
     let mut r = rng(5);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     assert_eq!(t.next_deadline(), Some(T0.plus_ms(5_000)));
     refused(&mut t, GrantError::CookieExpired, |t| {
         t.accept(&p("b"), &ab.cookie, T0.plus_ms(5_000))
@@ -151,7 +147,7 @@ fn expired_cookie_is_refused_before_and_after_expire_runs() {
 fn revoked_cookie_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(6);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     let out = t.revoke(&Actor::Partition(p("a")), ab.grant, T0).unwrap();
     assert!(out.effects.is_empty());
     refused(&mut t, GrantError::Revoked(ab.grant), |t| {
@@ -166,7 +162,7 @@ fn depth_is_bounded() {
         ..GrantConfig::default()
     });
     let mut r = rng(7);
-    let g1 = grant_accepted(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let g1 = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     let g2 = grant_accepted(
         &mut t,
         &mut r,
@@ -186,12 +182,7 @@ fn depth_is_bounded() {
     assert_eq!(t.grant(g3).unwrap().depth, 3);
     let want = GrantError::DepthExceeded { depth: 4, max: 3 };
     refused(&mut t, want, |t| {
-        t.issue(
-            &p("d"),
-            req(Source::Regrant(g3), "e", Access::ReadOnly),
-            T0,
-            &mut r,
-        )
+        try_issue(t, &mut r, "d", Source::Regrant(g3), "e", Access::ReadOnly)
     });
 }
 
@@ -199,7 +190,7 @@ fn depth_is_bounded() {
 fn default_depth_bound_is_four() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(8);
-    let mut g = grant_accepted(&mut t, &mut r, "a", owned(), "p1", Access::ReadWrite);
+    let mut g = grant_accepted(&mut t, &mut r, "a", mem(), "p1", Access::ReadWrite);
     for i in 2..=4 {
         g = grant_accepted(
             &mut t,
@@ -212,12 +203,7 @@ fn default_depth_bound_is_four() {
     }
     let want = GrantError::DepthExceeded { depth: 5, max: 4 };
     refused(&mut t, want, |t| {
-        t.issue(
-            &p("p4"),
-            req(Source::Regrant(g), "p5", Access::ReadWrite),
-            T0,
-            &mut r,
-        )
+        try_issue(t, &mut r, "p4", Source::Regrant(g), "p5", Access::ReadWrite)
     });
 }
 
@@ -225,18 +211,13 @@ fn default_depth_bound_is_four() {
 fn access_only_narrows() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(9);
-    let ab = grant_accepted(&mut t, &mut r, "a", owned(), "b", Access::ReadOnly);
+    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
     let want = GrantError::AccessWiderThanHeld {
         held: Access::ReadOnly,
         asked: Access::ReadWrite,
     };
     refused(&mut t, want, |t| {
-        t.issue(
-            &p("b"),
-            req(Source::Regrant(ab), "c", Access::ReadWrite),
-            T0,
-            &mut r,
-        )
+        try_issue(t, &mut r, "b", Source::Regrant(ab), "c", Access::ReadWrite)
     });
     // Read-only on from read-only is fine.
     issue(
@@ -312,7 +293,7 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
         )
     });
     // b has a cookie but has not accepted: it holds nothing yet.
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     refused(
         &mut t,
         GrantError::NotHolder {
@@ -320,11 +301,13 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
             grant: ab.grant,
         },
         |t| {
-            t.issue(
-                &p("b"),
-                req(Source::Regrant(ab.grant), "c", Access::ReadOnly),
-                T0,
+            try_issue(
+                t,
                 &mut r,
+                "b",
+                Source::Regrant(ab.grant),
+                "c",
+                Access::ReadOnly,
             )
         },
     );
@@ -337,11 +320,13 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
             grant: ab.grant,
         },
         |t| {
-            t.issue(
-                &p("c"),
-                req(Source::Regrant(ab.grant), "d", Access::ReadOnly),
-                T0,
+            try_issue(
+                t,
                 &mut r,
+                "c",
+                Source::Regrant(ab.grant),
+                "d",
+                Access::ReadOnly,
             )
         },
     );
@@ -354,11 +339,13 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
             state: GrantState::Revoked,
         },
         |t| {
-            t.issue(
-                &p("b"),
-                req(Source::Regrant(ab.grant), "c", Access::ReadOnly),
-                T0,
+            try_issue(
+                t,
                 &mut r,
+                "b",
+                Source::Regrant(ab.grant),
+                "c",
+                Access::ReadOnly,
             )
         },
     );
@@ -369,24 +356,14 @@ fn self_grants_and_grants_back_to_the_owner_are_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(12);
     refused(&mut t, GrantError::SelfGrant, |t| {
-        t.issue(&p("a"), req(owned(), "a", Access::ReadOnly), T0, &mut r)
+        try_issue(t, &mut r, "a", mem(), "a", Access::ReadOnly)
     });
-    let ab = grant_accepted(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     refused(&mut t, GrantError::SelfGrant, |t| {
-        t.issue(
-            &p("b"),
-            req(Source::Regrant(ab), "b", Access::ReadOnly),
-            T0,
-            &mut r,
-        )
+        try_issue(t, &mut r, "b", Source::Regrant(ab), "b", Access::ReadOnly)
     });
     refused(&mut t, GrantError::GranteeIsOwner(p("a")), |t| {
-        t.issue(
-            &p("b"),
-            req(Source::Regrant(ab), "a", Access::ReadOnly),
-            T0,
-            &mut r,
-        )
+        try_issue(t, &mut r, "b", Source::Regrant(ab), "a", Access::ReadOnly)
     });
 }
 
@@ -413,7 +390,7 @@ fn revoke_cascades_to_every_descendant_deepest_first() {
         Access::ReadOnly,
     );
     // An unrelated grant of the same region survives.
-    let af = grant_accepted(&mut t, &mut r, "a", owned(), "f", Access::ReadOnly);
+    let af = grant_accepted(&mut t, &mut r, "a", mem(), "f", Access::ReadOnly);
 
     let out = t
         .revoke(&Actor::Partition(p("a")), ab, T0.plus_ms(1))
@@ -483,11 +460,13 @@ fn who_may_revoke() {
         },
         |t| t.revoke(&Actor::Admin, bc, T0),
     );
-    let cd_parent_dead = t.issue(
-        &p("c"),
-        req(Source::Regrant(bc), "d", Access::ReadOnly),
-        T0,
+    let cd_parent_dead = try_issue(
+        &mut t,
         &mut r,
+        "c",
+        Source::Regrant(bc),
+        "d",
+        Access::ReadOnly,
     );
     assert_eq!(
         cd_parent_dead.unwrap_err(),
@@ -552,7 +531,7 @@ fn release_ends_the_grant_and_its_descendants() {
 fn declining_an_unaccepted_grant_has_nothing_to_unmap() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(16);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     let out = t.release(&p("b"), ab.grant, T0).unwrap();
     assert!(out.effects.is_empty());
     refused(&mut t, GrantError::Revoked(ab.grant), |t| {
@@ -565,7 +544,7 @@ fn stopping_the_owner_ends_every_grant_of_its_resources() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(17);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let pending = issue(&mut t, &mut r, "a", owned(), "d", Access::ReadOnly);
+    let pending = issue(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
     let out = t.partition_stopped(&p("a"), T0);
     assert_eq!(out.effects.len(), 2);
     for g in [ab, bc, pending.grant] {
@@ -580,7 +559,7 @@ fn stopping_a_holder_ends_its_holdings_and_what_it_granted_on() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(18);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let ad = grant_accepted(&mut t, &mut r, "a", owned(), "d", Access::ReadOnly);
+    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
     let out = t.partition_stopped(&p("b"), T0);
     assert_eq!(
         out.effects,
@@ -604,7 +583,7 @@ fn stopping_a_holder_ends_its_holdings_and_what_it_granted_on() {
 fn destroying_the_owner_removes_its_resources_and_a_new_one_is_a_new_generation() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(19);
-    let ab = issue(&mut t, &mut r, "a", owned(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
     let old_gen = t.resource(&region_id("a", "mem")).unwrap().generation;
     t.partition_destroyed(&p("a"), T0);
     assert!(t.resource(&region_id("a", "mem")).is_none());
@@ -626,7 +605,7 @@ fn destroying_the_owner_removes_its_resources_and_a_new_one_is_a_new_generation(
 fn a_regrant_never_outlives_its_parent() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(20);
-    let mut q = req(owned(), "b", Access::ReadWrite);
+    let mut q = req(mem(), "b", Access::ReadWrite);
     q.lifetime_ms = Some(60_000);
     let ab = t.issue(&p("a"), q, T0, &mut r).unwrap().value;
     t.accept(&p("b"), &ab.cookie, T0).unwrap();
@@ -663,10 +642,30 @@ fn a_regrant_never_outlives_its_parent() {
 }
 
 #[test]
+fn a_grant_past_its_end_cannot_be_regranted_before_expire_runs() {
+    let mut t = table_with_region(GrantConfig::default());
+    let mut r = rng(25);
+    let mut q = req(mem(), "b", Access::ReadWrite);
+    q.lifetime_ms = Some(1_000);
+    let ab = t.issue(&p("a"), q, T0, &mut r).unwrap().value;
+    t.accept(&p("b"), &ab.cookie, T0).unwrap();
+    let later = T0.plus_ms(1_000);
+    let want = GrantError::Ended {
+        grant: ab.grant,
+        state: GrantState::Expired,
+    };
+    let q = req(Source::Regrant(ab.grant), "c", Access::ReadOnly);
+    refused(&mut t, want, |t| t.issue(&p("b"), q, later, &mut r));
+    // Just before its end it still can.
+    let q = req(Source::Regrant(ab.grant), "c", Access::ReadOnly);
+    t.issue(&p("b"), q, T0.plus_ms(999), &mut r).unwrap();
+}
+
+#[test]
 fn zero_lifetime_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(21);
-    let mut q = req(owned(), "b", Access::ReadWrite);
+    let mut q = req(mem(), "b", Access::ReadWrite);
     q.lifetime_ms = Some(0);
     refused(&mut t, GrantError::ZeroLifetime, |t| {
         t.issue(&p("a"), q, T0, &mut r)
@@ -683,7 +682,7 @@ fn a_partition_cannot_grow_the_table_without_bound() {
     let mut t = table_with_region(cfg);
     let mut r = rng(22);
     let ids: Vec<_> = (0..3)
-        .map(|_| issue(&mut t, &mut r, "a", owned(), "b", Access::ReadOnly).grant)
+        .map(|_| issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly).grant)
         .collect();
     let want = GrantError::TooMany {
         by: p("a"),
@@ -691,11 +690,11 @@ fn a_partition_cannot_grow_the_table_without_bound() {
         limit: 3,
     };
     refused(&mut t, want, |t| {
-        t.issue(&p("a"), req(owned(), "b", Access::ReadOnly), T0, &mut r)
+        try_issue(t, &mut r, "a", mem(), "b", Access::ReadOnly)
     });
     // Ended grants do not count.
     t.revoke(&Actor::Admin, ids[0], T0).unwrap();
-    issue(&mut t, &mut r, "a", owned(), "b", Access::ReadOnly);
+    issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
 
     let second = Resource::Region {
         owner: p("a"),
@@ -763,7 +762,7 @@ fn prune_forgets_only_old_ended_grants() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(24);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let ad = grant_accepted(&mut t, &mut r, "a", owned(), "d", Access::ReadOnly);
+    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
     t.revoke(&Actor::Admin, ab, T0.plus_ms(10)).unwrap();
     assert_eq!(t.prune(T0.plus_ms(10)), 0);
     assert_eq!(t.prune(T0.plus_ms(11)), 2);

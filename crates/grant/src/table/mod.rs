@@ -214,15 +214,13 @@ impl GrantTable {
             created_at: now,
         };
         self.resources.insert(id.clone(), entry);
-        Ok(Outcome {
-            value: (),
-            effects: vec![],
-            events: vec![Event {
-                at: now,
-                actor: by.clone(),
-                action: Action::ResourceAdded { resource: id },
-            }],
-        })
+        Ok(Outcome::logged(
+            (),
+            vec![],
+            now,
+            by.clone(),
+            Action::ResourceAdded { resource: id },
+        ))
     }
 
     /// Removes a resource; every grant of it ends.
@@ -249,15 +247,7 @@ impl GrantTable {
             resource: id.clone(),
             ended,
         };
-        Ok(Outcome {
-            value: (),
-            effects,
-            events: vec![Event {
-                at: now,
-                actor: by.clone(),
-                action,
-            }],
-        })
+        Ok(Outcome::logged((), effects, now, by.clone(), action))
     }
 
     /// Issues a grant and its cookie. `lifetime_ms` bounds the grant itself (clamped
@@ -297,7 +287,7 @@ impl GrantTable {
                 )
             }
             Source::Regrant(gid) => {
-                let g = self.held_by(by, *gid)?;
+                let g = self.held_by(by, *gid, now)?;
                 let depth = g.depth.saturating_add(1);
                 if depth > self.config.max_depth {
                     return Err(GrantError::DepthExceeded {
@@ -392,15 +382,13 @@ impl GrantTable {
             access,
             parent,
         };
-        Ok(Outcome {
-            value: Issued { grant: id, cookie },
-            effects: vec![],
-            events: vec![Event {
-                at: now,
-                actor: Actor::Partition(by.clone()),
-                action,
-            }],
-        })
+        Ok(Outcome::logged(
+            Issued { grant: id, cookie },
+            vec![],
+            now,
+            Actor::Partition(by.clone()),
+            action,
+        ))
     }
 
     /// `presenter` presents `cookie`. On success the manager maps the resource into
@@ -453,15 +441,13 @@ impl GrantTable {
         let g = self.grants.get_mut(&id).expect("looked up above");
         g.state = GrantState::Accepted;
         g.accepted_at = Some(now);
-        Ok(Outcome {
-            value: id,
-            effects: vec![effect],
-            events: vec![Event {
-                at: now,
-                actor: Actor::Partition(presenter.clone()),
-                action: Action::Accepted { grant: id },
-            }],
-        })
+        Ok(Outcome::logged(
+            id,
+            vec![effect],
+            now,
+            Actor::Partition(presenter.clone()),
+            Action::Accepted { grant: id },
+        ))
     }
 
     /// The grantee lets go of `grant` (or declines it before accepting); everything
@@ -472,33 +458,14 @@ impl GrantTable {
         grant: GrantId,
         now: Timestamp,
     ) -> Result<Outcome<()>, GrantError> {
-        let g = self
-            .grants
-            .get(&grant)
-            .ok_or(GrantError::UnknownGrant(grant))?;
-        if &g.grantee != by {
-            return Err(GrantError::NotHolder {
-                by: by.clone(),
-                grant,
-            });
-        }
-        if !g.state.is_live() {
-            return Err(GrantError::Ended {
-                grant,
-                state: g.state,
-            });
-        }
-        let mut effects = Vec::new();
-        let ended = self.end_trees(&[grant], GrantState::Released, now, &mut effects);
-        let action = Action::Released { grant, ended };
-        Ok(Outcome {
-            value: (),
-            effects,
-            events: vec![Event {
-                at: now,
-                actor: Actor::Partition(by.clone()),
-                action,
-            }],
+        let actor = Actor::Partition(by.clone());
+        self.end_one(actor, grant, GrantState::Released, now, |g| {
+            (&g.grantee == by)
+                .then_some(())
+                .ok_or_else(|| GrantError::NotHolder {
+                    by: by.clone(),
+                    grant,
+                })
         })
     }
 
@@ -511,15 +478,30 @@ impl GrantTable {
         grant: GrantId,
         now: Timestamp,
     ) -> Result<Outcome<()>, GrantError> {
+        let allowed = match by {
+            Actor::Partition(p) => self.upstream_of(grant).any(|a| &a.granter == p),
+            Actor::Admin | Actor::Manager => true,
+        };
+        self.end_one(by.clone(), grant, GrantState::Revoked, now, |_| {
+            allowed.then_some(()).ok_or(GrantError::NotAllowed(grant))
+        })
+    }
+
+    /// Release and revoke: `permitted` checks the actor, then a live `grant` ends
+    /// with its descendants.
+    fn end_one(
+        &mut self,
+        actor: Actor,
+        grant: GrantId,
+        state: GrantState,
+        now: Timestamp,
+        permitted: impl FnOnce(&Grant) -> Result<(), GrantError>,
+    ) -> Result<Outcome<()>, GrantError> {
         let g = self
             .grants
             .get(&grant)
             .ok_or(GrantError::UnknownGrant(grant))?;
-        if let Actor::Partition(p) = by {
-            if !self.upstream_of(grant).any(|a| &a.granter == p) {
-                return Err(GrantError::NotAllowed(grant));
-            }
-        }
+        permitted(g)?;
         if !g.state.is_live() {
             return Err(GrantError::Ended {
                 grant,
@@ -527,17 +509,12 @@ impl GrantTable {
             });
         }
         let mut effects = Vec::new();
-        let ended = self.end_trees(&[grant], GrantState::Revoked, now, &mut effects);
-        let action = Action::Revoked { grant, ended };
-        Ok(Outcome {
-            value: (),
-            effects,
-            events: vec![Event {
-                at: now,
-                actor: by.clone(),
-                action,
-            }],
-        })
+        let ended = self.end_trees(&[grant], state, now, &mut effects);
+        let action = match state {
+            GrantState::Released => Action::Released { grant, ended },
+            _ => Action::Revoked { grant, ended },
+        };
+        Ok(Outcome::logged((), effects, now, actor, action))
     }
 
     /// `p` stopped: everything it owns or granted is revoked, its own holdings end,
@@ -557,15 +534,7 @@ impl GrantTable {
             partition: p.clone(),
             ended,
         };
-        Outcome {
-            value: (),
-            effects,
-            events: vec![Event {
-                at: now,
-                actor: Actor::Manager,
-                action,
-            }],
-        }
+        Outcome::logged((), effects, now, Actor::Manager, action)
     }
 
     /// `p` is destroyed: as [`partition_stopped`](Self::partition_stopped), and its
@@ -625,7 +594,13 @@ impl GrantTable {
     }
 
     /// The grant `by` holds as `gid`: it must be the grantee and have accepted it.
-    fn held_by(&self, by: &PartitionId, gid: GrantId) -> Result<&Grant, GrantError> {
+    /// A grant past its end counts as expired even before `expire` has run.
+    fn held_by(
+        &self,
+        by: &PartitionId,
+        gid: GrantId,
+        now: Timestamp,
+    ) -> Result<&Grant, GrantError> {
         let g = self.grants.get(&gid).ok_or(GrantError::UnknownGrant(gid))?;
         if &g.grantee != by {
             return Err(GrantError::NotHolder {
@@ -634,6 +609,12 @@ impl GrantTable {
             });
         }
         match g.state {
+            GrantState::Accepted if g.expires_at.is_some_and(|e| e <= now) => {
+                Err(GrantError::Ended {
+                    grant: gid,
+                    state: GrantState::Expired,
+                })
+            }
             GrantState::Accepted => Ok(g),
             GrantState::Issued => Err(GrantError::NotHolder {
                 by: by.clone(),

@@ -97,6 +97,23 @@ pub struct Outcome<T> {
     pub events: Vec<Event>,
 }
 
+impl<T> Outcome<T> {
+    /// An outcome with the one log event most operations have.
+    pub(crate) fn logged(
+        value: T,
+        effects: Vec<Effect>,
+        at: Timestamp,
+        actor: Actor,
+        action: Action,
+    ) -> Self {
+        Outcome {
+            value,
+            effects,
+            events: vec![Event { at, actor, action }],
+        }
+    }
+}
+
 /// A new grant and its cookie, for the granter to hand over. The cookie exists only
 /// here: the table keeps its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]

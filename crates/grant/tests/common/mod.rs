@@ -45,7 +45,24 @@ pub fn req(source: Source, to: &str, access: Access) -> IssueRequest {
     }
 }
 
-/// `by` grants (or re-grants) to `to`; returns the grant id and cookie.
+/// `a`'s own region `mem`, as a grant source.
+pub fn mem() -> Source {
+    Source::Owned(region_id("a", "mem"))
+}
+
+/// `by` grants (or re-grants) to `to` at `T0`.
+pub fn try_issue(
+    t: &mut GrantTable,
+    r: &mut StdRng,
+    by: &str,
+    source: Source,
+    to: &str,
+    access: Access,
+) -> Result<Outcome<Issued>, GrantError> {
+    t.issue(&p(by), req(source, to, access), T0, r)
+}
+
+/// As [`try_issue`], which must succeed; returns the grant id and cookie.
 pub fn issue(
     t: &mut GrantTable,
     r: &mut StdRng,
@@ -54,9 +71,7 @@ pub fn issue(
     to: &str,
     access: Access,
 ) -> Issued {
-    t.issue(&p(by), req(source, to, access), T0, r)
-        .unwrap()
-        .value
+    try_issue(t, r, by, source, to, access).unwrap().value
 }
 
 /// `by` grants or re-grants to `to`, and `to` accepts.
