@@ -103,6 +103,14 @@ impl<'de> Deserialize<'de> for Cookie {
     }
 }
 
+/// Serialised as its printed form, for requests that carry one; the table never
+/// holds a `Cookie`, only its [`CookieDigest`].
+impl Serialize for Cookie {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// The printed cookie: what the owner hands over. Only ever shown to the grantor.
 impl fmt::Display for Cookie {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -152,12 +152,6 @@ impl From<HexData> for String {
     }
 }
 
-impl Serialize for Cookie {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// Parses and checks one request. Refuses before parsing anything too large.
 pub fn parse_request(bytes: &[u8]) -> Result<GuestRequest, RequestError> {
     if bytes.len() > MAX_REQUEST_BYTES {
