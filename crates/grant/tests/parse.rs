@@ -10,7 +10,7 @@ use common::*;
 
 fn a_cookie() -> Cookie {
     let mut t = table_with_region(GrantConfig::default());
-    issue(&mut t, &mut rng(41), "a", mem(), "b", Access::ReadOnly).cookie
+    issue(&mut t, &mut rng(41), "a", mem(), "b", RO).cookie
 }
 
 #[test]
@@ -36,8 +36,8 @@ fn cookie_debug_hides_the_secret() {
 fn cookies_differ_each_time() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(42);
-    let a = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly).cookie;
-    let b = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly).cookie;
+    let a = issue(&mut t, &mut r, "a", mem(), "b", RO).cookie;
+    let b = issue(&mut t, &mut r, "a", mem(), "b", RO).cookie;
     assert_ne!(a.to_string()[21..], b.to_string()[21..]);
 }
 

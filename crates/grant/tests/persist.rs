@@ -11,7 +11,7 @@ use serde_json::Value;
 fn persisted_table_round_trips_and_cookies_still_accept_after_a_restart() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(31);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     let json = serde_json::to_string(&t).unwrap();
     let mut back: GrantTable = serde_json::from_str(&json).unwrap();
     back.check().unwrap();
@@ -24,14 +24,7 @@ fn persisted_table_holds_no_cookie() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(32);
     let (ab, _) = chain_abc(&mut t, &mut r);
-    let pending = issue(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(ab),
-        "d",
-        Access::ReadOnly,
-    );
+    let pending = issue(&mut t, &mut r, "b", Regrant(ab), "d", RO);
     let json = serde_json::to_string(&t).unwrap();
     let printed = pending.cookie.to_string();
     let secret = &printed[21..];
@@ -57,7 +50,7 @@ fn edit(t: &GrantTable, grant: GrantId, field: &str, value: Value) -> GrantTable
 fn a_record_edited_in_the_store_no_longer_matches_its_cookie() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(33);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RO);
     // Someone with write access to the store hands the grant to c, or widens it.
     let mut moved = edit(&t, ab.grant, "grantee", "c".into());
     refused(&mut moved, GrantError::UnknownCookie, |t| {
@@ -77,7 +70,7 @@ fn a_record_edited_in_the_store_no_longer_matches_its_cookie() {
 fn a_grant_of_an_earlier_generation_is_stale() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(34);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RO);
     let mut v = serde_json::to_value(&t).unwrap();
     v["resources"][0]["generation"] = 7.into();
     v["next_generation"] = 7.into();

@@ -151,11 +151,7 @@ impl World {
             Op::Grant { res, to, ro, life } => {
                 let rid = resources()[res].id();
                 let by = rid.owner.clone();
-                let access = if ro {
-                    Access::ReadOnly
-                } else {
-                    Access::ReadWrite
-                };
+                let access = if ro { RO } else { RW };
                 let q = IssueRequest {
                     source: Source::Owned(rid),
                     grantee: p(PARTS[to]),
@@ -181,13 +177,9 @@ impl World {
                     || self.t.grant(gid).unwrap().grantee.clone(),
                     |i| p(PARTS[i]),
                 );
-                let access = if ro {
-                    Access::ReadOnly
-                } else {
-                    Access::ReadWrite
-                };
+                let access = if ro { RO } else { RW };
                 let q = IssueRequest {
-                    source: Source::Regrant(gid),
+                    source: Regrant(gid),
                     grantee: p(PARTS[to]),
                     access,
                     lifetime_ms: life,

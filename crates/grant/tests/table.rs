@@ -9,7 +9,7 @@ use common::*;
 fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(1);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     assert_eq!(t.grant(ab.grant).unwrap().state, GrantState::Issued);
     let out = t.accept(&p("b"), &ab.cookie, T0).unwrap();
     assert_eq!(
@@ -18,19 +18,12 @@ fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
             holder: p("b"),
             grant: ab.grant,
             resource: region_id("a", "mem"),
-            access: Access::ReadWrite
+            access: RW
         }]
     );
     assert_eq!(out.events[0].action, Action::Accepted { grant: ab.grant });
 
-    let bc = issue(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(ab.grant),
-        "c",
-        Access::ReadOnly,
-    );
+    let bc = issue(&mut t, &mut r, "b", Regrant(ab.grant), "c", RO);
     let out = t.accept(&p("c"), &bc.cookie, T0).unwrap();
     assert_eq!(
         out.effects,
@@ -38,7 +31,7 @@ fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
             holder: p("c"),
             grant: bc.grant,
             resource: region_id("a", "mem"),
-            access: Access::ReadOnly
+            access: RO
         }]
     );
     let g = t.grant(bc.grant).unwrap();
@@ -53,7 +46,7 @@ fn owner_grants_holder_regrants_each_accept_maps_the_same_region() {
 fn cookie_presented_by_another_partition_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(2);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     refused(&mut t, GrantError::WrongPartition, |t| {
         t.accept(&p("c"), &ab.cookie, T0)
     });
@@ -69,7 +62,7 @@ fn cookie_presented_by_another_partition_is_refused() {
 fn random_and_bit_flipped_cookies_are_unknown() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(3);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     let printed = ab.cookie.to_string();
 
     // A random secret with the real (public) grant id, and a random id altogether.
@@ -100,7 +93,7 @@ fn random_and_bit_flipped_cookies_are_unknown() {
 fn a_cookie_accepts_once() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(4);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     t.accept(&p("b"), &ab.cookie, T0).unwrap();
     refused(&mut t, GrantError::CookieUsed, |t| {
         t.accept(&p("b"), &ab.cookie, T0)
@@ -120,7 +113,7 @@ fn expired_cookie_is_refused_before_and_after_expire_runs() {
     };
     let mut t = table_with_region(cfg);
     let mut r = rng(5);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     assert_eq!(t.next_deadline(), Some(T0.plus_ms(5_000)));
     refused(&mut t, GrantError::CookieExpired, |t| {
         t.accept(&p("b"), &ab.cookie, T0.plus_ms(5_000))
@@ -147,7 +140,7 @@ fn expired_cookie_is_refused_before_and_after_expire_runs() {
 fn revoked_cookie_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(6);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     let out = t.revoke(&Actor::Partition(p("a")), ab.grant, T0).unwrap();
     assert!(out.effects.is_empty());
     refused(&mut t, GrantError::Revoked(ab.grant), |t| {
@@ -162,27 +155,13 @@ fn depth_is_bounded() {
         ..GrantConfig::default()
     });
     let mut r = rng(7);
-    let g1 = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
-    let g2 = grant_accepted(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(g1),
-        "c",
-        Access::ReadWrite,
-    );
-    let g3 = grant_accepted(
-        &mut t,
-        &mut r,
-        "c",
-        Source::Regrant(g2),
-        "d",
-        Access::ReadWrite,
-    );
+    let g1 = grant_accepted(&mut t, &mut r, "a", mem(), "b", RW);
+    let g2 = grant_accepted(&mut t, &mut r, "b", Regrant(g1), "c", RW);
+    let g3 = grant_accepted(&mut t, &mut r, "c", Regrant(g2), "d", RW);
     assert_eq!(t.grant(g3).unwrap().depth, 3);
     let want = GrantError::DepthExceeded { depth: 4, max: 3 };
     refused(&mut t, want, |t| {
-        try_issue(t, &mut r, "d", Source::Regrant(g3), "e", Access::ReadOnly)
+        try_issue(t, &mut r, "d", Regrant(g3), "e", RO)
     });
 }
 
@@ -190,20 +169,20 @@ fn depth_is_bounded() {
 fn default_depth_bound_is_four() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(8);
-    let mut g = grant_accepted(&mut t, &mut r, "a", mem(), "p1", Access::ReadWrite);
+    let mut g = grant_accepted(&mut t, &mut r, "a", mem(), "p1", RW);
     for i in 2..=4 {
         g = grant_accepted(
             &mut t,
             &mut r,
             &format!("p{}", i - 1),
-            Source::Regrant(g),
+            Regrant(g),
             &format!("p{i}"),
-            Access::ReadWrite,
+            RW,
         );
     }
     let want = GrantError::DepthExceeded { depth: 5, max: 4 };
     refused(&mut t, want, |t| {
-        try_issue(t, &mut r, "p4", Source::Regrant(g), "p5", Access::ReadWrite)
+        try_issue(t, &mut r, "p4", Regrant(g), "p5", RW)
     });
 }
 
@@ -211,23 +190,16 @@ fn default_depth_bound_is_four() {
 fn access_only_narrows() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(9);
-    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
+    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", RO);
     let want = GrantError::AccessWiderThanHeld {
-        held: Access::ReadOnly,
-        asked: Access::ReadWrite,
+        held: RO,
+        asked: RW,
     };
     refused(&mut t, want, |t| {
-        try_issue(t, &mut r, "b", Source::Regrant(ab), "c", Access::ReadWrite)
+        try_issue(t, &mut r, "b", Regrant(ab), "c", RW)
     });
     // Read-only on from read-only is fine.
-    issue(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(ab),
-        "c",
-        Access::ReadOnly,
-    );
+    issue(&mut t, &mut r, "b", Regrant(ab), "c", RO);
 }
 
 #[test]
@@ -241,25 +213,13 @@ fn disks_are_granted_read_only() {
     let id = disk.id();
     t.add_resource(&Actor::Admin, disk, T0).unwrap();
     let want = GrantError::AccessWiderThanHeld {
-        held: Access::ReadOnly,
-        asked: Access::ReadWrite,
+        held: RO,
+        asked: RW,
     };
     refused(&mut t, want, |t| {
-        t.issue(
-            &p("a"),
-            req(Source::Owned(id.clone()), "b", Access::ReadWrite),
-            T0,
-            &mut r,
-        )
+        t.issue(&p("a"), req(Source::Owned(id.clone()), "b", RW), T0, &mut r)
     });
-    let g = grant_accepted(
-        &mut t,
-        &mut r,
-        "a",
-        Source::Owned(id.clone()),
-        "b",
-        Access::ReadOnly,
-    );
+    let g = grant_accepted(&mut t, &mut r, "a", Source::Owned(id.clone()), "b", RO);
     assert_eq!(t.grant(g).unwrap().resource, id);
 }
 
@@ -277,7 +237,7 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
         |t| {
             t.issue(
                 &p("b"),
-                req(Source::Owned(rid.clone()), "c", Access::ReadOnly),
+                req(Source::Owned(rid.clone()), "c", RO),
                 T0,
                 &mut r,
             )
@@ -287,29 +247,20 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
     refused(&mut t, GrantError::UnknownResource(missing.clone()), |t| {
         t.issue(
             &p("a"),
-            req(Source::Owned(missing.clone()), "c", Access::ReadOnly),
+            req(Source::Owned(missing.clone()), "c", RO),
             T0,
             &mut r,
         )
     });
     // b has a cookie but has not accepted: it holds nothing yet.
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     refused(
         &mut t,
         GrantError::NotHolder {
             by: p("b"),
             grant: ab.grant,
         },
-        |t| {
-            try_issue(
-                t,
-                &mut r,
-                "b",
-                Source::Regrant(ab.grant),
-                "c",
-                Access::ReadOnly,
-            )
-        },
+        |t| try_issue(t, &mut r, "b", Regrant(ab.grant), "c", RO),
     );
     t.accept(&p("b"), &ab.cookie, T0).unwrap();
     // c cannot re-grant b's grant.
@@ -319,16 +270,7 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
             by: p("c"),
             grant: ab.grant,
         },
-        |t| {
-            try_issue(
-                t,
-                &mut r,
-                "c",
-                Source::Regrant(ab.grant),
-                "d",
-                Access::ReadOnly,
-            )
-        },
+        |t| try_issue(t, &mut r, "c", Regrant(ab.grant), "d", RO),
     );
     // Nor can b once its grant has ended.
     t.revoke(&Actor::Admin, ab.grant, T0).unwrap();
@@ -338,16 +280,7 @@ fn granting_what_one_does_not_own_or_hold_is_refused() {
             grant: ab.grant,
             state: GrantState::Revoked,
         },
-        |t| {
-            try_issue(
-                t,
-                &mut r,
-                "b",
-                Source::Regrant(ab.grant),
-                "c",
-                Access::ReadOnly,
-            )
-        },
+        |t| try_issue(t, &mut r, "b", Regrant(ab.grant), "c", RO),
     );
 }
 
@@ -356,14 +289,14 @@ fn self_grants_and_grants_back_to_the_owner_are_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(12);
     refused(&mut t, GrantError::SelfGrant, |t| {
-        try_issue(t, &mut r, "a", mem(), "a", Access::ReadOnly)
+        try_issue(t, &mut r, "a", mem(), "a", RO)
     });
-    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = grant_accepted(&mut t, &mut r, "a", mem(), "b", RW);
     refused(&mut t, GrantError::SelfGrant, |t| {
-        try_issue(t, &mut r, "b", Source::Regrant(ab), "b", Access::ReadOnly)
+        try_issue(t, &mut r, "b", Regrant(ab), "b", RO)
     });
     refused(&mut t, GrantError::GranteeIsOwner(p("a")), |t| {
-        try_issue(t, &mut r, "b", Source::Regrant(ab), "a", Access::ReadOnly)
+        try_issue(t, &mut r, "b", Regrant(ab), "a", RO)
     });
 }
 
@@ -372,45 +305,18 @@ fn revoke_cascades_to_every_descendant_deepest_first() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(13);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let cd = grant_accepted(
-        &mut t,
-        &mut r,
-        "c",
-        Source::Regrant(bc),
-        "d",
-        Access::ReadOnly,
-    );
+    let cd = grant_accepted(&mut t, &mut r, "c", Regrant(bc), "d", RO);
     // A cookie b handed out but e never accepted ends too.
-    let be = issue(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(ab),
-        "e",
-        Access::ReadOnly,
-    );
+    let be = issue(&mut t, &mut r, "b", Regrant(ab), "e", RO);
     // An unrelated grant of the same region survives.
-    let af = grant_accepted(&mut t, &mut r, "a", mem(), "f", Access::ReadOnly);
+    let af = grant_accepted(&mut t, &mut r, "a", mem(), "f", RO);
 
     let out = t
         .revoke(&Actor::Partition(p("a")), ab, T0.plus_ms(1))
         .unwrap();
     assert_eq!(
         out.effects,
-        vec![
-            Effect::Unmap {
-                holder: p("d"),
-                grant: cd
-            },
-            Effect::Unmap {
-                holder: p("c"),
-                grant: bc
-            },
-            Effect::Unmap {
-                holder: p("b"),
-                grant: ab
-            },
-        ]
+        vec![unmap("d", cd), unmap("c", bc), unmap("b", ab),]
     );
     let Action::Revoked { grant, ended } = &out.events[0].action else {
         panic!("{:?}", out.events)
@@ -460,14 +366,7 @@ fn who_may_revoke() {
         },
         |t| t.revoke(&Actor::Admin, bc, T0),
     );
-    let cd_parent_dead = try_issue(
-        &mut t,
-        &mut r,
-        "c",
-        Source::Regrant(bc),
-        "d",
-        Access::ReadOnly,
-    );
+    let cd_parent_dead = try_issue(&mut t, &mut r, "c", Regrant(bc), "d", RO);
     assert_eq!(
         cd_parent_dead.unwrap_err(),
         GrantError::Ended {
@@ -476,14 +375,7 @@ fn who_may_revoke() {
         }
     );
     // The owner revokes b's grant from further up.
-    let bd = grant_accepted(
-        &mut t,
-        &mut r,
-        "b",
-        Source::Regrant(ab),
-        "d",
-        Access::ReadOnly,
-    );
+    let bd = grant_accepted(&mut t, &mut r, "b", Regrant(ab), "d", RO);
     t.revoke(&Actor::Partition(p("a")), bd, T0).unwrap();
     assert_eq!(t.grant(ab).unwrap().state, GrantState::Accepted);
 }
@@ -502,19 +394,7 @@ fn release_ends_the_grant_and_its_descendants() {
         |t| t.release(&p("c"), ab, T0),
     );
     let out = t.release(&p("b"), ab, T0).unwrap();
-    assert_eq!(
-        out.effects,
-        vec![
-            Effect::Unmap {
-                holder: p("c"),
-                grant: bc
-            },
-            Effect::Unmap {
-                holder: p("b"),
-                grant: ab
-            }
-        ]
-    );
+    assert_eq!(out.effects, vec![unmap("c", bc), unmap("b", ab)]);
     assert_eq!(t.grant(ab).unwrap().state, GrantState::Released);
     assert_eq!(t.grant(bc).unwrap().state, GrantState::Revoked);
     refused(
@@ -531,7 +411,7 @@ fn release_ends_the_grant_and_its_descendants() {
 fn declining_an_unaccepted_grant_has_nothing_to_unmap() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(16);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     let out = t.release(&p("b"), ab.grant, T0).unwrap();
     assert!(out.effects.is_empty());
     refused(&mut t, GrantError::Revoked(ab.grant), |t| {
@@ -544,7 +424,7 @@ fn stopping_the_owner_ends_every_grant_of_its_resources() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(17);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let pending = issue(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
+    let pending = issue(&mut t, &mut r, "a", mem(), "d", RO);
     let out = t.partition_stopped(&p("a"), T0);
     assert_eq!(out.effects.len(), 2);
     for g in [ab, bc, pending.grant] {
@@ -559,21 +439,9 @@ fn stopping_a_holder_ends_its_holdings_and_what_it_granted_on() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(18);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
+    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", RO);
     let out = t.partition_stopped(&p("b"), T0);
-    assert_eq!(
-        out.effects,
-        vec![
-            Effect::Unmap {
-                holder: p("c"),
-                grant: bc
-            },
-            Effect::Unmap {
-                holder: p("b"),
-                grant: ab
-            }
-        ]
-    );
+    assert_eq!(out.effects, vec![unmap("c", bc), unmap("b", ab)]);
     assert_eq!(t.grant(ad).unwrap().state, GrantState::Accepted);
     // Stopping c (a leaf holder) later ends nothing more.
     assert!(t.partition_stopped(&p("c"), T0).effects.is_empty());
@@ -583,7 +451,7 @@ fn stopping_a_holder_ends_its_holdings_and_what_it_granted_on() {
 fn destroying_the_owner_removes_its_resources_and_a_new_one_is_a_new_generation() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(19);
-    let ab = issue(&mut t, &mut r, "a", mem(), "b", Access::ReadWrite);
+    let ab = issue(&mut t, &mut r, "a", mem(), "b", RW);
     let old_gen = t.resource(&region_id("a", "mem")).unwrap().generation;
     t.partition_destroyed(&p("a"), T0);
     assert!(t.resource(&region_id("a", "mem")).is_none());
@@ -605,11 +473,8 @@ fn destroying_the_owner_removes_its_resources_and_a_new_one_is_a_new_generation(
 fn a_regrant_never_outlives_its_parent() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(20);
-    let mut q = req(mem(), "b", Access::ReadWrite);
-    q.lifetime_ms = Some(60_000);
-    let ab = t.issue(&p("a"), q, T0, &mut r).unwrap().value;
-    t.accept(&p("b"), &ab.cookie, T0).unwrap();
-    let mut q = req(Source::Regrant(ab.grant), "c", Access::ReadOnly);
+    let ab = accepted_for(&mut t, &mut r, "a", mem(), "b", 60_000);
+    let mut q = req(Regrant(ab.grant), "c", RO);
     q.lifetime_ms = Some(3_600_000);
     let bc = t.issue(&p("b"), q, T0, &mut r).unwrap().value;
     t.accept(&p("c"), &bc.cookie, T0).unwrap();
@@ -621,16 +486,7 @@ fn a_regrant_never_outlives_its_parent() {
     let out = t.expire(T0.plus_ms(60_000));
     assert_eq!(
         out.effects,
-        vec![
-            Effect::Unmap {
-                holder: p("c"),
-                grant: bc.grant
-            },
-            Effect::Unmap {
-                holder: p("b"),
-                grant: ab.grant
-            }
-        ]
+        vec![unmap("c", bc.grant), unmap("b", ab.grant)]
     );
     assert_eq!(
         out.events.len(),
@@ -645,19 +501,16 @@ fn a_regrant_never_outlives_its_parent() {
 fn a_grant_past_its_end_cannot_be_regranted_before_expire_runs() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(25);
-    let mut q = req(mem(), "b", Access::ReadWrite);
-    q.lifetime_ms = Some(1_000);
-    let ab = t.issue(&p("a"), q, T0, &mut r).unwrap().value;
-    t.accept(&p("b"), &ab.cookie, T0).unwrap();
+    let ab = accepted_for(&mut t, &mut r, "a", mem(), "b", 1_000);
     let later = T0.plus_ms(1_000);
     let want = GrantError::Ended {
         grant: ab.grant,
         state: GrantState::Expired,
     };
-    let q = req(Source::Regrant(ab.grant), "c", Access::ReadOnly);
+    let q = req(Regrant(ab.grant), "c", RO);
     refused(&mut t, want, |t| t.issue(&p("b"), q, later, &mut r));
     // Just before its end it still can.
-    let q = req(Source::Regrant(ab.grant), "c", Access::ReadOnly);
+    let q = req(Regrant(ab.grant), "c", RO);
     t.issue(&p("b"), q, T0.plus_ms(999), &mut r).unwrap();
 }
 
@@ -665,7 +518,7 @@ fn a_grant_past_its_end_cannot_be_regranted_before_expire_runs() {
 fn zero_lifetime_is_refused() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(21);
-    let mut q = req(mem(), "b", Access::ReadWrite);
+    let mut q = req(mem(), "b", RW);
     q.lifetime_ms = Some(0);
     refused(&mut t, GrantError::ZeroLifetime, |t| {
         t.issue(&p("a"), q, T0, &mut r)
@@ -682,19 +535,17 @@ fn a_partition_cannot_grow_the_table_without_bound() {
     let mut t = table_with_region(cfg);
     let mut r = rng(22);
     let ids: Vec<_> = (0..3)
-        .map(|_| issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly).grant)
+        .map(|_| issue(&mut t, &mut r, "a", mem(), "b", RO).grant)
         .collect();
     let want = GrantError::TooMany {
         by: p("a"),
         what: "grants",
         limit: 3,
     };
-    refused(&mut t, want, |t| {
-        try_issue(t, &mut r, "a", mem(), "b", Access::ReadOnly)
-    });
+    refused(&mut t, want, |t| try_issue(t, &mut r, "a", mem(), "b", RO));
     // Ended grants do not count.
     t.revoke(&Actor::Admin, ids[0], T0).unwrap();
-    issue(&mut t, &mut r, "a", mem(), "b", Access::ReadOnly);
+    issue(&mut t, &mut r, "a", mem(), "b", RO);
 
     let second = Resource::Region {
         owner: p("a"),
@@ -762,7 +613,7 @@ fn prune_forgets_only_old_ended_grants() {
     let mut t = table_with_region(GrantConfig::default());
     let mut r = rng(24);
     let (ab, bc) = chain_abc(&mut t, &mut r);
-    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", Access::ReadOnly);
+    let ad = grant_accepted(&mut t, &mut r, "a", mem(), "d", RO);
     t.revoke(&Actor::Admin, ab, T0.plus_ms(10)).unwrap();
     assert_eq!(t.prune(T0.plus_ms(10)), 0);
     assert_eq!(t.prune(T0.plus_ms(11)), 2);

@@ -5,7 +5,11 @@ use bulkhead_grant::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+pub use bulkhead_grant::Source::Regrant;
+
 pub const T0: Timestamp = Timestamp(1_000_000);
+pub const RO: Access = Access::ReadOnly;
+pub const RW: Access = Access::ReadWrite;
 
 pub fn p(name: &str) -> PartitionId {
     name.parse().unwrap()
@@ -88,17 +92,33 @@ pub fn grant_accepted(
     i.grant
 }
 
+/// `by` grants (or re-grants) to `to` for `ms`, and `to` accepts, at `T0`.
+pub fn accepted_for(
+    t: &mut GrantTable,
+    r: &mut StdRng,
+    by: &str,
+    source: Source,
+    to: &str,
+    ms: u64,
+) -> Issued {
+    let mut q = req(source, to, RW);
+    q.lifetime_ms = Some(ms);
+    let i = t.issue(&p(by), q, T0, r).unwrap().value;
+    t.accept(&p(to), &i.cookie, T0).unwrap();
+    i
+}
+
+pub fn unmap(holder: &str, grant: GrantId) -> Effect {
+    Effect::Unmap {
+        holder: p(holder),
+        grant,
+    }
+}
+
 /// The chain a → b → c on a's region, both accepted.
 pub fn chain_abc(t: &mut GrantTable, r: &mut StdRng) -> (GrantId, GrantId) {
-    let ab = grant_accepted(
-        t,
-        r,
-        "a",
-        Source::Owned(region_id("a", "mem")),
-        "b",
-        Access::ReadWrite,
-    );
-    let bc = grant_accepted(t, r, "b", Source::Regrant(ab), "c", Access::ReadOnly);
+    let ab = grant_accepted(t, r, "a", Source::Owned(region_id("a", "mem")), "b", RW);
+    let bc = grant_accepted(t, r, "b", Regrant(ab), "c", RO);
     (ab, bc)
 }
 
