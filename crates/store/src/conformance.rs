@@ -275,6 +275,33 @@ pub async fn admission_sees_the_others_and_completes_the_record(s: &dyn Store) {
 /// Room for this many partitions of [`HOST`] in the concurrency cases.
 const ROOM: usize = 5;
 
+/// Admits `n` new records named `<prefix>NN` from as many tasks at once;
+/// returns how many were admitted and the refusals' reasons. Any other
+/// error fails the case.
+async fn admit_at_once(
+    s: &Arc<dyn Store>,
+    prefix: &str,
+    n: usize,
+    check: Admission,
+) -> (usize, Vec<String>) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (s, check) = (s.clone(), check.clone());
+            let rec = record(&format!("{prefix}{i:02}"));
+            tokio::spawn(async move { s.admit(&rec, "", check).await })
+        })
+        .collect();
+    let (mut admitted, mut refusals) = (0, Vec::new());
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => admitted += 1,
+            Err(StoreError::Refused { reason, .. }) => refusals.push(reason),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    (admitted, refusals)
+}
+
 pub async fn concurrent_admissions_never_over_admit(s: Arc<dyn Store>) {
     // Another host's partitions do not count against this host's room.
     let mut far = record("far");
@@ -287,21 +314,12 @@ pub async fn concurrent_admissions_never_over_admit(s: Arc<dyn Store>) {
         }
         Ok(())
     });
-    let tasks: Vec<_> = (0..24)
-        .map(|i| {
-            let (s, check) = (s.clone(), check.clone());
-            tokio::spawn(async move { s.admit(&record(&format!("p{i:02}")), "", check).await })
-        })
-        .collect();
-    let mut admitted = 0;
-    for t in tasks {
-        match t.await.expect("task") {
-            Ok(_) => admitted += 1,
-            Err(StoreError::Refused { .. }) => {}
-            Err(e) => panic!("unexpected error {e:?}"),
-        }
-    }
-    assert_eq!(admitted, ROOM);
+    let (admitted, refusals) = admit_at_once(&s, "p", 24, check).await;
+    assert_eq!(admitted, ROOM, "{refusals:?}");
+    assert!(
+        refusals.iter().all(|r| r.starts_with("full")),
+        "{refusals:?}"
+    );
     assert_eq!(s.list(Scope::Host(HOST)).await.unwrap().len(), ROOM);
 }
 
@@ -322,21 +340,12 @@ pub async fn concurrent_address_allocation_never_repeats(s: Arc<dyn Store>) {
         });
         Ok(())
     });
-    let tasks: Vec<_> = (0..20)
-        .map(|i| {
-            let (s, alloc) = (s.clone(), alloc.clone());
-            tokio::spawn(async move { s.admit(&record(&format!("n{i:02}")), "", alloc).await })
-        })
-        .collect();
-    let mut ok = 0;
-    for t in tasks {
-        match t.await.expect("task") {
-            Ok(_) => ok += 1,
-            Err(StoreError::Refused { reason, .. }) => assert_eq!(reason, "no free address"),
-            Err(e) => panic!("unexpected error {e:?}"),
-        }
-    }
+    let (ok, refusals) = admit_at_once(&s, "n", 20, alloc).await;
     assert_eq!(ok, 13, "every address of the /28 but the gateway, once");
+    assert!(
+        refusals.iter().all(|r| r == "no free address"),
+        "{refusals:?}"
+    );
     let mut ips: Vec<_> = s
         .list(Scope::All)
         .await

@@ -4,6 +4,7 @@
 use bulkhead_store::{
     conformance, Admission, Event, PartitionRecord, Result, Scope, SqliteStore, Store,
 };
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -15,17 +16,23 @@ async fn sqlite_in_memory() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_file() {
+/// Runs the suite on stores `open` makes, each on a new file in one directory.
+async fn on_files(open: impl Fn(&Path) -> Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let n = AtomicUsize::new(0);
     conformance::run_all(|| {
         let path = dir
             .path()
             .join(format!("s{}.db", n.fetch_add(1, Ordering::SeqCst)));
-        async move { Arc::new(SqliteStore::open(&path, "h").unwrap()) as Arc<dyn Store> }
+        let s = open(&path);
+        async move { s }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file() {
+    on_files(|p| Arc::new(SqliteStore::open(p, "h").unwrap())).await;
 }
 
 /// Two connections to one file, each call going to the next: every
@@ -73,22 +80,14 @@ impl Store for TwoConnections {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_file_shared_by_two_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = AtomicUsize::new(0);
-    conformance::run_all(|| {
-        let path = dir
-            .path()
-            .join(format!("s{}.db", n.fetch_add(1, Ordering::SeqCst)));
-        async move {
-            let s = [
-                SqliteStore::open(&path, "h").unwrap(),
-                SqliteStore::open(&path, "h").unwrap(),
-            ];
-            Arc::new(TwoConnections {
-                s,
-                turn: AtomicUsize::new(0),
-            }) as Arc<dyn Store>
-        }
+    on_files(|p| {
+        Arc::new(TwoConnections {
+            s: [
+                SqliteStore::open(p, "h").unwrap(),
+                SqliteStore::open(p, "h").unwrap(),
+            ],
+            turn: AtomicUsize::new(0),
+        })
     })
     .await;
 }

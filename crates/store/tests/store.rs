@@ -4,31 +4,12 @@
 use bulkhead_store::*;
 
 fn rec(name: &str, ip: Option<&str>) -> PartitionRecord {
-    PartitionRecord {
-        name: name.into(),
-        host: "h".into(),
-        vcpus: 1,
-        memory_mib: 128,
-        cpu_percent: 50,
-        image: None,
-        cmdline: None,
-        disks: vec![],
-        net: ip.map(|ip| NetRecord {
-            ip: ip.into(),
-            mac: "52:54:00:00:00:01".into(),
-        }),
-        restart_policy: RestartPolicy::OnFailure,
-        hotplug_slots: 0,
-        cpu_model: DEFAULT_CPU_MODEL.into(),
-        state: PartitionState::Defined,
-        created_at: now_ms(),
-        state_since: now_ms(),
-        started_at: None,
-        last_exit: None,
-        pid: None,
-        restarts: 0,
-        revision: 0,
-    }
+    let mut r = conformance::record(name);
+    r.net = ip.map(|ip| NetRecord {
+        ip: ip.into(),
+        mac: "52:54:00:00:00:01".into(),
+    });
+    r
 }
 
 #[tokio::test]
