@@ -143,3 +143,36 @@ async fn two_daemons_sharing_a_store_never_over_admit() {
     let stored: HashSet<String> = addresses(&list(&b).await).into_iter().collect();
     assert_eq!(stored, ips.into_iter().collect::<HashSet<_>>());
 }
+
+/// A start is admitted by the store too, against the active partitions of
+/// the host: a daemon whose capacity cannot hold the partition refuses to
+/// start it, and the refusal changes nothing in the shared record.
+#[tokio::test]
+async fn refused_start_changes_nothing() {
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = store_dir.path().join("shared.db");
+    let daemon = |cpus: u32| {
+        Daemon::start(Opts {
+            extra: format!(
+                "[store]\npath = {store:?}\nhost_id = {HOST_ID:?}\n\
+                 [capacity]\ncpus = {cpus}\ncpu_overcommit = 0.5\nmemory_mib = 64000\n"
+            ),
+            ..Default::default()
+        })
+    };
+    // 200% of entitlement on one, 50% on the other.
+    let (big, small) = (daemon(4), daemon(1));
+    big.create("wide", 100, 128, json!({})).await;
+    let before = small.show("wide").await;
+    let e = small
+        .client()
+        .post("/v1/partitions/wide/start", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("over_capacity"), "{e}");
+    assert!(e.to_string().contains("only 50% free of 50%"), "{e}");
+    let after = big.show("wide").await;
+    assert_eq!(after["state"], "defined");
+    assert_eq!(after["revision"], before["revision"], "{after:#}");
+    assert_eq!(after["events"], before["events"], "{after:#}");
+}

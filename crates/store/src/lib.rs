@@ -75,7 +75,8 @@ pub enum Scope<'a> {
 /// as the write's transaction sees it, except the one being written, and may
 /// complete the record (e.g. allocate an address) or refuse with a reason.
 /// Backends may run it more than once (etcd retries when the range changed),
-/// so it must have no side effects.
+/// each time on the record as the caller gave it, so it must have no side
+/// effects.
 pub type Admission = Arc<
     dyn Fn(&[PartitionRecord], &mut PartitionRecord) -> std::result::Result<(), String>
         + Send
