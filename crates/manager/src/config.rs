@@ -21,6 +21,18 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     pub storage: StorageConfig,
     pub qemu: QemuConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite state database; `<data_dir>/state.db` when absent. Daemons
+    /// naming one file share their partitions' records and admit against them.
+    pub path: Option<PathBuf>,
+    /// This daemon's host id, written into every record it owns; read from
+    /// (or generated once into) `<data_dir>/host-id` when absent.
+    pub host_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -139,6 +151,7 @@ impl Default for Config {
             cgroup: CgroupConfig::default(),
             storage: StorageConfig::default(),
             qemu: QemuConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -274,6 +287,14 @@ impl Config {
                 anyhow::bail!("storage.roots: {} is not an absolute path", r.display());
             }
         }
+        if let Some(p) = &self.store.path {
+            if !p.is_absolute() {
+                anyhow::bail!("store.path: {} is not an absolute path", p.display());
+            }
+        }
+        if let Some(h) = &self.store.host_id {
+            crate::host_id::check(h).map_err(|e| anyhow::anyhow!("store.host_id: {e}"))?;
+        }
         if let Some(i) = &self.cgroup.instance {
             // It names the cgroup subtree and the VLAN's nftables table.
             if i.is_empty()
@@ -309,6 +330,14 @@ impl Config {
         }
         let canon = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
         format!("{:08x}", fnv1a(canon.as_os_str().as_encoded_bytes()) as u32)
+    }
+
+    /// The state database's file.
+    pub fn store_path(&self) -> PathBuf {
+        self.store
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("state.db"))
     }
 
     /// The storage roots as configured (the default when none are).

@@ -25,6 +25,7 @@ fn tls_daemon(extra: &str, nofile: Option<u64>) -> Daemon {
         extra: extra.into(),
         tcp_token: Some(TOKEN.into()),
         nofile,
+        ..Default::default()
     })
 }
 

@@ -1,14 +1,20 @@
-//! Bulkhead's persistent state: one [`Store`] trait, with SQLite
+//! Bulkhead's persistent state: one async [`Store`] trait, with SQLite
 //! ([`SqliteStore`]) as the embedded default.
 //!
 //! The trait is shaped for a key-value store with compare-and-swap (etcd):
 //! records are whole values keyed by partition name, every write names the
-//! revision it read, and the only cross-record constraint (unique addresses)
-//! is checked inside the write's transaction.
+//! revision it read, addresses are unique across the store, and decisions
+//! that depend on other records (capacity, address allocation) are made by
+//! [`Store::admit`] inside the write's own transaction, so two daemons sharing
+//! one store cannot both admit.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod migrations;
 mod record;
 mod sqlite;
+
+use std::sync::Arc;
 
 pub use record::{
     now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
@@ -17,6 +23,8 @@ pub use record::{
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Nothing was written when one is returned.
+/// Backend-neutral: a backend maps its own errors to these, so callers (and a
+/// second backend) never see a driver's types.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("partition {0:?} already exists")]
@@ -33,30 +41,76 @@ pub enum StoreError {
         expected: u64,
         found: u64,
     },
+    /// An [`Admission`] check said no; its reason, unchanged.
+    #[error("{reason}")]
+    Refused { name: String, reason: String },
+    /// The record cannot be stored as it is (e.g. no owning host).
+    #[error("invalid record for partition {name:?}: {reason}")]
+    Invalid { name: String, reason: String },
     #[error("state database schema version {found} is newer than this Bulkhead ({supported}); upgrade Bulkhead")]
     TooNew { found: i64, supported: i64 },
     #[error("corrupt record for partition {name:?}: {reason}")]
     Corrupt { name: String, reason: String },
-    #[error("state database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The backend is there but could not answer in time (locked, busy,
+    /// no quorum); the operation may succeed if retried later.
+    #[error("state store unavailable during {op}: {message}")]
+    Unavailable { op: &'static str, message: String },
+    /// Any other failure of the backend, described in words.
+    #[error("state store failed during {op}: {message}")]
+    Backend { op: &'static str, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Partition state, one transaction per call.
+/// Which records [`Store::list`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every record in the store (every host of a cluster).
+    All,
+    /// The records owned by one host.
+    Host(&'a str),
+}
+
+/// The pure decision of an admitted write. It sees every record in the store
+/// as the write's transaction sees it, except the one being written, and may
+/// complete the record (e.g. allocate an address) or refuse with a reason.
+/// Backends may run it more than once (etcd retries when the range changed),
+/// each time on the record as the caller gave it, so it must have no side
+/// effects.
+pub type Admission = Arc<
+    dyn Fn(&[PartitionRecord], &mut PartitionRecord) -> std::result::Result<(), String>
+        + Send
+        + Sync,
+>;
+
+/// Partition state, one transaction per call. Every record names the host
+/// that owns it (`PartitionRecord::host`, never empty).
+#[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Adds a new record; its revision becomes 1. Fails if the name or the
     /// address is taken.
-    fn insert(&self, record: &PartitionRecord, event: &str) -> Result<PartitionRecord>;
-    fn get(&self, name: &str) -> Result<Option<PartitionRecord>>;
-    /// Every record, ordered by name.
-    fn list(&self) -> Result<Vec<PartitionRecord>>;
+    async fn insert(&self, record: &PartitionRecord, event: &str) -> Result<PartitionRecord>;
+    async fn get(&self, name: &str) -> Result<Option<PartitionRecord>>;
+    /// The records in `scope`, ordered by name.
+    async fn list(&self, scope: Scope<'_>) -> Result<Vec<PartitionRecord>>;
     /// Replaces the record if its stored revision is still `record.revision`,
-    /// appending `event` to its history in the same transaction. Returns the
-    /// record as stored (revision + 1).
-    fn update(&self, record: &PartitionRecord, event: &str) -> Result<PartitionRecord>;
+    /// appending `event` (unless empty) to its history in the same
+    /// transaction. Returns the record as stored (revision + 1).
+    async fn update(&self, record: &PartitionRecord, event: &str) -> Result<PartitionRecord>;
     /// Removes the record (and its history) if its revision is still `revision`.
-    fn delete(&self, name: &str, revision: u64) -> Result<()>;
+    async fn delete(&self, name: &str, revision: u64) -> Result<()>;
     /// The newest `limit` events of a partition, oldest first.
-    fn events(&self, name: &str, limit: usize) -> Result<Vec<Event>>;
+    async fn events(&self, name: &str, limit: usize) -> Result<Vec<Event>>;
+    /// Writes `record` only if `check` passes over the store's other records,
+    /// evaluated inside the write's transaction: an insert when
+    /// `record.revision` is 0, else an update against that revision. A
+    /// refusal is [`StoreError::Refused`] and writes nothing. Writes to other
+    /// records meanwhile never make it fail with `Conflict` (the backend
+    /// decides again on what it then reads); only this record changing does.
+    async fn admit(
+        &self,
+        record: &PartitionRecord,
+        event: &str,
+        check: Admission,
+    ) -> Result<PartitionRecord>;
 }

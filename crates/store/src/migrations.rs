@@ -27,4 +27,10 @@ pub const MIGRATIONS: &[&str] = &[
         WHERE json_type(record, '$.hotplug_slots') IS NULL;
     UPDATE partitions SET record = json_set(record, '$.cpu_model', 'x86-64-v2')
         WHERE json_type(record, '$.cpu_model') IS NULL;",
+    // 4: every record names its owning host, as a column so a host's records
+    // are one indexed query. Existing rows get '' here; the opening daemon's
+    // id is written into them right after (sqlite.rs `migrate`), since the id is
+    // not known to a static migration.
+    "ALTER TABLE partitions ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    CREATE INDEX partitions_host ON partitions(host, name);",
 ];

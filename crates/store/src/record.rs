@@ -115,6 +115,11 @@ pub struct NetRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     pub name: String,
+    /// The id of the host (bulkheadd) that owns the partition and runs it.
+    /// Records older than host ids get the id of the first daemon that opens
+    /// the store after the upgrade (migration 4).
+    #[serde(default)]
+    pub host: String,
     pub vcpus: u32,
     pub memory_mib: u64,
     /// CPU entitlement in percent of one host CPU.

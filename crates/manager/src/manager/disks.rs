@@ -53,7 +53,7 @@ impl Manager {
     ) -> Result<AttachedDisk, ApiError> {
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
         if rec.hotplug_slots == 0 {
             return Err(ApiError::Conflict(format!(
                 "partition {name:?} has no hot-plug ports; create it with --hotplug N to add disks while it runs"
@@ -71,7 +71,7 @@ impl Manager {
                 )));
             }
         }
-        let p = self.ready_partition(name)?;
+        let p = self.ready_partition(name).await?;
         let used = p.hotplugged();
         if used.len() >= rec.hotplug_slots as usize {
             return Err(ApiError::Conflict(format!(
@@ -111,7 +111,7 @@ impl Manager {
             .ok_or_else(|| ApiError::Internal("hot-plugged disk not recorded".into()))?;
         let ev = format!("disk {} hot-plugged ({})", disk.id, disk.path.display());
         tracing::info!(partition = name, disk = %disk.id, slot, "disk hot-plugged");
-        self.record_event(name, &ev);
+        self.record_event(name, &ev).await;
         Ok(attached(&disk, slot))
     }
 
@@ -119,8 +119,8 @@ impl Manager {
     pub(super) async fn detach_disk(&self, name: &str, id: &str) -> Result<DetachedDisk, ApiError> {
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
-        self.get(name)?;
-        let p = self.ready_partition(name)?;
+        self.get(name).await?;
+        let p = self.ready_partition(name).await?;
         if !p.hotplugged().iter().any(|h| h.adapter.id() == id) {
             return Err(ApiError::NoDevice(format!(
                 "partition {name:?} has no hot-plugged disk {id:?}"
@@ -132,14 +132,14 @@ impl Manager {
             ))
         })?;
         tracing::info!(partition = name, disk = id, "disk removed");
-        self.record_event(name, &format!("disk {id} removed"));
+        self.record_event(name, &format!("disk {id} removed")).await;
         Ok(DetachedDisk { id: id.to_string() })
     }
 
     /// Adds to the partition's history. The device change it records has
     /// happened either way, so a failed write is logged, not reported.
-    fn record_event(&self, name: &str, event: &str) {
-        if let Err(e) = self.modify(name, event, |_| {}) {
+    async fn record_event(&self, name: &str, event: &str) {
+        if let Err(e) = self.modify(name, event, |_| {}).await {
             tracing::warn!(partition = name, error = %e, event, "recording event");
         }
     }

@@ -75,14 +75,10 @@ impl Manager {
 
     pub(super) async fn create(&self, c: CreatePartition) -> Result<PartitionRecord, ApiError> {
         self.validate(&c)?;
-        let _adm = self.admission.lock().await;
-        if self.store.get(&c.name)?.is_some() {
-            return Err(ApiError::AlreadyExists(c.name));
-        }
-        let all = self.store.list()?;
         let now = now_ms();
-        let mut rec = PartitionRecord {
+        let rec = PartitionRecord {
             name: c.name.clone(),
+            host: self.host.clone(),
             vcpus: c.vcpus,
             memory_mib: c.memory_mib,
             cpu_percent: c.cpu_percent,
@@ -107,25 +103,14 @@ impl Manager {
             restarts: 0,
             revision: 0,
         };
-        let held: Demand = all.iter().map(|r| self.demand(r)).sum();
-        self.capacity
-            .admit(held, self.demand(&rec))
-            .map_err(|e| ApiError::OverCapacity(e.to_string()))?;
-        if c.net {
-            let used: HashSet<_> = all
-                .iter()
-                .filter_map(|r| r.net.as_ref().and_then(|n| net::addr_of(&n.ip)))
-                .collect();
-            let ip = self.subnet.allocate(&used).ok_or_else(|| {
-                ApiError::OverCapacity(format!(
-                    "no free address left in {}",
-                    self.cfg.network.subnet
-                ))
-            })?;
-            let mac = net::mac_for(net::addr_of(&ip).expect("allocated address parses"));
-            rec.net = Some(NetRecord { ip, mac });
-        }
-        let rec = self.store.insert(&rec, "created")?;
+        // Capacity and the address are decided by the store inside the
+        // insert's transaction: a concurrent create here or in another
+        // daemon sharing the store sees this one or is seen by it.
+        let rec = self
+            .store
+            .admit(&rec, "created", self.admission(false, c.net))
+            .await
+            .map_err(refused_is_capacity)?;
         tracing::info!(partition = %rec.name, cpu = rec.cpu_percent, memory_mib = rec.memory_mib, "created");
         Ok(rec)
     }
@@ -233,7 +218,8 @@ impl Manager {
         wait: bool,
         by_policy: bool,
     ) -> Result<PartitionRecord, ApiError> {
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
+        self.check_owned(&rec)?;
         if rec.state.is_active() {
             return Err(ApiError::Conflict(format!(
                 "partition {name:?} is already {}",
@@ -244,80 +230,78 @@ impl Manager {
             .parse::<CpuModel>()
             .map_err(ApiError::BadRequest)?;
         let spec = self.checked_spec(&rec)?;
-        let cg;
-        {
-            let _adm = self.admission.lock().await;
-            let held: Demand = self
-                .store
-                .list()?
-                .iter()
-                .filter(|r| r.state.is_active() && r.name != name)
-                .map(|r| self.demand(r))
-                .sum();
-            self.capacity
-                .admit(held, self.demand(&rec))
-                .map_err(|e| ApiError::OverCapacity(e.to_string()))?;
-            // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
-            self.cleanup(&rec);
-            cg = self
-                .cgroups
-                .create(
-                    name,
-                    rec.cpu_percent,
-                    self.memory_limit_mib(&rec) << 20,
-                    PIDS_BASE + rec.vcpus,
-                )
-                .map_err(internal)?;
-            if let Some(n) = &rec.net {
-                let tap = net::tap_name(&self.instance, name);
-                let ip = net::addr_of(&n.ip).ok_or_else(|| internal("stored address"))?;
-                if let Err(e) = net::guard_tap(&self.instance, &tap, &n.mac, ip) {
-                    let _ = cg.remove();
-                    return Err(internal(e));
-                }
-            }
-            let event = if by_policy {
-                "restarting (policy)"
-            } else {
-                "starting"
-            };
-            if let Err(e) = self.set_state(name, PartitionState::Starting, event, |r| {
+        let event = if by_policy {
+            "restarting (policy)"
+        } else {
+            "starting"
+        };
+        // Admitted by the store in the same write that marks it starting, so
+        // concurrent starts (here or in another daemon) never over-commit.
+        modify_record(
+            &*self.store,
+            name,
+            event,
+            |r| {
+                r.state = PartitionState::Starting;
+                r.state_since = now_ms();
                 r.started_at = Some(now_ms());
                 r.pid = None;
                 if !by_policy {
                     r.restarts = 0;
                 }
-            }) {
-                let _ = cg.remove();
-                return Err(e);
-            }
-        }
+            },
+            Some(&self.admission(true, false)),
+        )
+        .await?;
         // Until the supervisor owns it, anything that ends this start early
         // (a `?`, a panic) leaves the partition failed, never `starting`.
         let undo = OnDrop::new(|| {
-            let _ = cg.remove();
+            let _ = self.cgroups.open(name).remove();
             let why = "start interrupted".to_string();
-            let _ = self.set_state(name, PartitionState::Failed, &why, |r| {
+            self.modify_later(name, why.clone(), move |r| {
+                r.state = PartitionState::Failed;
+                r.state_since = now_ms();
                 r.pid = None;
                 r.last_exit = Some(why.clone());
             });
         });
+        // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
+        self.cleanup(&rec);
+        let cg = match self.cgroups.create(
+            name,
+            rec.cpu_percent,
+            self.memory_limit_mib(&rec) << 20,
+            PIDS_BASE + rec.vcpus,
+        ) {
+            Ok(cg) => cg,
+            Err(e) => {
+                undo.disarm();
+                return Err(self.start_failed(name, internal(e)).await);
+            }
+        };
+        if let Some(n) = &rec.net {
+            let tap = net::tap_name(&self.instance, name);
+            let guarded = net::addr_of(&n.ip)
+                .ok_or_else(|| anyhow::anyhow!("stored address {:?} does not parse", n.ip))
+                .and_then(|ip| net::guard_tap(&self.instance, &tap, &n.mac, ip));
+            if let Err(e) = guarded {
+                undo.disarm();
+                return Err(self.start_failed(name, internal(e)).await);
+            }
+        }
         let opts = self.launch_options(name);
         let t_launch = std::time::Instant::now();
         let partition = match Partition::launch(spec, opts).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 undo.disarm();
-                let _ = cg.remove();
-                let msg = format!("start failed: {e}");
-                self.set_state(name, PartitionState::Failed, &msg, |r| {
-                    r.pid = None;
-                    r.last_exit = Some(msg.clone());
-                })?;
-                return Err(engine_err(e));
+                drop(cg);
+                return Err(self.start_failed(name, engine_err(e)).await);
             }
         };
-        let rec = self.modify(name, "", |r| r.pid = Some(partition.pid()))?;
+        let rec = self
+            .modify(name, "", |r| r.pid = Some(partition.pid()))
+            .await?;
         tracing::info!(
             partition = name,
             pid = partition.pid(),
@@ -332,14 +316,43 @@ impl Manager {
         let _ = ready.wait_for(|r| r.is_some()).await;
         let outcome = ready.borrow().clone();
         match outcome {
-            Some(Ok(())) => self.get(name),
+            Some(Ok(())) => self.get(name).await,
             Some(Err(e)) => Err(ApiError::Engine(e)),
             None => Err(ApiError::Internal("supervisor ended".into())),
         }
     }
 
+    /// Ends a start that failed before its QEMU ran: removes the cgroup and
+    /// records the partition failed with why; returns `err` to answer.
+    async fn start_failed(&self, name: &str, err: ApiError) -> ApiError {
+        let _ = self.cgroups.open(name).remove();
+        let msg = format!("start failed: {err}");
+        let recorded = self
+            .set_state(name, PartitionState::Failed, &msg, |r| {
+                r.pid = None;
+                r.last_exit = Some(msg.clone());
+            })
+            .await;
+        match recorded {
+            Ok(_) => err,
+            Err(e) => e,
+        }
+    }
+
+    /// Refuses to act on a partition another host owns: its QEMU, cgroup and
+    /// TAP are that host's.
+    pub(super) fn check_owned(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        if rec.host != self.host {
+            return Err(ApiError::Conflict(format!(
+                "partition {:?} belongs to host {}; ask that host's bulkheadd",
+                rec.name, rec.host
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) async fn stop(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         opts: StopOptions,
     ) -> Result<PartitionRecord, ApiError> {
@@ -349,11 +362,12 @@ impl Manager {
     }
 
     pub(super) async fn stop_locked(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         opts: StopOptions,
     ) -> Result<PartitionRecord, ApiError> {
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
+        self.check_owned(&rec)?;
         let live = {
             let map = self.live.lock().unwrap();
             map.get(name).map(|l| {
@@ -368,12 +382,14 @@ impl Manager {
             if rec.state.is_active() {
                 // Recorded active but not watched: nothing runs (recovery found it gone).
                 self.cleanup(&rec);
-                return self.set_state(
-                    name,
-                    PartitionState::Stopped,
-                    "stopped (not running)",
-                    |r| r.pid = None,
-                );
+                return self
+                    .set_state(
+                        name,
+                        PartitionState::Stopped,
+                        "stopped (not running)",
+                        |r| r.pid = None,
+                    )
+                    .await;
             }
             return Err(ApiError::Conflict(format!(
                 "partition {name:?} is {}, not running",
@@ -386,14 +402,15 @@ impl Manager {
         let before = rec.state;
         let undo = OnDrop::new(|| {
             flag.store(false, Ordering::SeqCst);
-            let _ = self.modify(name, &format!("stop failed; back to {before}"), |r| {
+            self.modify_later(name, format!("stop failed; back to {before}"), move |r| {
                 if r.state == PartitionState::Stopping {
                     r.state = before;
                     r.state_since = now_ms();
                 }
             });
         });
-        self.set_state(name, PartitionState::Stopping, "stopping", |_| {})?;
+        self.set_state(name, PartitionState::Stopping, "stopping", |_| {})
+            .await?;
         let r = if opts.force {
             partition.kill().await
         } else {
@@ -408,7 +425,7 @@ impl Manager {
         // The supervisor records the exit and cleans up; answer once it has.
         let _ = done.wait_for(|d| *d).await;
         undo.disarm();
-        self.get(name)
+        self.get(name).await
     }
 
     pub(super) async fn restart(
@@ -424,10 +441,11 @@ impl Manager {
         self.start_locked(name, wait, false).await
     }
 
-    pub(super) async fn destroy(&self, name: &str, force: bool) -> Result<(), ApiError> {
+    pub(super) async fn destroy(self: &Arc<Self>, name: &str, force: bool) -> Result<(), ApiError> {
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
+        self.check_owned(&rec)?;
         if rec.state.is_active() {
             if !force {
                 return Err(ApiError::Conflict(format!(
@@ -444,12 +462,12 @@ impl Manager {
             )
             .await?;
         }
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
         self.cleanup(&rec);
         // The disks QEMU's user was given go back to their owners.
         bulkhead_engine::jail::restore_owners(&self.run_dir(name));
         let _ = std::fs::remove_dir_all(self.run_dir(name));
-        self.store.delete(name, rec.revision)?;
+        self.store.delete(name, rec.revision).await?;
         self.op_locks.lock().unwrap().remove(name);
         tracing::info!(partition = name, "destroyed");
         Ok(())

@@ -12,7 +12,8 @@ use bulkhead_engine::{
     AdapterSpec, CpuModel, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
 };
 use bulkhead_store::{
-    now_ms, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Store, StoreError,
+    now_ms, Admission, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Scope, Store,
+    StoreError,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -41,6 +42,8 @@ struct Live {
 pub struct Manager {
     cfg: Config,
     store: Arc<dyn Store>,
+    /// This daemon's host id: the owner written into the records it creates.
+    host: String,
     cgroups: Cgroups,
     capacity: Capacity,
     subnet: Subnet,
@@ -50,8 +53,6 @@ pub struct Manager {
     live: Mutex<HashMap<String, Live>>,
     /// One operation at a time per partition (start, stop, destroy...).
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises capacity and address decisions.
-    admission: tokio::sync::Mutex<()>,
     /// Partitions whose console is attached (one attachment at a time).
     consoles: Mutex<HashSet<String>>,
 }
@@ -69,16 +70,36 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Manager {
-    /// Opens the store, prepares the host (bridge, cgroup tree) and re-adopts
-    /// the partitions a previous daemon left running.
+    /// Opens the configured store (SQLite at `store.path`, by default
+    /// `<data_dir>/state.db`) under this daemon's host id, then as
+    /// [`Manager::with_store`].
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let host = match &cfg.store.host_id {
+            Some(h) => h.clone(),
+            None => crate::host_id::load_or_create(&cfg.data_dir)?,
+        };
+        let path = cfg.store_path();
+        let store = bulkhead_store::SqliteStore::open(&path, &host)
+            .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
+        Self::with_store(cfg, Arc::new(store), host).await
+    }
+
+    /// Runs on the store it is given, as host `host`: prepares the host
+    /// (bridge, cgroup tree) and re-adopts the partitions of `host` a
+    /// previous daemon left running.
+    pub async fn with_store(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        host: String,
+    ) -> anyhow::Result<Arc<Self>> {
+        crate::host_id::check(&host).map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         // QEMU never runs as root: without its user there is nothing to start.
         bulkhead_engine::jail::lookup_user(&cfg.qemu.user).map_err(|e| {
             anyhow::anyhow!("qemu.user: {e}; create it with scripts/bootstrap or name another")
         })?;
         let roots = Roots::open(&cfg.storage_roots(), &cfg.data_dir, &cfg.image_dir)?;
-        let store = bulkhead_store::SqliteStore::open(&cfg.data_dir.join("state.db"))?;
         let layout = Layout::detect()?;
         let instance = cfg.cgroup_instance();
         let cgroups = Cgroups::new(layout, &cfg.cgroup.parent, &instance);
@@ -88,7 +109,8 @@ impl Manager {
         net::ensure_filter(&instance)?;
         let m = Arc::new(Self {
             cfg,
-            store: Arc::new(store),
+            store,
+            host,
             cgroups,
             capacity,
             subnet,
@@ -96,7 +118,6 @@ impl Manager {
             roots,
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
-            admission: tokio::sync::Mutex::new(()),
             consoles: Mutex::new(HashSet::new()),
         });
         m.recover().await?;
@@ -120,9 +141,9 @@ impl Manager {
     pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<Value, ApiError> {
         match req {
             ApiRequest::Ping => Ok(json!({ "ok": true })),
-            ApiRequest::Host => self.host().map(to_json),
-            ApiRequest::List => Ok(to_json(self.store.list()?)),
-            ApiRequest::Show { name } => self.show(&name).map(to_json),
+            ApiRequest::Host => self.host().await.map(to_json),
+            ApiRequest::List => Ok(to_json(self.store.list(Scope::All).await?)),
+            ApiRequest::Show { name } => self.show(&name).await.map(to_json),
             ApiRequest::Create(c) => self.create(c).await.map(to_json),
             ApiRequest::Start { name, opts } => self.start(&name, opts.wait).await.map(to_json),
             ApiRequest::Stop { name, opts } => self.stop(&name, opts).await.map(to_json),
@@ -134,7 +155,7 @@ impl Manager {
             ApiRequest::Exec { name, req } => self.exec(&name, req).await.map(to_json),
             ApiRequest::Stats { name } => self.stats(&name).await.map(to_json),
             ApiRequest::Console { name } => {
-                let p = self.live_partition(&name)?;
+                let p = self.live_partition(&name).await?;
                 // QEMU's console socket takes one client; a second would hang unserved.
                 if !self.consoles.lock().unwrap().insert(name.clone()) {
                     return Err(ApiError::Conflict(format!(
@@ -144,7 +165,7 @@ impl Manager {
                 Ok(json!({ "socket": p.console_socket() }))
             }
             ApiRequest::ConsoleLog { name, tail_lines } => {
-                self.get(&name)?;
+                self.get(&name).await?;
                 let log = self.run_dir(&name).join("console.log");
                 Ok(json!({ "lines": bulkhead_engine::tail_lines(&log, tail_lines) }))
             }
@@ -153,10 +174,8 @@ impl Manager {
         }
     }
 
-    fn get(&self, name: &str) -> Result<PartitionRecord, ApiError> {
-        self.store
-            .get(name)?
-            .ok_or_else(|| ApiError::NotFound(name.to_string()))
+    async fn get(&self, name: &str) -> Result<PartitionRecord, ApiError> {
+        get_record(&*self.store, name).await
     }
 
     fn op_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -177,11 +196,11 @@ impl Manager {
             .map(|l| l.partition.clone())
     }
 
-    fn live_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
+    async fn live_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
         if let Some(p) = self.running(name) {
             return Ok(p);
         }
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
         Err(ApiError::Conflict(format!(
             "partition {name:?} is {}, not running",
             rec.state
@@ -189,8 +208,8 @@ impl Manager {
     }
 
     /// A running partition whose agent has answered (409 otherwise).
-    fn ready_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
-        let p = self.live_partition(name)?;
+    async fn ready_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
+        let p = self.live_partition(name).await?;
         let ready = {
             let map = self.live.lock().unwrap();
             map.get(name).map(|l| l.ready.borrow().clone())
@@ -212,31 +231,41 @@ impl Manager {
     }
 
     fn demand(&self, rec: &PartitionRecord) -> Demand {
-        Demand {
-            cpu_percent: rec.cpu_percent as u64,
-            memory_mib: self.memory_limit_mib(rec),
-        }
+        demand(rec, self.cfg.capacity.qemu_overhead_mib)
     }
 
-    /// Applies `f` to the stored record, retrying on concurrent writes.
-    fn modify(
+    /// Applies `f` to the stored record, retrying on concurrent writes
+    /// (at most [`MAX_CONFLICTS`] times).
+    async fn modify(
         &self,
         name: &str,
         event: &str,
         f: impl Fn(&mut PartitionRecord),
     ) -> Result<PartitionRecord, ApiError> {
-        loop {
-            let mut rec = self.get(name)?;
-            f(&mut rec);
-            match self.store.update(&rec, event) {
-                Ok(r) => return Ok(r),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        modify_record(&*self.store, name, event, f, None).await
     }
 
-    fn set_state(
+    /// As [`Manager::modify`], from a place that cannot wait (a drop guard):
+    /// the write is made by a task.
+    fn modify_later(
+        self: &Arc<Self>,
+        name: &str,
+        event: String,
+        f: impl Fn(&mut PartitionRecord) + Send + Sync + 'static,
+    ) {
+        let (m, name) = (self.clone(), name.to_string());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(partition = %name, %event, "no runtime to record the change");
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = m.modify(&name, &event, f).await {
+                tracing::warn!(partition = %name, error = %e, %event, "recording change");
+            }
+        });
+    }
+
+    async fn set_state(
         &self,
         name: &str,
         state: PartitionState,
@@ -248,10 +277,44 @@ impl Manager {
             r.state_since = now_ms();
             f(r);
         })
+        .await
     }
 
-    fn host(&self) -> Result<HostView, ApiError> {
-        let recs = self.store.list()?;
+    /// The decision whether one more partition fits on this host, made by
+    /// the store inside its write: `active_only` counts running partitions
+    /// (a start) rather than every defined one (a create); with `net` it also
+    /// gives the record the lowest address no record in the store holds.
+    fn admission(&self, active_only: bool, net: bool) -> Admission {
+        let capacity = self.capacity;
+        let overhead = self.cfg.capacity.qemu_overhead_mib;
+        let subnet = self.subnet;
+        let subnet_name = self.cfg.network.subnet.clone();
+        Arc::new(move |others, rec| {
+            let held: Demand = others
+                .iter()
+                .filter(|r| r.host == rec.host && (!active_only || r.state.is_active()))
+                .map(|r| demand(r, overhead))
+                .sum();
+            capacity
+                .admit(held, demand(rec, overhead))
+                .map_err(|e| e.to_string())?;
+            if net {
+                let used: HashSet<_> = others
+                    .iter()
+                    .filter_map(|r| r.net.as_ref().and_then(|n| net::addr_of(&n.ip)))
+                    .collect();
+                let ip = subnet
+                    .allocate(&used)
+                    .ok_or_else(|| format!("no free address left in {subnet_name}"))?;
+                let mac = net::mac_for(net::addr_of(&ip).expect("allocated address parses"));
+                rec.net = Some(NetRecord { ip, mac });
+            }
+            Ok(())
+        })
+    }
+
+    async fn host(&self) -> Result<HostView, ApiError> {
+        let recs = self.store.list(Scope::Host(&self.host)).await?;
         Ok(HostView {
             version: env!("CARGO_PKG_VERSION").into(),
             cgroup_version: self.cgroups.layout().version(),
@@ -268,9 +331,9 @@ impl Manager {
         })
     }
 
-    fn show(&self, name: &str) -> Result<PartitionView, ApiError> {
-        let rec = self.get(name)?;
-        let events = self.store.events(name, 10)?;
+    async fn show(&self, name: &str) -> Result<PartitionView, ApiError> {
+        let rec = self.get(name).await?;
+        let events = self.store.events(name, 10).await?;
         Ok(PartitionView {
             memory_limit_mib: self.memory_limit_mib(&rec),
             tap: rec
@@ -293,6 +356,64 @@ impl Manager {
         rec_image
             .map(PathBuf::from)
             .unwrap_or_else(|| self.cfg.image_dir.clone())
+    }
+}
+
+/// What a partition holds of its host: its entitlement, and its guest
+/// memory plus QEMU's own.
+fn demand(rec: &PartitionRecord, qemu_overhead_mib: u64) -> Demand {
+    Demand {
+        cpu_percent: rec.cpu_percent as u64,
+        memory_mib: rec.memory_mib + qemu_overhead_mib,
+    }
+}
+
+async fn get_record(store: &dyn Store, name: &str) -> Result<PartitionRecord, ApiError> {
+    store
+        .get(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.to_string()))
+}
+
+/// Conflicts in a row a read-modify-write survives before giving up: each
+/// means another writer changed the record between our read and our write;
+/// this many means something keeps rewriting it, and waiting longer would
+/// hang the request.
+const MAX_CONFLICTS: u32 = 16;
+
+/// Reads the record, applies `f` and writes it back against the revision
+/// read (through `check` when given), again on a conflict, at most
+/// [`MAX_CONFLICTS`] times; then a 409 naming the partition.
+async fn modify_record(
+    store: &dyn Store,
+    name: &str,
+    event: &str,
+    f: impl Fn(&mut PartitionRecord),
+    check: Option<&Admission>,
+) -> Result<PartitionRecord, ApiError> {
+    for _ in 0..MAX_CONFLICTS {
+        let mut rec = get_record(store, name).await?;
+        f(&mut rec);
+        let written = match check {
+            Some(c) => store.admit(&rec, event, c.clone()).await,
+            None => store.update(&rec, event).await,
+        };
+        match written {
+            Ok(r) => return Ok(r),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(refused_is_capacity(e)),
+        }
+    }
+    Err(ApiError::Conflict(format!(
+        "partition {name:?} kept changing during this update ({MAX_CONFLICTS} conflicting writes in a row); gave up, try again"
+    )))
+}
+
+/// Every admission check of the manager's refuses for want of room.
+fn refused_is_capacity(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Refused { reason, .. } => ApiError::OverCapacity(reason),
+        e => e.into(),
     }
 }
 
@@ -359,6 +480,108 @@ impl std::fmt::Debug for Manager {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use bulkhead_store::{conformance, Event, SqliteStore};
+    use std::sync::atomic::AtomicU32;
+
+    /// A store whose updates conflict `conflicts` times before going
+    /// through: another writer that keeps changing the record.
+    struct Contended {
+        inner: SqliteStore,
+        conflicts: u32,
+        updates: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Contended {
+        async fn insert(
+            &self,
+            r: &PartitionRecord,
+            ev: &str,
+        ) -> bulkhead_store::Result<PartitionRecord> {
+            self.inner.insert(r, ev).await
+        }
+        async fn get(&self, name: &str) -> bulkhead_store::Result<Option<PartitionRecord>> {
+            self.inner.get(name).await
+        }
+        async fn list(&self, scope: Scope<'_>) -> bulkhead_store::Result<Vec<PartitionRecord>> {
+            self.inner.list(scope).await
+        }
+        async fn update(
+            &self,
+            r: &PartitionRecord,
+            ev: &str,
+        ) -> bulkhead_store::Result<PartitionRecord> {
+            if self.updates.fetch_add(1, Ordering::SeqCst) < self.conflicts {
+                return Err(StoreError::Conflict {
+                    name: r.name.clone(),
+                    expected: r.revision,
+                    found: r.revision + 1,
+                });
+            }
+            self.inner.update(r, ev).await
+        }
+        async fn delete(&self, name: &str, revision: u64) -> bulkhead_store::Result<()> {
+            self.inner.delete(name, revision).await
+        }
+        async fn events(&self, name: &str, limit: usize) -> bulkhead_store::Result<Vec<Event>> {
+            self.inner.events(name, limit).await
+        }
+        async fn admit(
+            &self,
+            r: &PartitionRecord,
+            ev: &str,
+            check: Admission,
+        ) -> bulkhead_store::Result<PartitionRecord> {
+            self.inner.admit(r, ev, check).await
+        }
+    }
+
+    async fn contended(conflicts: u32) -> Contended {
+        let inner = SqliteStore::in_memory().unwrap();
+        inner
+            .insert(&conformance::record("busy"), "created")
+            .await
+            .unwrap();
+        Contended {
+            inner,
+            conflicts,
+            updates: AtomicU32::new(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn modify_gives_up_after_bounded_conflicts() {
+        let s = contended(u32::MAX).await;
+        // Bounded by the deadline: a modify that retries forever fails here.
+        let r = tokio::time::timeout(
+            Duration::from_secs(30),
+            modify_record(&s, "busy", "poked", |r| r.restarts += 1, None),
+        )
+        .await
+        .expect("modify gave up in time");
+        let e = r.unwrap_err();
+        assert_eq!(e.status(), 409, "{e}");
+        assert!(
+            e.to_string().contains("\"busy\""),
+            "names the partition: {e}"
+        );
+        assert_eq!(s.updates.load(Ordering::SeqCst), MAX_CONFLICTS);
+        let rec = s.get("busy").await.unwrap().unwrap();
+        assert_eq!((rec.restarts, rec.revision), (0, 1), "nothing written");
+    }
+
+    #[tokio::test]
+    async fn modify_survives_fewer_conflicts() {
+        let s = contended(MAX_CONFLICTS - 1).await;
+        let rec = modify_record(&s, "busy", "poked", |r| r.restarts += 1, None)
+            .await
+            .unwrap();
+        assert_eq!((rec.restarts, rec.revision), (1, 2));
+        let ev = s.events("busy", 5).await.unwrap();
+        assert_eq!(ev.last().unwrap().message, "poked");
+    }
+
     #[test]
     fn rotation_keeps_one_generation() {
         let d = tempfile::tempdir().unwrap();

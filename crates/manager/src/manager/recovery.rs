@@ -7,7 +7,8 @@ impl Manager {
     /// Re-adopts what a previous daemon left running and removes what
     /// nobody owns any more (cgroups, TAPs, run directories).
     pub(super) async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        let recs = self.store.list()?;
+        // Only this host's partitions: another host's QEMUs are not ours to adopt.
+        let recs = self.store.list(Scope::Host(&self.host)).await?;
         for rec in &recs {
             if !rec.state.is_active() {
                 self.cleanup(rec);
@@ -19,9 +20,11 @@ impl Manager {
                 Ok(p) => {
                     let p = Arc::new(p);
                     tracing::info!(partition = %rec.name, pid = p.pid(), state = %rec.state, "re-adopted");
-                    let _ = self.modify(&rec.name, "re-adopted by a new bulkheadd", |r| {
-                        r.pid = Some(p.pid())
-                    });
+                    let _ = self
+                        .modify(&rec.name, "re-adopted by a new bulkheadd", |r| {
+                            r.pid = Some(p.pid())
+                        })
+                        .await;
                     let starting = rec.state == PartitionState::Starting;
                     self.supervise(&rec.name, p.clone(), starting);
                     if rec.state == PartitionState::Stopping {
@@ -49,7 +52,8 @@ impl Manager {
                     self.set_state(&rec.name, state, &why, |r| {
                         r.pid = None;
                         r.last_exit = Some(why.clone());
-                    })?;
+                    })
+                    .await?;
                     if state == PartitionState::Failed && rec.restart_policy != RestartPolicy::Never
                     {
                         tokio::spawn(
@@ -60,12 +64,12 @@ impl Manager {
                 }
             }
         }
-        self.reconcile();
+        self.reconcile().await;
         Ok(())
     }
 
     /// Removes host objects under this daemon's names that no live partition owns.
-    pub(super) fn reconcile(&self) {
+    pub(super) async fn reconcile(&self) {
         let live: HashSet<String> = self.live.lock().unwrap().keys().cloned().collect();
         for name in self.cgroups.list() {
             if !live.contains(&name) {
@@ -84,11 +88,14 @@ impl Manager {
                 net::unguard_tap(&self.instance, &port);
             }
         }
-        let known: HashSet<String> = self
-            .store
-            .list()
-            .map(|v| v.into_iter().map(|r| r.name).collect())
-            .unwrap_or_default();
+        let known: HashSet<String> = match self.store.list(Scope::Host(&self.host)).await {
+            Ok(v) => v.into_iter().map(|r| r.name).collect(),
+            // Removing run directories on a read failure would lose live ones.
+            Err(e) => {
+                tracing::warn!(error = %e, "listing partitions; run directories left as they are");
+                return;
+            }
+        };
         if let Ok(dirs) = std::fs::read_dir(self.cfg.data_dir.join("run")) {
             for d in dirs.flatten() {
                 let n = d.file_name().to_string_lossy().into_owned();

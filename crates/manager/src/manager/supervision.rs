@@ -36,13 +36,15 @@ impl Manager {
                     Ok(info) => {
                         tracing::info!(partition = %name, ready_ms = t0.elapsed().as_millis() as u64, guest_boot_ms = info.boot_ms, "agent ready");
                         let ev = format!("running (guest boot {} ms)", info.boot_ms);
-                        let r = m.modify(&name, &ev, |r| {
-                            // A stop may have begun meanwhile; it owns the state then.
-                            if r.state == PartitionState::Starting {
-                                r.state = PartitionState::Running;
-                                r.state_since = now_ms();
-                            }
-                        });
+                        let r = m
+                            .modify(&name, &ev, |r| {
+                                // A stop may have begun meanwhile; it owns the state then.
+                                if r.state == PartitionState::Starting {
+                                    r.state = PartitionState::Running;
+                                    r.state_since = now_ms();
+                                }
+                            })
+                            .await;
                         if let Err(e) = r {
                             tracing::warn!(partition = %name, error = %e, "recording ready");
                         }
@@ -68,7 +70,7 @@ impl Manager {
                 PartitionState::Stopped
             };
             // Clean up before recording the state, so a stopped partition has nothing left.
-            match m.store.get(&name) {
+            match m.store.get(&name).await {
                 Ok(Some(rec)) => m.cleanup(&rec),
                 _ => {
                     let _ = m.cgroups.open(&name).remove();
@@ -76,10 +78,12 @@ impl Manager {
             }
             m.live.lock().unwrap().remove(&name);
             let ev = format!("{state}: {reason}");
-            let rec = m.set_state(&name, state, &ev, |r| {
-                r.pid = None;
-                r.last_exit = Some(reason.clone());
-            });
+            let rec = m
+                .set_state(&name, state, &ev, |r| {
+                    r.pid = None;
+                    r.last_exit = Some(reason.clone());
+                })
+                .await;
             tracing::info!(partition = %name, %state, %reason, "partition ended");
             let _ = ready_tx.send(Some(Err(reason.clone())));
             let _ = done_tx.send(true);
@@ -99,7 +103,9 @@ impl Manager {
 
     pub(super) async fn restart_by_policy(self: Arc<Self>, name: String, restarts: u32) {
         if restarts >= self.cfg.partitions.max_restarts {
-            let _ = self.modify(&name, "restart policy gave up: too many restarts", |_| {});
+            let _ = self
+                .modify(&name, "restart policy gave up: too many restarts", |_| {})
+                .await;
             return;
         }
         // Back off a little more each time, so a crash loop does not eat the host.
@@ -108,12 +114,12 @@ impl Manager {
         let lock = self.op_lock(&name);
         let _g = lock.lock().await;
         // A user may have stopped, started or destroyed it meanwhile.
-        match self.store.get(&name) {
+        match self.store.get(&name).await {
             Ok(Some(r))
                 if r.state == PartitionState::Failed || r.state == PartitionState::Stopped => {}
             _ => return,
         }
-        let _ = self.modify(&name, "", |r| r.restarts = restarts + 1);
+        let _ = self.modify(&name, "", |r| r.restarts = restarts + 1).await;
         if let Err(e) = self.start_locked(&name, false, true).await {
             tracing::warn!(partition = %name, error = %e, "policy restart failed");
         }
@@ -123,7 +129,7 @@ impl Manager {
         if req.argv.is_empty() || req.argv[0].is_empty() {
             return Err(ApiError::BadRequest("exec needs a command".into()));
         }
-        let p = self.ready_partition(name)?;
+        let p = self.ready_partition(name).await?;
         let t = Duration::from_secs(req.timeout_secs.unwrap_or(60).clamp(1, 3600));
         let out = p
             .agent()
@@ -138,7 +144,7 @@ impl Manager {
     }
 
     pub(super) async fn stats(&self, name: &str) -> Result<Stats, ApiError> {
-        let rec = self.get(name)?;
+        let rec = self.get(name).await?;
         let cg = self.cgroups.open(name);
         let live = self.running(name);
         let mut s = Stats {

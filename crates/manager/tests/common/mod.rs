@@ -134,6 +134,9 @@ pub struct Opts {
     pub tcp_token: Option<String>,
     /// Start the daemon with this RLIMIT_NOFILE (soft and hard).
     pub nofile: Option<u64>,
+    /// The VLAN subnet (CIDR) instead of a /24 of its own, e.g. for daemons
+    /// sharing one store that must allocate from one subnet.
+    pub subnet: Option<String>,
 }
 
 fn free_tcp_port() -> u16 {
@@ -161,6 +164,12 @@ impl Daemon {
         // A /24 per daemon, from the pid and a sequence number: parallel test
         // binaries do not meet.
         let subnet_prefix = format!("10.{}.{}", 180 + (seq % 60), pid % 250);
+        let subnet = opts
+            .subnet
+            .clone()
+            .unwrap_or_else(|| format!("{subnet_prefix}.0/24"));
+        // The first three octets, for tests that build addresses from them.
+        let subnet_prefix = subnet.rsplit_once('.').expect("a.b.c.d/len").0.to_string();
         let instance = format!("t{tag}");
         let socket = dir.path().join("api.sock");
         let tcp = opts
@@ -169,7 +178,7 @@ impl Daemon {
             .map(|_| format!("127.0.0.1:{}", free_tcp_port()));
         let mut cfg = format!(
             "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n\
-             [network]\nbridge = {bridge:?}\nsubnet = \"{subnet_prefix}.0/24\"\n\
+             [network]\nbridge = {bridge:?}\nsubnet = {subnet:?}\n\
              [cgroup]\ninstance = {instance:?}\n",
             dir.path().join("data"),
             socket,

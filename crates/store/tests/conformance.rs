@@ -1,0 +1,93 @@
+//! The conformance suite against every SQLite form: in memory, a file, and
+//! two connections to one file taking turns (as two daemons sharing a store).
+
+use bulkhead_store::{
+    conformance, Admission, Event, PartitionRecord, Result, Scope, SqliteStore, Store,
+};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_in_memory() {
+    conformance::run_all(|| async {
+        Arc::new(SqliteStore::in_memory().unwrap()) as Arc<dyn Store>
+    })
+    .await;
+}
+
+/// Runs the suite on stores `open` makes, each on a new file in one directory.
+async fn on_files(open: impl Fn(&Path) -> Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicUsize::new(0);
+    conformance::run_all(|| {
+        let path = dir
+            .path()
+            .join(format!("s{}.db", n.fetch_add(1, Ordering::SeqCst)));
+        let s = open(&path);
+        async move { s }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file() {
+    on_files(|p| Arc::new(SqliteStore::open(p, "h").unwrap())).await;
+}
+
+/// Two connections to one file, each call going to the next: every
+/// guarantee must hold across connections, not only behind one mutex.
+struct TwoConnections {
+    s: [SqliteStore; 2],
+    turn: AtomicUsize,
+}
+
+impl TwoConnections {
+    fn next(&self) -> &SqliteStore {
+        &self.s[self.turn.fetch_add(1, Ordering::Relaxed) % 2]
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for TwoConnections {
+    async fn insert(&self, r: &PartitionRecord, ev: &str) -> Result<PartitionRecord> {
+        self.next().insert(r, ev).await
+    }
+    async fn get(&self, name: &str) -> Result<Option<PartitionRecord>> {
+        self.next().get(name).await
+    }
+    async fn list(&self, scope: Scope<'_>) -> Result<Vec<PartitionRecord>> {
+        self.next().list(scope).await
+    }
+    async fn update(&self, r: &PartitionRecord, ev: &str) -> Result<PartitionRecord> {
+        self.next().update(r, ev).await
+    }
+    async fn delete(&self, name: &str, revision: u64) -> Result<()> {
+        self.next().delete(name, revision).await
+    }
+    async fn events(&self, name: &str, limit: usize) -> Result<Vec<Event>> {
+        self.next().events(name, limit).await
+    }
+    async fn admit(
+        &self,
+        r: &PartitionRecord,
+        ev: &str,
+        check: Admission,
+    ) -> Result<PartitionRecord> {
+        self.next().admit(r, ev, check).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file_shared_by_two_connections() {
+    on_files(|p| {
+        Arc::new(TwoConnections {
+            s: [
+                SqliteStore::open(p, "h").unwrap(),
+                SqliteStore::open(p, "h").unwrap(),
+            ],
+            turn: AtomicUsize::new(0),
+        })
+    })
+    .await;
+}
