@@ -203,18 +203,23 @@ impl Manager {
     }
 
     /// Removes everything a partition may have left on the host: its
-    /// cgroup (killing what is still in it), TAP and sockets.
-    pub(super) fn cleanup(&self, rec: &PartitionRecord) {
+    /// cgroup (killing what is still in it), TAP, filter rules and sockets.
+    /// On the blocking pool: it waits for killed tasks, talks netlink, runs nft.
+    pub(super) async fn cleanup(&self, rec: &PartitionRecord) {
         let cg = self.cgroups.open(&rec.name);
-        if let Err(e) = cg.remove() {
-            tracing::warn!(partition = %rec.name, error = %e, "removing cgroup");
-        }
-        bulkhead_engine::cleanup_leftovers(&self.spec_for(rec), &self.launch_options(&rec.name));
-        if rec.net.is_some() {
-            let tap = net::tap_name(&self.instance, &rec.name);
-            let _ = net::delete_link(&tap);
-            net::unguard_tap(&self.instance, &tap);
-        }
+        let (spec, opts) = (self.spec_for(rec), self.launch_options(&rec.name));
+        let (instance, name, net) = (self.instance.clone(), rec.name.clone(), rec.net.is_some());
+        bulkhead_hostnet::blocking(move || {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(partition = %name, error = %e, "removing cgroup");
+            }
+            // Removes the TAP too: `spec_for` names it.
+            bulkhead_engine::cleanup_leftovers(&spec, &opts);
+            if net {
+                net::unguard_tap(&instance, &net::tap_name(&instance, &name));
+            }
+        })
+        .await
     }
 
     pub(super) async fn start(
@@ -258,7 +263,7 @@ impl Manager {
                 .admit(held, self.demand(&rec))
                 .map_err(|e| ApiError::OverCapacity(e.to_string()))?;
             // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
-            self.cleanup(&rec);
+            self.cleanup(&rec).await;
             cg = self
                 .cgroups
                 .create(
@@ -271,8 +276,11 @@ impl Manager {
             if let Some(n) = &rec.net {
                 let tap = net::tap_name(&self.instance, name);
                 let ip = net::addr_of(&n.ip).ok_or_else(|| internal("stored address"))?;
-                if let Err(e) = net::guard_tap(&self.instance, &tap, &n.mac, ip) {
-                    let _ = cg.remove();
+                let (instance, mac) = (self.instance.clone(), n.mac.clone());
+                let guarded =
+                    bulkhead_hostnet::blocking(move || net::guard_tap(&instance, &tap, &mac, ip));
+                if let Err(e) = guarded.await {
+                    let _ = cg.remove_off_reactor().await;
                     return Err(internal(e));
                 }
             }
@@ -288,14 +296,14 @@ impl Manager {
                     r.restarts = 0;
                 }
             }) {
-                let _ = cg.remove();
+                let _ = cg.remove_off_reactor().await;
                 return Err(e);
             }
         }
         // Until the supervisor owns it, anything that ends this start early
         // (a `?`, a panic) leaves the partition failed, never `starting`.
         let undo = OnDrop::new(|| {
-            let _ = cg.remove();
+            cg.remove_detached();
             let why = "start interrupted".to_string();
             let _ = self.set_state(name, PartitionState::Failed, &why, |r| {
                 r.pid = None;
@@ -308,7 +316,7 @@ impl Manager {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 undo.disarm();
-                let _ = cg.remove();
+                let _ = cg.remove_off_reactor().await;
                 let msg = format!("start failed: {e}");
                 self.set_state(name, PartitionState::Failed, &msg, |r| {
                     r.pid = None;
@@ -367,7 +375,7 @@ impl Manager {
         let Some((partition, flag, mut done)) = live else {
             if rec.state.is_active() {
                 // Recorded active but not watched: nothing runs (recovery found it gone).
-                self.cleanup(&rec);
+                self.cleanup(&rec).await;
                 return self.set_state(
                     name,
                     PartitionState::Stopped,
@@ -445,7 +453,7 @@ impl Manager {
             .await?;
         }
         let rec = self.get(name)?;
-        self.cleanup(&rec);
+        self.cleanup(&rec).await;
         // The disks QEMU's user was given go back to their owners.
         bulkhead_engine::jail::restore_owners(&self.run_dir(name));
         let _ = std::fs::remove_dir_all(self.run_dir(name));
