@@ -142,3 +142,25 @@ fn no_link(name: &str, netns: Option<&str>) -> HostnetError {
         netns: netns.map(str::to_string),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// On a one-thread runtime, work handed to `blocking` can wait for a task
+    /// of that runtime: it would wait out its bound if it ran on the reactor.
+    #[test]
+    fn blocking_work_leaves_the_reactor_free() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let work = blocking(move || rx.recv_timeout(Duration::from_secs(60)).is_ok());
+            tokio::spawn(async move { tx.send(()).unwrap() });
+            assert!(work.await, "the reactor ran the task while the work waited");
+        });
+    }
+}
