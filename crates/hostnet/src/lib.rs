@@ -21,8 +21,12 @@ use rtnl::Rtnl;
 pub enum HostnetError {
     #[error("invalid interface or namespace name {0:?}")]
     InvalidName(String),
-    #[error("no link {name}{}", in_netns(.netns))]
-    NoSuchLink { name: String, netns: Option<String> },
+    #[error("{what} {name} does not exist{}", in_netns(.netns))]
+    NoSuchLink {
+        what: &'static str,
+        name: String,
+        netns: Option<String>,
+    },
     #[error("netlink: {op}: {source}")]
     Netlink {
         op: String,
@@ -99,7 +103,8 @@ pub fn ensure_bridge(
                         return Err(e);
                     }
                 }
-                nl.link(name)?.ok_or_else(|| no_link(name, netns))?
+                nl.link(name)?
+                    .ok_or_else(|| no_link("bridge", name, netns))?
             }
         };
         if let Some((ip, prefix)) = address {
@@ -136,8 +141,9 @@ fn is_errno(e: &HostnetError, errno: i32) -> bool {
     matches!(e, HostnetError::Netlink { source, .. } if source.raw_os_error() == Some(errno))
 }
 
-fn no_link(name: &str, netns: Option<&str>) -> HostnetError {
+fn no_link(what: &'static str, name: &str, netns: Option<&str>) -> HostnetError {
     HostnetError::NoSuchLink {
+        what,
         name: name.to_string(),
         netns: netns.map(str::to_string),
     }

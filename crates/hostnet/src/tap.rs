@@ -37,7 +37,9 @@ pub fn create(
     names::check_ifname(bridge)?;
     netns::run(netns, || {
         let mut nl = Rtnl::open()?;
-        let br = nl.link(bridge)?.ok_or_else(|| no_link(bridge, netns))?;
+        let br = nl
+            .link(bridge)?
+            .ok_or_else(|| no_link("bridge", bridge, netns))?;
         if let Some(old) = nl.link(tap)? {
             tracing::warn!(tap, "removing stale TAP");
             nl.delete(old.index)?;
@@ -45,7 +47,7 @@ pub fn create(
         make_persistent(tap, owner)?;
         let attached = nl
             .link(tap)
-            .and_then(|l| l.ok_or_else(|| no_link(tap, netns)))
+            .and_then(|l| l.ok_or_else(|| no_link("TAP", tap, netns)))
             .and_then(|l| nl.set_up(l.index, Some(br.index)));
         if let Err(e) = attached {
             if let Ok(Some(l)) = nl.link(tap) {
