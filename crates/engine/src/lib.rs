@@ -54,7 +54,9 @@ impl From<bulkhead_hostnet::HostnetError> for EngineError {
         use bulkhead_hostnet::HostnetError as H;
         match e {
             // A bridge or name the spec gave: the caller's to fix.
-            H::NoSuchLink { .. } | H::InvalidName(_) => EngineError::InvalidSpec(e.to_string()),
+            H::NoSuchLink { what: "bridge", .. } | H::InvalidName(_) => {
+                EngineError::InvalidSpec(e.to_string())
+            }
             _ => EngineError::Host(e.to_string()),
         }
     }
