@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::spec::{Accel, AdapterSpec, DiskFormat, DiskSpec, MachineKind, PartitionSpec};
+use bulkhead_hostnet::names;
+
+use crate::spec::{Accel, AdapterSpec, DiskFormat, DiskSpec, MachineKind, NetSpec, PartitionSpec};
 
 /// Name of the agent's virtio-serial port, the one the guest agent looks for.
 pub const AGENT_PORT: &str = "org.bulkhead.agent.0";
@@ -292,28 +294,36 @@ pub fn blockdev_with(
     node
 }
 
-/// A stable locally administered MAC for an adapter of a partition.
-pub fn derived_mac(partition: &str, adapter: &str) -> String {
-    let h = short_hash(partition, adapter);
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", h[0], h[1], h[2])
+/// Whose names the engine derives for a spec that gives none (a daemon gives
+/// its own, under its instance id): see `bulkhead_hostnet::names`.
+pub const NAME_SCOPE: &str = "engine";
+
+/// The adapter's TAP: the one the spec names, else derived.
+pub fn tap_for(partition: &str, n: &NetSpec) -> String {
+    n.tap
+        .clone()
+        .unwrap_or_else(|| names::tap_name(NAME_SCOPE, partition, &n.id))
 }
 
-/// A stable TAP name (15 characters at most) for an adapter of a partition.
-pub fn derived_tap(partition: &str, adapter: &str) -> String {
-    let h = short_hash(partition, adapter);
-    format!("bh{:02x}{:02x}{:02x}{:02x}", h[0], h[1], h[2], h[3])
-}
-
-fn short_hash(partition: &str, adapter: &str) -> [u8; 4] {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(format!("{partition}\0{adapter}").as_bytes());
-    [d[0], d[1], d[2], d[3]]
+/// The adapter's MAC: the one the spec gives, else from the guest address,
+/// else derived from the names.
+pub fn mac_for(partition: &str, n: &NetSpec) -> String {
+    if let Some(m) = &n.mac {
+        return m.clone();
+    }
+    let ip =
+        n.ip.as_deref()
+            .and_then(|c| c.split('/').next()?.parse().ok());
+    match ip {
+        Some(ip) => names::mac_for_addr(ip),
+        None => names::derived_mac(NAME_SCOPE, partition, &n.id),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{DiskFormat, DiskSpec, NetSpec};
+    use crate::spec::{DiskFormat, DiskSpec};
 
     fn resolved(machine: ResolvedMachine, kvm: bool) -> Resolved {
         Resolved {
@@ -484,10 +494,22 @@ mod tests {
     }
 
     #[test]
-    fn derived_names_are_stable_and_short() {
-        assert_eq!(derived_tap("p", "n0"), derived_tap("p", "n0"));
-        assert_ne!(derived_tap("p", "n0"), derived_tap("q", "n0"));
-        assert!(derived_tap("a-very-long-partition-name", "n0").len() <= 15);
-        assert!(derived_mac("p", "n0").starts_with("52:54:00:"));
+    fn names_come_from_the_spec_else_the_one_scheme() {
+        let mut n = NetSpec {
+            id: "n0".into(),
+            bridge: "br0".into(),
+            mac: None,
+            tap: None,
+            ip: Some("10.77.0.2/24".into()),
+            gateway: None,
+        };
+        assert_eq!(tap_for("p", &n), names::tap_name(NAME_SCOPE, "p", "n0"));
+        assert_eq!(mac_for("p", &n), "52:54:0a:4d:00:02");
+        n.ip = None;
+        assert_eq!(mac_for("p", &n), names::derived_mac(NAME_SCOPE, "p", "n0"));
+        n.tap = Some("mytap".into());
+        n.mac = Some("52:54:00:00:00:01".into());
+        assert_eq!(tap_for("p", &n), "mytap");
+        assert_eq!(mac_for("p", &n), "52:54:00:00:00:01");
     }
 }

@@ -8,7 +8,6 @@ pub mod jail;
 mod partition;
 mod pdeath;
 pub mod spec;
-mod tap;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,15 +49,26 @@ pub enum EngineError {
     Host(String),
 }
 
+impl From<bulkhead_hostnet::HostnetError> for EngineError {
+    fn from(e: bulkhead_hostnet::HostnetError) -> Self {
+        use bulkhead_hostnet::HostnetError as H;
+        match e {
+            // A bridge or name the spec gave: the caller's to fix.
+            H::NoSuchLink { what: "bridge", .. } | H::InvalidName(_) => {
+                EngineError::InvalidSpec(e.to_string())
+            }
+            _ => EngineError::Host(e.to_string()),
+        }
+    }
+}
+
 /// Removes what a partition left on the host after its QEMU died while
 /// nobody watched (TAPs, sockets). Safe to call when nothing is left.
+/// Blocking (netlink): async callers use `bulkhead_hostnet::blocking`.
 pub fn cleanup_leftovers(spec: &PartitionSpec, opts: &LaunchOptions) {
     for n in spec.nets() {
-        let t = n
-            .tap
-            .clone()
-            .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
-        let _ = tap::remove(&t, opts.netns.as_deref());
+        let t = cmdline::tap_for(&spec.name, n);
+        let _ = bulkhead_hostnet::tap::remove(&t, opts.netns.as_deref());
     }
     for s in [
         opts.qmp_socket(),

@@ -19,7 +19,9 @@ use tokio::sync::watch;
 use crate::cmdline::{self, ResolvedMachine};
 use crate::jail::{self, Jail, Reveal};
 use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
-use crate::{host, tap, EngineError};
+use bulkhead_hostnet::tap;
+
+use crate::{host, EngineError};
 
 /// Where and how a partition's QEMU runs, beyond what the spec says.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,26 +245,14 @@ impl Partition {
             .map_err(|e| EngineError::Host(format!("creating {}: {e}", opts.run_dir.display())))?;
         let _ = std::fs::remove_file(opts.pidfile());
 
-        let mut taps = Vec::new();
-        let mut macs = Vec::new();
-        for n in spec.nets() {
-            let t = n
-                .tap
-                .clone()
-                .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
-            if let Err(e) =
-                tap::create(&t, &n.bridge, opts.run_as.as_deref(), opts.netns.as_deref())
-            {
-                remove_taps(&taps, opts.netns.as_deref());
-                return Err(e);
-            }
-            taps.push(t);
-            macs.push(
-                n.mac
-                    .clone()
-                    .unwrap_or_else(|| cmdline::derived_mac(&spec.name, &n.id)),
-            );
-        }
+        let macs = spec
+            .nets()
+            .map(|n| cmdline::mac_for(&spec.name, n))
+            .collect();
+        let taps = {
+            let (spec, opts) = (spec.clone(), opts.clone());
+            bulkhead_hostnet::blocking(move || create_taps(&spec, &opts)).await?
+        };
         match Self::spawn(&spec, &opts, machine, kvm, hostinfo.tsc_khz, &taps, macs).await {
             Ok((pid, child)) => {
                 // Our unreaped child: the pid cannot have been reused yet.
@@ -482,7 +472,8 @@ impl Partition {
         let monitor = tokio::spawn(async move {
             let info = monitor(monitor_qmp, events, child, pid, &monitor_opts).await;
             tracing::info!(pid, reason = %info.reason, "partition exited");
-            remove_taps(&monitor_taps, monitor_opts.netns.as_deref());
+            let ns = monitor_opts.netns.clone();
+            bulkhead_hostnet::blocking(move || remove_taps(&monitor_taps, ns.as_deref())).await;
             for s in [
                 monitor_opts.qmp_socket(),
                 monitor_opts.agent_socket(),
@@ -563,11 +554,7 @@ impl Partition {
         let machine = ResolvedMachine::for_spec(&spec);
         let taps = spec
             .nets()
-            .map(|n| {
-                n.tap
-                    .clone()
-                    .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id))
-            })
+            .map(|n| cmdline::tap_for(&spec.name, n))
             .collect();
         let p = Self::connect(spec, opts, machine, pid, id, taps, None).await?;
         if let Some(s) = saved {
@@ -937,6 +924,8 @@ impl Drop for Partition {
         self.monitor.abort();
         if self.opts.kill_on_drop && self.exit.borrow().is_none() {
             self.signal_kill();
+            // Inline even on a reactor thread: a drop cannot wait for the
+            // blocking pool, and deleting a link is one netlink round trip.
             remove_taps(&self.taps, self.opts.netns.as_deref());
         }
     }
@@ -1067,6 +1056,32 @@ fn confine(
     Ok((j, jspec))
 }
 
+/// Creates the spec's TAPs on their bridges, for `run_as`. On failure the
+/// ones already made are removed. Blocking.
+fn create_taps(spec: &PartitionSpec, opts: &LaunchOptions) -> Result<Vec<String>, EngineError> {
+    let owner = match &opts.run_as {
+        Some(u) => {
+            let u = jail::lookup_user(u)?;
+            Some(tap::Owner {
+                uid: u.uid,
+                gid: u.gid,
+            })
+        }
+        None => None,
+    };
+    let mut taps = Vec::new();
+    for n in spec.nets() {
+        let t = cmdline::tap_for(&spec.name, n);
+        if let Err(e) = tap::create(&t, &n.bridge, owner, opts.netns.as_deref()) {
+            remove_taps(&taps, opts.netns.as_deref());
+            return Err(e.into());
+        }
+        taps.push(t);
+    }
+    Ok(taps)
+}
+
+/// Blocking (netlink).
 fn remove_taps(taps: &[String], netns: Option<&str>) {
     for t in taps {
         if let Err(e) = tap::remove(t, netns) {

@@ -302,14 +302,17 @@ impl PartitionSpec {
                     }
                 }
                 AdapterSpec::Net(n) => {
+                    use bulkhead_hostnet::names::check_ifname;
                     if let Some(t) = &n.tap {
-                        if t.is_empty() || t.len() > 15 {
-                            return bad(format!("TAP name {t:?} must be 1-15 characters"));
+                        if check_ifname(t).is_err() {
+                            return bad(format!(
+                                "TAP name {t:?} must be 1-15 characters, no '/', ':' or space"
+                            ));
                         }
                     }
-                    if n.bridge.is_empty() || n.bridge.len() > 15 {
+                    if check_ifname(&n.bridge).is_err() {
                         return bad(format!(
-                            "bridge name {:?} must be 1-15 characters",
+                            "bridge name {:?} must be 1-15 characters, no '/', ':' or space",
                             n.bridge
                         ));
                     }

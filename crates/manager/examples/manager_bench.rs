@@ -136,9 +136,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["link", "del", "bhbench0"])
-            .status();
+        let _ = bulkhead_hostnet::delete_link("bhbench0", None);
     }
 }
 

@@ -354,7 +354,29 @@ impl PartitionCgroup {
         pids
     }
 
+    /// [`remove`](Self::remove) on the blocking pool, for async callers:
+    /// it waits for killed tasks to leave.
+    pub async fn remove_off_reactor(&self) -> anyhow::Result<()> {
+        let cg = self.clone();
+        bulkhead_hostnet::blocking(move || cg.remove()).await
+    }
+
+    /// [`remove`](Self::remove) without waiting for it, for a drop: on the
+    /// blocking pool inside a runtime, here outside one.
+    pub fn remove_detached(&self) {
+        let cg = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(move || cg.remove());
+            }
+            Err(_) => {
+                let _ = cg.remove();
+            }
+        }
+    }
+
     /// Kills whatever is left in the cgroup and removes it. Idempotent.
+    /// Blocking: it waits for killed tasks to leave.
     pub fn remove(&self) -> anyhow::Result<()> {
         for _ in 0..50 {
             let pids = self.pids();

@@ -249,8 +249,8 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::net::Subnet::parse(&self.network.subnet)?;
         let b = &self.network.bridge;
-        if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
-            anyhow::bail!("network.bridge {b:?} is not a valid interface name (1-15 characters)");
+        if bulkhead_hostnet::names::check_ifname(b).is_err() {
+            anyhow::bail!("network.bridge {b:?} is not a valid interface name (1-15 characters, no '/', ':' or space)");
         }
         let token = self.token()?;
         if self.api.tcp.is_some() && token.is_none() {

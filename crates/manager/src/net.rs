@@ -1,11 +1,12 @@
 //! The internal VLAN: one Linux bridge per daemon with the subnet's first
-//! address, and partition addresses assigned from the rest. Bridge and link
-//! changes go through iproute2 (`ip`), which every host with bridges has.
+//! address, and partition addresses assigned from the rest. Links, the
+//! filter and the names of TAPs and MACs are `bulkhead_hostnet`'s (netlink,
+//! no `ip` command); these calls block, so the manager runs them off the
+//! reactor.
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::process::Command;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subnet {
@@ -53,159 +54,47 @@ impl Subnet {
     }
 }
 
-/// A locally administered MAC derived from the address, so it is unique
-/// wherever the address is.
-pub fn mac_for(ip: Ipv4Addr) -> String {
-    let o = ip.octets();
-    format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-}
+/// The MAC of a partition with address `ip` (the one naming scheme).
+pub use bulkhead_hostnet::names::mac_for_addr as mac_for;
 
 /// The address part of a CIDR string.
 pub fn addr_of(cidr: &str) -> Option<Ipv4Addr> {
     cidr.split('/').next()?.parse().ok()
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn link_exists(name: &str) -> bool {
-    std::path::Path::new("/sys/class/net").join(name).exists()
-}
-
 /// Creates the bridge with the gateway address if missing, and brings it up.
+/// Blocking (netlink).
 pub fn ensure_bridge(name: &str, subnet: &Subnet) -> anyhow::Result<()> {
-    if !link_exists(name) {
-        ip(&["link", "add", name, "type", "bridge"]).or_else(|e| {
-            if link_exists(name) {
-                Ok(String::new())
-            } else {
-                Err(e)
-            }
-        })?;
-    }
-    let cidr = format!("{}/{}", subnet.gateway(), subnet.prefix);
-    let addrs = ip(&["-o", "-4", "addr", "show", "dev", name])?;
-    if !addrs.contains(&format!(" {cidr} ")) {
-        ip(&["addr", "add", &cidr, "dev", name])?;
-    }
-    ip(&["link", "set", name, "up"])?;
+    bulkhead_hostnet::ensure_bridge(name, Some((subnet.gateway(), subnet.prefix)), None)?;
     Ok(())
 }
 
-/// Interfaces enslaved to `bridge` (the partitions' TAPs).
-pub fn bridge_ports(bridge: &str) -> Vec<String> {
-    let dir = std::path::Path::new("/sys/class/net")
-        .join(bridge)
-        .join("brif");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Interfaces enslaved to `bridge` (the partitions' TAPs). Blocking.
+pub fn bridge_ports(bridge: &str) -> anyhow::Result<Vec<String>> {
+    Ok(bulkhead_hostnet::bridge_ports(bridge, None)?)
 }
 
+/// Blocking (netlink).
 pub fn delete_link(name: &str) -> anyhow::Result<()> {
-    if link_exists(name) {
-        ip(&["link", "del", name])?;
-    }
-    Ok(())
+    Ok(bulkhead_hostnet::delete_link(name, None)?)
 }
 
-/// The nftables table holding a daemon's anti-spoofing rules.
-pub fn filter_table(instance: &str) -> String {
-    format!("bulkhead-{instance}")
-}
+/// The VLAN's anti-spoofing filter (nftables): blocking, it runs `nft`.
+pub use bulkhead_hostnet::filter::{
+    ensure as ensure_filter, guard_tap, table as filter_table, unguard_tap,
+};
 
-/// Feeds a script to `nft -f -`.
-fn nft(script: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running nft (nftables)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "nft: {}: {}",
-            script.trim().replace('\n', "; "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
+/// The one adapter a managed partition has.
+pub const ADAPTER: &str = "net0";
 
-/// The VLAN's anti-spoofing table (nftables bridge family): one chain per
-/// partition TAP, reached through a verdict map keyed by the input port, so
-/// frames a partition sends are checked before the bridge forwards them or
-/// hands them to the host. Idempotent.
-pub fn ensure_filter(instance: &str) -> anyhow::Result<()> {
-    let t = filter_table(instance);
-    nft(&format!(
-        "add table bridge {t}\n\
-         add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n\
-         add map bridge {t} taps {{ type ifname : verdict; }}\n\
-         flush chain bridge {t} prerouting\n\
-         add rule bridge {t} prerouting iifname vmap @taps\n"
-    ))
-}
-
-/// Lets `tap` send only frames from its own MAC, IPv4 packets from its own
-/// address and ARP that names both as sender (an address probe's 0.0.0.0
-/// too); everything else it sends is dropped, as libvirt's clean-traffic
-/// filter does (no IPv6, no VLAN tags, no other ethertypes). Replaces any
-/// earlier rules for the TAP.
-pub fn guard_tap(instance: &str, tap: &str, mac: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
-    let t = filter_table(instance);
-    let c = format!("bridge {t} {tap}");
-    nft(&format!(
-        "add chain {c}\n\
-         flush chain {c}\n\
-         add rule {c} ether saddr != {mac} drop\n\
-         add rule {c} ether type arp arp saddr ether != {mac} drop\n\
-         add rule {c} ether type arp arp saddr ip != {{ {ip}, 0.0.0.0 }} drop\n\
-         add rule {c} ether type arp accept\n\
-         add rule {c} ether type ip ip saddr != {ip} drop\n\
-         add rule {c} ether type ip accept\n\
-         add rule {c} drop\n\
-         add element bridge {t} taps {{ \"{tap}\" : jump {tap} }}\n"
-    ))
-}
-
-/// Removes a TAP's rules (nothing when there are none).
-pub fn unguard_tap(instance: &str, tap: &str) {
-    let t = filter_table(instance);
-    // Separate scripts: a missing element must not keep the chain.
-    let _ = nft(&format!("delete element bridge {t} taps {{ \"{tap}\" }}\n"));
-    let _ = nft(&format!("delete chain bridge {t} {tap}\n"));
-}
-
-/// The TAP name for a partition: short (IFNAMSIZ is 16), stable, and unique
-/// per daemon, so reconciliation can tell ours from others'.
+/// The TAP of a partition of this daemon (`instance`).
 pub fn tap_name(instance: &str, partition: &str) -> String {
-    let h = crate::config::fnv1a(format!("{instance}/{partition}").as_bytes());
-    format!("bht{:010x}", h & 0xff_ffff_ffff)
+    bulkhead_hostnet::names::tap_name(instance, partition, ADAPTER)
+}
+
+/// Whether `port` is a TAP this daemon named (orphan clean-up).
+pub fn is_our_tap(instance: &str, port: &str) -> bool {
+    bulkhead_hostnet::names::is_tap_of(port, instance)
 }
 
 #[cfg(test)]
@@ -230,10 +119,11 @@ mod tests {
     }
 
     #[test]
-    fn names_fit_ifnamsiz() {
+    fn tap_names_are_per_daemon() {
         let t = tap_name("abcdef12", "a-very-long-partition-name");
         assert!(t.len() <= 15, "{t}");
         assert_ne!(t, tap_name("abcdef13", "a-very-long-partition-name"));
-        assert_eq!(mac_for(Ipv4Addr::new(10, 77, 0, 2)), "52:54:0a:4d:00:02");
+        assert!(is_our_tap("abcdef12", &t));
+        assert!(!is_our_tap("abcdef13", &t));
     }
 }

@@ -103,17 +103,22 @@ async fn daemon_killed_while_partitions_run_readopts_them() {
     kill9(lost_pid);
     let stray_cg = d.cgroup_dir("cpu", "stray");
     std::fs::create_dir(&stray_cg).unwrap();
-    let stray_tap = "bht00deadbeef";
-    assert!(Command::new("ip")
-        .args(["tuntap", "add", "dev", stray_tap, "mode", "tap"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ip")
-        .args(["link", "set", stray_tap, "master", &d.bridge])
-        .status()
-        .unwrap()
-        .success());
+    // A TAP under this daemon's names, and one of another daemon's on the
+    // same bridge, which is not this daemon's to remove.
+    let stray_tap = bulkhead_manager::net::tap_name(&d.instance, "stray");
+    let foreign_tap = bulkhead_manager::net::tap_name(&format!("{}-other", d.instance), "stray");
+    for t in [&stray_tap, &foreign_tap] {
+        assert!(Command::new("ip")
+            .args(["tuntap", "add", "dev", t, "mode", "tap"])
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("ip")
+            .args(["link", "set", t, "master", &d.bridge])
+            .status()
+            .unwrap()
+            .success());
+    }
 
     d.spawn();
     let k = d.show("keep").await;
@@ -135,7 +140,22 @@ async fn daemon_killed_while_partitions_run_readopts_them() {
     );
     // Reconciled: only keep's cgroup and TAP remain.
     assert_eq!(d.cgroups(), vec!["keep".to_string()]);
-    assert_eq!(d.taps().len(), 1);
+    let mut taps = d.taps();
+    taps.sort();
+    let mut expected = vec![
+        bulkhead_manager::net::tap_name(&d.instance, "keep"),
+        foreign_tap.clone(),
+    ];
+    expected.sort();
+    assert_eq!(
+        taps, expected,
+        "the stray TAP removed, keep's and the other daemon's kept"
+    );
+    assert!(Command::new("ip")
+        .args(["link", "del", &foreign_tap])
+        .status()
+        .unwrap()
+        .success());
     assert!(!stray_cg.exists());
 
     // The adopted partition is supervised: a stop works and cleans up.

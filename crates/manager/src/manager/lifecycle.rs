@@ -188,18 +188,23 @@ impl Manager {
     }
 
     /// Removes everything a partition may have left on the host: its
-    /// cgroup (killing what is still in it), TAP and sockets.
-    pub(super) fn cleanup(&self, rec: &PartitionRecord) {
+    /// cgroup (killing what is still in it), TAP, filter rules and sockets.
+    /// On the blocking pool: it waits for killed tasks, talks netlink, runs nft.
+    pub(super) async fn cleanup(&self, rec: &PartitionRecord) {
         let cg = self.cgroups.open(&rec.name);
-        if let Err(e) = cg.remove() {
-            tracing::warn!(partition = %rec.name, error = %e, "removing cgroup");
-        }
-        bulkhead_engine::cleanup_leftovers(&self.spec_for(rec), &self.launch_options(&rec.name));
-        if rec.net.is_some() {
-            let tap = net::tap_name(&self.instance, &rec.name);
-            let _ = net::delete_link(&tap);
-            net::unguard_tap(&self.instance, &tap);
-        }
+        let (spec, opts) = (self.spec_for(rec), self.launch_options(&rec.name));
+        let (instance, name, net) = (self.instance.clone(), rec.name.clone(), rec.net.is_some());
+        bulkhead_hostnet::blocking(move || {
+            if let Err(e) = cg.remove() {
+                tracing::warn!(partition = %name, error = %e, "removing cgroup");
+            }
+            // Removes the TAP too: `spec_for` names it.
+            bulkhead_engine::cleanup_leftovers(&spec, &opts);
+            if net {
+                net::unguard_tap(&instance, &net::tap_name(&instance, &name));
+            }
+        })
+        .await
     }
 
     pub(super) async fn start(
@@ -256,7 +261,7 @@ impl Manager {
         // Until the supervisor owns it, anything that ends this start early
         // (a `?`, a panic) leaves the partition failed, never `starting`.
         let undo = OnDrop::new(|| {
-            let _ = self.cgroups.open(name).remove();
+            self.cgroups.open(name).remove_detached();
             let why = "start interrupted".to_string();
             self.modify_later(name, why.clone(), move |r| {
                 r.state = PartitionState::Failed;
@@ -266,7 +271,7 @@ impl Manager {
             });
         });
         // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
-        self.cleanup(&rec);
+        self.cleanup(&rec).await;
         let cg = match self.cgroups.create(
             name,
             rec.cpu_percent,
@@ -281,9 +286,13 @@ impl Manager {
         };
         if let Some(n) = &rec.net {
             let tap = net::tap_name(&self.instance, name);
-            let guarded = net::addr_of(&n.ip)
-                .ok_or_else(|| anyhow::anyhow!("stored address {:?} does not parse", n.ip))
-                .and_then(|ip| net::guard_tap(&self.instance, &tap, &n.mac, ip));
+            let (instance, mac, ip) = (self.instance.clone(), n.mac.clone(), n.ip.clone());
+            let guarded = bulkhead_hostnet::blocking(move || {
+                net::addr_of(&ip)
+                    .ok_or_else(|| anyhow::anyhow!("stored address {ip:?} does not parse"))
+                    .and_then(|ip| Ok(net::guard_tap(&instance, &tap, &mac, ip)?))
+            })
+            .await;
             if let Err(e) = guarded {
                 undo.disarm();
                 return Err(self.start_failed(name, internal(e)).await);
@@ -325,7 +334,7 @@ impl Manager {
     /// Ends a start that failed before its QEMU ran: removes the cgroup and
     /// records the partition failed with why; returns `err` to answer.
     async fn start_failed(&self, name: &str, err: ApiError) -> ApiError {
-        let _ = self.cgroups.open(name).remove();
+        let _ = self.cgroups.open(name).remove_off_reactor().await;
         let msg = format!("start failed: {err}");
         let recorded = self
             .set_state(name, PartitionState::Failed, &msg, |r| {
@@ -381,7 +390,7 @@ impl Manager {
         let Some((partition, flag, mut done)) = live else {
             if rec.state.is_active() {
                 // Recorded active but not watched: nothing runs (recovery found it gone).
-                self.cleanup(&rec);
+                self.cleanup(&rec).await;
                 return self
                     .set_state(
                         name,
@@ -463,7 +472,7 @@ impl Manager {
             .await?;
         }
         let rec = self.get(name).await?;
-        self.cleanup(&rec);
+        self.cleanup(&rec).await;
         // The disks QEMU's user was given go back to their owners.
         bulkhead_engine::jail::restore_owners(&self.run_dir(name));
         let _ = std::fs::remove_dir_all(self.run_dir(name));

@@ -105,8 +105,12 @@ impl Manager {
         let cgroups = Cgroups::new(layout, &cfg.cgroup.parent, &instance);
         let capacity = Capacity::detect(&cfg.capacity);
         let subnet = Subnet::parse(&cfg.network.subnet)?;
-        net::ensure_bridge(&cfg.network.bridge, &subnet)?;
-        net::ensure_filter(&instance)?;
+        let (bridge, inst) = (cfg.network.bridge.clone(), instance.clone());
+        bulkhead_hostnet::blocking(move || -> anyhow::Result<()> {
+            net::ensure_bridge(&bridge, &subnet)?;
+            Ok(net::ensure_filter(&inst)?)
+        })
+        .await?;
         let m = Arc::new(Self {
             cfg,
             store,

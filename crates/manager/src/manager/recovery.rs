@@ -11,7 +11,7 @@ impl Manager {
         let recs = self.store.list(Scope::Host(&self.host)).await?;
         for rec in &recs {
             if !rec.state.is_active() {
-                self.cleanup(rec);
+                self.cleanup(rec).await;
                 continue;
             }
             let spec = self.spec_for(rec);
@@ -38,7 +38,7 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::info!(partition = %rec.name, error = %e, "not re-adoptable; cleaning up");
-                    self.cleanup(rec);
+                    self.cleanup(rec).await;
                     let (state, why) = match rec.state {
                         PartitionState::Running => (
                             PartitionState::Failed,
@@ -68,42 +68,50 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes host objects under this daemon's names that no live partition owns.
+    /// Removes host objects under this daemon's names that no live partition
+    /// owns, on the blocking pool (cgroup removal waits, netlink, nft).
     pub(super) async fn reconcile(&self) {
         let live: HashSet<String> = self.live.lock().unwrap().keys().cloned().collect();
-        for name in self.cgroups.list() {
-            if !live.contains(&name) {
-                tracing::info!(cgroup = %name, "removing orphan cgroup");
-                let _ = self.cgroups.open(&name).remove();
-            }
-        }
-        let owned: HashSet<String> = live
-            .iter()
-            .map(|n| net::tap_name(&self.instance, n))
-            .collect();
-        for port in net::bridge_ports(&self.cfg.network.bridge) {
-            if port.starts_with("bht") && !owned.contains(&port) {
-                tracing::info!(tap = %port, "removing orphan TAP");
-                let _ = net::delete_link(&port);
-                net::unguard_tap(&self.instance, &port);
-            }
-        }
         let known: HashSet<String> = match self.store.list(Scope::Host(&self.host)).await {
             Ok(v) => v.into_iter().map(|r| r.name).collect(),
             // Removing run directories on a read failure would lose live ones.
             Err(e) => {
-                tracing::warn!(error = %e, "listing partitions; run directories left as they are");
+                tracing::warn!(error = %e, "listing partitions; orphans left as they are");
                 return;
             }
         };
-        if let Ok(dirs) = std::fs::read_dir(self.cfg.data_dir.join("run")) {
-            for d in dirs.flatten() {
-                let n = d.file_name().to_string_lossy().into_owned();
-                if !known.contains(&n) {
-                    let _ = std::fs::remove_dir_all(d.path());
+        let cgroups = self.cgroups.clone();
+        let (instance, bridge) = (self.instance.clone(), self.cfg.network.bridge.clone());
+        let run = self.cfg.data_dir.join("run");
+        bulkhead_hostnet::blocking(move || {
+            for name in cgroups.list() {
+                if !live.contains(&name) {
+                    tracing::info!(cgroup = %name, "removing orphan cgroup");
+                    let _ = cgroups.open(&name).remove();
                 }
             }
-        }
+            let owned: HashSet<String> = live.iter().map(|n| net::tap_name(&instance, n)).collect();
+            let ports = net::bridge_ports(&bridge).unwrap_or_else(|e| {
+                tracing::warn!(%bridge, error = %e, "listing bridge ports");
+                Vec::new()
+            });
+            for port in ports {
+                if net::is_our_tap(&instance, &port) && !owned.contains(&port) {
+                    tracing::info!(tap = %port, "removing orphan TAP");
+                    let _ = net::delete_link(&port);
+                    net::unguard_tap(&instance, &port);
+                }
+            }
+            if let Ok(dirs) = std::fs::read_dir(run) {
+                for d in dirs.flatten() {
+                    let n = d.file_name().to_string_lossy().into_owned();
+                    if !known.contains(&n) {
+                        let _ = std::fs::remove_dir_all(d.path());
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Rotates console logs that grew past the limit (copy, then truncate:

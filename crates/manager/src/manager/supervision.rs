@@ -71,9 +71,9 @@ impl Manager {
             };
             // Clean up before recording the state, so a stopped partition has nothing left.
             match m.store.get(&name).await {
-                Ok(Some(rec)) => m.cleanup(&rec),
+                Ok(Some(rec)) => m.cleanup(&rec).await,
                 _ => {
-                    let _ = m.cgroups.open(&name).remove();
+                    let _ = m.cgroups.open(&name).remove_off_reactor().await;
                 }
             }
             m.live.lock().unwrap().remove(&name);
