@@ -15,11 +15,11 @@ use std::time::Duration;
 
 pub use host::default_image_dir;
 pub use partition::{
-    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
+    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RegionPlug, RunState,
 };
 pub use spec::{
     Accel, AdapterSpec, BackingFile, BootSource, CpuModel, DiskFormat, DiskSpec, MachineKind,
-    NetSpec, PartitionSpec,
+    NetSpec, PartitionSpec, RegionSpec, REGION_MAX, REGION_MIN,
 };
 
 pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};
@@ -60,6 +60,7 @@ pub fn cleanup_leftovers(spec: &PartitionSpec, opts: &LaunchOptions) {
             .unwrap_or_else(|| cmdline::derived_tap(&spec.name, &n.id));
         let _ = tap::remove(&t, opts.netns.as_deref());
     }
+    partition::release_share_dir(&opts.run_dir);
     for s in [
         opts.qmp_socket(),
         opts.agent_socket(),

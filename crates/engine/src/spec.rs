@@ -59,6 +59,8 @@ pub struct BootSource {
 pub enum AdapterSpec {
     Disk(DiskSpec),
     Net(NetSpec),
+    /// Shared memory; hot-plugged only (`Partition::plug_region`).
+    Region(RegionSpec),
 }
 
 impl AdapterSpec {
@@ -66,8 +68,40 @@ impl AdapterSpec {
         match self {
             AdapterSpec::Disk(d) => &d.id,
             AdapterSpec::Net(n) => &n.id,
+            AdapterSpec::Region(r) => &r.id,
         }
     }
+}
+
+/// A shared-memory region: a file on a memory filesystem that the host holds,
+/// shown to the guest as the BAR2 of an `ivshmem-plain` device. The same file
+/// plugged into several partitions is one memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    pub id: String,
+    /// The backing file; its length is the region's size, a power of two
+    /// from [`REGION_MIN`] to [`REGION_MAX`].
+    pub path: PathBuf,
+    /// The host enforces it: QEMU gets a read-only mount of the file and a
+    /// read-only backend; guest writes do not reach the file.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// Smallest region.
+pub const REGION_MIN: u64 = 1 << 20;
+/// Largest region: the prefetchable window each hot-plug root port reserves
+/// at boot (`pref64-reserve`); a bigger BAR would get no address in the guest.
+pub const REGION_MAX: u64 = (crate::cmdline::HOTPLUG_WINDOW_MIB as u64) << 20;
+
+/// Checks a region's size.
+pub fn check_region_size(size: u64) -> Result<(), String> {
+    if !size.is_power_of_two() || !(REGION_MIN..=REGION_MAX).contains(&size) {
+        return Err(format!(
+            "region size {size} must be a power of two from {REGION_MIN} to {REGION_MAX} bytes"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +334,12 @@ impl PartitionSpec {
                             path: d.path.clone(),
                         });
                     }
+                }
+                AdapterSpec::Region(_) => {
+                    return bad(format!(
+                        "region {:?}: regions are hot-plugged into a running partition, not defined at boot",
+                        a.id()
+                    ));
                 }
                 AdapterSpec::Net(n) => {
                     if let Some(t) = &n.tap {
