@@ -511,6 +511,31 @@ mod tests {
     }
 
     #[test]
+    fn region_sizes_are_powers_of_two_within_the_port_window() {
+        for ok in [REGION_MIN, 4 << 20, REGION_MAX] {
+            assert!(check_region_size(ok).is_ok(), "{ok}");
+        }
+        for bad in [0, 4096, REGION_MIN - 1, 3 << 20, REGION_MAX * 2, u64::MAX] {
+            assert!(check_region_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regions_are_not_boot_adapters() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let mut s = PartitionSpec::new("p", k.clone(), k);
+        s.adapters.push(AdapterSpec::Region(RegionSpec {
+            id: "r0".into(),
+            path: "/dev/shm/r0".into(),
+            readonly: true,
+        }));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("hot-plugged"), "{e}");
+    }
+
+    #[test]
     fn validation_errors_are_specific() {
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("k");

@@ -126,11 +126,12 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
     let pattern = format!("HOST-PATTERN-{}", std::process::id()).into_bytes();
     host.write_all_at(&pattern, 4096).unwrap();
 
-    let rw = |id: &str| RegionSpec {
+    let region = |id: &str, readonly: bool| RegionSpec {
         id: id.into(),
         path: file.path().to_path_buf(),
-        readonly: false,
+        readonly,
     };
+    let rw = |id: &str| region(id, false);
     let pa = a.plug_region(rw("shm0")).await.expect("plug into A");
     assert_eq!(pa.size, size);
     assert!(in_query_pci(&a, "shm0").await);
@@ -176,11 +177,7 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
     // Read-only into B's second slot: B reads the memory, its writes do not
     // reach the host's bytes.
     let ro = b
-        .plug_region(RegionSpec {
-            id: "shm1".into(),
-            path: file.path().to_path_buf(),
-            readonly: true,
-        })
+        .plug_region(region("shm1", true))
         .await
         .expect("read-only plug");
     assert_ne!(ro.port, pb.port);
@@ -218,15 +215,24 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
     // Read-only into the confined A: its mount is read-only on the host, so
     // QEMU could not open the file for writing even if it asked.
     let ro_a = a
-        .plug_region(RegionSpec {
-            id: "shm1".into(),
-            path: file.path().to_path_buf(),
-            readonly: true,
-        })
+        .plug_region(region("shm1", true))
         .await
         .expect("read-only plug into A");
     let opts = mount_options(&a_share.join("shm1")).expect("mounted");
     assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    // A QEMU that asks for write access to it anyway is refused by the host.
+    let e = a
+        .qmp()
+        .execute_value(
+            "object-add",
+            Some(serde_json::json!({
+                "qom-type": "memory-backend-file", "id": "mem-evil",
+                "mem-path": "/run/partition/shm/shm1", "size": size, "share": true,
+            })),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("Read-only file system"), "{e}");
     map_in_guest(&a, &ro_a).await;
     guest_write(&a, &ro_a.port, 4096, b"GUEST-WRITE-RO").await;
     assert_eq!(read_file(host, 4096, pattern.len()), before);
