@@ -22,7 +22,10 @@ pub use spec::{
     NetSpec, PartitionSpec, RegionSpec, REGION_MAX, REGION_MIN,
 };
 
-pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};
+pub use bulkhead_agent::{
+    AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo, RegionUnmapped,
+    READY_LINE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

@@ -924,11 +924,29 @@ impl Partition {
             .cloned()
             .ok_or_else(|| EngineError::InvalidSpec(format!("no hot-plugged device {id:?}")))?;
         let mut ev = self.qmp.events();
-        self.qmp.device_del(id).await?;
-        wait_event(&mut ev, timeout, "DEVICE_DELETED", |e| {
-            e.name == "DEVICE_DELETED" && e.data["device"] == id
-        })
-        .await?;
+        match self.qmp.device_del(id).await {
+            Ok(()) => {
+                let deleted = wait_event(&mut ev, timeout, "DEVICE_DELETED", |e| {
+                    e.name == "DEVICE_DELETED" && e.data["device"] == id
+                })
+                .await;
+                if let Err(bulkhead_qmp::QmpError::Timeout(..)) = deleted {
+                    // ACPI hot-unplug needs the guest to eject the device;
+                    // QEMU 7.2 has no way to force it. Nothing is released.
+                    return Err(EngineError::Host(format!(
+                        "the guest did not release device {id:?} within {timeout:?} (it must \
+                         acknowledge the ACPI eject); it stays plugged: unplug again, or stop \
+                         the partition"
+                    )));
+                }
+                deleted?;
+            }
+            // An earlier unplug timed out and the guest let go since: finish it.
+            Err(e) if e.class() == Some("DeviceNotFound") => {
+                tracing::info!(partition = %self.spec.name, id, "device already gone; releasing its backend");
+            }
+            Err(e) => return Err(e.into()),
+        }
         match &rec.adapter {
             AdapterSpec::Disk(d) => self.qmp.blockdev_del(&format!("drive-{}", d.id)).await?,
             AdapterSpec::Region(r) => self.release_region(&r.id).await?,

@@ -35,16 +35,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Waits (bounded, in the guest) until the region behind `port` is listed,
-/// then maps it; returns the path to mmap.
+/// Maps the region in the guest with the shell command (which waits,
+/// bounded, for the hot-plug to land); returns the path to mmap.
 async fn map_in_guest(p: &Partition, plug: &RegionPlug) -> String {
-    let port = &plug.port;
     guest_ok(
         p,
-        &format!(
-            "for i in $(seq 600); do bulkhead-guest region list | grep -q ' {port} ' && break; sleep 0.1; done; \
-             bulkhead-guest region map {port}"
-        ),
+        &format!("bulkhead-guest region map {} --wait 60000", plug.port),
     )
     .await
 }
@@ -148,8 +144,15 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
     assert_eq!(mem_path, "/run/partition/shm/shm0");
     let a_share = a.options().run_dir.join("shm");
     assert!(mount_options(&a_share.join("shm0")).is_some());
-    let path = map_in_guest(&a, &pa).await;
-    assert!(path.ends_with("/resource2"), "{path}");
+    // A maps through the agent's typed request, B through the shell command.
+    let info = a
+        .agent()
+        .region_map(&pa.port, Duration::from_secs(60))
+        .await
+        .expect("map in A");
+    assert!(info.enabled && info.size == size, "{info:?}");
+    assert_eq!(info.port.as_deref(), Some(pa.port.as_str()));
+    assert!(info.path.ends_with("resource2"), "{info:?}");
     // Host -> guest.
     assert_eq!(
         guest_read(&a, &pa.port, 4096, pattern.len()).await,
@@ -323,6 +326,46 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
         hex(b"AFTER-UNPLUG")
     );
 
+    // A guest that does not eject (here: paused) keeps the device; the
+    // unplug says so and releases nothing; once the guest lets go, unplugging
+    // again finishes the job.
+    let pb = b.plug_region(rw("shm0")).await.expect("plug into B again");
+    map_in_guest(&b, &pb).await;
+    b.pause().await.unwrap();
+    let e = b.unplug("shm0", Duration::from_secs(3)).await.unwrap_err();
+    assert!(e.to_string().contains("did not release"), "{e}");
+    assert!(in_query_pci(&b, "shm0").await);
+    assert_eq!(b.hotplugged().len(), 1);
+    // Resumed, the guest acts on the pending eject by itself.
+    let mut events = b.qmp().events();
+    b.resume().await.unwrap();
+    tokio::time::timeout(UNPLUG, async {
+        loop {
+            let ev = events.recv().await.expect("QMP events");
+            if ev.name == "DEVICE_DELETED" && ev.data["device"] == "shm0" {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("DEVICE_DELETED after resume");
+    b.unplug("shm0", UNPLUG).await.expect("unplug after resume");
+    assert!(!in_query_pci(&b, "shm0").await);
+    assert!(b.hotplugged().is_empty());
+    let e = b
+        .qmp()
+        .execute_value(
+            "qom-get",
+            Some(serde_json::json!({"path": "/objects/mem-shm0", "property": "size"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.class(),
+        Some("DeviceNotFound"),
+        "backend left behind: {e}"
+    );
+
     // Guest-side unmap in A: reports the process still mapping it; after it
     // no access in the guest reaches the region.
     guest_ok(
@@ -334,13 +377,13 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
         ),
     )
     .await;
-    let un = guest_ok(
-        &a,
-        &format!("bulkhead-guest region unmap {} --json", pa.port),
-    )
-    .await;
-    let un: serde_json::Value = serde_json::from_str(&un).unwrap();
-    assert_eq!(un["holders"].as_array().map(Vec::len), Some(1), "{un}");
+    let un = a.agent().region_unmap(&pa.port, CMD).await.expect("unmap");
+    assert_eq!(un.holders.len(), 1, "{un:?}");
+    let listed = a.agent().region_list().await.unwrap();
+    assert!(
+        listed.iter().any(|r| r.addr == un.addr && !r.enabled),
+        "{listed:?}"
+    );
     let (code, _, err) = guest(
         &a,
         &format!("bulkhead-guest region read {} --offset 0 --len 1", pa.port),

@@ -10,8 +10,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-
-use serde::Serialize;
+use std::time::{Duration, Instant};
 
 /// PCI ids of QEMU's ivshmem devices.
 pub const IVSHMEM_VENDOR: &str = "0x1af4";
@@ -19,20 +18,7 @@ pub const IVSHMEM_DEVICE: &str = "0x1110";
 /// Where the kernel lists PCI devices.
 pub const PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
-/// One ivshmem device the guest sees.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Region {
-    /// The device's PCI address in the guest.
-    pub addr: String,
-    /// The PCI address of the port (bridge) it sits behind, when there is one.
-    pub port: Option<String>,
-    /// BAR2 size in bytes (0 when the guest could not assign it).
-    pub size: u64,
-    /// Memory decoding on: `resource2` reads and writes reach the region.
-    pub enabled: bool,
-    /// The file to mmap (`MAP_SHARED`).
-    pub path: PathBuf,
-}
+pub use crate::proto::{RegionInfo as Region, RegionUnmapped as Unmapped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
@@ -55,6 +41,19 @@ pub enum RegionError {
         path: PathBuf,
         err: io::Error,
     },
+}
+
+impl RegionError {
+    /// The wire error kind (`proto::WireError::kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RegionError::NotFound(_) => "not_found",
+            RegionError::NoBar(_) => "no_bar",
+            RegionError::NotMapped(_) => "not_mapped",
+            RegionError::OutOfRange { .. } => "bad_request",
+            RegionError::Io { .. } => "io",
+        }
+    }
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RegionError {
@@ -118,27 +117,28 @@ fn enable_file(r: &Region) -> PathBuf {
 }
 
 /// Turns on memory decoding so `resource2` reaches the region; idempotent
-/// (the kernel counts enables, so it is written only when off).
-pub fn map(devices: &Path, name: &str) -> Result<Region, RegionError> {
-    let mut r = find(devices, name)?;
-    if r.size == 0 {
-        return Err(RegionError::NoBar(r.addr));
-    }
+/// (the kernel counts enables, so it is written only when off). A region
+/// that is not there (yet) is waited for up to `wait`: after a hot-plug the
+/// device appears, then gets its BAR, then its `resource2` file.
+pub fn map(devices: &Path, name: &str, wait: Duration) -> Result<Region, RegionError> {
+    let deadline = Instant::now() + wait;
+    let mut r = loop {
+        let err = match find(devices, name) {
+            Ok(r) if r.size > 0 && r.path.exists() => break r,
+            Ok(r) => RegionError::NoBar(r.addr),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(err);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     if !r.enabled {
         let f = enable_file(&r);
         std::fs::write(&f, "1").map_err(io_err("enabling", &f))?;
         r.enabled = true;
     }
     Ok(r)
-}
-
-/// What `unmap` did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Unmapped {
-    pub addr: String,
-    /// Processes that still had `resource2` mapped: from now on their
-    /// accesses no longer reach the region.
-    pub holders: Vec<u32>,
 }
 
 /// Turns memory decoding off, so no mapping in the guest reaches the region
@@ -319,12 +319,18 @@ mod tests {
             Err(RegionError::NotFound(_))
         ));
 
-        let m = map(&bus, "0000:00:10.0").unwrap();
+        // Wanted but absent: waited for, then refused.
+        assert!(matches!(
+            map(&bus, "0000:00:11.0", Duration::from_millis(50)),
+            Err(RegionError::NotFound(_))
+        ));
+        std::fs::write(real.join("resource2"), "").unwrap();
+        let m = map(&bus, "0000:00:10.0", Duration::ZERO).unwrap();
         assert!(m.enabled);
         assert_eq!(std::fs::read_to_string(real.join("enable")).unwrap(), "1");
         // Mapped already: not enabled a second time.
         std::fs::write(real.join("enable"), "1\n").unwrap();
-        map(&bus, "0000:01:00.0").unwrap();
+        map(&bus, "0000:01:00.0", Duration::ZERO).unwrap();
         assert_eq!(std::fs::read_to_string(real.join("enable")).unwrap(), "1\n");
         let u = unmap(&bus, "0000:01:00.0").unwrap();
         assert_eq!(u.addr, "0000:01:00.0");

@@ -5,11 +5,12 @@
 //! Errors are one line on stderr and a non-zero exit (2 for usage).
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::region::{self, Mapping, RegionError};
 
 const USAGE: &str = "usage: bulkhead-guest region list [--json]
-       bulkhead-guest region map NAME [--json]
+       bulkhead-guest region map NAME [--wait MS] [--json]
        bulkhead-guest region unmap NAME [--json]
        bulkhead-guest region read NAME --offset O --len N [--json]
        bulkhead-guest region write NAME --offset O --data HEX [--json]
@@ -23,7 +24,10 @@ pub const MAX_READ: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     List,
-    Map(String),
+    Map {
+        name: String,
+        wait_ms: u64,
+    },
     Unmap(String),
     Read {
         name: String,
@@ -80,6 +84,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let mut offset = None;
     let mut len = None;
     let mut data = None;
+    let mut wait = 0;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |flag: &str| {
@@ -91,6 +96,7 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
             "--json" => json = true,
             "--offset" => offset = Some(number(&val("--offset")?)?),
             "--len" => len = Some(number(&val("--len")?)?),
+            "--wait" => wait = number(&val("--wait")?)?,
             "--data" => data = Some(hex_decode(&val("--data")?)?),
             f if f.starts_with("--") => return Err(format!("unknown option {f}")),
             _ => pos.push(a.as_str()),
@@ -104,7 +110,10 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let need = |v: Option<u64>, f: &str| v.ok_or_else(|| format!("{f} is required"));
     let cmd = match pos.as_slice() {
         ["region", "list"] => Command::List,
-        ["region", "map", _] => Command::Map(name(2)?),
+        ["region", "map", _] => Command::Map {
+            name: name(2)?,
+            wait_ms: wait,
+        },
         ["region", "unmap", _] => Command::Unmap(name(2)?),
         ["region", "hold", _] => Command::Hold(name(2)?),
         ["region", "read", _] => {
@@ -152,8 +161,8 @@ fn run(inv: &Invocation) -> Result<String, RegionError> {
                     .join("\n")
             }
         }
-        Command::Map(n) => {
-            let r = region::map(dev, n)?;
+        Command::Map { name, wait_ms } => {
+            let r = region::map(dev, name, Duration::from_millis(*wait_ms))?;
             if inv.json {
                 json(serde_json::json!(r))
             } else {
@@ -257,6 +266,13 @@ mod tests {
             }
         );
         assert_eq!(p("region unmap X").unwrap().cmd, Command::Unmap("X".into()));
+        assert_eq!(
+            p("region map X --wait 500").unwrap().cmd,
+            Command::Map {
+                name: "X".into(),
+                wait_ms: 500
+            }
+        );
     }
 
     #[test]
