@@ -112,7 +112,7 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
     let (a, b) = (a.expect("boot A (confined)"), b.expect("boot B"));
 
     // The host holds the memory: a file on a memory filesystem.
-    let size: u64 = 4 << 20;
+    let size: u64 = 16 << 20;
     let file = tempfile::Builder::new()
         .prefix("bh-region-")
         .tempfile_in("/dev/shm")
@@ -247,6 +247,29 @@ async fn one_region_is_one_memory_across_host_and_two_partitions() {
         .await
         .expect("unplug read-only from A");
     assert!(mount_options(&a_share.join("shm1")).is_none());
+
+    // The largest region (1 GiB, sparse on the host) fits the port's window.
+    let big = tempfile::Builder::new()
+        .prefix("bh-region-big-")
+        .tempfile_in("/dev/shm")
+        .unwrap();
+    big.as_file().set_len(bulkhead_engine::REGION_MAX).unwrap();
+    let pbig = a
+        .plug_region(RegionSpec {
+            id: "big".into(),
+            path: big.path().to_path_buf(),
+            readonly: false,
+        })
+        .await
+        .expect("plug 1 GiB");
+    assert_eq!(pbig.size, 1 << 30);
+    a.agent()
+        .region_map(&pbig.port, Duration::from_secs(60))
+        .await
+        .expect("map 1 GiB");
+    guest_write(&a, &pbig.port, (1 << 30) - 8, b"LASTBYTE").await;
+    assert_eq!(read_file(big.as_file(), (1 << 30) - 8, 8), b"LASTBYTE");
+    a.unplug("big", UNPLUG).await.expect("unplug 1 GiB");
 
     // Refusals change nothing: no free slot, bad size, missing file, id in use.
     let mut odd = tempfile::Builder::new()
