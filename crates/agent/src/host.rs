@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use crate::proto::{
     self, Frame, LineDecoder, Request, RequestBody, Response, MAX_LINE, PROTOCOL_VERSION,
 };
-pub use crate::proto::{ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+pub use crate::proto::{ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo, RegionUnmapped};
 
 /// Slack added to an exec's own timeout before the host gives up on the
 /// reply (the guest enforces the timeout itself; TCG guests can be slow).
@@ -310,6 +310,38 @@ impl AgentClient {
         let body = RequestBody::SetHostname { name: name.into() };
         self.call(body, "set_hostname", QUICK_TIMEOUT).await?;
         Ok(())
+    }
+
+    /// The shared-memory regions the guest sees.
+    pub async fn region_list(&self) -> Result<Vec<RegionInfo>, AgentError> {
+        let v = self
+            .call(RequestBody::RegionList, "region_list", QUICK_TIMEOUT)
+            .await?;
+        Self::decode(v, "region_list")
+    }
+
+    /// Has the guest enable region `name` (the port address the engine
+    /// reported at plug), waiting up to `wait` for the hot-plug to reach it;
+    /// returns once programs can map it.
+    pub async fn region_map(&self, name: &str, wait: Duration) -> Result<RegionInfo, AgentError> {
+        let body = RequestBody::RegionMap {
+            name: name.into(),
+            wait_ms: wait.as_millis().min(u64::MAX as u128) as u64,
+        };
+        let v = self.call(body, "region_map", wait + QUICK_TIMEOUT).await?;
+        Self::decode(v, "region_map")
+    }
+
+    /// Has the guest cut its mappings of region `name` off; reports which
+    /// guest processes still held it.
+    pub async fn region_unmap(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<RegionUnmapped, AgentError> {
+        let body = RequestBody::RegionUnmap { name: name.into() };
+        let v = self.call(body, "region_unmap", timeout).await?;
+        Self::decode(v, "region_unmap")
     }
 
     /// Clean shutdown; returns once the agent acked (disks synced). The guest

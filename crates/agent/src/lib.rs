@@ -11,5 +11,8 @@ pub mod guest;
 pub mod host;
 pub mod proto;
 
-pub use host::{AgentClient, AgentError, ExecOutput, GuestInfo, PowerAction, ReadyInfo};
+pub use host::{
+    AgentClient, AgentError, ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo,
+    RegionUnmapped,
+};
 pub use proto::{PORT_NAME, PROTOCOL_VERSION, READY_LINE};

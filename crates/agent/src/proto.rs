@@ -51,6 +51,44 @@ pub enum RequestBody {
     SetHostname { name: String },
     /// Sync, remount read-only, ack (empty object), then power off or reboot.
     Shutdown { action: PowerAction },
+    /// The guest's shared-memory regions (ivshmem devices); answered with a
+    /// list of [`RegionInfo`].
+    RegionList,
+    /// Waits up to `wait_ms` for the region `name` (its port's PCI address or
+    /// its own) to appear, then enables it for mapping; answered with
+    /// [`RegionInfo`] once the mapping is usable.
+    RegionMap {
+        name: String,
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    /// Cuts every mapping in the guest off the region (memory decoding off);
+    /// answered with [`RegionUnmapped`].
+    RegionUnmap { name: String },
+}
+
+/// One shared-memory region (ivshmem device) as the guest sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionInfo {
+    /// The device's PCI address in the guest.
+    pub addr: String,
+    /// The PCI address of the port (bridge) it sits behind, when there is one.
+    pub port: Option<String>,
+    /// BAR2 size in bytes (0 when the guest could not assign it).
+    pub size: u64,
+    /// Memory decoding on: the mapping reaches the region.
+    pub enabled: bool,
+    /// The file programs mmap (`MAP_SHARED`): the BAR's sysfs `resource2`.
+    pub path: std::path::PathBuf,
+}
+
+/// Reply to `region_unmap`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionUnmapped {
+    pub addr: String,
+    /// Guest processes that still had the region mapped: from now on their
+    /// accesses no longer reach it.
+    pub holders: Vec<u32>,
 }
 
 /// What the agent does after a clean shutdown.
@@ -75,7 +113,7 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
     /// Machine-readable: `bad_request`, `unsupported_version`, `spawn`,
-    /// `timeout`, `io`, `busy`.
+    /// `timeout`, `io`, `busy`; for regions `not_found`, `no_bar`, `not_mapped`.
     pub kind: String,
     pub message: String,
 }

@@ -76,6 +76,17 @@ fn esc(s: &str) -> String {
 const Q35_FIRST_ADAPTER_SLOT: u32 = 3;
 /// Hot-plug root ports sit after the cold-plugged devices.
 const Q35_FIRST_HOTPLUG_SLOT: u32 = 0x10;
+/// Prefetchable memory each hot-plug root port reserves at boot: the largest
+/// BAR (shared-memory region) a device plugged there later can have. It is
+/// guest address space above 4 GiB only (16 ports: 16 GiB of a 40-bit
+/// space), not memory; 1 GiB is the largest region grants allow.
+pub const HOTPLUG_WINDOW_MIB: u32 = 1024;
+
+/// The guest's PCI address of hot-plug root port `slot` (q35): how the guest
+/// finds what was plugged there.
+pub fn hotplug_port_address(slot: u32) -> String {
+    format!("0000:00:{:02x}.0", Q35_FIRST_HOTPLUG_SLOT + slot)
+}
 
 /// The guest kernel command line. It depends on the host only through the
 /// accelerator and, under TCG, the TSC rate.
@@ -208,6 +219,8 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
                     &format!("virtio-blk-{v},drive=drive-{id},id={id}{addr}", id = d.id),
                 ]);
             }
+            // Refused by validation: regions are only hot-plugged.
+            AdapterSpec::Region(_) => {}
             AdapterSpec::Net(n) => {
                 let tap = &r.taps[net_i];
                 let mac = &r.macs[net_i];
@@ -231,7 +244,7 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
             push(&[
                 "-device",
                 &format!(
-                    "pcie-root-port,id=hp{h},bus=pcie.0,chassis={c},slot={c},addr={a:#x},pref64-reserve=64M",
+                    "pcie-root-port,id=hp{h},bus=pcie.0,chassis={c},slot={c},addr={a:#x},pref64-reserve={HOTPLUG_WINDOW_MIB}M",
                     c = h + 1,
                     a = Q35_FIRST_HOTPLUG_SLOT + h
                 ),
@@ -422,7 +435,7 @@ mod tests {
         assert!(line.contains("virtio-net-pci,netdev=net-n0,mac=52:54:00:00:00:01,id=n0,addr=0x4"));
         assert!(line.contains("bulkhead.root=/dev/vda"));
         assert!(line.contains(
-            "pcie-root-port,id=hp1,bus=pcie.0,chassis=2,slot=2,addr=0x11,pref64-reserve=64M"
+            "pcie-root-port,id=hp1,bus=pcie.0,chassis=2,slot=2,addr=0x11,pref64-reserve=1024M"
         ));
     }
 

@@ -90,7 +90,8 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL")
 }
 
-/// A file to show inside the jail: host path, path inside, writable or not.
+/// A file (or directory) to show inside the jail: host path, path inside,
+/// writable or not.
 #[derive(Debug, Clone)]
 pub struct Reveal {
     pub host: PathBuf,
@@ -178,13 +179,18 @@ impl Jail {
             });
         }
         for f in files {
-            if let Some(parent) = f.inside.parent() {
+            // A directory is bound as one: files mounted into it on the host
+            // later appear inside too (it is a slave of the host's mount).
+            let dir = f.host.is_dir();
+            if dir {
+                want_dir(&mut steps, &f.inside);
+            } else if let Some(parent) = f.inside.parent() {
                 want_dir(&mut steps, parent);
             }
             steps.push(Step::Bind {
                 src: cstr(&f.host),
                 dst: cstr(&inside(&f.inside)),
-                file: true,
+                file: !dir,
                 recursive: false,
                 readonly: !f.writable,
             });

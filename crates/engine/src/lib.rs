@@ -14,14 +14,17 @@ use std::time::Duration;
 
 pub use host::default_image_dir;
 pub use partition::{
-    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
+    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RegionPlug, RunState,
 };
 pub use spec::{
     Accel, AdapterSpec, BackingFile, BootSource, CpuModel, DiskFormat, DiskSpec, MachineKind,
-    NetSpec, PartitionSpec,
+    NetSpec, PartitionSpec, RegionSpec, REGION_MAX, REGION_MIN,
 };
 
-pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};
+pub use bulkhead_agent::{
+    AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo, RegionUnmapped,
+    READY_LINE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -70,6 +73,7 @@ pub fn cleanup_leftovers(spec: &PartitionSpec, opts: &LaunchOptions) {
         let t = cmdline::tap_for(&spec.name, n);
         let _ = bulkhead_hostnet::tap::remove(&t, opts.netns.as_deref());
     }
+    partition::release_share_dir(&opts.run_dir);
     for s in [
         opts.qmp_socket(),
         opts.agent_socket(),

@@ -16,6 +16,11 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+mod region;
+
+pub(crate) use region::release_share_dir;
+pub use region::RegionPlug;
+
 use crate::cmdline::{self, ResolvedMachine};
 use crate::jail::{self, Jail, Reveal};
 use crate::spec::{AdapterSpec, DiskSpec, PartitionSpec};
@@ -472,8 +477,12 @@ impl Partition {
         let monitor = tokio::spawn(async move {
             let info = monitor(monitor_qmp, events, child, pid, &monitor_opts).await;
             tracing::info!(pid, reason = %info.reason, "partition exited");
-            let ns = monitor_opts.netns.clone();
-            bulkhead_hostnet::blocking(move || remove_taps(&monitor_taps, ns.as_deref())).await;
+            let (ns, run_dir) = (monitor_opts.netns.clone(), monitor_opts.run_dir.clone());
+            bulkhead_hostnet::blocking(move || {
+                remove_taps(&monitor_taps, ns.as_deref());
+                release_share_dir(&run_dir);
+            })
+            .await;
             for s in [
                 monitor_opts.qmp_socket(),
                 monitor_opts.agent_socket(),
@@ -781,29 +790,7 @@ impl Partition {
     /// `hotplug_slots`). Returns once QEMU added the device; the guest sees it
     /// a moment later through ACPI hot-plug.
     pub async fn hotplug_disk(&self, disk: DiskSpec) -> Result<(), EngineError> {
-        if self.machine != ResolvedMachine::Q35 || self.spec.hotplug_slots == 0 {
-            return Err(EngineError::InvalidSpec(
-                "hot-plug needs a partition created with hotplug_slots > 0".into(),
-            ));
-        }
-        if !crate::spec::valid_name(&disk.id) || disk.id.len() > 16 {
-            return Err(EngineError::InvalidSpec(format!(
-                "adapter id {:?} is not valid",
-                disk.id
-            )));
-        }
-        let slot = {
-            let h = self.hotplugged.lock().expect("hotplug lock");
-            if h.contains_key(&disk.id) || self.spec.adapters.iter().any(|a| a.id() == disk.id) {
-                return Err(EngineError::InvalidSpec(format!(
-                    "adapter id {:?} is already in use",
-                    disk.id
-                )));
-            }
-            (0..self.spec.hotplug_slots)
-                .find(|s| !h.values().any(|r| r.slot == *s))
-                .ok_or_else(|| EngineError::InvalidSpec("no free hot-plug slot".into()))?
-        };
+        let slot = self.free_slot(&disk.id)?;
         // The engine opens the files and QEMU receives descriptors: a
         // confined QEMU neither sees host paths nor may open them itself.
         let mut fdsets = std::collections::BTreeMap::new();
@@ -824,6 +811,30 @@ impl Partition {
             },
         );
         self.save_state()
+    }
+
+    /// A free hot-plug slot for a new adapter `id`, after checking that this
+    /// partition hot-plugs at all and that `id` is valid and unused.
+    fn free_slot(&self, id: &str) -> Result<u32, EngineError> {
+        if self.machine != ResolvedMachine::Q35 || self.spec.hotplug_slots == 0 {
+            return Err(EngineError::InvalidSpec(
+                "hot-plug needs a partition created with hotplug_slots > 0".into(),
+            ));
+        }
+        if !crate::spec::valid_name(id) || id.len() > 16 {
+            return Err(EngineError::InvalidSpec(format!(
+                "adapter id {id:?} is not valid"
+            )));
+        }
+        let h = self.hotplugged.lock().expect("hotplug lock");
+        if h.contains_key(id) || self.spec.adapters.iter().any(|a| a.id() == id) {
+            return Err(EngineError::InvalidSpec(format!(
+                "adapter id {id:?} is already in use"
+            )));
+        }
+        (0..self.spec.hotplug_slots)
+            .find(|s| !h.values().any(|r| r.slot == *s))
+            .ok_or_else(|| EngineError::InvalidSpec("no free hot-plug slot".into()))
     }
 
     /// Passes the disk's files to QEMU, adds its block node and plugs the
@@ -903,13 +914,33 @@ impl Partition {
             .cloned()
             .ok_or_else(|| EngineError::InvalidSpec(format!("no hot-plugged device {id:?}")))?;
         let mut ev = self.qmp.events();
-        self.qmp.device_del(id).await?;
-        wait_event(&mut ev, timeout, "DEVICE_DELETED", |e| {
-            e.name == "DEVICE_DELETED" && e.data["device"] == id
-        })
-        .await?;
-        if let AdapterSpec::Disk(d) = &rec.adapter {
-            self.qmp.blockdev_del(&format!("drive-{}", d.id)).await?;
+        match self.qmp.device_del(id).await {
+            Ok(()) => {
+                let deleted = wait_event(&mut ev, timeout, "DEVICE_DELETED", |e| {
+                    e.name == "DEVICE_DELETED" && e.data["device"] == id
+                })
+                .await;
+                if let Err(bulkhead_qmp::QmpError::Timeout(..)) = deleted {
+                    // ACPI hot-unplug needs the guest to eject the device;
+                    // QEMU 7.2 has no way to force it. Nothing is released.
+                    return Err(EngineError::Host(format!(
+                        "the guest did not release device {id:?} within {timeout:?} (it must \
+                         acknowledge the ACPI eject); it stays plugged: unplug again, or stop \
+                         the partition"
+                    )));
+                }
+                deleted?;
+            }
+            // An earlier unplug timed out and the guest let go since: finish it.
+            Err(e) if e.class() == Some("DeviceNotFound") => {
+                tracing::info!(partition = %self.spec.name, id, "device already gone; releasing its backend");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match &rec.adapter {
+            AdapterSpec::Disk(d) => self.qmp.blockdev_del(&format!("drive-{}", d.id)).await?,
+            AdapterSpec::Region(r) => self.release_region(&r.id).await?,
+            AdapterSpec::Net(_) => {}
         }
         for f in &rec.fdsets {
             self.qmp.remove_fd(*f).await?;
@@ -927,6 +958,7 @@ impl Drop for Partition {
             // Inline even on a reactor thread: a drop cannot wait for the
             // blocking pool, and deleting a link is one netlink round trip.
             remove_taps(&self.taps, self.opts.netns.as_deref());
+            release_share_dir(&self.opts.run_dir);
         }
     }
 }
@@ -1024,6 +1056,14 @@ fn confine(
             });
             grants.push((b.path.clone(), false));
         }
+    }
+    // Regions plugged later appear here (see `region`).
+    if spec.hotplug_slots > 0 {
+        files.push(Reveal {
+            host: region::prepare_share_dir(&opts.run_dir)?,
+            inside: run.join("shm"),
+            writable: false,
+        });
     }
     // The binary is found on PATH now; the jail holds /usr and nothing else.
     let bin = host::find_binary(qemu)

@@ -59,6 +59,8 @@ pub struct BootSource {
 pub enum AdapterSpec {
     Disk(DiskSpec),
     Net(NetSpec),
+    /// Shared memory; hot-plugged only (`Partition::plug_region`).
+    Region(RegionSpec),
 }
 
 impl AdapterSpec {
@@ -66,8 +68,40 @@ impl AdapterSpec {
         match self {
             AdapterSpec::Disk(d) => &d.id,
             AdapterSpec::Net(n) => &n.id,
+            AdapterSpec::Region(r) => &r.id,
         }
     }
+}
+
+/// A shared-memory region: a file on a memory filesystem that the host holds,
+/// shown to the guest as the BAR2 of an `ivshmem-plain` device. The same file
+/// plugged into several partitions is one memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    pub id: String,
+    /// The backing file; its length is the region's size, a power of two
+    /// from [`REGION_MIN`] to [`REGION_MAX`].
+    pub path: PathBuf,
+    /// The host enforces it: QEMU gets a read-only mount of the file and a
+    /// read-only backend; guest writes do not reach the file.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// Smallest region.
+pub const REGION_MIN: u64 = 1 << 20;
+/// Largest region: the prefetchable window each hot-plug root port reserves
+/// at boot (`pref64-reserve`); a bigger BAR would get no address in the guest.
+pub const REGION_MAX: u64 = (crate::cmdline::HOTPLUG_WINDOW_MIB as u64) << 20;
+
+/// Checks a region's size.
+pub fn check_region_size(size: u64) -> Result<(), String> {
+    if !size.is_power_of_two() || !(REGION_MIN..=REGION_MAX).contains(&size) {
+        return Err(format!(
+            "region size {size} must be a power of two from {REGION_MIN} to {REGION_MAX} bytes"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +335,12 @@ impl PartitionSpec {
                         });
                     }
                 }
+                AdapterSpec::Region(_) => {
+                    return bad(format!(
+                        "region {:?}: regions are hot-plugged into a running partition, not defined at boot",
+                        a.id()
+                    ));
+                }
                 AdapterSpec::Net(n) => {
                     use bulkhead_hostnet::names::check_ifname;
                     if let Some(t) = &n.tap {
@@ -471,6 +511,31 @@ mod tests {
         j.as_object_mut().unwrap().remove("cpu_model");
         let back: PartitionSpec = serde_json::from_value(j).unwrap();
         assert_eq!(back.cpu_model, CpuModel::X86_64V2);
+    }
+
+    #[test]
+    fn region_sizes_are_powers_of_two_within_the_port_window() {
+        for ok in [REGION_MIN, 4 << 20, REGION_MAX] {
+            assert!(check_region_size(ok).is_ok(), "{ok}");
+        }
+        for bad in [0, 4096, REGION_MIN - 1, 3 << 20, REGION_MAX * 2, u64::MAX] {
+            assert!(check_region_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn regions_are_not_boot_adapters() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let mut s = PartitionSpec::new("p", k.clone(), k);
+        s.adapters.push(AdapterSpec::Region(RegionSpec {
+            id: "r0".into(),
+            path: "/dev/shm/r0".into(),
+            readonly: true,
+        }));
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("hot-plugged"), "{e}");
     }
 
     #[test]

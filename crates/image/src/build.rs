@@ -12,7 +12,7 @@ use crate::cpio::{self, Archive, Entry};
 use crate::{check_static_elf, kernel, sha256_file, Error};
 
 /// Bumped whenever the image layout changes, so old caches are rebuilt.
-pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-1");
+pub const BUILDER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "/layout-2");
 
 /// Modules every partition may need, resolved with their dependencies:
 /// virtio over MMIO (microvm) and PCI (q35), disks, NICs, the agent's
@@ -411,6 +411,14 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
         Entry::File {
             mode: 0o755,
             data: stripped(&opts.agent)?,
+        },
+    )?;
+    // The in-guest command is the agent under another name (argv[0]).
+    ins(
+        &mut ar,
+        "bin/bulkhead-guest",
+        Entry::Symlink {
+            target: "/init".into(),
         },
     )?;
 

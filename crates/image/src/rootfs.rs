@@ -249,6 +249,10 @@ pub fn rootfs(opts: &RootfsOptions, progress: &mut dyn FnMut(&str)) -> Result<()
     progress("[3/5] installing bulkhead-agent at /usr/sbin/bulkhead-agent");
     let agent_dst = root.join("usr/sbin/bulkhead-agent");
     std::fs::copy(&opts.agent, &agent_dst).map_err(|e| Error::io(&agent_dst, e))?;
+    let guest_cmd = root.join("usr/bin/bulkhead-guest");
+    let _ = std::fs::remove_file(&guest_cmd);
+    std::os::unix::fs::symlink("/usr/sbin/bulkhead-agent", &guest_cmd)
+        .map_err(|e| Error::io(&guest_cmd, e))?;
     let w = |rel: &str, text: &str| {
         let p = root.join(rel);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))

@@ -347,6 +347,16 @@ impl QmpClient {
             .await
             .map(drop)
     }
+    /// Adds a QOM object (a memory backend, for instance); `args` holds
+    /// `qom-type`, `id` and the type's properties.
+    pub async fn object_add(&self, args: Value) -> Result<(), QmpError> {
+        self.execute_value("object-add", Some(args)).await.map(drop)
+    }
+    pub async fn object_del(&self, id: &str) -> Result<(), QmpError> {
+        self.execute_value("object-del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
+    }
     /// Passes `fd` to QEMU (`add-fd`): it joins a new fd set, which QEMU
     /// opens as `/dev/fdset/N`. Files reach a confined QEMU this way, as
     /// libvirt hands them over, without QEMU opening a host path. Returns N.

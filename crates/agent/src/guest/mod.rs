@@ -11,8 +11,10 @@ pub mod children;
 pub mod console;
 pub mod power;
 pub mod procfs;
+pub mod region;
 pub mod serve;
 pub mod sys;
+pub mod tool;
 
 use std::path::Path;
 use std::sync::{Condvar, Mutex};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::children::{Children, ExecError};
-use super::{power, procfs, sys};
+use super::{power, procfs, region, sys};
 use crate::cmdline::validate_hostname;
 use crate::proto::{
     self, Frame, GuestInfo, LineDecoder, PowerAction, ReadyInfo, Request, RequestBody, Response,
@@ -321,6 +321,35 @@ fn dispatch(
                             argv.first().map(String::as_str).unwrap_or("")
                         ),
                     ),
+                };
+                reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
+            });
+            None
+        }
+        RequestBody::RegionList => Some(match region::list(Path::new(region::PCI_DEVICES)) {
+            Ok(all) => Response::ok(id, &all),
+            Err(e) => Response::err(id, e.kind(), e.to_string()),
+        }),
+        // These wait (for a hot-plug to land) or scan every process's maps:
+        // on a worker, so the port keeps serving.
+        RequestBody::RegionMap { name, wait_ms } => {
+            let (tx, wake) = (tx.clone(), wake.clone());
+            std::thread::spawn(move || {
+                let dev = Path::new(region::PCI_DEVICES);
+                let r = match region::map(dev, &name, Duration::from_millis(wait_ms)) {
+                    Ok(info) => Response::ok(id, &info),
+                    Err(e) => Response::err(id, e.kind(), e.to_string()),
+                };
+                reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
+            });
+            None
+        }
+        RequestBody::RegionUnmap { name } => {
+            let (tx, wake) = (tx.clone(), wake.clone());
+            std::thread::spawn(move || {
+                let r = match region::unmap(Path::new(region::PCI_DEVICES), &name) {
+                    Ok(u) => Response::ok(id, &u),
+                    Err(e) => Response::err(id, e.kind(), e.to_string()),
                 };
                 reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
             });
