@@ -1,0 +1,1 @@
+//! Service-pool allocator core (in progress).
