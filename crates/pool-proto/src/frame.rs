@@ -25,6 +25,11 @@ pub const MAX_WAIT_MS: u32 = 300_000;
 
 /// A session, as the allocator numbers it; never zero on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct SessionId(pub u64);
 
 impl fmt::Display for SessionId {
