@@ -355,11 +355,15 @@ impl Allocator {
         );
         let mut actions = Vec::new();
         if let Some(s) = part.state.session() {
-            self.sessions.remove(&s);
-            actions.push(Action::EndSession {
-                session: s,
-                code: ErrorCode::ProgramDied,
-            });
+            let cleaning = part.state == PartitionState::Cleaning(s);
+            let session = self.sessions.remove(&s).expect("partition's session");
+            // A client that deallocated without confirm is gone: nobody to tell.
+            if !cleaning || session.confirm {
+                actions.push(Action::EndSession {
+                    session: s,
+                    code: ErrorCode::ProgramDied,
+                });
+            }
         }
         let part = self.partitions.get_mut(id).expect("exists");
         part.alternate_id = None;

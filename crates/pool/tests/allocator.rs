@@ -422,3 +422,55 @@ fn bad_specs_refused() {
     assert_eq!(a.pools().count(), 1);
     let _ = SessionId(1);
 }
+
+#[test]
+fn partition_dying_in_cleanup_after_a_vanished_client_tells_nobody() {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("p", "echo", 1, 1));
+    let al = served(&mut a, req("echo", "alice", 0), Instant::now());
+    a.deallocate(al.session, false).unwrap();
+    let acts = a.partition_failed("p-1").unwrap();
+    assert_eq!(
+        acts,
+        [Action::Recycle {
+            partition: "p-1".into(),
+            from: Start::Cold
+        }]
+    );
+    assert_eq!(a.session_count(), 0);
+}
+
+#[test]
+fn partition_dying_in_cleanup_with_confirm_tells_the_client() {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("p", "echo", 1, 1));
+    let al = served(&mut a, req("echo", "alice", 0), Instant::now());
+    a.deallocate(al.session, true).unwrap();
+    let acts = a.partition_failed("p-1").unwrap();
+    assert_eq!(
+        acts[0],
+        Action::EndSession {
+            session: al.session,
+            code: ErrorCode::ProgramDied
+        }
+    );
+}
+
+#[test]
+fn shrinking_below_a_starting_partition_keeps_the_pool_at_max() {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("p", "echo", 1, 2));
+    a.resize("p", 2, 2).unwrap(); // boots p-2
+                                  // Over the new max: the idle one goes now, the starting one is kept.
+    let acts = a.resize("p", 1, 1).unwrap();
+    assert_eq!(
+        acts,
+        [Action::Destroy {
+            partition: "p-1".into()
+        }]
+    );
+    assert!(a.partition_ready("p-2").unwrap().is_empty());
+    let states: Vec<_> = a.partitions_of("p").map(|p| p.state.as_str()).collect();
+    assert_eq!(states, ["idle"]);
+    a.check().unwrap();
+}
