@@ -244,25 +244,28 @@ mod tests {
         (c, s)
     }
 
-    fn allocate() -> Frame {
-        Frame::Allocate(Allocate {
+    fn in_session() -> (Connection, Connection) {
+        let (mut c, mut s) = handshake();
+        c.send(&Frame::Allocate(Allocate {
             program: "echo".into(),
             user: "alice".into(),
             credential: "t".into(),
             wait_ms: 0,
-        })
-    }
-
-    #[test]
-    fn full_conversation() {
-        let (mut c, mut s) = handshake();
-        c.send(&allocate()).unwrap();
+        }))
+        .unwrap();
         pump(&mut c, &mut s).unwrap();
         s.send(&Frame::Allocated {
             session: SessionId(9),
         })
         .unwrap();
         pump(&mut s, &mut c).unwrap();
+        assert_eq!((c.state(), s.state()), (State::InSession, State::InSession));
+        (c, s)
+    }
+
+    #[test]
+    fn full_conversation() {
+        let (mut c, mut s) = in_session();
         c.send(&Frame::Data(b"ping".to_vec())).unwrap();
         s.send(&Frame::Data(b"pong".to_vec())).unwrap();
         assert_eq!(
@@ -361,13 +364,7 @@ mod tests {
 
     #[test]
     fn error_ends_session() {
-        let (mut c, mut s) = handshake();
-        c.send(&allocate()).unwrap();
-        pump(&mut c, &mut s).unwrap();
-        s.send(&Frame::Allocated {
-            session: SessionId(1),
-        })
-        .unwrap();
+        let (mut c, mut s) = in_session();
         s.send(&Frame::Error {
             code: ErrorCode::ProgramDied,
             message: "exit 1".into(),

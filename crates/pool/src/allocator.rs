@@ -133,27 +133,20 @@ impl Allocator {
     /// Records that the pool has (or no longer has) a saved state to restore
     /// partitions from; later starts are `Restore`s rather than cold boots.
     pub fn set_template(&mut self, pool: &str, ready: bool) -> Result<(), AllocError> {
-        let p = self
-            .pools
-            .get_mut(pool)
-            .ok_or_else(|| AllocError::UnknownPool(pool.into()))?;
-        p.template = ready;
+        self.pool_mut(pool)?.template = ready;
         Ok(())
     }
 
     /// Changes a pool's size and max; the next decisions grow or shrink toward them.
     pub fn resize(&mut self, pool: &str, size: u32, max: u32) -> Result<Vec<Action>, AllocError> {
-        let p = self
-            .pools
-            .get(pool)
-            .ok_or_else(|| AllocError::UnknownPool(pool.into()))?;
+        let p = self.pool_mut(pool)?;
         let spec = PoolSpec {
             size,
             max,
             ..p.spec.clone()
         };
         spec.validate()?;
-        self.pools.get_mut(pool).expect("checked").spec = spec;
+        p.spec = spec;
         let mut actions = Vec::new();
         while self.partitions_of(pool).count() < size as usize {
             self.grow(pool, &mut actions);
@@ -322,10 +315,7 @@ impl Allocator {
 
     /// A boot, restore or recycle finished: the program answers on its port.
     pub fn partition_ready(&mut self, id: &str) -> Result<Vec<Action>, AllocError> {
-        let part = self
-            .partitions
-            .get_mut(id)
-            .ok_or_else(|| AllocError::UnknownPartition(id.into()))?;
+        let part = self.partition_mut(id)?;
         if !matches!(
             part.state,
             PartitionState::Booting | PartitionState::Recycling
@@ -342,10 +332,7 @@ impl Allocator {
     /// The partition died, or its start failed. A session on it ends (`ProgramDied`)
     /// and it is recycled, unless its starts keep failing: then it stays `Failed`.
     pub fn partition_failed(&mut self, id: &str) -> Result<Vec<Action>, AllocError> {
-        let part = self
-            .partitions
-            .get_mut(id)
-            .ok_or_else(|| AllocError::UnknownPartition(id.into()))?;
+        let part = self.partition_mut(id)?;
         if part.state == PartitionState::Failed {
             return Ok(Vec::new());
         }
@@ -381,17 +368,29 @@ impl Allocator {
 
     /// An administrator retries a `Failed` partition.
     pub fn retry(&mut self, id: &str) -> Result<Vec<Action>, AllocError> {
-        match self.partitions.get_mut(id) {
-            Some(p) if p.state == PartitionState::Failed => p.start_failures = 0,
-            Some(_) => return Err(AllocError::NotFailed(id.into())),
-            None => return Err(AllocError::UnknownPartition(id.into())),
+        let part = self.partition_mut(id)?;
+        if part.state != PartitionState::Failed {
+            return Err(AllocError::NotFailed(id.into()));
         }
+        part.start_failures = 0;
         let mut actions = Vec::new();
         self.recycle(id, &mut actions);
         Ok(actions)
     }
 
     // ---- internals ---------------------------------------------------------------
+
+    fn partition_mut(&mut self, id: &str) -> Result<&mut Partition, AllocError> {
+        self.partitions
+            .get_mut(id)
+            .ok_or_else(|| AllocError::UnknownPartition(id.into()))
+    }
+
+    fn pool_mut(&mut self, name: &str) -> Result<&mut Pool, AllocError> {
+        self.pools
+            .get_mut(name)
+            .ok_or_else(|| AllocError::UnknownPool(name.into()))
+    }
 
     fn start_of(&self, pool: &str) -> Start {
         if self.pools[pool].template {

@@ -34,6 +34,13 @@ fn ready(a: &mut Allocator, s: PoolSpec) {
     }
 }
 
+/// Pool `p` of one ready partition `p-1` serving `echo`.
+fn one_pool() -> Allocator {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("p", "echo", 1, 1));
+    a
+}
+
 fn answer(actions: &[Action], id: RequestId) -> Result<Allocation, RefuseReason> {
     let found: Vec<_> = actions
         .iter()
@@ -179,8 +186,7 @@ fn six_on_two_served_in_order_and_a_seventh_times_out() {
 
 #[test]
 fn refusals_change_nothing() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let now = Instant::now();
     let before: Vec<Partition> = a.partitions_of("p").cloned().collect();
     let (id, acts) = a.request(req("nope", "alice", 1000), now);
@@ -203,8 +209,7 @@ fn refusals_change_nothing() {
 
 #[test]
 fn per_user_limit_counts_queued_requests() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let now = Instant::now();
     let two = |u: &str| Request {
         max_sessions: 2,
@@ -261,8 +266,7 @@ fn recycle_after_one_restores_from_template() {
 
 #[test]
 fn program_crash_ends_session_and_recycles_failing_starts_stop() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let al = served(&mut a, req("echo", "alice", 0), Instant::now());
     let acts = a.partition_failed("p-1").unwrap();
     assert_eq!(
@@ -302,8 +306,7 @@ fn program_crash_ends_session_and_recycles_failing_starts_stop() {
 
 #[test]
 fn cleanup_failure_is_reported_and_recycles() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let al = served(&mut a, req("echo", "alice", 0), Instant::now());
     a.deallocate(al.session, true).unwrap();
     let acts = a.cleanup_done(al.session, false).unwrap();
@@ -319,8 +322,7 @@ fn cleanup_failure_is_reported_and_recycles() {
 
 #[test]
 fn vanished_client_gets_no_confirmation() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let al = served(&mut a, req("echo", "alice", 0), Instant::now());
     a.deallocate(al.session, false).unwrap();
     assert!(a.cleanup_done(al.session, true).unwrap().is_empty());
@@ -425,8 +427,7 @@ fn bad_specs_refused() {
 
 #[test]
 fn partition_dying_in_cleanup_after_a_vanished_client_tells_nobody() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let al = served(&mut a, req("echo", "alice", 0), Instant::now());
     a.deallocate(al.session, false).unwrap();
     let acts = a.partition_failed("p-1").unwrap();
@@ -442,8 +443,7 @@ fn partition_dying_in_cleanup_after_a_vanished_client_tells_nobody() {
 
 #[test]
 fn partition_dying_in_cleanup_with_confirm_tells_the_client() {
-    let mut a = Allocator::new();
-    ready(&mut a, spec("p", "echo", 1, 1));
+    let mut a = one_pool();
     let al = served(&mut a, req("echo", "alice", 0), Instant::now());
     a.deallocate(al.session, true).unwrap();
     let acts = a.partition_failed("p-1").unwrap();
