@@ -69,7 +69,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 
     /// The next valid frame from the peer. Errors close the connection; what the
     /// state machine queued in answer (a server's refusal) is written first.
-    /// Cancel-safe: bytes read are kept in the transport.
+    /// Cancel-safe while it waits for bytes (bytes read are kept in the transport);
+    /// a cancel while it writes an automatic answer may cut that answer short.
     pub async fn recv(&mut self) -> Result<Frame, ClientError> {
         loop {
             if self.start < self.end {

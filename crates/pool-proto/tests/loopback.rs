@@ -39,6 +39,15 @@ async fn serve(sock: TcpStream) -> Result<(), ClientError> {
                 };
                 t.send(&reply).await?;
             }
+            // The program crashing mid-session.
+            Frame::Data(d) if d == b"die" => {
+                t.send(&Frame::Error {
+                    code: ErrorCode::ProgramDied,
+                    message: "program exited with status 139".into(),
+                })
+                .await?;
+                return Ok(());
+            }
             Frame::Data(d) => t.send(&Frame::Data(d.to_ascii_uppercase())).await?,
             Frame::Deallocate { .. } => {
                 t.send(&Frame::Data(b"cleaned up\n".to_vec())).await?;
@@ -105,6 +114,24 @@ async fn allocate_converse_deallocate_over_loopback() {
     // The same connection serves a second session with a new id.
     let s2 = c.allocate(req("upper", "alice", TOKEN)).await.unwrap();
     assert_ne!(s, s2);
+}
+
+#[tokio::test]
+async fn program_death_reaches_the_client_as_an_error() {
+    let addr = stub().await;
+    let mut c = Client::connect_tcp(addr).await.unwrap();
+    c.allocate(req("upper", "alice", TOKEN)).await.unwrap();
+    c.send(b"die").await.unwrap();
+    match c.recv().await {
+        Err(ClientError::SessionEnded { code, .. }) => assert_eq!(code, ErrorCode::ProgramDied),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.session(), None);
+    // The connection is over: nothing more may be sent on it.
+    assert!(matches!(
+        c.send(b"x").await,
+        Err(ClientError::Protocol(ConnError::Closed))
+    ));
 }
 
 #[tokio::test]

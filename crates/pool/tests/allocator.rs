@@ -474,3 +474,28 @@ fn shrinking_below_a_starting_partition_keeps_the_pool_at_max() {
     assert_eq!(states, ["idle"]);
     a.check().unwrap();
 }
+
+#[test]
+fn a_program_served_by_two_pools_uses_both_then_waits() {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("small", "echo", 1, 1));
+    ready(
+        &mut a,
+        PoolSpec {
+            recycle_after: Some(1),
+            ..spec("fresh", "echo", 1, 1)
+        },
+    );
+    let t0 = Instant::now();
+    let mut got: Vec<String> = (0..2)
+        .map(|i| served(&mut a, req("echo", &format!("u{i}"), 0), t0).partition)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["fresh-1", "small-1"]);
+    let (id, acts) = a.request(req("echo", "late", 2000), t0);
+    assert!(acts.is_empty());
+    assert_eq!(a.next_deadline(), Some(t0 + Duration::from_millis(2000)));
+    let acts = a.tick(t0 + Duration::from_millis(2000));
+    assert_eq!(answer(&acts, id), Err(RefuseReason::PoolExhausted));
+    assert_eq!(a.next_deadline(), None);
+}
