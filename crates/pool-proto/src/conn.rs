@@ -66,7 +66,9 @@ fn transition(state: State, from: Role, frame: &Frame) -> Option<State> {
         (Allocating, S, Frame::Refused { .. }) => Some(Ready),
         (InSession, _, Frame::Data(_)) => Some(InSession),
         (InSession, C, Frame::Deallocate { confirm: true }) => Some(Deallocating),
-        (InSession, C, Frame::Deallocate { confirm: false }) => Some(Ready),
+        // Without confirm the connection ends too: DATA the server sent before it
+        // saw the DEALLOCATE could otherwise land in a later session's stream.
+        (InSession, C, Frame::Deallocate { confirm: false }) => Some(Closed),
         (Deallocating, S, Frame::Data(_)) => Some(Deallocating),
         (Deallocating, S, Frame::Confirmed) => Some(Ready),
         _ => None,
@@ -360,6 +362,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn deallocate_without_confirm_closes_both_ends() {
+        let (mut c, mut s) = in_session();
+        s.send(&Frame::Data(b"in flight".to_vec())).unwrap();
+        c.send(&Frame::Deallocate { confirm: false }).unwrap();
+        assert_eq!(c.state(), State::Closed);
+        pump(&mut c, &mut s).unwrap();
+        assert_eq!(s.state(), State::Closed);
+        // The DATA that crossed it is not taken for anything.
+        assert_eq!(pump(&mut s, &mut c), Err(ConnError::Closed));
     }
 
     #[test]

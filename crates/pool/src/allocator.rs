@@ -168,9 +168,7 @@ impl Allocator {
             .collect();
         for id in ids {
             let p = self.partitions.remove(&id).expect("listed");
-            if let Some(s) = p.state.session() {
-                self.end_session(s, ErrorCode::Shutdown, &mut actions);
-            }
+            self.end_session(p.state, ErrorCode::Shutdown, &mut actions);
             actions.push(Action::Destroy { partition: id });
         }
         let served: Vec<String> = self
@@ -341,17 +339,8 @@ impl Allocator {
             PartitionState::Booting | PartitionState::Recycling
         );
         let mut actions = Vec::new();
-        if let Some(s) = part.state.session() {
-            let cleaning = part.state == PartitionState::Cleaning(s);
-            let session = self.sessions.remove(&s).expect("partition's session");
-            // A client that deallocated without confirm is gone: nobody to tell.
-            if !cleaning || session.confirm {
-                actions.push(Action::EndSession {
-                    session: s,
-                    code: ErrorCode::ProgramDied,
-                });
-            }
-        }
+        let state = part.state;
+        self.end_session(state, ErrorCode::ProgramDied, &mut actions);
         let part = self.partitions.get_mut(id).expect("exists");
         part.alternate_id = None;
         if starting {
@@ -473,9 +462,14 @@ impl Allocator {
         );
     }
 
-    fn end_session(&mut self, session: SessionId, code: ErrorCode, actions: &mut Vec<Action>) {
-        if self.sessions.remove(&session).is_some() {
-            actions.push(Action::EndSession { session, code });
+    /// Ends the session a partition in `state` holds, telling its client unless it
+    /// is gone (it deallocated without confirm; only the cleanup was left).
+    fn end_session(&mut self, state: PartitionState, code: ErrorCode, actions: &mut Vec<Action>) {
+        let Some(id) = state.session() else { return };
+        if let Some(session) = self.sessions.remove(&id) {
+            if state == PartitionState::InSession(id) || session.confirm {
+                actions.push(Action::EndSession { session: id, code });
+            }
         }
     }
 

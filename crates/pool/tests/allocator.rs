@@ -499,3 +499,23 @@ fn a_program_served_by_two_pools_uses_both_then_waits() {
     assert_eq!(answer(&acts, id), Err(RefuseReason::PoolExhausted));
     assert_eq!(a.next_deadline(), None);
 }
+
+#[test]
+fn removing_a_pool_tells_only_clients_still_there() {
+    let mut a = Allocator::new();
+    ready(&mut a, spec("p", "echo", 2, 2));
+    let now = Instant::now();
+    let stays = served(&mut a, req("echo", "alice", 0), now);
+    let gone = served(&mut a, req("echo", "bob", 0), now);
+    a.deallocate(gone.session, false).unwrap();
+    let acts = a.remove_pool("p").unwrap();
+    let ended: Vec<_> = acts
+        .iter()
+        .filter_map(|x| match x {
+            Action::EndSession { session, code } => Some((*session, *code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [(stays.session, ErrorCode::Shutdown)]);
+    assert_eq!(a.session_count(), 0);
+}
