@@ -119,3 +119,34 @@ proptest! {
         prop_assert!(d.buffered() <= HEADER_LEN + MAX_FRAME_LEN);
     }
 }
+
+proptest! {
+    /// Both ends run the same table: whatever one end may send, the other accepts,
+    /// and they agree on the state afterwards; whatever it may not send changes nothing.
+    #[test]
+    fn both_ends_agree_on_every_state(steps in proptest::collection::vec((any::<bool>(), frame()), 1..40)) {
+        let mut c = Connection::client();
+        let mut s = Connection::server();
+        let hello = c.take_transmit();
+        s.recv(&mut &hello[..]).unwrap();
+        let welcome = s.take_transmit();
+        c.recv(&mut &welcome[..]).unwrap();
+        for (from_client, f) in steps {
+            let (tx, rx) = if from_client { (&mut c, &mut s) } else { (&mut s, &mut c) };
+            let before = tx.state();
+            if tx.send(&f).is_err() {
+                prop_assert_eq!(tx.state(), before);
+                prop_assert!(!tx.has_transmit());
+                continue;
+            }
+            let bytes = tx.take_transmit();
+            let mut input = &bytes[..];
+            prop_assert_eq!(rx.recv(&mut input), Ok(Some(f)));
+            prop_assert!(input.is_empty());
+            prop_assert_eq!(c.state(), s.state());
+            if c.state() == State::Closed {
+                break;
+            }
+        }
+    }
+}
