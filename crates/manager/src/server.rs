@@ -159,9 +159,9 @@ async fn serve_http<S>(
     }
 }
 
-fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
+fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(v).expect("JSON values serialise"),
+        serde_json::to_vec(v).expect("API types serialise"),
     )));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
@@ -172,8 +172,9 @@ fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.status(), &e.body());
     if let ApiError::MethodNotAllowed { allow, .. } = e {
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            r.headers_mut().insert(ALLOW, v);
+        }
     }
     r
 }
@@ -216,9 +217,6 @@ async fn dispatch(
             return error_response(&ApiError::Unauthorized);
         }
     }
-    if req.method() == Method::GET && req.uri().path() == "/openapi.json" {
-        return json_response(200, &crate::openapi::document());
-    }
     let wants_console = req.headers().get(UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(CONSOLE_PROTOCOL.as_bytes())
@@ -247,7 +245,6 @@ async fn dispatch(
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    let created = matches!(api_req, ApiRequest::Create(_));
     // Its own task: a client that goes away does not cancel an operation
     // half-way, and a panic becomes a 500 (the manager rolls the state back).
     let handled = tokio::spawn(async move { manager.handle(api_req).await }).await;
@@ -258,7 +255,7 @@ async fn dispatch(
         )))
     });
     match r {
-        Ok(v) => json_response(if created { 201 } else { 200 }, &v),
+        Ok(v) => json_response(v.status(), &v),
         Err(e) => {
             tracing::debug!(%method, %path, error = %e, "API error");
             error_response(&e)
@@ -291,12 +288,13 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-/// Decodes a JSON body, an empty body meaning the type's default.
+/// Decodes an optional JSON body: empty or `null` means the type's default
+/// (the document marks these bodies optional).
 fn body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ApiError> {
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    body_required(b)
+    Ok(body_required::<Option<T>>(b)?.unwrap_or_default())
 }
 
 fn body_required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
@@ -326,6 +324,7 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let name = |s: &str| s.to_string();
     let r = match (method, segs.as_slice()) {
+        (&Method::GET, ["openapi.json"]) => ApiRequest::OpenApi,
         (&Method::GET, ["v1", "ping"]) => ApiRequest::Ping,
         (&Method::GET, ["v1", "host"]) => ApiRequest::Host,
         (&Method::GET, ["v1", "partitions"]) => ApiRequest::List,
@@ -384,17 +383,34 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
     Ok(r)
 }
 
+/// Every route the server answers: a path template (`{x}` is one segment)
+/// and the methods it takes. `route` decides; this table gives a 405 its
+/// `Allow`, and tests hold both it and the OpenAPI document to `route`.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/openapi.json", &["GET"]),
+    ("/v1/ping", &["GET"]),
+    ("/v1/host", &["GET"]),
+    ("/v1/partitions", &["GET", "POST"]),
+    ("/v1/partitions/{name}", &["GET", "DELETE"]),
+    ("/v1/partitions/{name}/start", &["POST"]),
+    ("/v1/partitions/{name}/stop", &["POST"]),
+    ("/v1/partitions/{name}/restart", &["POST"]),
+    ("/v1/partitions/{name}/exec", &["POST"]),
+    ("/v1/partitions/{name}/stats", &["GET"]),
+    ("/v1/partitions/{name}/console", &["GET"]),
+    ("/v1/partitions/{name}/disks", &["POST"]),
+    ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
+];
+
 /// The methods a known path takes, for a 405's `Allow`.
-fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
-    Some(match segs {
-        ["openapi.json"] | ["v1", "ping"] | ["v1", "host"] => "GET",
-        ["v1", "partitions"] => "GET, POST",
-        ["v1", "partitions", _] => "GET, DELETE",
-        ["v1", "partitions", _, "start" | "stop" | "restart" | "exec"] => "POST",
-        ["v1", "partitions", _, "stats" | "console"] => "GET",
-        ["v1", "partitions", _, "disks"] => "POST",
-        ["v1", "partitions", _, "disks", _] => "DELETE",
-        _ => return None,
+fn allowed_methods(segs: &[&str]) -> Option<&'static [&'static str]> {
+    ROUTES.iter().find_map(|(template, methods)| {
+        let t: Vec<&str> = template.split('/').skip(1).collect();
+        let same = t.len() == segs.len()
+            && t.iter()
+                .zip(segs)
+                .all(|(t, s)| t.starts_with('{') || t == s);
+        same.then_some(*methods)
     })
 }
 
@@ -414,7 +430,12 @@ async fn attach_console(
         })
         .await
     {
-        Ok(v) => v["socket"].as_str().unwrap_or_default().to_string(),
+        Ok(ApiReply::ConsoleSocket(s)) => s,
+        Ok(other) => {
+            return error_response(&ApiError::Internal(format!(
+                "console attach answered {other:?}"
+            )))
+        }
         Err(e) => return error_response(&e),
     };
     let console = match tokio::net::UnixStream::connect(&sock).await {
@@ -547,7 +568,7 @@ mod tests {
         assert!(matches!(
             e,
             ApiError::MethodNotAllowed {
-                allow: "GET, DELETE",
+                allow: &["GET", "DELETE"],
                 ..
             }
         ));
