@@ -15,10 +15,12 @@ use utoipa::ToSchema;
 pub struct CreatePartition {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
     pub name: String,
+    /// At most the daemon's `partitions.max_vcpus` (64 unless configured).
     #[serde(default = "one")]
-    #[schema(minimum = 1, default = 1)]
+    #[schema(minimum = 1, maximum = 255, default = 1)]
     pub vcpus: u32,
-    /// Guest memory; at least the daemon's minimum, at most the host's memory.
+    /// Guest memory: at least the daemon's minimum, at most the host's memory.
+    #[schema(minimum = 96)]
     pub memory_mib: u64,
     /// CPU entitlement, percent of one host CPU (1 to 100 × vcpus).
     #[schema(minimum = 1)]
@@ -77,6 +79,7 @@ pub struct StopOptions {
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The command and its arguments; the first is not empty.
+    #[schema(min_items = 1)]
     pub argv: Vec<String>,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3600)]
@@ -99,6 +102,7 @@ pub struct AttachDisk {
     pub path: String,
     /// `raw` or `qcow2`; from the file name when absent (`.qcow2`, else raw).
     #[serde(default)]
+    #[schema(pattern = "^(raw|qcow2)$")]
     pub format: Option<String>,
     #[serde(default)]
     pub readonly: bool,

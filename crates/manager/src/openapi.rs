@@ -376,6 +376,33 @@ mod tests {
         }
     }
 
+    /// The bounds written into the schemas are the ones the daemon enforces.
+    #[test]
+    fn bounds_in_the_document_are_the_daemons() {
+        use bulkhead_engine::spec::{MAX_HOTPLUG_SLOTS, MAX_VCPUS, MIN_MEMORY_MIB};
+        let doc = doc();
+        let prop = |ty: &str, field: &str, bound: &str| {
+            doc["components"]["schemas"][ty]["properties"][field][bound]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{ty}.{field} has no {bound}"))
+        };
+        assert_eq!(
+            prop("CreatePartition", "vcpus", "maximum"),
+            MAX_VCPUS as f64
+        );
+        assert_eq!(
+            prop("CreatePartition", "memory_mib", "minimum"),
+            MIN_MEMORY_MIB as f64
+        );
+        assert_eq!(
+            prop("CreatePartition", "hotplug_slots", "maximum"),
+            MAX_HOTPLUG_SLOTS as f64
+        );
+        for ty in ["StopOptions", "ExecRequest"] {
+            assert_eq!(prop(ty, "timeout_secs", "maximum"), MAX_TIMEOUT_SECS as f64);
+        }
+    }
+
     /// Whether the schema of `ty` lets property `field` be null.
     fn nullable(doc: &Value, ty: &str, field: &str) -> bool {
         let schema = &doc["components"]["schemas"][ty];

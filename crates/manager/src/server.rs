@@ -298,7 +298,34 @@ fn body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ApiErro
 }
 
 fn body_required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    let malformed =
+        |e: serde_json::Error| ApiError::BadRequest(format!("malformed JSON body: {e}"));
+    let mut v: serde_json::Value = serde_json::from_slice(b).map_err(malformed)?;
+    whole_floats_to_integers(&mut v);
+    T::deserialize(v).map_err(malformed)
+}
+
+/// JSON Schema's `integer` (the document's) takes `5.0`, serde's integers do
+/// not: a number with no fraction becomes an integer before the typed
+/// decode. Depth is bounded by serde_json's recursion limit.
+fn whole_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0) else {
+                return;
+            };
+            // The bounds are exact powers of two, so the casts cannot saturate.
+            if (0.0..18446744073709551616.0).contains(&f) {
+                *v = Value::from(f as u64);
+            } else if (-9223372036854775808.0..0.0).contains(&f) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(whole_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(whole_floats_to_integers),
+        _ => {}
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -309,10 +336,12 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// A boolean query parameter: `true` or `false`, as the document says (a
+/// bare `force` or `force=` once meant true; schemathesis found it).
 fn query_bool(query: &str, key: &str) -> Result<bool, ApiError> {
     match query_param(query, key) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("") | Some("true") | Some("1") => Ok(true),
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
         Some(v) => Err(ApiError::BadRequest(format!(
             "query parameter {key}={v:?} must be true or false"
         ))),
@@ -585,12 +614,42 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(e.to_string().contains("timeout_secs"), "{e}");
-        let e = route(&Method::DELETE, "/v1/partitions/a", "force=maybe", b"").unwrap_err();
-        assert_eq!(e.status(), 400);
+        for q in ["force=maybe", "force=", "force", "force=1"] {
+            let e = route(&Method::DELETE, "/v1/partitions/a", q, b"").unwrap_err();
+            assert_eq!(e.status(), 400, "{q}");
+        }
         let e = route(&Method::GET, "/v1/partitions/a/console", "lines=x", b"").unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(route(&Method::POST, "/v1/partitions/a/exec", "", b"").is_err());
         assert!(route(&Method::POST, "/v1/partitions/a/disks", "", b"{}").is_err());
+    }
+
+    #[test]
+    fn whole_floats_are_integers_as_in_json_schema() {
+        let r = route(
+            &Method::POST,
+            "/v1/partitions/a/stop",
+            "",
+            br#"{"timeout_secs": 822.0}"#,
+        )
+        .unwrap();
+        let ApiRequest::Stop { opts, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(opts.timeout_secs, Some(822));
+        for bad in [r#"{"timeout_secs": 8.5}"#, r#"{"timeout_secs": -1.0}"#] {
+            let e = route(&Method::POST, "/v1/partitions/a/stop", "", bad.as_bytes());
+            assert_eq!(e.unwrap_err().status(), 400, "{bad}");
+        }
+        // A JSON null body is the defaults, as the document's optional body says.
+        let r = route(&Method::POST, "/v1/partitions/a/start", "", b"null").unwrap();
+        assert_eq!(
+            r,
+            ApiRequest::Start {
+                name: "a".into(),
+                opts: StartOptions::default()
+            }
+        );
     }
 
     #[test]
