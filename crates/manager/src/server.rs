@@ -160,9 +160,17 @@ async fn serve_http<S>(
 }
 
 fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(v).expect("API types serialise"),
-    )));
+    // Only a reply the HTTP layer must never send (the console socket)
+    // fails to serialise: answer 500 rather than panic the connection.
+    let (status, bytes) = match serde_json::to_vec(v) {
+        Ok(b) => (status, b),
+        Err(e) => {
+            tracing::error!(error = %e, "API reply not serialisable");
+            let body = ApiError::Internal("reply not serialisable".into()).body();
+            (500, serde_json::to_vec(&body).unwrap_or_default())
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
