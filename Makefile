@@ -10,12 +10,16 @@ BULKHEAD := target/debug/bulkhead
 export BULKHEAD_IMAGE_DIR := $(abspath $(IMAGE_DIR))
 export BULKHEAD_BIN := $(abspath $(BULKHEAD))
 
-.PHONY: all bootstrap build agent image run test lint bench fuzz clean
+.PHONY: all bootstrap python-tools build agent image run test lint bench fuzz clean
 
 all: build
 
 bootstrap:
 	@scripts/bootstrap
+
+# Python test tools (schemathesis) in a venv under ~/.cache/bulkhead.
+python-tools: bootstrap
+	@scripts/python-tools
 
 build:
 	$(CARGO) build --workspace --bins
@@ -31,7 +35,7 @@ image: bootstrap build agent
 run: image
 	scripts/demo
 
-test: image
+test: image python-tools
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:

@@ -1,19 +1,29 @@
 //! The API's vocabulary: every call is one [`ApiRequest`] (as Firecracker's
 //! `VmmAction` and Cloud Hypervisor's `ApiRequest`), answered by
-//! `Manager::handle` in one place; the HTTP layer only translates.
+//! `Manager::handle` in one place and answered with one typed [`ApiReply`]
+//! (as Firecracker's `VmmData`); the HTTP layer only translates. The same
+//! types derive the OpenAPI schemas (`openapi.rs`), so the document cannot
+//! drift from what is served.
 
-use bulkhead_store::{DiskRecord, Event, PartitionRecord, RestartPolicy};
+use bulkhead_store::{DiskRecord, Event, PartitionRecord, PartitionState, RestartPolicy};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /v1/partitions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePartition {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
     pub name: String,
+    /// At most the daemon's `partitions.max_vcpus` (64 unless configured).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 255, default = 1)]
     pub vcpus: u32,
+    /// Guest memory: at least the daemon's minimum, at most the host's memory.
+    #[schema(minimum = 96)]
     pub memory_mib: u64,
-    /// CPU entitlement, percent of one host CPU.
+    /// CPU entitlement, percent of one host CPU (1 to 100 × vcpus).
+    #[schema(minimum = 1)]
     pub cpu_percent: u32,
     /// Guest image directory; the daemon's default when absent.
     #[serde(default)]
@@ -31,6 +41,7 @@ pub struct CreatePartition {
     /// PCIe root ports kept free for disks hot-plugged while it runs (makes
     /// the machine q35); 0 for none.
     #[serde(default)]
+    #[schema(maximum = 16)]
     pub hotplug_slots: u32,
     /// Named guest CPU model (`x86-64-v2` when absent); see docs/manager.md.
     #[serde(default)]
@@ -42,7 +53,7 @@ fn one() -> u32 {
 }
 
 /// Body of `POST /v1/partitions/{name}/start` and `.../restart`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartOptions {
     /// Answer only once the agent reports ready (or the start failed).
@@ -51,7 +62,7 @@ pub struct StartOptions {
 }
 
 /// Body of `POST /v1/partitions/{name}/stop`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopOptions {
     /// Kill QEMU at once instead of shutting the guest down.
@@ -59,19 +70,23 @@ pub struct StopOptions {
     pub force: bool,
     /// Graceful stop budget before QEMU is killed; the daemon's default when absent.
     #[serde(default)]
+    #[schema(maximum = 3600)]
     pub timeout_secs: Option<u64>,
 }
 
 /// Body of `POST /v1/partitions/{name}/exec`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
+    /// The command and its arguments; the first is not empty.
+    #[schema(min_items = 1)]
     pub argv: Vec<String>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ExecResult {
     pub code: i32,
     pub stdout: String,
@@ -80,24 +95,26 @@ pub struct ExecResult {
 
 /// Body of `POST /v1/partitions/{name}/disks`: a disk to hot-plug into a
 /// running partition created with hot-plug ports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachDisk {
     /// Absolute path of the image on the host.
     pub path: String,
     /// `raw` or `qcow2`; from the file name when absent (`.qcow2`, else raw).
     #[serde(default)]
+    #[schema(pattern = "^(raw|qcow2)$")]
     pub format: Option<String>,
     #[serde(default)]
     pub readonly: bool,
     /// Adapter id (1-16 of a-z, 0-9, '-'); `hotN` when absent.
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,15}$")]
     pub id: Option<String>,
 }
 
 /// A disk hot-plugged into a running partition (reply of attach, and listed
 /// by `show`). It lasts until removed or until the partition's QEMU ends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AttachedDisk {
     pub id: String,
     pub path: String,
@@ -108,7 +125,7 @@ pub struct AttachedDisk {
 }
 
 /// Reply of `DELETE /v1/partitions/{name}/disks/{id}`: the guest released it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DetachedDisk {
     pub id: String,
 }
@@ -116,6 +133,8 @@ pub struct DetachedDisk {
 /// One typed command per API call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ApiRequest {
+    /// The OpenAPI document (`openapi.rs`).
+    OpenApi,
     Ping,
     Host,
     List,
@@ -196,7 +215,7 @@ impl ApiRequest {
 }
 
 /// What `show` returns: the record plus what only the daemon knows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PartitionView {
     #[serde(flatten)]
     pub record: PartitionRecord,
@@ -213,10 +232,10 @@ pub struct PartitionView {
     pub hotplugged_disks: Vec<AttachedDisk>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
     pub name: String,
-    pub state: String,
+    pub state: PartitionState,
     pub cpu_entitlement_percent: u32,
     /// CPU time used by QEMU (all threads) since it started, ns.
     pub cpu_time_ns: u64,
@@ -232,11 +251,13 @@ pub struct Stats {
     pub rss_bytes: u64,
     pub uptime_ms: u64,
     pub pid: Option<u32>,
+    /// What the guest's agent reports (kernel, load, memory), when it answers.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub guest: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     pub version: String,
     pub cgroup_version: u8,
@@ -246,6 +267,123 @@ pub struct HostView {
     pub allocated: crate::capacity::Demand,
     pub running: crate::capacity::Demand,
     pub partitions: usize,
+}
+
+/// Reply of `GET /v1/ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Pong {
+    pub ok: bool,
+}
+
+/// Reply of `DELETE /v1/partitions/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Destroyed {
+    /// The name of the partition destroyed.
+    pub destroyed: String,
+}
+
+/// Reply of `GET /v1/partitions/{name}/console`: the console log's last lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleLines {
+    pub lines: Vec<String>,
+}
+
+/// Reply of `GET /openapi.json`: the generated document (`openapi.rs`).
+#[derive(Clone, Serialize)]
+#[serde(transparent)]
+pub struct ApiDocument(pub &'static utoipa::openapi::OpenApi);
+
+impl std::fmt::Debug for ApiDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiDocument({} paths)", self.0.paths.paths.len())
+    }
+}
+
+/// Every answer of `Manager::handle`, one variant per kind of reply. The
+/// HTTP layer serialises the inner value (the variant is not on the wire)
+/// with the status [`ApiReply::status`] gives.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ApiReply {
+    OpenApi(ApiDocument),
+    Pong(Pong),
+    Host(HostView),
+    Partitions(Vec<PartitionRecord>),
+    /// A partition just defined (201).
+    Created(PartitionRecord),
+    Partition(PartitionRecord),
+    View(Box<PartitionView>),
+    Destroyed(Destroyed),
+    Exec(ExecResult),
+    Stats(Box<Stats>),
+    ConsoleLog(ConsoleLines),
+    /// The console socket of a running partition: the HTTP layer splices it
+    /// into an upgraded connection and never sends this value.
+    #[serde(skip)]
+    ConsoleSocket(std::path::PathBuf),
+    DiskAttached(AttachedDisk),
+    DiskDetached(DetachedDisk),
+}
+
+impl ApiReply {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Created(_) => 201,
+            _ => 200,
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// One line for a person.
+    pub message: String,
+}
+
+/// The stable, machine-readable kind of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    Conflict,
+    OverCapacity,
+    Unauthorized,
+    NoRoute,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    Engine,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "already_exists",
+            Self::Conflict => "conflict",
+            Self::OverCapacity => "over_capacity",
+            Self::Unauthorized => "unauthorized",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Engine => "engine",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
 }
 
 /// Every failure the API reports: a status, a stable code and one line.
@@ -268,11 +406,11 @@ pub enum ApiError {
     Unauthorized,
     #[error("no such API endpoint: {0}")]
     NoRoute(String),
-    #[error("{method} is not allowed on {path} (allowed: {allow})")]
+    #[error("{method} is not allowed on {path} (allowed: {})", allow.join(", "))]
     MethodNotAllowed {
         method: String,
         path: String,
-        allow: &'static str,
+        allow: &'static [&'static str],
     },
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -280,6 +418,9 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("{0}")]
     Engine(String),
+    /// The state store cannot answer now (busy, no quorum); worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -296,29 +437,37 @@ impl ApiError {
             Self::AlreadyExists(_) | Self::Conflict(_) => 409,
             Self::OverCapacity(_) => 507,
             Self::Engine(_) => 502,
+            Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
+        use ErrorCode as C;
         match self {
-            Self::BadRequest(_) => "invalid_argument",
-            Self::NotFound(_) | Self::NoDevice(_) => "not_found",
-            Self::AlreadyExists(_) => "already_exists",
-            Self::Conflict(_) => "conflict",
-            Self::OverCapacity(_) => "over_capacity",
-            Self::Unauthorized => "unauthorized",
-            Self::NoRoute(_) => "no_route",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::RequestTimeout(_) => "request_timeout",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Engine(_) => "engine",
-            Self::Internal(_) => "internal",
+            Self::BadRequest(_) => C::InvalidArgument,
+            Self::NotFound(_) | Self::NoDevice(_) => C::NotFound,
+            Self::AlreadyExists(_) => C::AlreadyExists,
+            Self::Conflict(_) => C::Conflict,
+            Self::OverCapacity(_) => C::OverCapacity,
+            Self::Unauthorized => C::Unauthorized,
+            Self::NoRoute(_) => C::NoRoute,
+            Self::MethodNotAllowed { .. } => C::MethodNotAllowed,
+            Self::RequestTimeout(_) => C::RequestTimeout,
+            Self::PayloadTooLarge(_) => C::PayloadTooLarge,
+            Self::Engine(_) => C::Engine,
+            Self::Unavailable(_) => C::Unavailable,
+            Self::Internal(_) => C::Internal,
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        }
     }
 }
 
@@ -329,6 +478,7 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::AlreadyExists(n) => Self::AlreadyExists(n),
             S::NotFound(n) => Self::NotFound(n),
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
+            S::Unavailable { .. } => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

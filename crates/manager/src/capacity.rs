@@ -6,7 +6,7 @@ use crate::config::CapacityConfig;
 use serde::{Deserialize, Serialize};
 
 /// What the host offers, after the configured reserve and overcommit.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Capacity {
     pub host_cpus: u32,
     pub host_memory_mib: u64,
@@ -17,7 +17,7 @@ pub struct Capacity {
 }
 
 /// What a partition holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Demand {
     pub cpu_percent: u64,
     pub memory_mib: u64,

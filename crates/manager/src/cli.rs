@@ -1,12 +1,15 @@
 //! `bulkhead serve` (the daemon) and the API-client half of
 //! `bulkhead partition ...`.
 
+use crate::api::{
+    AttachDisk, CreatePartition, ExecRequest, PartitionView, StartOptions, Stats, StopOptions,
+};
 use crate::client::{Client, Endpoint};
 use crate::config::{Config, DEFAULT_SOCKET};
 use crate::tls::Trust;
 use anyhow::Context;
-use hyper::Method;
-use serde_json::{json, Value};
+use bulkhead_store::{DiskRecord, PartitionRecord};
+use serde::Serialize;
 use std::path::PathBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -275,7 +278,7 @@ pub fn parse_percent(s: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("--cpu {s:?} must be a percentage such as 50%"))
 }
 
-pub fn parse_disk(s: &str) -> anyhow::Result<Value> {
+pub fn parse_disk(s: &str) -> anyhow::Result<DiskRecord> {
     let (path, ro) = match s.strip_suffix(":ro") {
         Some(p) => (p, true),
         None => (s, false),
@@ -286,7 +289,11 @@ pub fn parse_disk(s: &str) -> anyhow::Result<Value> {
     } else {
         "raw"
     };
-    Ok(json!({ "path": abs, "format": format, "readonly": ro }))
+    Ok(DiskRecord {
+        path: abs.to_string_lossy().into_owned(),
+        format: format.into(),
+        readonly: ro,
+    })
 }
 
 /// Runs one partition command. Failures print one line and exit non-zero.
@@ -295,6 +302,12 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    Ok(())
+}
+
+/// `--json`: the typed reply, pretty.
+fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -308,143 +321,113 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|d| parse_disk(d))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let body = json!({
-                "name": a.name, "vcpus": a.vcpus, "memory_mib": memory_mib,
-                "cpu_percent": parse_percent(&a.cpu)?, "disks": disks, "net": a.net,
-                "image": a.image, "cmdline": a.cmdline,
-                "restart_policy": a.restart.parse::<bulkhead_store::RestartPolicy>().map_err(anyhow::Error::msg)?,
-                "hotplug_slots": a.hotplug, "cpu_model": a.cpu_model,
-            });
-            let v = a.api.client()?.post("/v1/partitions", &body).await?;
-            print_record(&v, a.json);
+            let req = CreatePartition {
+                name: a.name,
+                vcpus: a.vcpus,
+                memory_mib,
+                cpu_percent: parse_percent(&a.cpu)?,
+                image: a.image,
+                cmdline: a.cmdline,
+                disks,
+                net: a.net,
+                restart_policy: a.restart.parse().map_err(anyhow::Error::msg)?,
+                hotplug_slots: a.hotplug,
+                cpu_model: a.cpu_model,
+            };
+            let rec = a.api.client()?.create(&req).await?;
+            print_record(&rec, a.json)?;
         }
         PartitionCommand::Start(a) => {
-            let v = a
-                .api
-                .client()?
-                .post(&path(&a.name, "start")?, &json!({ "wait": a.wait }))
-                .await?;
-            print_record(&v, a.json);
+            let opts = StartOptions { wait: a.wait };
+            let rec = a.api.client()?.start(&a.name, &opts).await?;
+            print_record(&rec, a.json)?;
         }
         PartitionCommand::Restart(a) => {
-            let v = a
-                .api
-                .client()?
-                .post(&path(&a.name, "restart")?, &json!({ "wait": a.wait }))
-                .await?;
-            print_record(&v, a.json);
+            let opts = StartOptions { wait: a.wait };
+            let rec = a.api.client()?.restart(&a.name, &opts).await?;
+            print_record(&rec, a.json)?;
         }
         PartitionCommand::Stop(a) => {
-            let v = a
-                .api
-                .client()?
-                .post(
-                    &path(&a.name, "stop")?,
-                    &json!({ "force": a.force, "timeout_secs": a.timeout }),
-                )
-                .await?;
-            print_record(&v, a.json);
+            let opts = StopOptions {
+                force: a.force,
+                timeout_secs: a.timeout,
+            };
+            let rec = a.api.client()?.stop(&a.name, &opts).await?;
+            print_record(&rec, a.json)?;
         }
         PartitionCommand::Destroy(a) => {
-            let q = if a.force { "?force=true" } else { "" };
-            a.api
-                .client()?
-                .call(
-                    Method::DELETE,
-                    &format!("{}{q}", partition_path(&a.name)?),
-                    None,
-                )
-                .await?;
-            println!("destroyed {}", a.name);
+            let d = a.api.client()?.destroy(&a.name, a.force).await?;
+            println!("destroyed {}", d.destroyed);
         }
         PartitionCommand::List(a) => {
-            let v = a.api.client()?.get("/v1/partitions").await?;
+            let recs = a.api.client()?.list().await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&recs)?;
             } else {
-                print!("{}", list_table(&v));
+                print!("{}", list_table(&recs));
             }
         }
         PartitionCommand::Show(a) => {
-            let v = a.api.client()?.get(&partition_path(&a.name)?).await?;
+            let view = a.api.client()?.show(&a.name).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&view)?;
             } else {
-                print!("{}", show_text(&v));
+                print!("{}", show_text(&view));
             }
         }
         PartitionCommand::Stats(a) => {
-            let v = a.api.client()?.get(&path(&a.name, "stats")?).await?;
+            let st = a.api.client()?.stats(&a.name).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&st)?;
             } else {
-                print!("{}", stats_text(&v));
+                print!("{}", stats_text(&st));
             }
         }
         PartitionCommand::Exec(a) => {
-            let v = a
-                .api
-                .client()?
-                .post(
-                    &path(&a.name, "exec")?,
-                    &json!({ "argv": a.argv, "timeout_secs": a.timeout }),
-                )
-                .await?;
+            let req = ExecRequest {
+                argv: a.argv,
+                timeout_secs: Some(a.timeout),
+            };
+            let r = a.api.client()?.exec(&a.name, &req).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
+                return print_json(&r);
             }
             let mut out = tokio::io::stdout();
-            out.write_all(v["stdout"].as_str().unwrap_or("").as_bytes())
-                .await?;
+            out.write_all(r.stdout.as_bytes()).await?;
             out.flush().await?;
-            eprint!("{}", v["stderr"].as_str().unwrap_or(""));
-            let code = v["code"].as_i64().unwrap_or(1) as i32;
-            if code != 0 {
-                std::process::exit(code);
+            eprint!("{}", r.stderr);
+            if r.code != 0 {
+                std::process::exit(r.code);
             }
         }
         PartitionCommand::Disk(DiskCommand::Add(a)) => {
-            let mut body = parse_disk(&a.disk)?;
-            body["id"] = json!(a.id);
-            let v = a
-                .api
-                .client()?
-                .post(&path(&a.name, "disks")?, &body)
-                .await?;
+            let d = parse_disk(&a.disk)?;
+            let req = AttachDisk {
+                path: d.path,
+                format: Some(d.format),
+                readonly: d.readonly,
+                id: a.id,
+            };
+            let disk = a.api.client()?.attach_disk(&a.name, &req).await?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                print_json(&disk)?;
             } else {
-                println!(
-                    "{} attached to {} (port {})",
-                    s(&v["id"]),
-                    a.name,
-                    s(&v["slot"])
-                );
+                println!("{} attached to {} (port {})", disk.id, a.name, disk.slot);
             }
         }
         PartitionCommand::Disk(DiskCommand::Remove(a)) => {
-            a.api
-                .client()?
-                .call(
-                    Method::DELETE,
-                    &format!("{}/{}", path(&a.name, "disks")?, encode_segment(&a.id)),
-                    None,
-                )
-                .await?;
-            println!("{} removed from {}", a.id, a.name);
+            let d = a.api.client()?.detach_disk(&a.name, &a.id).await?;
+            println!("{} removed from {}", d.id, a.name);
         }
         PartitionCommand::Console(a) => {
             let client = a.api.client()?;
             if a.log || a.json {
-                let v = client
-                    .get(&format!("{}?lines={}", path(&a.name, "console")?, a.lines))
-                    .await?;
+                let log = client.console_log(&a.name, a.lines).await?;
                 if a.json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    print_json(&log)?;
                 } else {
-                    for l in v["lines"].as_array().into_iter().flatten() {
-                        println!("{}", l.as_str().unwrap_or(""));
+                    for l in &log.lines {
+                        println!("{l}");
                     }
                 }
                 return Ok(());
@@ -455,29 +438,13 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/v1/partitions/NAME`, for a name the daemon would accept (checked here
-/// so that a bad one is a clear error, not a panic or another request).
+/// `/v1/partitions/NAME`, for a name the daemon would accept (checked
+/// before anything is sent, so a bad one is a clear error).
 pub fn partition_path(name: &str) -> anyhow::Result<String> {
-    crate::api::check_name(name)?;
-    Ok(format!("/v1/partitions/{}", encode_segment(name)))
+    Ok(crate::client::partition_path(name)?)
 }
 
-fn path(name: &str, action: &str) -> anyhow::Result<String> {
-    Ok(format!("{}/{action}", partition_path(name)?))
-}
-
-/// Percent-encodes one path segment: only RFC 3986 unreserved bytes pass.
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::client::encode_segment;
 
 /// Console: guest output to stdout, stdin to the guest, until Ctrl-] or EOF
 /// from the guest side.
@@ -562,12 +529,9 @@ impl Drop for RawTerminal {
     }
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An optional value, or `-`.
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// Aligned columns, the widths taken from the content.
@@ -597,21 +561,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-pub fn list_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .into_iter()
-        .flatten()
+pub fn list_table(recs: &[PartitionRecord]) -> String {
+    let rows: Vec<Vec<String>> = recs
+        .iter()
         .map(|p| {
             vec![
-                s(&p["name"]),
-                s(&p["state"]),
-                s(&p["vcpus"]),
-                format!("{}M", s(&p["memory_mib"])),
-                format!("{}%", s(&p["cpu_percent"])),
-                s(&p["net"]["ip"]),
-                s(&p["pid"]),
-                p["last_exit"].as_str().unwrap_or("").to_string(),
+                p.name.clone(),
+                p.state.to_string(),
+                p.vcpus.to_string(),
+                format!("{}M", p.memory_mib),
+                format!("{}%", p.cpu_percent),
+                opt(p.net.as_ref().map(|n| &n.ip)),
+                opt(p.pid),
+                p.last_exit.clone().unwrap_or_default(),
             ]
         })
         .collect();
@@ -630,22 +592,22 @@ pub fn list_table(v: &Value) -> String {
     )
 }
 
-fn print_record(v: &Value, json: bool) {
+fn print_record(rec: &PartitionRecord, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    } else {
-        println!(
-            "{} {} (pid {}, address {})",
-            s(&v["name"]),
-            s(&v["state"]),
-            s(&v["pid"]),
-            s(&v["net"]["ip"])
-        );
+        return print_json(rec);
     }
+    println!(
+        "{} {} (pid {}, address {})",
+        rec.name,
+        rec.state,
+        opt(rec.pid),
+        opt(rec.net.as_ref().map(|n| &n.ip))
+    );
+    Ok(())
 }
 
-fn ms_ago(at: &Value) -> String {
-    match at.as_u64() {
+fn ms_ago(at: Option<u64>) -> String {
+    match at {
         Some(t) => {
             let secs = bulkhead_store::now_ms().saturating_sub(t) / 1000;
             format!("{secs}s ago")
@@ -655,68 +617,61 @@ fn ms_ago(at: &Value) -> String {
 }
 
 /// `, ro` for a read-only disk.
-fn ro(disk: &Value) -> &'static str {
-    if disk["readonly"].as_bool() == Some(true) {
+fn ro(readonly: bool) -> &'static str {
+    if readonly {
         ", ro"
     } else {
         ""
     }
 }
 
-pub fn show_text(v: &Value) -> String {
+pub fn show_text(v: &PartitionView) -> String {
+    let r = &v.record;
     let mut rows = vec![
-        ("name", s(&v["name"])),
+        ("name", r.name.clone()),
         (
             "state",
-            format!("{} (since {})", s(&v["state"]), ms_ago(&v["state_since"])),
+            format!("{} (since {})", r.state, ms_ago(Some(r.state_since))),
         ),
-        ("vcpus", s(&v["vcpus"])),
+        ("vcpus", r.vcpus.to_string()),
         (
             "memory",
             format!(
                 "{} MiB (cgroup limit {} MiB with QEMU)",
-                s(&v["memory_mib"]),
-                s(&v["memory_limit_mib"])
+                r.memory_mib, v.memory_limit_mib
             ),
         ),
-        (
-            "cpu entitlement",
-            format!("{}% of one CPU", s(&v["cpu_percent"])),
-        ),
-        ("address", s(&v["net"]["ip"])),
-        ("mac", s(&v["net"]["mac"])),
-        ("tap", s(&v["tap"])),
+        ("cpu entitlement", format!("{}% of one CPU", r.cpu_percent)),
+        ("address", opt(r.net.as_ref().map(|n| &n.ip))),
+        ("mac", opt(r.net.as_ref().map(|n| &n.mac))),
+        ("tap", opt(v.tap.as_ref())),
         (
             "restart policy",
-            format!(
-                "{} (restarts {})",
-                s(&v["restart_policy"]),
-                s(&v["restarts"])
-            ),
+            format!("{} (restarts {})", r.restart_policy, r.restarts),
         ),
-        ("cpu model", s(&v["cpu_model"])),
-        ("hot-plug ports", s(&v["hotplug_slots"])),
-        ("pid", s(&v["pid"])),
-        ("started", ms_ago(&v["started_at"])),
-        ("last exit", s(&v["last_exit"])),
-        ("console log", s(&v["console_log"])),
+        ("cpu model", r.cpu_model.clone()),
+        ("hot-plug ports", r.hotplug_slots.to_string()),
+        ("pid", opt(r.pid)),
+        ("started", ms_ago(r.started_at)),
+        ("last exit", opt(r.last_exit.as_ref())),
+        ("console log", opt(v.console_log.as_ref())),
     ];
-    for d in v["disks"].as_array().into_iter().flatten() {
+    for d in &r.disks {
         rows.push((
             "disk",
-            format!("{} ({}{})", s(&d["path"]), s(&d["format"]), ro(d)),
+            format!("{} ({}{})", d.path, d.format, ro(d.readonly)),
         ));
     }
-    for d in v["hotplugged_disks"].as_array().into_iter().flatten() {
+    for d in &v.hotplugged_disks {
         rows.push((
             "hot-plugged",
             format!(
                 "{} {} ({}{}, port {})",
-                s(&d["id"]),
-                s(&d["path"]),
-                s(&d["format"]),
-                ro(d),
-                s(&d["slot"])
+                d.id,
+                d.path,
+                d.format,
+                ro(d.readonly),
+                d.slot
             ),
         ));
     }
@@ -725,45 +680,28 @@ pub fn show_text(v: &Value) -> String {
         out.push_str(&format!("{:<16} {val}\n", format!("{k}:")));
     }
     out.push_str("events:\n");
-    for e in v["events"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "  {:>8}  {}\n",
-            ms_ago(&e["at"]),
-            s(&e["message"])
-        ));
+    for e in &v.events {
+        out.push_str(&format!("  {:>8}  {}\n", ms_ago(Some(e.at)), e.message));
     }
     out
 }
 
-pub fn stats_text(v: &Value) -> String {
-    let mib = |x: &Value| format!("{:.1} MiB", x.as_f64().unwrap_or(0.0) / 1048576.0);
-    let mut out = String::new();
+pub fn stats_text(v: &Stats) -> String {
+    let mib = |x: u64| format!("{:.1} MiB", x as f64 / 1048576.0);
     let rows = [
-        ("state", s(&v["state"])),
-        (
-            "cpu entitlement",
-            format!("{}%", s(&v["cpu_entitlement_percent"])),
-        ),
-        ("cpu now", format!("{}%", s(&v["cpu_recent_percent"]))),
-        ("cpu average", format!("{}%", s(&v["cpu_avg_percent"]))),
-        (
-            "cpu time",
-            format!("{:.2} s", v["cpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9),
-        ),
+        ("state", v.state.to_string()),
+        ("cpu entitlement", format!("{}%", v.cpu_entitlement_percent)),
+        ("cpu now", format!("{}%", v.cpu_recent_percent)),
+        ("cpu average", format!("{}%", v.cpu_avg_percent)),
+        ("cpu time", format!("{:.2} s", v.cpu_time_ns as f64 / 1e9)),
         (
             "memory (cgroup)",
-            format!(
-                "{} of {}",
-                mib(&v["memory_bytes"]),
-                mib(&v["memory_limit_bytes"])
-            ),
+            format!("{} of {}", mib(v.memory_bytes), mib(v.memory_limit_bytes)),
         ),
-        ("qemu rss", mib(&v["rss_bytes"])),
-        (
-            "uptime",
-            format!("{:.1} s", v["uptime_ms"].as_f64().unwrap_or(0.0) / 1e3),
-        ),
+        ("qemu rss", mib(v.rss_bytes)),
+        ("uptime", format!("{:.1} s", v.uptime_ms as f64 / 1e3)),
     ];
+    let mut out = String::new();
     for (k, val) in rows {
         out.push_str(&format!("{:<16} {val}\n", format!("{k}:")));
     }
@@ -781,8 +719,11 @@ mod tests {
         assert!(parse_percent("half").is_err());
         assert!(parse_percent("-5%").is_err());
         let d = parse_disk("/x/a.qcow2:ro").unwrap();
-        assert_eq!(d["format"], "qcow2");
-        assert_eq!(d["readonly"], true);
+        assert_eq!(
+            (d.path.as_str(), d.format.as_str()),
+            ("/x/a.qcow2", "qcow2")
+        );
+        assert!(d.readonly);
     }
 
     #[test]
@@ -820,10 +761,16 @@ mod tests {
             ("/x.raw:ro", Some("d1"))
         );
         assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
-        let shown = show_text(&json!({
-            "name": "p", "cpu_model": "x86-64-v2", "hotplug_slots": 2,
+        // What the daemon sends for `show`, read as the typed view.
+        let view: PartitionView = serde_json::from_value(serde_json::json!({
+            "name": "p", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,
+            "state": "running", "created_at": 1, "state_since": 1, "pid": null,
+            "net": null, "memory_limit_mib": 224, "tap": null,
+            "cpu_model": "x86-64-v2", "hotplug_slots": 2,
             "hotplugged_disks": [{"id": "hot0", "path": "/x.raw", "format": "raw", "readonly": true, "slot": 0}],
-        }));
+        }))
+        .unwrap();
+        let shown = show_text(&view);
         assert!(shown.contains("cpu model:       x86-64-v2"), "{shown}");
         assert!(
             shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
@@ -834,7 +781,6 @@ mod tests {
     #[test]
     fn names_are_checked_and_segments_encoded() {
         assert_eq!(partition_path("web-1").unwrap(), "/v1/partitions/web-1");
-        assert_eq!(path("web", "stop").unwrap(), "/v1/partitions/web/stop");
         for bad in ["a b", "x?force=true", "../host", "x/stop", "", "Web"] {
             let e = partition_path(bad).unwrap_err().to_string();
             assert!(e.contains("partition name"), "{bad:?}: {e}");

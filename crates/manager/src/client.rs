@@ -1,11 +1,15 @@
 //! A client for bulkheadd's API, over its unix socket or TCP (TLS) with a token.
 //! One HTTP/1.1 connection per client call: the CLI makes one call per run.
 
+use crate::api::*;
+use bulkhead_store::PartitionRecord;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -119,14 +123,14 @@ impl Client {
         })
     }
 
-    fn request(
+    fn request<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Request<Full<Bytes>>, ClientError> {
         let bytes = body
-            .map(|b| serde_json::to_vec(b).expect("JSON values serialise"))
+            .map(|b| serde_json::to_vec(b).expect("API types serialise"))
             .unwrap_or_default();
         let mut b = Request::builder()
             .method(method)
@@ -143,31 +147,33 @@ impl Client {
             .map_err(|e| ClientError::Request(format!("{path:?}: {e}")))
     }
 
-    /// One API call; a non-2xx answer becomes [`ClientError::Api`].
+    /// One API call with a typed body and a typed reply; a non-2xx answer
+    /// becomes [`ClientError::Api`].
+    pub async fn send<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        let (status, bytes) = self.call_raw(self.request(method, path, body)?).await?;
+        if !status.is_success() {
+            return Err(api_error(status, &bytes, None));
+        }
+        // An empty body reads as JSON null (for `Value` replies).
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Http(format!("unexpected reply to {path}: {e}")))
+    }
+
+    /// One API call with untyped JSON both ways (tests send what no typed
+    /// request would).
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
-        let (status, bytes) = self.call_raw(self.request(method, path, body)?).await?;
-        let v: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Http(format!("bad JSON in reply: {e}")))?
-        };
-        if status.is_success() {
-            return Ok(v);
-        }
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
-            message: v["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("HTTP {status}")),
-        })
+        self.send(method, path, body).await
     }
 
     /// Sends a request as is and returns status and body (tests send malformed bodies this way).
@@ -193,12 +199,13 @@ impl Client {
     /// A raw request with this client's endpoint and token.
     pub fn raw_request(&self, method: Method, path: &str, body: &[u8]) -> Request<Full<Bytes>> {
         let mut r = self
-            .request(method, path, None)
+            .request::<()>(method, path, None)
             .expect("tests pass valid paths");
         *r.body_mut() = Full::new(Bytes::copy_from_slice(body));
         r
     }
 
+    /// An untyped GET (tests; the CLI uses the typed calls below).
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None).await
     }
@@ -209,7 +216,8 @@ impl Client {
 
     /// Attaches to a running partition's serial console.
     pub async fn console(&self, name: &str) -> Result<ConsoleStream, ClientError> {
-        let mut req = self.request(Method::GET, &format!("/v1/partitions/{name}/console"), None)?;
+        let path = format!("{}/console", partition_path(name)?);
+        let mut req = self.request::<()>(Method::GET, &path, None)?;
         req.headers_mut()
             .insert(CONNECTION, "upgrade".parse().expect("static header"));
         req.headers_mut().insert(
@@ -231,19 +239,138 @@ impl Client {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: v["error"]["code"].as_str().unwrap_or("unknown").into(),
-                message: v["error"]["message"]
-                    .as_str()
-                    .unwrap_or("console attach refused")
-                    .into(),
-            });
+            return Err(api_error(status, &bytes, Some("console attach refused")));
         }
         let up = hyper::upgrade::on(resp)
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
         Ok(TokioIo::new(up))
     }
+
+    pub async fn ping(&self) -> Result<Pong, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/ping", None).await
+    }
+
+    pub async fn host(&self) -> Result<HostView, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/host", None).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<PartitionRecord>, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/partitions", None)
+            .await
+    }
+
+    pub async fn create(&self, req: &CreatePartition) -> Result<PartitionRecord, ClientError> {
+        self.send(Method::POST, "/v1/partitions", Some(req)).await
+    }
+
+    pub async fn show(&self, name: &str) -> Result<PartitionView, ClientError> {
+        self.send::<(), _>(Method::GET, &partition_path(name)?, None)
+            .await
+    }
+
+    pub async fn destroy(&self, name: &str, force: bool) -> Result<Destroyed, ClientError> {
+        let q = if force { "?force=true" } else { "" };
+        let path = format!("{}{q}", partition_path(name)?);
+        self.send::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    pub async fn start(
+        &self,
+        name: &str,
+        opts: &StartOptions,
+    ) -> Result<PartitionRecord, ClientError> {
+        self.send(Method::POST, &action_path(name, "start")?, Some(opts))
+            .await
+    }
+
+    pub async fn restart(
+        &self,
+        name: &str,
+        opts: &StartOptions,
+    ) -> Result<PartitionRecord, ClientError> {
+        self.send(Method::POST, &action_path(name, "restart")?, Some(opts))
+            .await
+    }
+
+    pub async fn stop(
+        &self,
+        name: &str,
+        opts: &StopOptions,
+    ) -> Result<PartitionRecord, ClientError> {
+        self.send(Method::POST, &action_path(name, "stop")?, Some(opts))
+            .await
+    }
+
+    pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
+        self.send(Method::POST, &action_path(name, "exec")?, Some(req))
+            .await
+    }
+
+    pub async fn stats(&self, name: &str) -> Result<Stats, ClientError> {
+        self.send::<(), _>(Method::GET, &action_path(name, "stats")?, None)
+            .await
+    }
+
+    pub async fn console_log(&self, name: &str, lines: usize) -> Result<ConsoleLines, ClientError> {
+        let path = format!("{}?lines={lines}", action_path(name, "console")?);
+        self.send::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn attach_disk(
+        &self,
+        name: &str,
+        req: &AttachDisk,
+    ) -> Result<AttachedDisk, ClientError> {
+        self.send(Method::POST, &action_path(name, "disks")?, Some(req))
+            .await
+    }
+
+    pub async fn detach_disk(&self, name: &str, id: &str) -> Result<DetachedDisk, ClientError> {
+        let path = format!("{}/{}", action_path(name, "disks")?, encode_segment(id));
+        self.send::<(), _>(Method::DELETE, &path, None).await
+    }
+}
+
+/// The error a non-2xx answer carries (its typed [`ErrorBody`]), or one
+/// made from the status when the body is not one.
+fn api_error(status: StatusCode, body: &[u8], fallback: Option<&str>) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code.as_str().to_string(),
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "unknown".into(),
+            message: fallback
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}")),
+        },
+    }
+}
+
+/// `/v1/partitions/NAME`, for a name the daemon would accept (checked here
+/// so that a bad one is a clear error, not a panic or another request).
+pub fn partition_path(name: &str) -> Result<String, ClientError> {
+    check_name(name).map_err(|e| ClientError::Request(e.to_string()))?;
+    Ok(format!("/v1/partitions/{}", encode_segment(name)))
+}
+
+fn action_path(name: &str, action: &str) -> Result<String, ClientError> {
+    Ok(format!("{}/{action}", partition_path(name)?))
+}
+
+/// Percent-encodes one path segment: only RFC 3986 unreserved bytes pass.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -159,10 +159,18 @@ async fn serve_http<S>(
     }
 }
 
-fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(v).expect("JSON values serialise"),
-    )));
+fn json_response<T: serde::Serialize>(status: u16, v: &T) -> Response<Body> {
+    // Only a reply the HTTP layer must never send (the console socket)
+    // fails to serialise: answer 500 rather than panic the connection.
+    let (status, bytes) = match serde_json::to_vec(v) {
+        Ok(b) => (status, b),
+        Err(e) => {
+            tracing::error!(error = %e, "API reply not serialisable");
+            let body = ApiError::Internal("reply not serialisable".into()).body();
+            (500, serde_json::to_vec(&body).unwrap_or_default())
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -172,8 +180,9 @@ fn json_response(status: u16, v: &serde_json::Value) -> Response<Body> {
 fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.status(), &e.body());
     if let ApiError::MethodNotAllowed { allow, .. } = e {
-        r.headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allow));
+        if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+            r.headers_mut().insert(ALLOW, v);
+        }
     }
     r
 }
@@ -216,9 +225,6 @@ async fn dispatch(
             return error_response(&ApiError::Unauthorized);
         }
     }
-    if req.method() == Method::GET && req.uri().path() == "/openapi.json" {
-        return json_response(200, &crate::openapi::document());
-    }
     let wants_console = req.headers().get(UPGRADE).is_some_and(|v| {
         v.as_bytes()
             .eq_ignore_ascii_case(CONSOLE_PROTOCOL.as_bytes())
@@ -247,7 +253,6 @@ async fn dispatch(
         Ok(r) => r,
         Err(e) => return error_response(&e),
     };
-    let created = matches!(api_req, ApiRequest::Create(_));
     // Its own task: a client that goes away does not cancel an operation
     // half-way, and a panic becomes a 500 (the manager rolls the state back).
     let handled = tokio::spawn(async move { manager.handle(api_req).await }).await;
@@ -258,7 +263,7 @@ async fn dispatch(
         )))
     });
     match r {
-        Ok(v) => json_response(if created { 201 } else { 200 }, &v),
+        Ok(v) => json_response(v.status(), &v),
         Err(e) => {
             tracing::debug!(%method, %path, error = %e, "API error");
             error_response(&e)
@@ -291,16 +296,44 @@ async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
-/// Decodes a JSON body, an empty body meaning the type's default.
+/// Decodes an optional JSON body: empty or `null` means the type's default
+/// (the document marks these bodies optional).
 fn body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ApiError> {
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    body_required(b)
+    Ok(body_required::<Option<T>>(b)?.unwrap_or_default())
 }
 
 fn body_required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+    let malformed =
+        |e: serde_json::Error| ApiError::BadRequest(format!("malformed JSON body: {e}"));
+    let mut v: serde_json::Value = serde_json::from_slice(b).map_err(malformed)?;
+    whole_floats_to_integers(&mut v);
+    T::deserialize(v).map_err(malformed)
+}
+
+/// JSON Schema's `integer` (the document's) takes `5.0`, serde's integers do
+/// not: a number with no fraction becomes an integer before the typed
+/// decode. Depth is bounded by serde_json's recursion limit.
+fn whole_floats_to_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => {
+            let Some(f) = n.as_f64().filter(|f| n.is_f64() && f.fract() == 0.0) else {
+                return;
+            };
+            // The bounds are exact powers of two, so the casts cannot saturate.
+            if (0.0..18446744073709551616.0).contains(&f) {
+                *v = Value::from(f as u64);
+            } else if (-9223372036854775808.0..0.0).contains(&f) {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(whole_floats_to_integers),
+        Value::Object(o) => o.values_mut().for_each(whole_floats_to_integers),
+        _ => {}
+    }
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -311,10 +344,12 @@ fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// A boolean query parameter: `true` or `false`, as the document says (a
+/// bare `force` or `force=` once meant true; schemathesis found it).
 fn query_bool(query: &str, key: &str) -> Result<bool, ApiError> {
     match query_param(query, key) {
-        None | Some("false") | Some("0") => Ok(false),
-        Some("") | Some("true") | Some("1") => Ok(true),
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
         Some(v) => Err(ApiError::BadRequest(format!(
             "query parameter {key}={v:?} must be true or false"
         ))),
@@ -326,6 +361,7 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let name = |s: &str| s.to_string();
     let r = match (method, segs.as_slice()) {
+        (&Method::GET, ["openapi.json"]) => ApiRequest::OpenApi,
         (&Method::GET, ["v1", "ping"]) => ApiRequest::Ping,
         (&Method::GET, ["v1", "host"]) => ApiRequest::Host,
         (&Method::GET, ["v1", "partitions"]) => ApiRequest::List,
@@ -384,17 +420,34 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
     Ok(r)
 }
 
+/// Every route the server answers: a path template (`{x}` is one segment)
+/// and the methods it takes. `route` decides; this table gives a 405 its
+/// `Allow`, and tests hold both it and the OpenAPI document to `route`.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/openapi.json", &["GET"]),
+    ("/v1/ping", &["GET"]),
+    ("/v1/host", &["GET"]),
+    ("/v1/partitions", &["GET", "POST"]),
+    ("/v1/partitions/{name}", &["GET", "DELETE"]),
+    ("/v1/partitions/{name}/start", &["POST"]),
+    ("/v1/partitions/{name}/stop", &["POST"]),
+    ("/v1/partitions/{name}/restart", &["POST"]),
+    ("/v1/partitions/{name}/exec", &["POST"]),
+    ("/v1/partitions/{name}/stats", &["GET"]),
+    ("/v1/partitions/{name}/console", &["GET"]),
+    ("/v1/partitions/{name}/disks", &["POST"]),
+    ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
+];
+
 /// The methods a known path takes, for a 405's `Allow`.
-fn allowed_methods(segs: &[&str]) -> Option<&'static str> {
-    Some(match segs {
-        ["openapi.json"] | ["v1", "ping"] | ["v1", "host"] => "GET",
-        ["v1", "partitions"] => "GET, POST",
-        ["v1", "partitions", _] => "GET, DELETE",
-        ["v1", "partitions", _, "start" | "stop" | "restart" | "exec"] => "POST",
-        ["v1", "partitions", _, "stats" | "console"] => "GET",
-        ["v1", "partitions", _, "disks"] => "POST",
-        ["v1", "partitions", _, "disks", _] => "DELETE",
-        _ => return None,
+fn allowed_methods(segs: &[&str]) -> Option<&'static [&'static str]> {
+    ROUTES.iter().find_map(|(template, methods)| {
+        let t: Vec<&str> = template.split('/').skip(1).collect();
+        let same = t.len() == segs.len()
+            && t.iter()
+                .zip(segs)
+                .all(|(t, s)| t.starts_with('{') || t == s);
+        same.then_some(*methods)
     })
 }
 
@@ -414,7 +467,12 @@ async fn attach_console(
         })
         .await
     {
-        Ok(v) => v["socket"].as_str().unwrap_or_default().to_string(),
+        Ok(ApiReply::ConsoleSocket(s)) => s,
+        Ok(other) => {
+            return error_response(&ApiError::Internal(format!(
+                "console attach answered {other:?}"
+            )))
+        }
         Err(e) => return error_response(&e),
     };
     let console = match tokio::net::UnixStream::connect(&sock).await {
@@ -547,7 +605,7 @@ mod tests {
         assert!(matches!(
             e,
             ApiError::MethodNotAllowed {
-                allow: "GET, DELETE",
+                allow: &["GET", "DELETE"],
                 ..
             }
         ));
@@ -564,12 +622,42 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(e.to_string().contains("timeout_secs"), "{e}");
-        let e = route(&Method::DELETE, "/v1/partitions/a", "force=maybe", b"").unwrap_err();
-        assert_eq!(e.status(), 400);
+        for q in ["force=maybe", "force=", "force", "force=1"] {
+            let e = route(&Method::DELETE, "/v1/partitions/a", q, b"").unwrap_err();
+            assert_eq!(e.status(), 400, "{q}");
+        }
         let e = route(&Method::GET, "/v1/partitions/a/console", "lines=x", b"").unwrap_err();
         assert_eq!(e.status(), 400);
         assert!(route(&Method::POST, "/v1/partitions/a/exec", "", b"").is_err());
         assert!(route(&Method::POST, "/v1/partitions/a/disks", "", b"{}").is_err());
+    }
+
+    #[test]
+    fn whole_floats_are_integers_as_in_json_schema() {
+        let r = route(
+            &Method::POST,
+            "/v1/partitions/a/stop",
+            "",
+            br#"{"timeout_secs": 822.0}"#,
+        )
+        .unwrap();
+        let ApiRequest::Stop { opts, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(opts.timeout_secs, Some(822));
+        for bad in [r#"{"timeout_secs": 8.5}"#, r#"{"timeout_secs": -1.0}"#] {
+            let e = route(&Method::POST, "/v1/partitions/a/stop", "", bad.as_bytes());
+            assert_eq!(e.unwrap_err().status(), 400, "{bad}");
+        }
+        // A JSON null body is the defaults, as the document's optional body says.
+        let r = route(&Method::POST, "/v1/partitions/a/start", "", b"null").unwrap();
+        assert_eq!(
+            r,
+            ApiRequest::Start {
+                name: "a".into(),
+                opts: StartOptions::default()
+            }
+        );
     }
 
     #[test]

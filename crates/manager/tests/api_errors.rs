@@ -224,7 +224,7 @@ async fn bad_inputs_get_their_own_error_and_change_nothing() {
 
     // The OpenAPI document describes the API.
     let doc = c.get("/openapi.json").await.unwrap();
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/partitions/{name}/start"]["post"].is_object());
 }
 

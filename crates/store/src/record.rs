@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 /// Where a partition is in its life. Transitions are the manager's business;
 /// the store only keeps the value and when it was entered.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PartitionState {
@@ -58,6 +59,7 @@ impl FromStr for PartitionState {
 }
 
 /// What the manager does when a partition's QEMU ends without being asked to.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -94,6 +96,7 @@ impl fmt::Display for RestartPolicy {
 }
 
 /// A disk (LU) attached to a partition.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskRecord {
     pub path: String,
@@ -104,6 +107,7 @@ pub struct DiskRecord {
 }
 
 /// The partition's attachment to the host's internal VLAN.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetRecord {
     /// Address with prefix length, e.g. `10.77.0.2/24`; unique per store.
@@ -112,6 +116,7 @@ pub struct NetRecord {
 }
 
 /// One partition: its definition and its lifecycle state.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRecord {
     pub name: String,
@@ -173,6 +178,7 @@ fn default_cpu_model() -> String {
 
 /// One entry in a partition's history, written in the same transaction as
 /// the state change it records.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub at: u64,

@@ -15,7 +15,6 @@ use bulkhead_store::{
     now_ms, Admission, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Scope, Store,
     StoreError,
 };
-use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -141,23 +140,27 @@ impl Manager {
         self.capacity
     }
 
-    /// The one place every API request is answered.
-    pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<Value, ApiError> {
-        match req {
-            ApiRequest::Ping => Ok(json!({ "ok": true })),
-            ApiRequest::Host => self.host().await.map(to_json),
-            ApiRequest::List => Ok(to_json(self.store.list(Scope::All).await?)),
-            ApiRequest::Show { name } => self.show(&name).await.map(to_json),
-            ApiRequest::Create(c) => self.create(c).await.map(to_json),
-            ApiRequest::Start { name, opts } => self.start(&name, opts.wait).await.map(to_json),
-            ApiRequest::Stop { name, opts } => self.stop(&name, opts).await.map(to_json),
-            ApiRequest::Restart { name, opts } => self.restart(&name, opts.wait).await.map(to_json),
+    /// The one place every API request is answered, with a typed reply.
+    pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<ApiReply, ApiError> {
+        use ApiReply as R;
+        Ok(match req {
+            ApiRequest::OpenApi => R::OpenApi(ApiDocument(crate::openapi::document())),
+            ApiRequest::Ping => R::Pong(Pong { ok: true }),
+            ApiRequest::Host => R::Host(self.host().await?),
+            ApiRequest::List => R::Partitions(self.store.list(Scope::All).await?),
+            ApiRequest::Show { name } => R::View(Box::new(self.show(&name).await?)),
+            ApiRequest::Create(c) => R::Created(self.create(c).await?),
+            ApiRequest::Start { name, opts } => R::Partition(self.start(&name, opts.wait).await?),
+            ApiRequest::Stop { name, opts } => R::Partition(self.stop(&name, opts).await?),
+            ApiRequest::Restart { name, opts } => {
+                R::Partition(self.restart(&name, opts.wait).await?)
+            }
             ApiRequest::Destroy { name, force } => {
                 self.destroy(&name, force).await?;
-                Ok(json!({ "destroyed": name }))
+                R::Destroyed(Destroyed { destroyed: name })
             }
-            ApiRequest::Exec { name, req } => self.exec(&name, req).await.map(to_json),
-            ApiRequest::Stats { name } => self.stats(&name).await.map(to_json),
+            ApiRequest::Exec { name, req } => R::Exec(self.exec(&name, req).await?),
+            ApiRequest::Stats { name } => R::Stats(Box::new(self.stats(&name).await?)),
             ApiRequest::Console { name } => {
                 let p = self.live_partition(&name).await?;
                 // QEMU's console socket takes one client; a second would hang unserved.
@@ -166,16 +169,22 @@ impl Manager {
                         "console of {name:?} is already attached; one attachment at a time"
                     )));
                 }
-                Ok(json!({ "socket": p.console_socket() }))
+                R::ConsoleSocket(p.console_socket())
             }
             ApiRequest::ConsoleLog { name, tail_lines } => {
                 self.get(&name).await?;
                 let log = self.run_dir(&name).join("console.log");
-                Ok(json!({ "lines": bulkhead_engine::tail_lines(&log, tail_lines) }))
+                R::ConsoleLog(ConsoleLines {
+                    lines: bulkhead_engine::tail_lines(&log, tail_lines),
+                })
             }
-            ApiRequest::AttachDisk { name, req } => self.attach_disk(&name, req).await.map(to_json),
-            ApiRequest::DetachDisk { name, id } => self.detach_disk(&name, &id).await.map(to_json),
-        }
+            ApiRequest::AttachDisk { name, req } => {
+                R::DiskAttached(self.attach_disk(&name, req).await?)
+            }
+            ApiRequest::DetachDisk { name, id } => {
+                R::DiskDetached(self.detach_disk(&name, &id).await?)
+            }
+        })
     }
 
     async fn get(&self, name: &str) -> Result<PartitionRecord, ApiError> {
@@ -468,10 +477,6 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-fn to_json<T: serde::Serialize>(v: T) -> Value {
-    serde_json::to_value(v).expect("API types serialise")
 }
 
 impl std::fmt::Debug for Manager {

@@ -149,7 +149,7 @@ impl Manager {
         let live = self.running(name);
         let mut s = Stats {
             name: name.to_string(),
-            state: rec.state.to_string(),
+            state: rec.state,
             cpu_entitlement_percent: rec.cpu_percent,
             cpu_time_ns: 0,
             cpu_avg_percent: 0.0,
