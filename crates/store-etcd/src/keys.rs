@@ -72,4 +72,20 @@ mod tests {
         assert_eq!(k.event("e", 7), "/t/events/e/00000000000000000007");
         assert!(k.event("e", 10) > k.event("e", 9));
     }
+
+    proptest::proptest! {
+        /// Escaping is one-to-one and never yields a `/`, so no name's keys
+        /// fall inside another name's range.
+        #[test]
+        fn escaping_is_injective_and_slash_free(a in ".{0,12}", b in ".{0,12}") {
+            let (ea, eb) = (escape(&a), escape(&b));
+            proptest::prop_assert!(!ea.contains('/'));
+            proptest::prop_assert_eq!(ea == eb, a == b);
+            let k = Keys::new("/p");
+            proptest::prop_assert_eq!(
+                k.event(&b, 1).starts_with(&k.events(&a)),
+                a == b
+            );
+        }
+    }
 }
