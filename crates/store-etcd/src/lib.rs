@@ -371,6 +371,14 @@ impl EtcdStore {
                     name: rec.name.clone(),
                     reason,
                 })?;
+                // The key was chosen by the name: a check may complete the
+                // record, not move it or disown it.
+                if new.name != rec.name || new.host.is_empty() {
+                    return Err(StoreError::Invalid {
+                        name: rec.name.clone(),
+                        reason: "the admission check renamed the record or cleared its host".into(),
+                    });
+                }
             }
             new.revision = found + 1;
             let (old_ip, new_ip) = (read.stored.as_ref().and_then(ip_key), ip_key(&new));

@@ -141,6 +141,29 @@ async fn names_with_slashes_keep_their_own_keys() {
     assert!(s.get("a/b").await.unwrap().is_some());
 }
 
+/// A check completes a record; it cannot move it under another name's key
+/// or leave it without an owner.
+#[tokio::test]
+async fn a_check_cannot_rename_or_disown() {
+    let s = store_at(&shared().endpoints(), &fresh_prefix("rename")).await;
+    let rename: Admission = Arc::new(|_, rec| {
+        rec.name = "other".into();
+        Ok(())
+    });
+    let disown: Admission = Arc::new(|_, rec| {
+        rec.host.clear();
+        Ok(())
+    });
+    for check in [rename, disown] {
+        let e = s
+            .admit(&conformance::record("mine"), "", check)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Invalid { .. }), "{e:?}");
+    }
+    assert!(s.list(Scope::All).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn history_is_bounded() {
     let s = store_at(&shared().endpoints(), &fresh_prefix("history")).await;
