@@ -66,3 +66,57 @@ async fn a_daemon_runs_on_etcd() {
         .collect();
     assert_eq!(left, ["elsewhere"]);
 }
+
+/// Two daemons of one host on one etcd cluster create at once: the manager's
+/// admission (capacity, then the lowest free address) is decided by etcd's
+/// transactions, so neither over-admits and no address is given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_etcd_never_over_admit() {
+    let cluster = EtcdCluster::start(3);
+    let prefix = format!("/bulkhead-test/{}/pair", std::process::id());
+    let subnet = format!("10.242.{}.0/24", std::process::id() % 250);
+    // 2 CPUs at 100%: room for eight partitions of 25%.
+    let extra = format!(
+        "[store]\nhost_id = \"etcd-pair-host\"\n\
+         [capacity]\ncpus = 2\ncpu_overcommit = 1.0\nmemory_mib = 64000\nmemory_reserve_mib = 0\n\
+         [cluster]\netcd = {:?}\nprefix = {prefix:?}\n",
+        cluster.endpoints()
+    );
+    let daemons: Vec<Daemon> = (0..2)
+        .map(|_| {
+            Daemon::start(Opts {
+                extra: extra.clone(),
+                subnet: Some(subnet.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    // Every other one without an address: capacity alone must hold them.
+    let creates: Vec<_> = (0..14)
+        .map(|i| {
+            let c = daemons[i % 2].client();
+            let net = i % 4 < 2;
+            let body = json!({ "name": format!("c{i:02}"), "memory_mib": 128, "cpu_percent": 25, "net": net });
+            tokio::spawn(async move { c.post("/v1/partitions", &body).await })
+        })
+        .collect();
+    let (mut admitted, mut ips) = (0, Vec::new());
+    for t in creates {
+        match t.await.unwrap() {
+            Ok(v) => {
+                admitted += 1;
+                ips.extend(v["net"]["ip"].as_str().map(str::to_string));
+            }
+            Err(e) => assert_eq!(e.code(), Some("over_capacity"), "{e}"),
+        }
+    }
+    assert_eq!(admitted, 8, "over capacity (or under): {admitted} admitted");
+    let given = ips.len();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), given, "an address given twice");
+    let etcd = bulkhead_store_etcd::connect(&cluster.endpoints(), &prefix)
+        .await
+        .unwrap();
+    assert_eq!(etcd.list(Scope::All).await.unwrap().len(), 8);
+}
