@@ -22,6 +22,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub qemu: QemuConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,6 +34,29 @@ pub struct StoreConfig {
     /// This daemon's host id, written into every record it owns; read from
     /// (or generated once into) `<data_dir>/host-id` when absent.
     pub host_id: Option<String>,
+}
+
+/// The cluster store: with `etcd` endpoints the daemon keeps its records in
+/// etcd (`bulkhead-store-etcd`) instead of SQLite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// etcd client URLs (`http://host:2379`); empty: the SQLite store.
+    pub etcd: Vec<String>,
+    /// Every key the daemon writes lives under this prefix.
+    pub prefix: String,
+    /// The bound on every store call; past it the call is "unavailable".
+    pub timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            etcd: Vec::new(),
+            prefix: "/bulkhead/v1".into(),
+            timeout_ms: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,6 +176,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             qemu: QemuConfig::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -295,6 +320,27 @@ impl Config {
         if let Some(h) = &self.store.host_id {
             crate::host_id::check(h).map_err(|e| anyhow::anyhow!("store.host_id: {e}"))?;
         }
+        if !self.cluster.etcd.is_empty() {
+            if self.store.path.is_some() {
+                anyhow::bail!(
+                    "store.path names a SQLite store; with cluster.etcd it would be unused"
+                );
+            }
+            if let Some(u) = self.cluster.etcd.iter().find(|u| !u.starts_with("http://")) {
+                anyhow::bail!(
+                    "cluster.etcd: {u:?} is not an http:// URL (TLS to etcd is not supported yet)"
+                );
+            }
+            if !self.cluster.prefix.starts_with('/') {
+                anyhow::bail!(
+                    "cluster.prefix {:?} must start with '/'",
+                    self.cluster.prefix
+                );
+            }
+            if self.cluster.timeout_ms == 0 {
+                anyhow::bail!("cluster.timeout_ms must be at least 1");
+            }
+        }
         if let Some(i) = &self.cgroup.instance {
             // It names the cgroup subtree and the VLAN's nftables table.
             if i.is_empty()
@@ -386,6 +432,29 @@ mod tests {
         assert_eq!(c.capacity.cpu_overcommit, 2.0);
         assert_eq!(c.capacity.memory_reserve_mib, 1024);
         assert!(Config::parse("[network]\nbrige = 'x'\n").is_err());
+    }
+
+    #[test]
+    fn cluster_store_settings_are_checked() {
+        let c = Config::parse("[cluster]\netcd = ['http://a.example.org:2379']\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.prefix, "/bulkhead/v1");
+        for (extra, words) in [
+            ("etcd = ['https://a.example.org:2379']", "not an http://"),
+            ("etcd = ['a.example.org:2379']", "not an http://"),
+            (
+                "etcd = ['http://a:1']\nprefix = 'rel'",
+                "must start with '/'",
+            ),
+            ("etcd = ['http://a:1']\ntimeout_ms = 0", "at least 1"),
+        ] {
+            let c = Config::parse(&format!("[cluster]\n{extra}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(words), "{extra}: {e}");
+        }
+        let both = "[store]\npath = '/s.db'\n[cluster]\netcd = ['http://a:1']\n";
+        let e = Config::parse(both).unwrap().validate().unwrap_err();
+        assert!(e.to_string().contains("unused"), "{e}");
     }
 
     #[test]

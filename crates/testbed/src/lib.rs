@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 
+mod etcd;
+pub use etcd::EtcdCluster;
+
 /// The agent's virtio-serial port name (the engine's `cmdline::AGENT_PORT`).
 pub const AGENT_PORT: &str = "org.bulkhead.agent.0";
 

@@ -69,8 +69,9 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Manager {
-    /// Opens the configured store (SQLite at `store.path`, by default
-    /// `<data_dir>/state.db`) under this daemon's host id, then as
+    /// Opens the configured store (etcd when `cluster.etcd` names endpoints,
+    /// else SQLite at `store.path`, by default `<data_dir>/state.db`) under
+    /// this daemon's host id, then as
     /// [`Manager::with_store`].
     pub async fn open(cfg: Config) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)?;
@@ -78,10 +79,23 @@ impl Manager {
             Some(h) => h.clone(),
             None => crate::host_id::load_or_create(&cfg.data_dir)?,
         };
-        let path = cfg.store_path();
-        let store = bulkhead_store::SqliteStore::open(&path, &host)
-            .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
-        Self::with_store(cfg, Arc::new(store), host).await
+        let store: Arc<dyn Store> = if cfg.cluster.etcd.is_empty() {
+            let path = cfg.store_path();
+            let sqlite = bulkhead_store::SqliteStore::open(&path, &host)
+                .map_err(|e| anyhow::anyhow!("state store {}: {e}", path.display()))?;
+            Arc::new(sqlite)
+        } else {
+            let c = &cfg.cluster;
+            let opts = bulkhead_store_etcd::Options {
+                timeout: Duration::from_millis(c.timeout_ms),
+                ..Default::default()
+            };
+            let etcd = bulkhead_store_etcd::connect_with(&c.etcd, &c.prefix, opts)
+                .await
+                .map_err(|e| anyhow::anyhow!("cluster store (etcd {:?}): {e}", c.etcd))?;
+            Arc::new(etcd)
+        };
+        Self::with_store(cfg, store, host).await
     }
 
     /// Runs on the store it is given, as host `host`: prepares the host
