@@ -7,6 +7,7 @@ pub mod host;
 pub mod jail;
 mod partition;
 mod pdeath;
+pub mod snapshot;
 pub mod spec;
 mod tap;
 
@@ -17,9 +18,10 @@ pub use host::default_image_dir;
 pub use partition::{
     tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RunState,
 };
+pub use snapshot::{CloneIdentity, Manifest, SaveOptions, SaveProgress};
 pub use spec::{
     Accel, AdapterSpec, BackingFile, BootSource, CpuModel, DiskFormat, DiskSpec, MachineKind,
-    NetSpec, PartitionSpec,
+    MemoryFile, NetSpec, PartitionSpec,
 };
 
 pub use bulkhead_agent::{AgentClient, ExecOutput, GuestInfo, PowerAction, ReadyInfo, READY_LINE};
@@ -48,6 +50,9 @@ pub enum EngineError {
     NotRunning(String),
     #[error("host: {0}")]
     Host(String),
+    /// A save or restore refused or failed (the reason says which and why).
+    #[error("save/restore: {0}")]
+    Snapshot(String),
 }
 
 /// Removes what a partition left on the host after its QEMU died while
