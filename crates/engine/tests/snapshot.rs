@@ -188,8 +188,9 @@ async fn save_restore_counter_refusals_and_interrupted_save() {
 }
 
 /// A q35 partition with a hot-plugged disk: a shared-memory device blocks
-/// the save (refused, nothing written, the guest runs on); once it is
-/// unplugged the save works and the restore re-plugs the disk.
+/// the save (refused, nothing written, the guest runs on); a save cancelled
+/// midway is undone; once the device is unplugged the save works and the
+/// restore re-plugs the disk.
 #[tokio::test(flavor = "multi_thread")]
 async fn hotplugged_disk_comes_back_and_shared_memory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,6 +254,25 @@ async fn hotplugged_disk_comes_back_and_shared_memory_is_refused() {
         .execute_value("object-del", Some(json!({"id": "shm0"})))
         .await
         .unwrap();
+
+    // A save that fails midway (cancelled here) is undone: no image, and
+    // the guest runs on.
+    let (tx, mut rx) = tokio::sync::watch::channel(SaveProgress::default());
+    let slow = SaveOptions {
+        max_bandwidth: 4 << 20,
+        progress: Some(tx),
+        ..SaveOptions::default()
+    };
+    let cancel = async {
+        rx.wait_for(|p| p.transferred > 0).await.unwrap();
+        p.qmp().migrate_cancel().await.unwrap();
+    };
+    let (saved, ()) = tokio::join!(p.save(&img, slow), cancel);
+    let e = saved.unwrap_err().to_string();
+    assert!(e.contains("cancelled"), "{e}");
+    assert!(files_in(&img).is_empty(), "{:?}", files_in(&img));
+    assert_eq!(p.qmp().query_status().await.unwrap().status, "running");
+    assert_eq!(exec_ok(&p, "echo still-running").await, "still-running");
 
     let m = p.save(&img, SaveOptions::default()).await.expect("save");
     assert_eq!(m.hotplugged.len(), 1);
