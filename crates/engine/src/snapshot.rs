@@ -183,21 +183,8 @@ impl Partition {
             return Err(e.into());
         }
         let deadline = tokio::time::Instant::now() + opts.timeout;
-        let mut tick = tokio::time::interval(POLL);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                e = self.wait_exit() => return Err(err(format!("QEMU ended during the save: {}", e.reason))),
-            }
-            let info = match qmp.query_migrate().await {
-                Ok(i) => i,
-                Err(e) => match self.exit_info() {
-                    Some(x) => {
-                        return Err(err(format!("QEMU ended during the save: {}", x.reason)))
-                    }
-                    None => return Err(e.into()),
-                },
-            };
+        let done = poll(self, deadline, "during the save", || async {
+            let info = qmp.query_migrate().await?;
             if let (Some(tx), Some(ram)) = (&opts.progress, &info.ram) {
                 tx.send_replace(SaveProgress {
                     transferred: ram.transferred,
@@ -205,21 +192,21 @@ impl Partition {
                 });
             }
             match info.status.as_deref() {
-                Some("completed") => return Ok(()),
-                Some("failed") | Some("cancelled") => {
-                    return Err(err(format!(
-                        "QEMU's migration {}: {}",
-                        info.status.unwrap_or_default(),
-                        info.error_desc.unwrap_or_default()
-                    )))
-                }
-                _ if tokio::time::Instant::now() >= deadline => {
-                    let _ = qmp.migrate_cancel().await;
-                    return Err(err(format!("not done within {:?}", opts.timeout)));
-                }
-                _ => {}
+                Some("completed") => Ok(Some(())),
+                Some("failed") | Some("cancelled") => Err(err(format!(
+                    "QEMU's migration {}: {}",
+                    info.status.unwrap_or_default(),
+                    info.error_desc.unwrap_or_default()
+                ))),
+                _ => Ok(None),
             }
+        })
+        .await;
+        if done.is_err() && self.exit_info().is_none() {
+            // A timeout leaves it running; nothing else to undo otherwise.
+            let _ = qmp.migrate_cancel().await;
         }
+        done
     }
 
     /// Restores the image saved in `dir` into a new QEMU: the machine is
@@ -283,7 +270,7 @@ impl Partition {
             renames.push((old, mac, new_ip.cloned(), n.gateway.clone()));
         }
         let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
-        match reidentify(&p, &renames, ready_timeout).await {
+        match reidentify(&p, &renames).await {
             Ok(()) => Ok(p),
             Err(e) => {
                 let _ = p.kill().await;
@@ -500,24 +487,14 @@ async fn load_and_resume(
     // QEMU leaves `inmigrate` for `paused` once the state is in, or exits
     // with the reason when it cannot load it.
     let deadline = tokio::time::Instant::now() + ready_timeout;
-    let mut tick = tokio::time::interval(POLL);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            e = p.wait_exit() => return Err(err(format!("QEMU ended while loading the state: {}", e.reason))),
+    poll(p, deadline, "while loading the state", || async {
+        match qmp.query_status().await?.status.as_str() {
+            "inmigrate" => Ok(None),
+            "paused" => Ok(Some(())),
+            other => Err(err(format!("after loading, QEMU is {other}, not paused"))),
         }
-        let status = match qmp.query_status().await {
-            Ok(s) => s.status,
-            Err(_) if p.exit_info().is_some() => continue, // wait_exit says why
-            Err(e) => return Err(e.into()),
-        };
-        match status.as_str() {
-            "inmigrate" if tokio::time::Instant::now() < deadline => {}
-            "inmigrate" => return Err(err(format!("state not loaded within {ready_timeout:?}"))),
-            "paused" => break,
-            other => return Err(err(format!("after loading, QEMU is {other}, not paused"))),
-        }
-    }
+    })
+    .await?;
     let done = qmp.query_migrate().await?;
     if done.status.as_deref() != Some("completed") {
         return Err(err(format!(
@@ -535,6 +512,60 @@ async fn load_and_resume(
     set_guest_clock(p).await
 }
 
+/// Calls `step` every [`POLL`] until it gives a value, fails, QEMU ends or
+/// `deadline` passes; `what` says when, in errors.
+async fn poll<T, F, Fut>(
+    p: &Partition,
+    deadline: tokio::time::Instant,
+    what: &str,
+    mut step: F,
+) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, EngineError>>,
+{
+    let ended = |e: ExitInfo| err(format!("QEMU ended {what}: {}", e.reason));
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            e = p.wait_exit() => return Err(ended(e)),
+        }
+        match step().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) if tokio::time::Instant::now() >= deadline => {
+                return Err(err(format!("not done {what} by the deadline")))
+            }
+            Ok(None) => {}
+            // QMP closed under us: QEMU is going; say why it went.
+            Err(_) if p.qmp().is_closed() => {
+                return match tokio::time::timeout(Duration::from_secs(30), p.wait_exit()).await {
+                    Ok(e) => Err(ended(e)),
+                    Err(_) => Err(err(format!("QMP closed {what}"))),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs a shell script in the guest through the agent; `what` names it in errors.
+async fn guest_sh(p: &Partition, what: &str, script: String) -> Result<(), EngineError> {
+    let argv = vec!["/bin/sh".to_string(), "-c".into(), script];
+    let out = p
+        .agent()
+        .exec(&argv, None, Duration::from_secs(60))
+        .await
+        .map_err(|e| EngineError::Agent(format!("{what}: {e}")))?;
+    if out.code != 0 {
+        return Err(EngineError::Agent(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// The guest's clock stood still while it was saved; set it from the host's
 /// (busybox `date`, whole seconds: the agent has no clock request).
 async fn set_guest_clock(p: &Partition) -> Result<(), EngineError> {
@@ -542,23 +573,12 @@ async fn set_guest_clock(p: &Partition) -> Result<(), EngineError> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let argv = vec![
-        "/bin/sh".to_string(),
-        "-c".into(),
+    guest_sh(
+        p,
+        "setting the guest clock",
         format!("date -u -s @{now} >/dev/null"),
-    ];
-    let out = p
-        .agent()
-        .exec(&argv, None, Duration::from_secs(30))
-        .await
-        .map_err(|e| EngineError::Agent(format!("setting the guest clock: {e}")))?;
-    if out.code != 0 {
-        return Err(EngineError::Agent(format!(
-            "setting the guest clock: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    )
+    .await
 }
 
 /// Gives a clone its own hostname, MACs and addresses inside the guest.
@@ -566,7 +586,6 @@ async fn set_guest_clock(p: &Partition) -> Result<(), EngineError> {
 async fn reidentify(
     p: &Partition,
     renames: &[(String, String, Option<String>, Option<String>)],
-    timeout: Duration,
 ) -> Result<(), EngineError> {
     let agent_err =
         |e: bulkhead_agent::AgentError| EngineError::Agent(format!("re-identifying: {e}"));
@@ -589,19 +608,7 @@ async fn reidentify(
         }
         script.push_str("done\n");
     }
-    let argv = vec!["/bin/sh".to_string(), "-c".into(), script];
-    let out = p
-        .agent()
-        .exec(&argv, None, timeout)
-        .await
-        .map_err(agent_err)?;
-    if out.code != 0 {
-        return Err(EngineError::Agent(format!(
-            "re-identifying: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
+    guest_sh(p, "re-identifying", script).await
 }
 
 #[cfg(test)]
