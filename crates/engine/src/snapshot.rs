@@ -392,15 +392,23 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, EngineError> {
             MANIFEST_FILE
         ))
     })?;
-    let m: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| err(format!("{} is not a manifest: {e}", path.display())))?;
-    if m.format != MANIFEST_FORMAT {
-        return Err(err(format!(
-            "manifest format {} is not {MANIFEST_FORMAT}",
-            m.format
-        )));
+    Manifest::parse(&bytes).map_err(|e| err(format!("{}: {e}", path.display())))
+}
+
+impl Manifest {
+    /// Decodes a manifest (bytes from a shared repository: any bytes at
+    /// all). Errors are short: they name the problem, not the input.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a manifest: {e}"))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} is not {MANIFEST_FORMAT}",
+                m.format
+            ));
+        }
+        Ok(m)
     }
-    Ok(m)
 }
 
 /// Checks the state file against the manifest: size first (cheap: a
@@ -656,6 +664,17 @@ mod tests {
         std::fs::write(d.path().join(STATE_FILE), b"QEVM-stream-bytez").unwrap();
         let e = check_state(d.path(), &m).await.unwrap_err().to_string();
         assert!(e.contains("corrupted"), "{e}");
+    }
+
+    #[test]
+    fn the_fuzz_seeds_are_manifests() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/manifest");
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("seed-") {
+                let m = Manifest::parse(&std::fs::read(e.path()).unwrap());
+                assert!(m.is_ok(), "{}: {m:?}", e.path().display());
+            }
+        }
     }
 
     #[test]
