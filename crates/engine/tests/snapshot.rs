@@ -9,8 +9,8 @@ use std::path::Path;
 
 use bulkhead_engine::snapshot::{self, MANIFEST_FILE, STATE_FILE};
 use bulkhead_engine::{
-    cmdline, AdapterSpec, CloneIdentity, DiskFormat, DiskSpec, EngineError, MemoryFile, NetSpec,
-    Partition, SaveOptions, SaveProgress,
+    cmdline, AdapterSpec, CloneIdentity, DiskFormat, DiskSpec, EngineError, ExitReason, MemoryFile,
+    NetSpec, Partition, SaveOptions, SaveProgress,
 };
 use common::*;
 use serde_json::json;
@@ -287,7 +287,9 @@ async fn hotplugged_disk_comes_back_and_shared_memory_is_refused() {
         exec_ok(&q, "head -c 20 /dev/vda").await,
         "SAVED-HOTPLUG-MARKER"
     );
-    q.kill().await.unwrap();
+    // A restored partition is a partition like any other: it stops cleanly.
+    let e = q.stop(CMD).await.unwrap();
+    assert_eq!(e.reason, ExitReason::Poweroff, "{e:?}");
 }
 
 /// A template with its RAM in a shared file, saved without its RAM; two
