@@ -577,10 +577,13 @@ async fn guest_sh(p: &Partition, what: &str, script: String) -> Result<(), Engin
 /// The guest's clock stood still while it was saved; set it from the host's
 /// (busybox `date`, whole seconds: the agent has no clock request).
 async fn set_guest_clock(p: &Partition) -> Result<(), EngineError> {
-    let now = SystemTime::now()
+    // To the nearest second: within half a second of the host's.
+    let now = (SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
+        .as_millis()
+        + 500)
+        / 1000;
     guest_sh(
         p,
         "setting the guest clock",

@@ -346,13 +346,19 @@ async fn clones_from_one_template_are_separate_machines() {
         };
         (id, o)
     };
-    let (ia, oa) = clone("c1", "10.201.0.11/24");
+    let (ia, mut oa) = clone("c1", "10.201.0.11/24");
+    // One clone confined: the memory file must be visible in its jail.
+    oa.confine = true;
+    oa.run_as = Some("bulkhead-qemu".into());
     let (ib, ob) = clone("c2", "10.201.0.12/24");
     let (a, b) = tokio::join!(
         Partition::restore_clone(&img, &ia, oa, READY),
         Partition::restore_clone(&img, &ib, ob, READY)
     );
     let (a, b) = (a.expect("clone 1"), b.expect("clone 2"));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", a.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(!uid.split_whitespace().skip(1).any(|u| u == "0"), "{uid}");
     for (p, id) in [(&a, &ia), (&b, &ib)] {
         assert_eq!(exec_ok(p, "cat /tmp/origin").await, "from-the-template");
         assert_eq!(exec_ok(p, "hostname").await, id.name);
