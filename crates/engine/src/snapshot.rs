@@ -9,6 +9,7 @@
 //! See docs/engine.md, "Save and restore".
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -144,10 +145,12 @@ impl Partition {
             .open(&partial)
             .map_err(|e| io_err(&partial, e))?;
         let was_running = self.qmp().query_status().await?.running;
-        let saved = self.migrate_out(&file, &opts).await;
-        let done = match saved {
-            Ok(()) => finish_image(self, dir, file, &partial).await,
-            Err(e) => Err(e),
+        let follower = Follower::start(&partial)?;
+        let saved = self.migrate_out(&file, &opts, &follower).await;
+        let hashed = follower.finish().await;
+        let done = match (saved, hashed) {
+            (Ok(()), Ok(hashed)) => finish_image(self, dir, file, &partial, hashed).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if done.is_err() {
             let _ = std::fs::remove_file(&partial);
@@ -165,6 +168,7 @@ impl Partition {
         &self,
         file: &std::fs::File,
         opts: &SaveOptions,
+        follower: &Follower,
     ) -> Result<(), EngineError> {
         let qmp = self.qmp();
         let shared = self.spec().memory_file.as_ref().is_some_and(|m| m.share);
@@ -185,6 +189,7 @@ impl Partition {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let done = poll(self, deadline, "during the save", || async {
             let info = qmp.query_migrate().await?;
+            follower.nudge();
             if let (Some(tx), Some(ram)) = (&opts.progress, &info.ram) {
                 tx.send_replace(SaveProgress {
                     transferred: ram.transferred,
@@ -300,10 +305,16 @@ async fn finish_image(
     dir: &Path,
     file: std::fs::File,
     partial: &Path,
+    (len, sha256): (u64, String),
 ) -> Result<Manifest, EngineError> {
     file.sync_all().map_err(|e| io_err(partial, e))?;
+    let written = file.metadata().map_err(|e| io_err(partial, e))?.len();
+    if written != len {
+        return Err(err(format!(
+            "the state file holds {written} bytes, {len} were hashed: written to after the save"
+        )));
+    }
     drop(file);
-    let (len, sha256) = hash_file(partial.to_path_buf()).await?;
     let spec = p.spec().clone();
     let ram_in_memory_file = match &spec.memory_file {
         Some(m) if m.share => Some(stamp(&m.path)?),
@@ -360,6 +371,74 @@ fn stamp(path: &Path) -> Result<FileStamp, EngineError> {
     })
 }
 
+/// Hashes the state file as QEMU writes it and starts its write-back, so
+/// that once QEMU is done only the tail is left: a second pass over the file
+/// (and a cold fsync) would cost about as much as the save itself. Reads
+/// through its own open file: a dup would move the offset QEMU writes at.
+struct Follower {
+    /// A message: more has been written, catch up. Dropped: QEMU is done.
+    more: std::sync::mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
+}
+
+impl Follower {
+    fn start(path: &Path) -> Result<Follower, EngineError> {
+        let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        let (more, rx) = std::sync::mpsc::channel::<()>();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut len = 0u64;
+            loop {
+                // Whether QEMU is done is read before the file: once it
+                // is, this pass to the end of the file is the last.
+                let last = rx.recv().is_err();
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                    // SAFETY: sync_file_range on an fd we own; no memory
+                    // is passed. Failure only means a slower fsync later.
+                    unsafe {
+                        libc::sync_file_range(
+                            f.as_raw_fd(),
+                            len as i64,
+                            n as i64,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        );
+                    }
+                    len += n as u64;
+                }
+                if last {
+                    return Ok((len, hex(&h.finalize())));
+                }
+            }
+        });
+        Ok(Follower { more, task })
+    }
+
+    /// QEMU has written more: catch up.
+    fn nudge(&self) {
+        let _ = self.more.send(());
+    }
+
+    /// Call once QEMU has written everything (or given up): the length and
+    /// hash of all that is in the file.
+    async fn finish(self) -> Result<(u64, String), EngineError> {
+        drop(self.more);
+        self.task
+            .await
+            .map_err(|e| err(format!("hashing task: {e}")))?
+            .map_err(|e| err(format!("hashing the state file: {e}")))
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Length and hex SHA-256 of a file, off the async threads.
 async fn hash_file(path: PathBuf) -> Result<(u64, String), EngineError> {
     tokio::task::spawn_blocking(move || {
@@ -375,8 +454,7 @@ async fn hash_file(path: PathBuf) -> Result<(u64, String), EngineError> {
             h.update(&buf[..n]);
             len += n as u64;
         }
-        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        Ok((len, hex))
+        Ok((len, hex(&h.finalize())))
     })
     .await
     .map_err(|e| err(format!("hashing task: {e}")))?
@@ -411,9 +489,9 @@ impl Manifest {
     }
 }
 
-/// Checks the state file against the manifest: size first (cheap: a
-/// truncated file), then the hash (any other corruption).
-async fn check_state(dir: &Path, m: &Manifest) -> Result<PathBuf, EngineError> {
+/// Checks what is cheap to check before starting QEMU: the state file's
+/// size (a truncated file) and a template's memory file.
+fn check_files(dir: &Path, m: &Manifest) -> Result<PathBuf, EngineError> {
     let state = dir.join(STATE_FILE);
     let len = std::fs::metadata(&state)
         .map_err(|e| err(format!("state file {}: {e}", state.display())))?
@@ -423,13 +501,6 @@ async fn check_state(dir: &Path, m: &Manifest) -> Result<PathBuf, EngineError> {
             "state file {} holds {len} bytes, the manifest says {}: truncated or not this image's",
             state.display(),
             m.state.len
-        )));
-    }
-    let (_, sha) = hash_file(state.clone()).await?;
-    if sha != m.state.sha256 {
-        return Err(err(format!(
-            "state file {} does not match its manifest's checksum: corrupted",
-            state.display()
         )));
     }
     if let (Some(want), Some(mem)) = (&m.ram_in_memory_file, &m.spec.memory_file) {
@@ -444,6 +515,18 @@ async fn check_state(dir: &Path, m: &Manifest) -> Result<PathBuf, EngineError> {
     Ok(state)
 }
 
+/// The state file's hash against the manifest's (any corruption).
+async fn check_hash(state: PathBuf, want: String) -> Result<(), EngineError> {
+    let (_, sha) = hash_file(state.clone()).await?;
+    if sha != want {
+        return Err(err(format!(
+            "state file {} does not match its manifest's checksum: corrupted",
+            state.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Rebuilds `spec` with `-incoming defer`, loads the state, resumes.
 async fn restore_as(
     dir: &Path,
@@ -452,16 +535,30 @@ async fn restore_as(
     opts: LaunchOptions,
     ready_timeout: Duration,
 ) -> Result<Partition, EngineError> {
-    let state = check_state(dir, m).await?;
+    let state = check_files(dir, m)?;
+    // Hashed while QEMU starts and loads it, off the restore's path; the
+    // guest never runs before the hash matched.
+    let hashing = tokio::spawn(check_hash(state.clone(), m.state.sha256.clone()));
     let p = Partition::launch_with(spec, opts, Some("defer".into())).await?;
-    match load_and_resume(&p, m, &state, ready_timeout).await {
+    let loaded = load(&p, m, &state, ready_timeout).await;
+    let hashed = match hashing.await {
+        Ok(r) => r,
+        Err(e) => Err(err(format!("hashing task: {e}"))),
+    };
+    let corrupt = hashed.is_err();
+    let done = match (hashed, loaded) {
+        // Corruption first: it may be why QEMU could not load the state.
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => resume(&p, ready_timeout).await,
+    };
+    match done {
         Ok(()) => Ok(p),
         Err(e) => match p.kill().await {
             // QEMU exited by itself: it refused the state, in its own words.
             Ok(ExitInfo {
                 reason: ExitReason::QemuError { .. },
                 ..
-            }) => Err(err(format!(
+            }) if !corrupt => Err(err(format!(
                 "QEMU refused the saved state (does the manifest describe this machine?): {}",
                 tail_lines(&p.options().qemu_log(), 4).join(" / ")
             ))),
@@ -470,7 +567,8 @@ async fn restore_as(
     }
 }
 
-async fn load_and_resume(
+/// Loads the state into the paused, waiting QEMU.
+async fn load(
     p: &Partition,
     m: &Manifest,
     state: &Path,
@@ -511,10 +609,14 @@ async fn load_and_resume(
             done.error_desc.unwrap_or_default()
         )));
     }
-    qmp.cont().await?;
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    Ok(())
+}
+
+/// Runs the loaded guest, waits for its agent, sets its clock.
+async fn resume(p: &Partition, ready_timeout: Duration) -> Result<(), EngineError> {
+    p.qmp().cont().await?;
     p.agent()
-        .wait_ready(left.max(Duration::from_secs(1)))
+        .wait_ready(ready_timeout)
         .await
         .map_err(|e| EngineError::Agent(format!("after restore: {e}")))?;
     set_guest_clock(p).await
@@ -628,10 +730,7 @@ mod tests {
 
     fn manifest(dir: &Path, state: &[u8]) -> Manifest {
         std::fs::write(dir.join(STATE_FILE), state).unwrap();
-        let sha: String = sha2::Sha256::digest(state)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = hex(&sha2::Sha256::digest(state));
         let m = Manifest {
             format: MANIFEST_FORMAT,
             spec: PartitionSpec::new("p", "/k".into(), "/i".into()),
@@ -658,14 +757,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = manifest(d.path(), b"QEVM-stream-bytes");
         assert_eq!(read_manifest(d.path()).unwrap(), m);
-        check_state(d.path(), &m).await.unwrap();
+        let state = check_files(d.path(), &m).unwrap();
+        check_hash(state.clone(), m.state.sha256.clone())
+            .await
+            .unwrap();
         // Truncated.
-        std::fs::write(d.path().join(STATE_FILE), b"QEVM").unwrap();
-        let e = check_state(d.path(), &m).await.unwrap_err().to_string();
+        std::fs::write(&state, b"QEVM").unwrap();
+        let e = check_files(d.path(), &m).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         // Same length, other bytes.
-        std::fs::write(d.path().join(STATE_FILE), b"QEVM-stream-bytez").unwrap();
-        let e = check_state(d.path(), &m).await.unwrap_err().to_string();
+        std::fs::write(&state, b"QEVM-stream-bytez").unwrap();
+        check_files(d.path(), &m).unwrap();
+        let e = check_hash(state, m.state.sha256.clone())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("corrupted"), "{e}");
     }
 
