@@ -148,6 +148,9 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
         machine.push(',');
         machine.push_str(&esc(o));
     }
+    if spec.memory_file.is_some() {
+        machine.push_str(",memory-backend=mem0");
+    }
     push(&[
         "-name",
         &format!("guest={},debug-threads=on", esc(&spec.name)),
@@ -158,6 +161,19 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
     let accel = if r.kvm { "kvm" } else { "tcg,thread=multi" };
     push(&["-accel", accel, "-cpu", &spec.cpu_model.qemu_cpu()]);
     push(&["-m", &spec.memory_mib.to_string()]);
+    if let Some(f) = &spec.memory_file {
+        // The RAM block is then named after the backend, on the template
+        // and its clones alike, so their states match.
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=mem0,mem-path={},size={}M,share={}",
+                esc(&f.path.to_string_lossy()),
+                spec.memory_mib,
+                if f.share { "on" } else { "off" }
+            ),
+        ]);
+    }
     push(&["-smp", &spec.vcpus.to_string()]);
     push(&[
         "-nodefaults",
@@ -250,6 +266,10 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
                 ),
             ]);
         }
+    }
+    if spec.vmgenid {
+        // `auto`: a fresh GUID at every start, restores included.
+        push(&["-device", "vmgenid,id=vmgenid0,guid=auto"]);
     }
     push(&["-pidfile", &r.pidfile.to_string_lossy()]);
     if r.sandbox {
@@ -496,6 +516,31 @@ mod tests {
         assert_eq!(b["backing"]["backing"]["file"]["filename"], "/lu/base.img");
         assert_eq!(b["backing"]["backing"]["driver"], "raw");
         assert!(b["backing"]["backing"].get("backing").is_none());
+    }
+
+    #[test]
+    fn file_backed_memory_and_generation_id() {
+        let mut s = spec();
+        s.memory_file = Some(crate::spec::MemoryFile {
+            path: "/t/mem".into(),
+            share: false,
+        });
+        s.vmgenid = true;
+        let mut r = resolved(ResolvedMachine::Microvm, false);
+        r.incoming = Some("defer".into());
+        let line = qemu_args(&s, &r).join(" ");
+        assert!(
+            line.contains("-machine microvm,memory-backend=mem0 "),
+            "{line}"
+        );
+        assert!(line
+            .contains("-object memory-backend-file,id=mem0,mem-path=/t/mem,size=256M,share=off"));
+        assert!(line.contains("-device vmgenid,id=vmgenid0,guid=auto"));
+        assert!(line.ends_with("-S -incoming defer"), "{line}");
+        s.memory_file.as_mut().unwrap().share = true;
+        assert!(qemu_args(&s, &r).join(" ").contains("share=on"));
+        let plain = qemu_args(&spec(), &resolved(ResolvedMachine::Microvm, false)).join(" ");
+        assert!(!plain.contains("memory-backend") && !plain.contains("vmgenid"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod host;
 pub mod jail;
 mod partition;
 mod pdeath;
+pub mod snapshot;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -16,9 +17,10 @@ pub use host::default_image_dir;
 pub use partition::{
     tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RegionPlug, RunState,
 };
+pub use snapshot::{CloneIdentity, Manifest, SaveOptions, SaveProgress};
 pub use spec::{
     Accel, AdapterSpec, BackingFile, BootSource, CpuModel, DiskFormat, DiskSpec, MachineKind,
-    NetSpec, PartitionSpec, RegionSpec, REGION_MAX, REGION_MIN,
+    MemoryFile, NetSpec, PartitionSpec, RegionSpec, REGION_MAX, REGION_MIN,
 };
 
 pub use bulkhead_agent::{
@@ -50,6 +52,9 @@ pub enum EngineError {
     NotRunning(String),
     #[error("host: {0}")]
     Host(String),
+    /// A save or restore refused or failed (the reason says which and why).
+    #[error("save/restore: {0}")]
+    Snapshot(String),
 }
 
 impl From<bulkhead_hostnet::HostnetError> for EngineError {

@@ -234,6 +234,16 @@ impl Partition {
         spec: PartitionSpec,
         opts: LaunchOptions,
     ) -> Result<Partition, EngineError> {
+        Self::launch_with(spec, opts, None).await
+    }
+
+    /// [`Partition::launch`] with QEMU's `-incoming` (a restore: QEMU waits,
+    /// paused, for its state; see `snapshot`).
+    pub(crate) async fn launch_with(
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+        incoming: Option<String>,
+    ) -> Result<Partition, EngineError> {
         spec.validate()?;
         let hostinfo = host::probe();
         let machine = ResolvedMachine::for_spec(&spec);
@@ -258,7 +268,16 @@ impl Partition {
             let (spec, opts) = (spec.clone(), opts.clone());
             bulkhead_hostnet::blocking(move || create_taps(&spec, &opts)).await?
         };
-        match Self::spawn(&spec, &opts, machine, kvm, hostinfo.tsc_khz, &taps, macs).await {
+        let spawned = Self::spawn(
+            &spec,
+            &opts,
+            machine,
+            (kvm, hostinfo.tsc_khz),
+            &taps,
+            macs,
+            incoming,
+        );
+        match spawned.await {
             Ok((pid, child)) => {
                 // Our unreaped child: the pid cannot have been reused yet.
                 let id = Identity::read(pid).unwrap_or_default();
@@ -292,10 +311,10 @@ impl Partition {
         spec: &PartitionSpec,
         opts: &LaunchOptions,
         machine: ResolvedMachine,
-        kvm: bool,
-        tsc_khz: Option<u64>,
+        (kvm, tsc_khz): (bool, Option<u64>),
         taps: &[String],
         macs: Vec<String>,
+        incoming: Option<String>,
     ) -> Result<(u32, tokio::process::Child), EngineError> {
         // The sockets are bound here and inherited by QEMU, as libvirt does:
         // clients can connect the moment QEMU exists, with no polling.
@@ -324,7 +343,7 @@ impl Partition {
             macs,
             sandbox: opts.sandbox,
             run_as: opts.run_as.clone(),
-            incoming: None,
+            incoming,
         };
         let mut qemu = host::qemu_binary();
         let mut jail = None;
@@ -791,26 +810,12 @@ impl Partition {
     /// a moment later through ACPI hot-plug.
     pub async fn hotplug_disk(&self, disk: DiskSpec) -> Result<(), EngineError> {
         let slot = self.free_slot(&disk.id)?;
-        // The engine opens the files and QEMU receives descriptors: a
-        // confined QEMU neither sees host paths nor may open them itself.
-        let mut fdsets = std::collections::BTreeMap::new();
-        let attached = self.attach_disk(&disk, slot, &mut fdsets).await;
-        let fdsets: Vec<u64> = fdsets.into_values().collect();
-        if let Err(e) = attached {
-            for f in fdsets {
-                let _ = self.qmp.remove_fd(f).await;
-            }
-            return Err(e);
-        }
-        self.hotplugged.lock().expect("hotplug lock").insert(
-            disk.id.clone(),
-            HotplugRecord {
-                slot,
-                adapter: AdapterSpec::Disk(disk),
-                fdsets,
-            },
-        );
-        self.save_state()
+        self.plug(&HotplugRecord {
+            slot,
+            adapter: AdapterSpec::Disk(disk),
+            fdsets: Vec::new(),
+        })
+        .await
     }
 
     /// A free hot-plug slot for a new adapter `id`, after checking that this
@@ -902,6 +907,38 @@ impl Partition {
             fdsets.insert(path, set);
         }
         Ok(())
+    }
+
+    /// Plugs `rec`'s device into its slot and records it (its `fdsets` are
+    /// replaced by this QEMU's). A restore re-plugs a saved partition's
+    /// devices this way before loading its state.
+    pub(crate) async fn plug(&self, rec: &HotplugRecord) -> Result<(), EngineError> {
+        let AdapterSpec::Disk(disk) = &rec.adapter else {
+            return Err(EngineError::InvalidSpec(format!(
+                "hot-plugged adapter {:?} cannot be re-plugged",
+                rec.adapter.id()
+            )));
+        };
+        // The engine opens the files and QEMU receives descriptors: a
+        // confined QEMU neither sees host paths nor may open them itself.
+        let mut fdsets = std::collections::BTreeMap::new();
+        let attached = self.attach_disk(disk, rec.slot, &mut fdsets).await;
+        let fdsets: Vec<u64> = fdsets.into_values().collect();
+        if let Err(e) = attached {
+            for f in fdsets {
+                let _ = self.qmp.remove_fd(f).await;
+            }
+            return Err(e);
+        }
+        let rec = HotplugRecord {
+            fdsets,
+            ..rec.clone()
+        };
+        self.hotplugged
+            .lock()
+            .expect("hotplug lock")
+            .insert(disk.id.clone(), rec);
+        self.save_state()
     }
 
     /// Unplugs a hot-plugged device and waits for the guest to release it.
@@ -1064,6 +1101,20 @@ fn confine(
             inside: run.join("shm"),
             writable: false,
         });
+    }
+    if let Some(m) = &spec.memory_file {
+        // QEMU opens it read-write even to map it copy-on-write.
+        if !m.path.exists() {
+            std::fs::File::create(&m.path).map_err(|e| host_err(&m.path, e))?;
+        }
+        let path = std::fs::canonicalize(&m.path).map_err(|e| host_err(&m.path, e))?;
+        files.push(Reveal {
+            host: path.clone(),
+            inside: path.clone(),
+            writable: true,
+        });
+        grants.push((path.clone(), true));
+        jspec.memory_file.as_mut().expect("checked").path = path;
     }
     // The binary is found on PATH now; the jail holds /usr and nothing else.
     let bin = host::find_binary(qemu)

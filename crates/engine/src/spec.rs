@@ -2,7 +2,7 @@
 //! configuration: restoring a saved partition elsewhere rebuilds the same QEMU
 //! from it, so everything that shapes the machine lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,24 @@ pub struct PartitionSpec {
     /// saved state restores elsewhere (never the host's own CPU).
     #[serde(default)]
     pub cpu_model: CpuModel,
+    /// Guest RAM in a host file instead of anonymous memory: shared (a
+    /// template, whose saved state then leaves RAM out) or private
+    /// copy-on-write (a clone of that template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<MemoryFile>,
+    /// A VM generation id device; every launch gives it a fresh GUID, so a
+    /// restored copy is told it is a new generation.
+    #[serde(default)]
+    pub vmgenid: bool,
+}
+
+/// A file holding guest RAM (`memory-backend-file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    /// `true`: guest writes reach the file (a template). `false`: the file
+    /// is mapped copy-on-write and never written (a clone).
+    pub share: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +292,8 @@ impl PartitionSpec {
             accel: Accel::Auto,
             hotplug_slots: 0,
             cpu_model: CpuModel::default(),
+            memory_file: None,
+            vmgenid: false,
         }
     }
 
@@ -380,6 +400,9 @@ impl PartitionSpec {
         if self.hotplug_slots > 0 && self.machine == MachineKind::Microvm {
             return bad("hot-plug slots need q35 (microvm has no hot-plug ports)".into());
         }
+        if let Some(m) = &self.memory_file {
+            check_memory_file(m, self.memory_mib)?;
+        }
         for o in &self.machine_options {
             if o.contains(',') || !o.contains('=') {
                 return bad(format!("machine option {o:?} must be one key=value"));
@@ -400,6 +423,29 @@ impl PartitionSpec {
             AdapterSpec::Net(n) => Some(n),
             _ => None,
         })
+    }
+}
+
+/// A shared memory file may be created by QEMU; a private one must exist
+/// with the guest's RAM size (it is the template's memory).
+fn check_memory_file(m: &MemoryFile, memory_mib: u64) -> Result<(), EngineError> {
+    let bad = |s: String| Err(EngineError::InvalidSpec(s));
+    if m.path.as_os_str().as_encoded_bytes().contains(&b',') {
+        return bad(format!("memory file {} has a comma", m.path.display()));
+    }
+    match std::fs::metadata(&m.path) {
+        Ok(md) if !md.is_file() => bad(format!("memory file {} is not a file", m.path.display())),
+        Ok(md) if !m.share && md.len() != memory_mib << 20 => bad(format!(
+            "memory file {} holds {} bytes, the partition has {memory_mib} MiB",
+            m.path.display(),
+            md.len()
+        )),
+        Ok(_) => Ok(()),
+        Err(_) if m.share && m.path.parent().is_some_and(Path::is_dir) => Ok(()),
+        Err(_) => Err(EngineError::MissingFile {
+            what: "memory file",
+            path: m.path.clone(),
+        }),
     }
 }
 

@@ -12,26 +12,6 @@ use bulkhead_engine::{
 };
 use common::*;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
-async fn exec_ok(p: &Partition, cmd: &str) -> String {
-    let out = p
-        .agent()
-        .exec(&sh(cmd), None, CMD)
-        .await
-        .expect("agent exec");
-    assert_eq!(
-        out.code,
-        0,
-        "{cmd}: stdout {} stderr {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// An ext4 filesystem in a qcow2 LU, made on the host.
 fn make_qcow2_ext4(dir: &std::path::Path) -> std::path::PathBuf {
     let raw = dir.join("fs.raw");

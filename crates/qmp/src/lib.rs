@@ -379,6 +379,75 @@ impl QmpClient {
             .await
             .map(drop)
     }
+    /// Passes `fd` to QEMU under `name` (`getfd`), for URIs such as
+    /// `fd:NAME` that take a named descriptor (migration to or from a file
+    /// the host opened: a sandboxed QEMU may not spawn `exec:` helpers).
+    pub async fn get_fd(&self, name: &str, fd: OwnedFd) -> Result<(), QmpError> {
+        self.send(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            Some(fd),
+            self.inner.limits.command_timeout,
+        )
+        .await
+        .map(drop)
+    }
+    /// Closes a descriptor passed with [`QmpClient::get_fd`] and not consumed.
+    pub async fn close_fd(&self, name: &str) -> Result<(), QmpError> {
+        self.execute_value("closefd", Some(json!({ "fdname": name })))
+            .await
+            .map(drop)
+    }
+    /// Sets migration capabilities, e.g. `[("events", true)]`.
+    pub async fn migrate_set_capabilities(&self, caps: &[(&str, bool)]) -> Result<(), QmpError> {
+        let list: Vec<Value> = caps
+            .iter()
+            .map(|(c, on)| json!({ "capability": c, "state": on }))
+            .collect();
+        self.execute_value(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": list })),
+        )
+        .await
+        .map(drop)
+    }
+    /// Sets migration parameters, e.g. `{"max-bandwidth": N}`.
+    pub async fn migrate_set_parameters(&self, params: Value) -> Result<(), QmpError> {
+        self.execute_value("migrate-set-parameters", Some(params))
+            .await
+            .map(drop)
+    }
+    /// Starts an outgoing migration; it runs on in QEMU ([`QmpClient::query_migrate`]).
+    pub async fn migrate(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute_value("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+    /// Starts reading an incoming migration (QEMU started with `-incoming defer`).
+    pub async fn migrate_incoming(&self, uri: &str) -> Result<(), QmpError> {
+        self.execute_value("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+    pub async fn migrate_cancel(&self) -> Result<(), QmpError> {
+        self.execute_value("migrate_cancel", None).await.map(drop)
+    }
+    pub async fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        self.execute("query-migrate", None).await
+    }
+    /// Children of a QOM path: `(name, type)` such as `("ivs0", "child<ivshmem-plain>")`.
+    pub async fn qom_list(&self, path: &str) -> Result<Vec<(String, String)>, QmpError> {
+        #[derive(Deserialize)]
+        struct Prop {
+            name: String,
+            #[serde(rename = "type")]
+            ty: String,
+        }
+        let v: Vec<Prop> = self
+            .execute("qom-list", Some(json!({ "path": path })))
+            .await?;
+        Ok(v.into_iter().map(|p| (p.name, p.ty)).collect())
+    }
     pub async fn human_monitor_command(&self, line: &str) -> Result<String, QmpError> {
         self.execute(
             "human-monitor-command",
@@ -386,6 +455,28 @@ impl QmpClient {
         )
         .await
     }
+}
+
+/// `query-migrate` reply (the fields Bulkhead reads).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// `none`, `setup`, `active`, `completed`, `failed`, `cancelled`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub ram: Option<MigrationRam>,
+    #[serde(default, rename = "error-desc")]
+    pub error_desc: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct MigrationRam {
+    /// Bytes sent so far (RAM pages, compressed zero pages counted small).
+    pub transferred: u64,
+    /// Guest RAM size.
+    pub total: u64,
+    #[serde(default)]
+    pub remaining: u64,
 }
 
 /// Waits for the next event on `rx` that `matches`, up to `timeout`.

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use bulkhead_engine::{LaunchOptions, PartitionSpec};
+use bulkhead_engine::{LaunchOptions, Partition, PartitionSpec};
 
 /// Under TCG on a busy 2-core host a boot can take tens of seconds.
 pub const READY: Duration = Duration::from_secs(180);
@@ -71,4 +71,25 @@ pub fn run(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// Runs a shell command in the guest; it must exit 0. Its trimmed stdout.
+pub async fn exec_ok(p: &Partition, cmd: &str) -> String {
+    let out = p
+        .agent()
+        .exec(&sh(cmd), None, CMD)
+        .await
+        .expect("agent exec");
+    assert_eq!(
+        out.code,
+        0,
+        "{cmd}: stdout {} stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
 }

@@ -1,0 +1,53 @@
+//! Shared by the engine's benchmark examples: ABBA ordering and summaries.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// `n` runs of each of two sides in ABBA order (A B B A A B ...): on this host
+/// every other boot in a row is ~10% slower whichever side runs it (first-touch
+/// cost of the guest's memory, an artefact of the machine, not of either side),
+/// so each side gets as many slow turns as fast ones.
+pub async fn abba<TA, TB, FA, FB>(
+    n: usize,
+    mut a: impl FnMut(usize) -> FA,
+    mut b: impl FnMut(usize) -> FB,
+) -> anyhow::Result<(Vec<TA>, Vec<TB>)>
+where
+    FA: std::future::Future<Output = anyhow::Result<TA>>,
+    FB: std::future::Future<Output = anyhow::Result<TB>>,
+{
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        if i % 2 == 1 {
+            vb.push(b(i).await?);
+        }
+        va.push(a(i).await?);
+        if i % 2 == 0 {
+            vb.push(b(i).await?);
+        }
+    }
+    Ok((va, vb))
+}
+
+/// One row per side and their ratio, medians and p90s.
+pub fn pair(label_a: &str, a: &mut [Duration], label_b: &str, b: &mut [Duration]) {
+    let (a50, a90) = (pct(a, 0.5), pct(a, 0.9));
+    let (b50, b90) = (pct(b, 0.5), pct(b, 0.9));
+    println!("  {:<38} {:>10.0} {:>10.0}", label_a, ms(a50), ms(a90));
+    println!("  {:<38} {:>10.0} {:>10.0}", label_b, ms(b50), ms(b90));
+    println!(
+        "  ratio: median {:.3}, p90 {:.3}",
+        ms(a50) / ms(b50),
+        ms(a90) / ms(b90)
+    );
+}
+
+pub fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let idx = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[idx]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
