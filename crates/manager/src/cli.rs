@@ -561,11 +561,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The partition table. A HOST column appears when the records belong to
+/// more than one host (a shared store); one host's list stays narrow.
 pub fn list_table(recs: &[PartitionRecord]) -> String {
+    let many_hosts = recs.iter().any(|r| r.host != recs[0].host);
     let rows: Vec<Vec<String>> = recs
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 p.name.clone(),
                 p.state.to_string(),
                 p.vcpus.to_string(),
@@ -574,22 +577,27 @@ pub fn list_table(recs: &[PartitionRecord]) -> String {
                 opt(p.net.as_ref().map(|n| &n.ip)),
                 opt(p.pid),
                 p.last_exit.clone().unwrap_or_default(),
-            ]
+            ];
+            if many_hosts {
+                row.insert(1, p.host.clone());
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "STATE",
-            "VCPUS",
-            "MEMORY",
-            "CPU",
-            "ADDRESS",
-            "PID",
-            "LAST EXIT",
-        ],
-        &rows,
-    )
+    let mut header = vec![
+        "NAME",
+        "STATE",
+        "VCPUS",
+        "MEMORY",
+        "CPU",
+        "ADDRESS",
+        "PID",
+        "LAST EXIT",
+    ];
+    if many_hosts {
+        header.insert(1, "HOST");
+    }
+    table(&header, &rows)
 }
 
 fn print_record(rec: &PartitionRecord, json: bool) -> anyhow::Result<()> {
@@ -649,6 +657,7 @@ pub fn show_text(v: &PartitionView) -> String {
             "restart policy",
             format!("{} (restarts {})", r.restart_policy, r.restarts),
         ),
+        ("host", r.host.clone()),
         ("cpu model", r.cpu_model.clone()),
         ("hot-plug ports", r.hotplug_slots.to_string()),
         ("pid", opt(r.pid)),
@@ -786,6 +795,27 @@ mod tests {
             assert!(e.contains("partition name"), "{bad:?}: {e}");
         }
         assert_eq!(encode_segment("a b?c=d/é"), "a%20b%3Fc%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn host_column_only_when_records_span_hosts() {
+        let rec = |name: &str, host: &str| {
+            let mut r: PartitionRecord = serde_json::from_value(serde_json::json!({
+                "name": name, "host": host, "vcpus": 1, "memory_mib": 128,
+                "cpu_percent": 10, "state": "defined", "created_at": 1,
+                "state_since": 1, "revision": 1
+            }))
+            .expect("a minimal record");
+            r.cpu_model = "x86-64-v2".into();
+            r
+        };
+        let one = list_table(&[rec("a", "h1"), rec("b", "h1")]);
+        assert!(!one.contains("HOST"), "{one}");
+        let two = list_table(&[rec("a", "h1"), rec("b", "h2")]);
+        let lines: Vec<&str> = two.lines().collect();
+        assert!(lines[0].starts_with("NAME  HOST  STATE"), "{two}");
+        assert!(lines[2].starts_with("b     h2    defined"), "{two}");
+        assert_eq!(list_table(&[]).lines().count(), 1);
     }
 
     #[test]
