@@ -261,6 +261,7 @@ fn qemu_img_info(path: &Path) -> Result<ImgInfo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_testbed::qcow2;
 
     fn setup() -> (tempfile::TempDir, Roots) {
         let t = tempfile::tempdir().unwrap();
@@ -271,16 +272,6 @@ mod tests {
         std::fs::create_dir_all(&img).unwrap();
         let r = Roots::open(&[data.join("storage")], &data, &img).unwrap();
         (t, r)
-    }
-
-    fn qemu_img(args: &[&str]) {
-        let ok = Command::new("qemu-img")
-            .args(args)
-            .output()
-            .unwrap()
-            .status
-            .success();
-        assert!(ok, "qemu-img {args:?}");
     }
 
     #[test]
@@ -319,18 +310,8 @@ mod tests {
         let root = t.path().join("data/storage");
         let base = root.join("base.qcow2");
         let top = root.join("top.qcow2");
-        qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "16M"]);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            base.to_str().unwrap(),
-            top.to_str().unwrap(),
-        ]);
+        qcow2(&base, "16M", None);
+        qcow2(&top, "16M", Some(&base));
         let d = r.check_disk(base.to_str().unwrap(), "qcow2").unwrap();
         assert_eq!(d.backing, Some(vec![]));
         let d = r.check_disk(top.to_str().unwrap(), "qcow2").unwrap();
@@ -343,26 +324,9 @@ mod tests {
         );
         // Backing file outside the roots.
         let outside = t.path().join("outside.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            outside.to_str().unwrap(),
-            "16M",
-        ]);
+        qcow2(&outside, "16M", None);
         let evil = root.join("evil.qcow2");
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            outside.to_str().unwrap(),
-            evil.to_str().unwrap(),
-        ]);
+        qcow2(&evil, "16M", Some(&outside));
         let e = r.check_disk(evil.to_str().unwrap(), "qcow2").unwrap_err();
         assert!(e.contains("backing file") && e.contains("outside"), "{e}");
         // Not a qcow2 at all.

@@ -6,6 +6,7 @@
 mod common;
 
 use bulkhead_manager::client::ClientError;
+use bulkhead_testbed::qcow2;
 use common::{Daemon, Opts};
 use hyper::Method;
 use serde_json::{json, Value};
@@ -13,11 +14,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
-}
 
 fn qemu_uid() -> u32 {
     let out = Command::new("id")
@@ -66,18 +62,8 @@ async fn disks_come_only_from_the_storage_roots() {
     // What may be used: a qcow2 whose backing file is in the root too.
     let base = root.join("base.qcow2");
     let top = root.join("top.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"]);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        top.to_str().unwrap(),
-    ]);
+    qcow2(&base, "8M", None);
+    qcow2(&top, "8M", Some(&base));
     let ok = json!({ "disks": [{ "path": top, "format": "qcow2" }] });
     d.create("fine", 10, 128, ok).await;
     let before = d.client().get("/v1/partitions").await.unwrap();
@@ -85,26 +71,9 @@ async fn disks_come_only_from_the_storage_roots() {
     // What may not.
     std::os::unix::fs::symlink("/etc/shadow", root.join("shadow.img")).unwrap();
     let outside = d.dir.path().join("outside.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        outside.to_str().unwrap(),
-        "8M",
-    ]);
+    qcow2(&outside, "8M", None);
     let evil = root.join("evil.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "qcow2",
-        "-b",
-        outside.to_str().unwrap(),
-        evil.to_str().unwrap(),
-    ]);
+    qcow2(&evil, "8M", Some(&outside));
     let loopdev = (0..8)
         .map(|i| format!("/dev/loop{i}"))
         .find(|p| Path::new(p).exists())
@@ -195,7 +164,7 @@ async fn qemu_runs_unprivileged_in_its_own_mount_namespace() {
     // the pinned chain is opened inside the jail.
     let base = root.join("base.qcow2");
     let top = root.join("top.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "8M"]);
+    qcow2(&base, "8M", None);
     let out = Command::new("qemu-io")
         .args([
             "-f",
@@ -207,17 +176,7 @@ async fn qemu_runs_unprivileged_in_its_own_mount_namespace() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "qcow2",
-        "-b",
-        base.to_str().unwrap(),
-        top.to_str().unwrap(),
-    ]);
+    qcow2(&top, "8M", Some(&base));
     d.create(
         "jailed",
         30,

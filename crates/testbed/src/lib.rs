@@ -28,6 +28,22 @@ pub fn image_dir() -> PathBuf {
     dir
 }
 
+/// Makes a qcow2 image of `size` (qemu-img's syntax, e.g. "8M"), over
+/// `backing` (a qcow2) when given. Fails the test if qemu-img does.
+pub fn qcow2(path: &Path, size: &str, backing: Option<&Path>) {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2"]);
+    if let Some(b) = backing {
+        cmd.args(["-F", "qcow2", "-b"]).arg(b);
+    }
+    let out = cmd.arg(path).arg(size).output().expect("running qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img create {}: {out:?}",
+        path.display()
+    );
+}
+
 /// The built `bulkhead` binary: `BULKHEAD_BIN`, else the workspace's debug
 /// build. A missing one fails the test: `make test` builds every binary
 /// before running the tests.
