@@ -14,6 +14,7 @@
 
 mod cookie;
 mod error;
+pub mod reply;
 pub mod request;
 mod table;
 mod types;
