@@ -250,3 +250,34 @@ async fn schema_4_database_gains_grant_tables() {
     assert_eq!((t.body.as_slice(), t.revision), (&b"{}"[..], r));
     assert_eq!(s.grant_log("host-a", 0, 10).await.unwrap()[0].seq, 1);
 }
+
+/// A grant commit that cannot get the write lock (another process holds
+/// it past the busy timeout) is `Unavailable`, writes nothing, and reads
+/// go on meanwhile (WAL).
+#[tokio::test]
+async fn grant_commit_under_a_held_lock_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path, "h").unwrap();
+    let r = s.commit_grant_table("h", 0, b"one", &[]).await.unwrap();
+    let other = rusqlite_conn(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = s
+        .commit_grant_table("h", r, b"two", &[(1, "{}".into())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Unavailable {
+                op: "commit_grant_table",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(s.grant_table("h").await.unwrap().unwrap().body, b"one");
+    other.execute_batch("ROLLBACK").unwrap();
+    assert!(s.grant_log("h", 0, 10).await.unwrap().is_empty());
+    s.commit_grant_table("h", r, b"two", &[]).await.unwrap();
+}
