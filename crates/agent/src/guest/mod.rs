@@ -12,6 +12,7 @@ pub mod console;
 pub mod power;
 pub mod procfs;
 pub mod region;
+pub mod relay;
 pub mod serve;
 pub mod sys;
 pub mod tool;
