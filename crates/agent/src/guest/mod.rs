@@ -9,6 +9,7 @@
 
 pub mod children;
 pub mod console;
+pub mod grants;
 pub mod power;
 pub mod procfs;
 pub mod region;
