@@ -230,6 +230,9 @@ pub fn check_call_request(bytes: &[u8]) -> Result<Box<serde_json::value::RawValu
     Ok(raw)
 }
 
+/// Longest call line: the request and its envelope.
+const MAX_CALL_LINE: usize = MAX_REQUEST_BYTES + 64;
+
 /// One line from the agent, as the host reads it.
 #[derive(Debug, PartialEq)]
 pub enum AgentLine {
@@ -253,6 +256,14 @@ pub fn decode_agent_line(line: &[u8]) -> Result<AgentLine, String> {
         Ok(r) => return Ok(AgentLine::Response(r)),
         Err(e) => e,
     };
+    // Responses may be long (exec output), calls may not: no further parsing
+    // of a long line that is not a response. The agent never sends one.
+    if line.len() > MAX_CALL_LINE {
+        return Err(format!(
+            "{} bytes, not a response, too long for a call: {resp_err}",
+            line.len()
+        ));
+    }
     match serde_json::from_slice::<Call>(line) {
         Ok(c) => Ok(match check_call_request(c.request.get().as_bytes()) {
             Ok(_) => AgentLine::Call {
@@ -648,6 +659,13 @@ mod tests {
         ] {
             assert!(decode_agent_line(junk).is_err());
         }
+        // A request just over the bound is answered; a line far over it is dropped.
+        let over = |n: usize| format!(r#"{{"call":6,"request":{{"x":"{}"}}}}"#, "a".repeat(n));
+        assert!(matches!(
+            decode_agent_line(over(MAX_REQUEST_BYTES).as_bytes()),
+            Ok(AgentLine::BadCall { call: 6, .. })
+        ));
+        assert!(decode_agent_line(over(2 * MAX_REQUEST_BYTES).as_bytes()).is_err());
 
         // Host -> agent: answers and requests are told apart.
         let ok = CallAnswer::new(3, Ok(serde_json::json!({"reply":"ended"})));
