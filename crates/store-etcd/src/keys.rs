@@ -43,6 +43,16 @@ impl Keys {
     pub(crate) fn event(&self, name: &str, version: u64) -> String {
         format!("{}{version:020}", self.events(name))
     }
+
+    /// `<prefix>/<kind>/` (a range) or, with an `id`, `<prefix>/<kind>/<id>`
+    /// (escaped): the keys of records other than partitions.
+    pub(crate) fn under(&self, kind: &str, id: Option<&str>) -> String {
+        format!(
+            "{}/{kind}/{}",
+            self.prefix,
+            id.map(escape).unwrap_or_default()
+        )
+    }
 }
 
 /// Percent-escapes every byte but `[A-Za-z0-9._:-]`, so `/` never appears.

@@ -33,4 +33,13 @@ pub const MIGRATIONS: &[&str] = &[
     // not known to a static migration.
     "ALTER TABLE partitions ADD COLUMN host TEXT NOT NULL DEFAULT '';
     CREATE INDEX partitions_host ON partitions(host, name);",
+    // 5: cluster membership (issue 14). One row per daemon; a host is lost
+    // when its heartbeat is older than its own ttl. Names are unique.
+    "CREATE TABLE hosts (
+        id        TEXT PRIMARY KEY,
+        name      TEXT NOT NULL UNIQUE,
+        record    TEXT NOT NULL,
+        heartbeat INTEGER NOT NULL,
+        ttl_ms    INTEGER NOT NULL
+    );",
 ];

@@ -2,7 +2,8 @@
 //! two connections to one file taking turns (as two daemons sharing a store).
 
 use bulkhead_store::{
-    conformance, Admission, Event, PartitionRecord, Result, Scope, SqliteStore, Store,
+    conformance, Admission, Event, HostRecord, HostStatus, PartitionRecord, Result, Scope,
+    SqliteStore, Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +76,15 @@ impl Store for TwoConnections {
         check: Admission,
     ) -> Result<PartitionRecord> {
         self.next().admit(r, ev, check).await
+    }
+    async fn register_host(&self, h: &HostRecord, ttl: std::time::Duration) -> Result<()> {
+        self.next().register_host(h, ttl).await
+    }
+    async fn renew_host(&self, id: &str) -> Result<()> {
+        self.next().renew_host(id).await
+    }
+    async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        self.next().hosts().await
     }
 }
 
