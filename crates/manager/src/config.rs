@@ -47,6 +47,22 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// The bound on every store call; past it the call is "unavailable".
     pub timeout_ms: u64,
+    /// This host's name in the cluster (unique; `partition create --host`);
+    /// the host id when absent.
+    pub name: Option<String>,
+    /// Membership lease: a host that has not renewed for this long is lost.
+    pub lease_ms: u64,
+    /// `address:port` other hosts reach this host's TCP API at (commands for
+    /// its partitions are forwarded there); `api.tcp` when that is a
+    /// specific address.
+    pub advertise: Option<String>,
+    /// This host's address on the hosts' network: with it the VLAN bridge
+    /// gets a VXLAN port towards every other host's underlay address.
+    pub underlay: Option<Ipv4Addr>,
+    /// The VXLAN network identifier of the VLAN (the same on every host).
+    pub vxlan_id: u32,
+    /// UDP port of the VXLAN tunnels (IANA's 4789 by default).
+    pub vxlan_port: u16,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +71,12 @@ impl Default for ClusterConfig {
             etcd: Vec::new(),
             prefix: "/bulkhead/v1".into(),
             timeout_ms: 5000,
+            name: None,
+            lease_ms: 5000,
+            advertise: None,
+            underlay: None,
+            vxlan_id: 7700,
+            vxlan_port: 4789,
         }
     }
 }
@@ -339,6 +361,26 @@ impl Config {
             }
             if self.cluster.timeout_ms == 0 {
                 anyhow::bail!("cluster.timeout_ms must be at least 1");
+            }
+        }
+        if let Some(n) = &self.cluster.name {
+            crate::host_id::check(n).map_err(|e| anyhow::anyhow!("cluster.name: {e}"))?;
+        }
+        if !(1000..=3_600_000).contains(&self.cluster.lease_ms) {
+            anyhow::bail!(
+                "cluster.lease_ms must be 1000-3600000 (etcd leases are whole seconds), got {}",
+                self.cluster.lease_ms
+            );
+        }
+        if !(1..=0xff_ffff).contains(&self.cluster.vxlan_id) {
+            anyhow::bail!(
+                "cluster.vxlan_id must be 1-16777215, got {}",
+                self.cluster.vxlan_id
+            );
+        }
+        if let Some(a) = &self.cluster.advertise {
+            if a.parse::<SocketAddr>().is_err() {
+                anyhow::bail!("cluster.advertise {a:?} must be address:port");
             }
         }
         if let Some(i) = &self.cgroup.instance {
