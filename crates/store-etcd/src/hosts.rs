@@ -104,51 +104,43 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// Renews by moving the alive key to a fresh lease and revoking the old
+    /// one: unary calls only. (A keep-alive stream that outlived a paused
+    /// daemon was seen to hang on every later renewal.)
     pub(crate) async fn renew_host_impl(&self, id: &str) -> Result<()> {
         let op = "renew_host";
-        let not_found =
-            || StoreError::NotFound(format!("host {id} (not registered by this store)"));
-        let (lease, ttl) = self
+        let not_found = || StoreError::NotFound(format!("host {id} (not registered by this store)"));
+        let (old, ttl) = self
             .leases
             .lock()
             .unwrap()
             .get(id)
             .copied()
             .ok_or_else(not_found)?;
-        let mut l = self.lease.clone();
-        let kept = bounded(op, self.opts.timeout, async {
-            let (_keeper, mut stream) = l.keep_alive(lease).await?;
-            Ok(stream.message().await?.map_or(0, |r| r.ttl()))
-        })
-        .await;
-        // An expired lease answers ttl 0, or "not found" once etcd forgot it.
-        let left = match kept {
-            Err(StoreError::Backend { message, .. }) if message.contains("lease not found") => 0,
-            other => other?,
-        };
-        if left > 0 {
-            return Ok(());
-        }
-        // The lease ran out (this host was lost): a new one, if the record is still there.
         let fresh = self.grant(op, ttl).await?;
         let txn = Txn::new()
-            .when([Compare::version(self.host_key(id), CompareOp::Greater, 0)])
+            .when([Compare::version(
+                self.host_key(id),
+                CompareOp::Greater,
+                0,
+            )])
             .and_then([TxnOp::put(
                 self.alive_key(id),
                 "",
                 Some(PutOptions::new().with_lease(fresh)),
             )]);
-        if !self.txn(op, txn).await?.succeeded() {
+        let moved = self.txn(op, txn).await.map(|r| r.succeeded());
+        let mut l = self.lease.clone();
+        // The lease the alive key is not on is revoked (best effort: it expires anyway).
+        let stale = if matches!(moved, Ok(true)) { old } else { fresh };
+        let _ = bounded(op, self.opts.timeout, l.revoke(stale)).await;
+        if !moved? {
             return Err(not_found());
         }
         self.leases
             .lock()
             .unwrap()
             .insert(id.to_string(), (fresh, ttl));
-        tracing::info!(
-            host = id,
-            "membership lease had expired; renewed with a new one"
-        );
         Ok(())
     }
 

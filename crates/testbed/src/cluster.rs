@@ -48,7 +48,7 @@ pub struct Host {
 /// The TCP API port of every host (each on its own address).
 pub const API_PORT: u16 = 7070;
 
-/// A cluster that is up. Dropping it does nothing: call [`Cluster::down`]
+/// A cluster that is up. Dropping it does nothing: [`down`] takes it down
 /// (tests hold a [`Guard`]).
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -60,12 +60,13 @@ pub struct Cluster {
     pub repository: PathBuf,
 }
 
-/// Takes the cluster down when dropped (a test's cluster, even on a panic).
-pub struct Guard(pub Cluster);
+/// Takes the cluster of this name down when dropped (a test's cluster, even
+/// on a panic or a half-done `up`).
+pub struct Guard(pub String);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        down(&self.0.name);
+        down(&self.0);
     }
 }
 
