@@ -116,6 +116,10 @@ pub fn remotes(name: &str, netns: Option<&str>) -> Result<Vec<Ipv4Addr>, Hostnet
                 .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.iter().all(|b| *b == 0)));
             let dst = n.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+                // In a bridge-family entry the parser cannot tell the address family.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                    <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                }
                 _ => None,
             });
             if let (true, Some(ip)) = (zero, dst) {

@@ -500,6 +500,28 @@ mod tests {
     }
 
     #[test]
+    fn cluster_membership_settings_are_checked() {
+        let c = Config::parse(
+            "[cluster]\nname = 'a'\nunderlay = '192.0.2.1'\nadvertise = '192.0.2.1:7070'\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.cluster.lease_ms, c.cluster.vxlan_id), (5000, 7700));
+        for (extra, words) in [
+            ("name = 'a b'", "cluster.name"),
+            ("lease_ms = 10", "lease_ms"),
+            ("vxlan_id = 0", "vxlan_id"),
+            ("vxlan_id = 16777216", "vxlan_id"),
+            ("advertise = 'nowhere'", "address:port"),
+        ] {
+            let c = Config::parse(&format!("[cluster]\n{extra}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(words), "{extra}: {e}");
+        }
+        assert!(Config::parse("[cluster]\nunderlay = 'x'\n").is_err());
+    }
+
+    #[test]
     fn tcp_without_token_is_refused() {
         let c = Config::parse("[api]\ntcp = '127.0.0.1:1'\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("token"));

@@ -109,7 +109,8 @@ impl EtcdStore {
     /// daemon was seen to hang on every later renewal.)
     pub(crate) async fn renew_host_impl(&self, id: &str) -> Result<()> {
         let op = "renew_host";
-        let not_found = || StoreError::NotFound(format!("host {id} (not registered by this store)"));
+        let not_found =
+            || StoreError::NotFound(format!("host {id} (not registered by this store)"));
         let (old, ttl) = self
             .leases
             .lock()
@@ -119,11 +120,7 @@ impl EtcdStore {
             .ok_or_else(not_found)?;
         let fresh = self.grant(op, ttl).await?;
         let txn = Txn::new()
-            .when([Compare::version(
-                self.host_key(id),
-                CompareOp::Greater,
-                0,
-            )])
+            .when([Compare::version(self.host_key(id), CompareOp::Greater, 0)])
             .and_then([TxnOp::put(
                 self.alive_key(id),
                 "",
@@ -132,7 +129,11 @@ impl EtcdStore {
         let moved = self.txn(op, txn).await.map(|r| r.succeeded());
         let mut l = self.lease.clone();
         // The lease the alive key is not on is revoked (best effort: it expires anyway).
-        let stale = if matches!(moved, Ok(true)) { old } else { fresh };
+        let stale = if matches!(moved, Ok(true)) {
+            old
+        } else {
+            fresh
+        };
         let _ = bounded(op, self.opts.timeout, l.revoke(stale)).await;
         if !moved? {
             return Err(not_found());

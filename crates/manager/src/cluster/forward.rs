@@ -209,6 +209,20 @@ mod tests {
     #[test]
     fn requests_survive_the_round_trip() {
         let reqs = [
+            ApiRequest::Create(CreatePartition {
+                name: "p".into(),
+                vcpus: 2,
+                memory_mib: 256,
+                cpu_percent: 50,
+                image: None,
+                cmdline: Some("quiet".into()),
+                disks: vec![],
+                net: true,
+                restart_policy: Default::default(),
+                hotplug_slots: 1,
+                cpu_model: None,
+                host: Some("b".into()),
+            }),
             ApiRequest::Start {
                 name: "p".into(),
                 opts: StartOptions { wait: true },
