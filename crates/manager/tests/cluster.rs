@@ -162,6 +162,16 @@ async fn three_hosts_one_cluster() {
         netns_inode(&b_ns),
         "QEMU of pb is not in b's namespace"
     );
+    // `show` from c is b's: the TAP and console log it names are b's.
+    let shown = cc.show("pb").await.unwrap();
+    assert!(
+        shown
+            .console_log
+            .as_deref()
+            .is_some_and(|l| l.starts_with(c.hosts[1].data_dir.to_str().unwrap())),
+        "{:?}",
+        shown.console_log
+    );
     let (code, out) = exec(&cc, "pb", "echo from-$(hostname)").await;
     assert_eq!((code, out.trim()), (0, "from-pb"));
 
@@ -183,6 +193,29 @@ async fn three_hosts_one_cluster() {
     // Full-size frames cross too (the underlay carries the VXLAN overhead).
     let (code, out) = exec(&a, "pa", &format!("ping -c 1 -W 5 -s 1472 {pb_ip}")).await;
     assert_eq!(code, 0, "1500-byte frames do not cross: {out}");
+    // The gateway address stays each host's own: pa's ARP for it is
+    // answered by a's bridge and never reaches b (which would otherwise
+    // answer too, holding the same address, and learn pa from the request).
+    let (code, out) = exec(&a, "pa", "ping -c 1 -W 5 10.77.0.1").await;
+    assert_eq!(code, 0, "pa cannot reach its gateway: {out}");
+    let pa_ip = pa
+        .net
+        .as_ref()
+        .unwrap()
+        .ip
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let b_neigh = std::process::Command::new("ip")
+        .args(["-n", &c.hosts[1].netns, "neigh", "show", &pa_ip])
+        .output()
+        .unwrap();
+    let b_neigh = String::from_utf8_lossy(&b_neigh.stdout);
+    assert!(
+        b_neigh.trim().is_empty(),
+        "b's host saw pa's ARP for the gateway: {b_neigh}"
+    );
     // A source address pa does not own is dropped at a's TAP: no answer.
     let (code, out) = exec(
         &a,

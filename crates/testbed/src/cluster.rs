@@ -70,6 +70,41 @@ impl Drop for Guard {
     }
 }
 
+/// An exclusive lock on a file, held until dropped.
+struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    fn take(path: &Path) -> Result<Lock, String> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "locking {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Lock(f))
+    }
+}
+
+/// A third octet for 172.31.X.0/24 that no address of the root namespace
+/// is in: from the name's hash on, the first free one.
+fn pick_octet(name: &str) -> Result<u32, String> {
+    let addrs = ip(&["-4", "-o", "addr", "show"])?;
+    let used: std::collections::HashSet<u32> = addrs
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("172.31."))
+        .filter_map(|r| r.split('.').next()?.parse().ok())
+        .collect();
+    let start = fnv(name) >> 24;
+    (0..256)
+        .map(|i| (start + i) % 256)
+        .find(|o| (1..255).contains(o) && !used.contains(o))
+        .ok_or_else(|| "no free 172.31.X.0/24 left for a cluster".to_string())
+}
+
 /// The cluster's directory, under the system's temporary directory.
 pub fn dir_of(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("bulkhead-cluster-{name}"))
@@ -88,16 +123,20 @@ fn fnv(s: &str) -> u32 {
 /// characters at most.
 struct Names {
     tag: String,
+    /// The cluster's underlay is 172.31.<third_octet>.0/24 ([`pick_octet`]).
     third_octet: u32,
 }
 
 impl Names {
     fn new(name: &str) -> Self {
         let h = fnv(name);
+        let octet = std::fs::read_to_string(dir_of(name).join("octet"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         Self {
             tag: format!("{:06x}", h & 0xff_ffff),
-            // 172.31.0.0/16 is carved per cluster; distinct names rarely share one.
-            third_octet: (h >> 24) & 0xff,
+            third_octet: octet,
         }
     }
     fn bridge(&self) -> String {
@@ -261,20 +300,27 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
         }
     }
     down(name);
-    let names = Names::new(name);
+    let mut names = Names::new(name);
     std::fs::create_dir_all(dir.join("pids")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir.join("repository")).map_err(|e| e.to_string())?;
     // The underlay: a bridge in the root namespace, one veth per host.
     let br = names.bridge();
     let mtu = UNDERLAY_MTU.to_string();
-    ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"])?;
-    ip(&[
-        "addr",
-        "add",
-        &format!("{}/24", names.gateway()),
-        "dev",
-        &br,
-    ])?;
+    {
+        // One cluster at a time picks a subnet and takes it.
+        let _lock = Lock::take(&std::env::temp_dir().join("bulkhead-cluster.lock"))?;
+        let octet = pick_octet(name)?;
+        std::fs::write(dir.join("octet"), octet.to_string()).map_err(|e| e.to_string())?;
+        names.third_octet = octet;
+        ip(&["link", "add", &br, "mtu", &mtu, "type", "bridge"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", names.gateway()),
+            "dev",
+            &br,
+        ])?;
+    }
     ip(&["link", "set", &br, "up"])?;
     for i in 0..n {
         let h = host_name(i);

@@ -28,7 +28,8 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
                 .filter(|h| *h != super::host_name(m))
                 .map(Owner::Name))
         }
-        R::Start { name, .. }
+        R::Show { name }
+        | R::Start { name, .. }
         | R::Stop { name, .. }
         | R::Restart { name, .. }
         | R::Destroy { name, .. }
@@ -67,6 +68,12 @@ pub async fn elsewhere(m: &Manager, req: &ApiRequest) -> Result<Option<ApiReply>
             ))
         })?,
     };
+    // `show` reads the record here when its host cannot add what only it knows.
+    if matches!(req, ApiRequest::Show { .. })
+        && (host.state == HostState::Lost || host.record.endpoints.is_empty())
+    {
+        return Ok(None);
+    }
     if let ApiRequest::Console { name } = req {
         // The console is a byte stream on an upgraded connection: not forwarded.
         return Err(ApiError::Conflict(format!(
@@ -169,6 +176,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
         ),
         R::Exec { name, req } => (Method::POST, format!("{}/exec", path(name)?), json(req)),
         R::Stats { name } => (Method::GET, format!("{}/stats", path(name)?), Vec::new()),
+        R::Show { name } => (Method::GET, path(name)?, Vec::new()),
         R::ConsoleLog { name, tail_lines } => (
             Method::GET,
             format!("{}/console?lines={tail_lines}", path(name)?),
@@ -254,6 +262,7 @@ mod tests {
                 },
             },
             ApiRequest::Stats { name: "p".into() },
+            ApiRequest::Show { name: "p".into() },
             ApiRequest::ConsoleLog {
                 name: "p".into(),
                 tail_lines: 12,

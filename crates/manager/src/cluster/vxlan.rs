@@ -3,6 +3,7 @@
 //! hosts join; a lost host's entry stays, as it may come back).
 
 use crate::manager::Manager;
+use bulkhead_hostnet::filter;
 use bulkhead_hostnet::vxlan::{self, Vxlan};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -48,7 +49,12 @@ impl Sync {
                 mtu: MTU,
             };
             let (n, bridge) = (name.clone(), cfg.network.bridge.clone());
-            match bulkhead_hostnet::blocking(move || vxlan::ensure(&n, v, &bridge, None)).await {
+            let (instance, gateway) = (cfg.cgroup_instance(), cfg.gateway());
+            let made = bulkhead_hostnet::blocking(move || {
+                vxlan::ensure(&n, v, &bridge, None)?;
+                filter::keep_gateway_local(&instance, &n, gateway)
+            });
+            match made.await {
                 Ok(()) => {
                     self.made = true;
                     tracing::info!(link = %name, vni = v.vni, %local, "VXLAN port on the VLAN bridge");
