@@ -149,6 +149,50 @@ async fn three_hosts_one_cluster() {
         (1, 1, 128)
     );
     assert_eq!(hosts[0].partitions + hosts[2].partitions, 0);
+    // The same through the CLI: `partition create --host`, `cluster hosts`.
+    let cli = |args: &[&str], host: usize| {
+        let out = std::process::Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&c.hosts[host].socket)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    cli(
+        &[
+            "partition",
+            "create",
+            "pc",
+            "--memory",
+            "128M",
+            "--cpu",
+            "10%",
+            "--host",
+            "c",
+        ],
+        0,
+    );
+    assert_eq!(b.show("pc").await.unwrap().record.host, views[0][2].id);
+    let table = cli(&["cluster", "hosts"], 1);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(
+        (rows[2][0], rows[2][1], rows[2][6]),
+        ("c", "up", "1"),
+        "{table}"
+    );
+    b.destroy("pc", false).await.unwrap();
     let e = a.create(&create("px", Some("nowhere"))).await.unwrap_err();
     assert!(e.to_string().contains("no host named"), "{e}");
 
