@@ -429,17 +429,12 @@ fn wait_etcd(endpoints: &[String]) -> Result<(), String> {
 }
 
 /// `bulkhead cluster hosts --json` through `host`'s socket: (name, state) pairs.
-pub fn hosts_seen(
-    c: &Cluster,
-    host: &Host,
-    bin_dir: &Path,
-) -> Result<Vec<(String, String)>, String> {
+pub fn hosts_seen(host: &Host, bin_dir: &Path) -> Result<Vec<(String, String)>, String> {
     let out = run(Command::new(bin_dir.join("bulkhead"))
         .args(["cluster", "hosts", "--json", "--socket"])
         .arg(&host.socket))?;
     let v: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("cluster hosts --json: {e}: {out}"))?;
-    let _ = c;
     Ok(v.as_array()
         .map(|a| {
             a.iter()
@@ -466,7 +461,7 @@ pub fn wait_all_up(c: &Cluster, opts: &Options, within: Duration) -> Result<(), 
     loop {
         let mut all = true;
         for h in &c.hosts {
-            match hosts_seen(c, h, &opts.bin_dir) {
+            match hosts_seen(h, &opts.bin_dir) {
                 Ok(seen) if seen == want => {}
                 Ok(seen) => {
                     all = false;
