@@ -89,6 +89,37 @@ pub fn guard_tap(instance: &str, tap: &str, mac: &str, ip: Ipv4Addr) -> Result<(
     ))
 }
 
+/// Keeps the VLAN's gateway address local to each host when bridges of
+/// several hosts are joined by `port` (a VXLAN port): every bridge holds the
+/// gateway address, so ARP asking for it or sent from it must not cross, or
+/// partitions would learn another host's bridge as their gateway. Idempotent.
+pub fn keep_gateway_local(
+    instance: &str,
+    port: &str,
+    gateway: Ipv4Addr,
+) -> Result<(), HostnetError> {
+    names::check_ifname(port)?;
+    let t = table(instance);
+    let mut script = String::new();
+    for (chain, hook) in [
+        ("tunnel_in", "input"),
+        ("tunnel_fwd", "forward"),
+        ("tunnel_out", "output"),
+    ] {
+        script.push_str(&format!(
+            "add chain bridge {t} {chain} {{ type filter hook {hook} priority -300; policy accept; }}\n\
+             flush chain bridge {t} {chain}\n"
+        ));
+    }
+    script.push_str(&format!(
+        "add rule bridge {t} tunnel_in iifname {port} ether type arp arp daddr ip {gateway} drop\n\
+         add rule bridge {t} tunnel_fwd oifname {port} ether type arp arp daddr ip {gateway} drop\n\
+         add rule bridge {t} tunnel_fwd iifname {port} ether type arp arp daddr ip {gateway} drop\n\
+         add rule bridge {t} tunnel_out oifname {port} ether type arp arp saddr ip {gateway} drop\n"
+    ));
+    nft(&script)
+}
+
 /// Removes a TAP's rules (nothing when there are none).
 pub fn unguard_tap(instance: &str, tap: &str) {
     if names::check_ifname(tap).is_err() {

@@ -11,6 +11,7 @@ pub mod names;
 mod netns;
 mod rtnl;
 pub mod tap;
+pub mod vxlan;
 
 use std::net::Ipv4Addr;
 
@@ -137,11 +138,11 @@ pub fn bridge_ports(bridge: &str, netns: Option<&str>) -> Result<Vec<String>, Ho
     })
 }
 
-fn is_errno(e: &HostnetError, errno: i32) -> bool {
+pub(crate) fn is_errno(e: &HostnetError, errno: i32) -> bool {
     matches!(e, HostnetError::Netlink { source, .. } if source.raw_os_error() == Some(errno))
 }
 
-fn no_link(what: &'static str, name: &str, netns: Option<&str>) -> HostnetError {
+pub(crate) fn no_link(what: &'static str, name: &str, netns: Option<&str>) -> HostnetError {
     HostnetError::NoSuchLink {
         what,
         name: name.to_string(),

@@ -70,7 +70,7 @@ impl Rtnl {
 
     /// Sends one request and collects the replies to it: up to the ACK (or
     /// the end of a dump), or the kernel's error.
-    fn request(
+    pub(crate) fn request(
         &mut self,
         what: &str,
         msg: RouteNetlinkMessage,

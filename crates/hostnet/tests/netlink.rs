@@ -164,3 +164,65 @@ fn bad_requests_change_nothing() {
     assert_eq!(run(&["ip", "-n", &ns.0, "-o", "link"]), links_before);
     assert!(!std::path::Path::new("/run/netns").join(&missing).exists());
 }
+
+/// A VXLAN port on a bridge, and its flood entries, as iproute2 sees them;
+/// both calls are idempotent.
+#[test]
+fn vxlan_port_and_flood_entries() {
+    use hostnet::vxlan::{self, Vxlan};
+    let ns = NetNs::new();
+    run(&[
+        "ip", "-n", &ns.0, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &ns.0,
+        "addr",
+        "add",
+        "192.0.2.1/24",
+        "dev",
+        "ul0",
+    ]);
+    run(&["ip", "-n", &ns.0, "link", "set", "ul0", "up"]);
+    hostnet::ensure_bridge("br0", None, ns.ns()).unwrap();
+    let v = Vxlan {
+        vni: 4242,
+        local: Ipv4Addr::new(192, 0, 2, 1),
+        port: 4789,
+        mtu: 1500,
+    };
+    for _ in 0..2 {
+        vxlan::ensure("vx0", v, "br0", ns.ns()).unwrap();
+    }
+    let link = ip_link(&ns, "vx0").expect("vx0 made");
+    let info = &link["linkinfo"]["info_data"];
+    assert_eq!(info["id"], 4242);
+    assert_eq!(info["local"], "192.0.2.1");
+    assert_eq!(info["port"], 4789);
+    assert_eq!(link["mtu"], 1500);
+    assert_eq!(link["master"], "br0");
+    assert!(flags(&link).contains(&"UP".to_string()));
+
+    assert!(vxlan::remotes("vx0", ns.ns()).unwrap().is_empty());
+    let (b, c) = (Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3));
+    for ip in [c, b, c] {
+        vxlan::add_remote("vx0", ip, ns.ns()).unwrap();
+    }
+    assert_eq!(vxlan::remotes("vx0", ns.ns()).unwrap(), [b, c]);
+    let fdb = run(&["bridge", "-n", &ns.0, "fdb", "show", "dev", "vx0"]);
+    let zero: Vec<_> = fdb
+        .lines()
+        .filter(|l| l.starts_with("00:00:00:00:00:00"))
+        .collect();
+    assert_eq!(zero.len(), 2, "{fdb}");
+    assert!(zero.iter().all(|l| l.contains("permanent")), "{fdb}");
+    assert!(matches!(
+        vxlan::add_remote("nope0", b, ns.ns()),
+        Err(HostnetError::NoSuchLink { .. })
+    ));
+    assert!(matches!(
+        vxlan::ensure("vx1", v, "nobridge", ns.ns()),
+        Err(HostnetError::NoSuchLink { .. })
+    ));
+}

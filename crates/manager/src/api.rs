@@ -46,6 +46,10 @@ pub struct CreatePartition {
     /// Named guest CPU model (`x86-64-v2` when absent); see docs/manager.md.
     #[serde(default)]
     pub cpu_model: Option<String>,
+    /// The cluster host (its name) that owns and runs the partition; the
+    /// host that got the call when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 fn one() -> u32 {
@@ -181,6 +185,8 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    /// `GET /v1/cluster/hosts`.
+    ClusterHosts,
 }
 
 /// The partition name rule, one message for the daemon and the CLI.
@@ -323,12 +329,29 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    ClusterHosts(Vec<crate::cluster::ClusterHost>),
+    /// The answer of the host that carried the request out, unchanged.
+    Forwarded(Forwarded),
+}
+
+/// A reply another host gave to a forwarded request: sent on as it came.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+impl Serialize for Forwarded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.body.serialize(s)
+    }
 }
 
 impl ApiReply {
     pub fn status(&self) -> u16 {
         match self {
             Self::Created(_) => 201,
+            Self::Forwarded(f) => f.status,
             _ => 200,
         }
     }
@@ -423,6 +446,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The error another host answered to a forwarded request, unchanged.
+    #[error("{}", detail.message)]
+    Forwarded { status: u16, detail: ErrorDetail },
 }
 
 impl ApiError {
@@ -439,6 +465,7 @@ impl ApiError {
             Self::Engine(_) => 502,
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
+            Self::Forwarded { status, .. } => *status,
         }
     }
 
@@ -458,6 +485,7 @@ impl ApiError {
             Self::Engine(_) => C::Engine,
             Self::Unavailable(_) => C::Unavailable,
             Self::Internal(_) => C::Internal,
+            Self::Forwarded { detail, .. } => detail.code,
         }
     }
 

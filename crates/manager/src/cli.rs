@@ -121,6 +121,9 @@ pub struct CreateArgs {
     /// Named guest CPU model: x86-64-v2 (default) or x86-64-v1.
     #[arg(long)]
     pub cpu_model: Option<String>,
+    /// The cluster host (by name) that owns and runs it; this one when absent.
+    #[arg(long)]
+    pub host: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -333,6 +336,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 restart_policy: a.restart.parse().map_err(anyhow::Error::msg)?,
                 hotplug_slots: a.hotplug,
                 cpu_model: a.cpu_model,
+                host: a.host,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;

@@ -255,6 +255,11 @@ impl Client {
         self.send::<(), _>(Method::GET, "/v1/host", None).await
     }
 
+    pub async fn cluster_hosts(&self) -> Result<Vec<crate::cluster::ClusterHost>, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/cluster/hosts", None)
+            .await
+    }
+
     pub async fn list(&self) -> Result<Vec<PartitionRecord>, ClientError> {
         self.send::<(), _>(Method::GET, "/v1/partitions", None)
             .await

@@ -47,6 +47,22 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// The bound on every store call; past it the call is "unavailable".
     pub timeout_ms: u64,
+    /// This host's name in the cluster (unique; `partition create --host`);
+    /// the host id when absent.
+    pub name: Option<String>,
+    /// Membership lease: a host that has not renewed for this long is lost.
+    pub lease_ms: u64,
+    /// `address:port` other hosts reach this host's TCP API at (commands for
+    /// its partitions are forwarded there); `api.tcp` when that is a
+    /// specific address.
+    pub advertise: Option<String>,
+    /// This host's address on the hosts' network: with it the VLAN bridge
+    /// gets a VXLAN port towards every other host's underlay address.
+    pub underlay: Option<Ipv4Addr>,
+    /// The VXLAN network identifier of the VLAN (the same on every host).
+    pub vxlan_id: u32,
+    /// UDP port of the VXLAN tunnels (IANA's 4789 by default).
+    pub vxlan_port: u16,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +71,12 @@ impl Default for ClusterConfig {
             etcd: Vec::new(),
             prefix: "/bulkhead/v1".into(),
             timeout_ms: 5000,
+            name: None,
+            lease_ms: 5000,
+            advertise: None,
+            underlay: None,
+            vxlan_id: 7700,
+            vxlan_port: 4789,
         }
     }
 }
@@ -341,6 +363,26 @@ impl Config {
                 anyhow::bail!("cluster.timeout_ms must be at least 1");
             }
         }
+        if let Some(n) = &self.cluster.name {
+            crate::host_id::check(n).map_err(|e| anyhow::anyhow!("cluster.name: {e}"))?;
+        }
+        if !(1000..=3_600_000).contains(&self.cluster.lease_ms) {
+            anyhow::bail!(
+                "cluster.lease_ms must be 1000-3600000 (etcd leases are whole seconds), got {}",
+                self.cluster.lease_ms
+            );
+        }
+        if !(1..=0xff_ffff).contains(&self.cluster.vxlan_id) {
+            anyhow::bail!(
+                "cluster.vxlan_id must be 1-16777215, got {}",
+                self.cluster.vxlan_id
+            );
+        }
+        if let Some(a) = &self.cluster.advertise {
+            if a.parse::<SocketAddr>().is_err() {
+                anyhow::bail!("cluster.advertise {a:?} must be address:port");
+            }
+        }
         if let Some(i) = &self.cgroup.instance {
             // It names the cgroup subtree and the VLAN's nftables table.
             if i.is_empty()
@@ -455,6 +497,28 @@ mod tests {
         let both = "[store]\npath = '/s.db'\n[cluster]\netcd = ['http://a:1']\n";
         let e = Config::parse(both).unwrap().validate().unwrap_err();
         assert!(e.to_string().contains("unused"), "{e}");
+    }
+
+    #[test]
+    fn cluster_membership_settings_are_checked() {
+        let c = Config::parse(
+            "[cluster]\nname = 'a'\nunderlay = '192.0.2.1'\nadvertise = '192.0.2.1:7070'\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.cluster.lease_ms, c.cluster.vxlan_id), (5000, 7700));
+        for (extra, words) in [
+            ("name = 'a b'", "cluster.name"),
+            ("lease_ms = 10", "lease_ms"),
+            ("vxlan_id = 0", "vxlan_id"),
+            ("vxlan_id = 16777216", "vxlan_id"),
+            ("advertise = 'nowhere'", "address:port"),
+        ] {
+            let c = Config::parse(&format!("[cluster]\n{extra}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(words), "{extra}: {e}");
+        }
+        assert!(Config::parse("[cluster]\nunderlay = 'x'\n").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod host_id;
 pub mod listen;

@@ -30,7 +30,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
             Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
-        openapi_json, ping, host, list, create, show, destroy, start, stop, restart, exec,
+        openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
         stats, console, attach_disk, detach_disk
     ),
     components(schemas(ErrorBody)),
@@ -120,6 +120,12 @@ fn ping() {}
     responses((status = 200, description = "capacity, allocation and network of this host", body = HostView)))]
 fn host() {}
 
+#[utoipa::path(get, path = "/v1/cluster/hosts", tag = "cluster", operation_id = "cluster_hosts",
+    responses((status = 200, description = "every member of the cluster: state (up, lost), capacity, \
+        allocation and number of partitions, from the cluster store (the same answer from every host)",
+        body = Vec<crate::cluster::ClusterHost>)))]
+fn cluster_hosts() {}
+
 #[utoipa::path(get, path = "/v1/partitions", tag = "partitions", operation_id = "list",
     responses((status = 200, description = "every partition's record", body = Vec<PartitionRecord>)))]
 fn list() {}
@@ -132,6 +138,10 @@ fn list() {}
         (status = 409, description = "the name or the address is taken", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
+/// With `host` naming another member, the request is carried out by that
+/// host (503 when it is lost). Every partition command on a partition another
+/// host owns is likewise forwarded to it and its answer returned unchanged;
+/// a console attach is not forwarded (409 naming the host).
 fn create() {}
 
 #[utoipa::path(get, path = "/v1/partitions/{name}", tag = "partitions", operation_id = "show",

@@ -50,6 +50,7 @@ pub async fn serve(
     };
     let nofile = listen::raise_nofile();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut fingerprint = None;
     if let Some(addr) = cfg.api.tcp {
         let l = TcpListener::bind(addr)
             .await
@@ -82,6 +83,7 @@ pub async fn serve(
                 ))
             })
         };
+        fingerprint = Some(tls.fingerprint.clone());
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config);
         tasks.spawn(listen::tcp_loop(l, bound, acceptor, limits, serve));
     }
@@ -90,6 +92,16 @@ pub async fn serve(
         Arc::new(move |io, activity| Box::pin(serve_http(m.clone(), None, io, activity, limits)))
     };
     tasks.spawn(listen::unix_loop(unix, limits, serve));
+    // A member once it can be reached; a name another host holds stops the start.
+    match crate::cluster::membership::start(manager.clone(), fingerprint).await {
+        Ok(renew) => {
+            tasks.spawn(renew);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&cfg.socket);
+            return Err(e);
+        }
+    }
     // Said once every listener is bound: tests and scripts wait for this line.
     tracing::info!(socket = %cfg.socket.display(), "API listening");
 
@@ -364,6 +376,7 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
         (&Method::GET, ["openapi.json"]) => ApiRequest::OpenApi,
         (&Method::GET, ["v1", "ping"]) => ApiRequest::Ping,
         (&Method::GET, ["v1", "host"]) => ApiRequest::Host,
+        (&Method::GET, ["v1", "cluster", "hosts"]) => ApiRequest::ClusterHosts,
         (&Method::GET, ["v1", "partitions"]) => ApiRequest::List,
         (&Method::POST, ["v1", "partitions"]) => ApiRequest::Create(body_required(b)?),
         (&Method::GET, ["v1", "partitions", n]) => ApiRequest::Show { name: name(n) },
@@ -427,6 +440,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/openapi.json", &["GET"]),
     ("/v1/ping", &["GET"]),
     ("/v1/host", &["GET"]),
+    ("/v1/cluster/hosts", &["GET"]),
     ("/v1/partitions", &["GET", "POST"]),
     ("/v1/partitions/{name}", &["GET", "DELETE"]),
     ("/v1/partitions/{name}/start", &["POST"]),

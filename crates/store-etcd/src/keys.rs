@@ -44,6 +44,15 @@ impl Keys {
         format!("{}{version:020}", self.events(name))
     }
 
+    /// `<prefix>/<kind>/` (a range) or, with an `id`, `<prefix>/<kind>/<id>`
+    /// (escaped): the keys of records other than partitions.
+    pub(crate) fn under(&self, kind: &str, id: Option<&str>) -> String {
+        format!(
+            "{}/{kind}/{}",
+            self.prefix,
+            id.map(escape).unwrap_or_default()
+        )
+    }
     // --- grants (issue 11) ---
     /// Everything of one host's grant table: `<prefix>/grants/<host>/`.
     fn grants(&self, host: &str) -> String {

@@ -16,6 +16,7 @@
 //! out of reach or too slow gives [`StoreError::Unavailable`].
 
 mod grants;
+mod hosts;
 mod keys;
 
 use bulkhead_store::{
@@ -24,7 +25,7 @@ use bulkhead_store::{
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    LeaseClient, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use keys::{Keys, EVENT_HISTORY};
 use std::future::Future;
@@ -57,6 +58,10 @@ pub struct EtcdStore {
     kv: KvClient,
     keys: Keys,
     opts: Options,
+    /// Membership leases (hosts.rs).
+    lease: LeaseClient,
+    /// The lease and its ttl (s) of each host registered through this store.
+    leases: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
 }
 
 /// Connects to the etcd cluster at `endpoints` (`http://host:port`) with the
@@ -92,6 +97,8 @@ pub async fn connect_with(
         kv: client.kv_client(),
         keys: Keys::new(prefix),
         opts,
+        lease: client.lease_client(),
+        leases: Default::default(),
     };
     // The client connects lazily: one linearizable read proves a quorum.
     let probe = GetOptions::new().with_prefix().with_count_only();
@@ -175,6 +182,14 @@ fn decode(keys: &Keys, kv: &KeyValue) -> Result<PartitionRecord> {
     }
     rec.revision = kv.version() as u64;
     Ok(rec)
+}
+
+/// A JSON value other than a partition record (`what` says which, for the error).
+fn decode_json<T: serde::de::DeserializeOwned>(kv: &KeyValue, what: &str) -> Result<T> {
+    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+        name: format!("{what} at {}", String::from_utf8_lossy(kv.key())),
+        reason: e.to_string(),
+    })
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> String {
@@ -584,5 +599,19 @@ impl Store for EtcdStore {
 
     async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
         self.etcd_prune_grant_log(host, before_ms, keep).await
+    }
+
+    // --- hosts (issue 14) ---
+
+    async fn register_host(&self, host: &bulkhead_store::HostRecord, ttl: Duration) -> Result<()> {
+        self.register_host_impl(host, ttl).await
+    }
+
+    async fn renew_host(&self, id: &str) -> Result<()> {
+        self.renew_host_impl(id).await
+    }
+
+    async fn hosts(&self) -> Result<Vec<bulkhead_store::HostStatus>> {
+        self.hosts_impl().await
     }
 }

@@ -8,8 +8,8 @@
 //! Each case panics with what went wrong. Enabled by the `conformance` feature.
 
 use crate::{
-    now_ms, Admission, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Scope, Store,
-    StoreError,
+    now_ms, Admission, HostRecord, HostState, NetRecord, PartitionRecord, PartitionState,
+    RestartPolicy, Scope, Store, StoreError,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -33,6 +33,7 @@ where
     events(&*make().await).await;
     host_ids(&*make().await).await;
     grants::run_all(&make).await;
+    membership(&*make().await).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";
@@ -463,4 +464,99 @@ pub async fn host_ids(s: &dyn Store) {
         Err(StoreError::Invalid { .. })
     ));
     assert!(s.get("orphan").await.unwrap().is_none());
+}
+
+/// A member record as a daemon registers it.
+pub fn host(id: &str, name: &str) -> HostRecord {
+    HostRecord {
+        id: id.to_string(),
+        name: name.to_string(),
+        endpoints: vec![format!("{name}.example.org:7070")],
+        tls_fingerprint: None,
+        underlay: Some("192.0.2.1".into()),
+        cpus: 2,
+        memory_mib: 4096,
+        started_at: now_ms(),
+        version: "0.1.0".into(),
+    }
+}
+
+async fn states(s: &dyn Store) -> Vec<(String, HostState)> {
+    s.hosts()
+        .await
+        .expect("hosts")
+        .into_iter()
+        .map(|h| (h.record.name, h.state))
+        .collect()
+}
+
+/// Waits (bounded) until host `name` is in `want`.
+async fn wait_state(s: &dyn Store, name: &str, want: HostState, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let now = states(s).await;
+        if now.iter().any(|(n, st)| n == name && *st == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "host {name} not {want:?} within {within:?}: {now:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn membership(s: &dyn Store) {
+    use std::time::Duration;
+    const THIRD: &str = "3f2c0a7e-0000-4000-8000-00000000000c";
+    let long = Duration::from_secs(600);
+    assert!(s.hosts().await.unwrap().is_empty());
+    let a = host(HOST, "a");
+    s.register_host(&a, long).await.unwrap();
+    s.register_host(&host(OTHER_HOST, "b"), long).await.unwrap();
+    let all = s.hosts().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].record, a, "the record as registered");
+    assert_eq!(
+        states(s).await,
+        [("a".into(), HostState::Up), ("b".into(), HostState::Up)]
+    );
+
+    // A name is one host's: another id asking for it is refused, and nothing changes.
+    let e = s.register_host(&host(THIRD, "a"), long).await.unwrap_err();
+    neutral(&e);
+    assert!(matches!(e, StoreError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains(HOST), "names the holder: {e}");
+    assert_eq!(s.hosts().await.unwrap().len(), 2);
+
+    // The same id registers again (a restart): its record is replaced, and
+    // a new name frees the old one.
+    let mut a2 = host(HOST, "a2");
+    a2.endpoints = vec!["a.example.org:7071".into()];
+    s.register_host(&a2, long).await.unwrap();
+    let all = s.hosts().await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().any(|h| h.record == a2));
+    s.register_host(&host(THIRD, "a"), long).await.unwrap();
+    assert_eq!(s.hosts().await.unwrap().len(), 3);
+
+    // Liveness: a host that stops renewing is lost after its ttl, the
+    // others stay up; renewing makes it up again.
+    let e = s.renew_host("no-such-host").await.unwrap_err();
+    neutral(&e);
+    let short = Duration::from_secs(2);
+    s.register_host(&host("3f2c0a7e-0000-4000-8000-00000000000d", "d"), short)
+        .await
+        .unwrap();
+    wait_state(s, "d", HostState::Up, Duration::from_secs(1)).await;
+    wait_state(s, "d", HostState::Lost, Duration::from_secs(15)).await;
+    assert!(states(s)
+        .await
+        .iter()
+        .filter(|(n, _)| n != "d")
+        .all(|(_, st)| *st == HostState::Up));
+    s.renew_host("3f2c0a7e-0000-4000-8000-00000000000d")
+        .await
+        .unwrap();
+    wait_state(s, "d", HostState::Up, Duration::from_secs(5)).await;
 }

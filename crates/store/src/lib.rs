@@ -11,6 +11,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod grants;
+mod hosts;
 mod migrations;
 mod record;
 mod sqlite;
@@ -18,6 +19,7 @@ mod sqlite;
 use std::sync::Arc;
 
 pub use grants::{GrantLogEntry, GrantTableDoc};
+pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
 pub use record::{
     now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
     DEFAULT_CPU_MODEL,
@@ -136,4 +138,31 @@ pub trait Store: Send + Sync {
     /// Drops log lines older than `before_ms`, keeping at least the newest
     /// `keep`; returns how many went.
     async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64>;
+    // --- hosts (issue 14) ---
+
+    /// Makes `host` a member (or updates its record) and starts its liveness:
+    /// it stays up while [`Store::renew_host`] is called within `ttl`. A
+    /// name another id holds is [`StoreError::Refused`] (see [`name_taken`]).
+    async fn register_host(&self, _host: &HostRecord, _ttl: std::time::Duration) -> Result<()> {
+        Err(no_membership("register_host"))
+    }
+
+    /// Keeps host `id` up for another ttl. After it was lost, makes it up
+    /// again (the record is permanent; only liveness lapses).
+    async fn renew_host(&self, _id: &str) -> Result<()> {
+        Err(no_membership("renew_host"))
+    }
+
+    /// Every member with its state, ordered by name.
+    async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        Err(no_membership("hosts"))
+    }
+}
+
+/// What a store without membership (a test wrapper) answers.
+fn no_membership(op: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        message: "this store keeps no cluster membership".into(),
+    }
 }

@@ -49,4 +49,13 @@ pub const MIGRATIONS: &[&str] = &[
         event TEXT NOT NULL,
         PRIMARY KEY (host, seq)
     ) WITHOUT ROWID;",
+    // 6: cluster membership (issue 14). One row per daemon; a host is lost
+    // when its heartbeat is older than its own ttl. Names are unique.
+    "CREATE TABLE hosts (
+        id        TEXT PRIMARY KEY,
+        name      TEXT NOT NULL UNIQUE,
+        record    TEXT NOT NULL,
+        heartbeat INTEGER NOT NULL,
+        ttl_ms    INTEGER NOT NULL
+    );",
 ];

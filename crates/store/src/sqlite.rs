@@ -45,7 +45,7 @@ impl From<StoreError> for Fail {
 
 /// SQLite's error in words, as a [`StoreError`]: a lock that stayed taken
 /// is `Unavailable` (retry later), anything else `Backend`.
-fn neutral(op: &'static str, e: rusqlite::Error) -> StoreError {
+pub(crate) fn neutral(op: &'static str, e: rusqlite::Error) -> StoreError {
     let message = e.to_string();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
@@ -436,6 +436,30 @@ impl Store for SqliteStore {
 
     async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
         self.sqlite_prune_grant_log(host, before_ms, keep).await
+    }
+
+    // --- hosts (issue 14) ---
+
+    async fn register_host(
+        &self,
+        host: &crate::HostRecord,
+        ttl: std::time::Duration,
+    ) -> Result<()> {
+        let host = host.clone();
+        self.call("register_host", move |c| {
+            Ok(crate::hosts::register(c, &host, ttl)?)
+        })
+        .await
+    }
+
+    async fn renew_host(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.call("renew_host", move |c| Ok(crate::hosts::renew(c, &id)?))
+            .await
+    }
+
+    async fn hosts(&self) -> Result<Vec<crate::HostStatus>> {
+        self.call("hosts", |c| Ok(crate::hosts::list(c)?)).await
     }
 }
 

@@ -2,8 +2,8 @@
 //! two connections to one file taking turns (as two daemons sharing a store).
 
 use bulkhead_store::{
-    conformance, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope,
-    SqliteStore, Store,
+    conformance, Admission, Event, GrantLogEntry, GrantTableDoc, HostRecord, HostStatus,
+    PartitionRecord, Result, Scope, SqliteStore, Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,6 +98,15 @@ impl Store for TwoConnections {
     }
     async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
         self.next().prune_grant_log(host, before_ms, keep).await
+    }
+    async fn register_host(&self, h: &HostRecord, ttl: std::time::Duration) -> Result<()> {
+        self.next().register_host(h, ttl).await
+    }
+    async fn renew_host(&self, id: &str) -> Result<()> {
+        self.next().renew_host(id).await
+    }
+    async fn hosts(&self) -> Result<Vec<HostStatus>> {
+        self.next().hosts().await
     }
 }
 

@@ -98,6 +98,30 @@ fn sweep_stale(root: &Path) {
     }
 }
 
+/// The command line of one etcd member (client and peer URLs `http://ip:port`).
+pub(crate) fn member_command(
+    name: &str,
+    data: &Path,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+    state: &str,
+    token: &str,
+) -> Command {
+    let mut cmd = Command::new("etcd");
+    cmd.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen-client-urls", client])
+        .args(["--advertise-client-urls", client])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--initial-cluster-state", state])
+        .args(["--initial-cluster-token", token]);
+    cmd
+}
+
 impl EtcdCluster {
     /// Starts `n` members and waits (bounded) until they have elected a
     /// leader. Panics with the members' logs if they do not.
@@ -144,20 +168,16 @@ impl EtcdCluster {
             .append(true)
             .open(&m.log)
             .expect("member log");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let mut cmd = Command::new("etcd");
-        cmd.args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(&m.data)
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-state", state])
-            .args(["--initial-cluster-token", &self.dir.to_string_lossy()])
-            .stdin(Stdio::null())
+        let mut cmd = member_command(
+            &m.name,
+            &m.data,
+            &format!("http://127.0.0.1:{}", m.client_port),
+            &format!("http://127.0.0.1:{}", m.peer_port),
+            &self.initial_cluster,
+            state,
+            &self.dir.to_string_lossy(),
+        );
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         let child = spawn_owned(cmd).unwrap_or_else(|e| {

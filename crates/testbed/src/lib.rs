@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::net::UnixStream;
 
+pub mod cluster;
 mod etcd;
 pub use etcd::EtcdCluster;
 

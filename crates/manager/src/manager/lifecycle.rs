@@ -349,11 +349,13 @@ impl Manager {
     }
 
     /// Refuses to act on a partition another host owns: its QEMU, cgroup and
-    /// TAP are that host's.
+    /// TAP are that host's. Such requests are forwarded to it before they get
+    /// here (`cluster::forward`); this catches a record that changed owner
+    /// while the request was answered.
     pub(super) fn check_owned(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
         if rec.host != self.host {
             return Err(ApiError::Conflict(format!(
-                "partition {:?} belongs to host {}; ask that host's bulkheadd",
+                "partition {:?} now belongs to host {}; send the request again",
                 rec.name, rec.host
             )));
         }

@@ -150,6 +150,15 @@ impl Manager {
         &self.cfg
     }
 
+    /// This daemon's host id (the owner in the records it creates).
+    pub fn host_id(&self) -> &str {
+        &self.host
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn capacity(&self) -> Capacity {
         self.capacity
     }
@@ -157,6 +166,10 @@ impl Manager {
     /// The one place every API request is answered, with a typed reply.
     pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<ApiReply, ApiError> {
         use ApiReply as R;
+        // A partition another host owns is that host's to act on.
+        if let Some(r) = crate::cluster::forward::elsewhere(self, &req).await? {
+            return Ok(r);
+        }
         Ok(match req {
             ApiRequest::OpenApi => R::OpenApi(ApiDocument(crate::openapi::document())),
             ApiRequest::Ping => R::Pong(Pong { ok: true }),
@@ -198,6 +211,7 @@ impl Manager {
             ApiRequest::DetachDisk { name, id } => {
                 R::DiskDetached(self.detach_disk(&name, &id).await?)
             }
+            ApiRequest::ClusterHosts => R::ClusterHosts(crate::cluster::hosts(self).await?),
         })
     }
 

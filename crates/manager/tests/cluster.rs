@@ -1,0 +1,373 @@
+//! Three bulkheadd hosts, each in its own network namespace, on a real
+//! 3-member etcd (`bulkhead_testbed::cluster`, as `scripts/cluster`):
+//! membership and `cluster hosts` from every host, a host that stops
+//! renewing shown lost and up again, commands carried out by the owning host
+//! wherever they arrive, and partitions on different hosts on one VLAN over
+//! VXLAN with the anti-spoofing filter holding across hosts.
+
+use bulkhead_manager::api::{CreatePartition, ExecRequest, StartOptions, StopOptions};
+use bulkhead_manager::client::Client;
+use bulkhead_manager::cluster::ClusterHost;
+use bulkhead_store::{HostState, PartitionState};
+use bulkhead_testbed::cluster::{self, Cluster, Guard, Options};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+const LEASE_MS: u64 = 3000;
+
+/// A cluster of three hosts, taken down when the guard drops.
+fn start_cluster(tag: &str) -> (Guard, Cluster) {
+    let name = format!("{tag}{}", std::process::id() % 100_000);
+    let bin_dir = bulkhead_testbed::bulkhead_bin()
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let opts = Options {
+        hosts: 3,
+        lease_ms: LEASE_MS,
+        image_dir: bulkhead_testbed::image_dir(),
+        bin_dir,
+    };
+    let guard = Guard(name.clone());
+    let c = cluster::up(&name, &opts).unwrap_or_else(|e| panic!("cluster up: {e}"));
+    (guard, c)
+}
+
+fn client(c: &Cluster, host: &str) -> Client {
+    let h = c.hosts.iter().find(|h| h.name == host).expect("host");
+    Client::unix(&h.socket)
+}
+
+fn daemon_pid(c: &Cluster, host: &str) -> i32 {
+    std::fs::read_to_string(c.dir.join(format!("pids/bulkheadd-{host}")))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+fn create(name: &str, host: Option<&str>) -> CreatePartition {
+    CreatePartition {
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 128,
+        cpu_percent: 20,
+        image: None,
+        cmdline: None,
+        disks: vec![],
+        net: true,
+        restart_policy: Default::default(),
+        hotplug_slots: 0,
+        cpu_model: None,
+        host: host.map(str::to_string),
+    }
+}
+
+/// (name, state) of every host as `host` sees them.
+async fn states(c: &Cluster, host: &str) -> Vec<(String, HostState)> {
+    client(c, host)
+        .cluster_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.name, h.state))
+        .collect()
+}
+
+async fn wait_state(c: &Cluster, seen_from: &str, host: &str, want: HostState, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = states(c, seen_from).await;
+        if now.iter().any(|(n, s)| n == host && *s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} not {want:?} from {seen_from} within {within:?}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn exec(cl: &Client, name: &str, script: &str) -> (i32, String) {
+    let r = cl
+        .exec(
+            name,
+            &ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), script.into()],
+                timeout_secs: Some(60),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec {script:?} in {name}: {e}"));
+    (r.code, format!("{}{}", r.stdout, r.stderr))
+}
+
+fn netns_inode(path: &str) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .ino()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_one_cluster() {
+    let (_guard, c) = start_cluster("t");
+    let c = &c;
+    let (a, b, cc) = (client(c, "a"), client(c, "b"), client(c, "c"));
+
+    // One view from everywhere: the same three members, up, with the
+    // capacity they registered.
+    let views: Vec<Vec<ClusterHost>> = vec![
+        a.cluster_hosts().await.unwrap(),
+        b.cluster_hosts().await.unwrap(),
+        cc.cluster_hosts().await.unwrap(),
+    ];
+    let names: Vec<_> = views[0].iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(views[0]
+        .iter()
+        .all(|h| h.state == HostState::Up && h.capacity.cpus > 0));
+    let strip = |v: &[ClusterHost]| -> Vec<(String, String, HostState)> {
+        v.iter()
+            .map(|h| (h.name.clone(), h.id.clone(), h.state))
+            .collect()
+    };
+    assert_eq!(strip(&views[0]), strip(&views[1]));
+    assert_eq!(strip(&views[0]), strip(&views[2]));
+    let b_id = views[0][1].id.clone();
+
+    // Created from a for b: the record is b's, counted in b's allocation.
+    let pb = a.create(&create("pb", Some("b"))).await.unwrap();
+    assert_eq!(pb.host, b_id);
+    let hosts = cc.cluster_hosts().await.unwrap();
+    assert_eq!(
+        (
+            hosts[1].partitions,
+            hosts[1].allocated.vcpus,
+            hosts[1].allocated.memory_mib
+        ),
+        (1, 1, 128)
+    );
+    assert_eq!(hosts[0].partitions + hosts[2].partitions, 0);
+    // The same through the CLI: `partition create --host`, `cluster hosts`.
+    let cli = |args: &[&str], host: usize| {
+        let out = std::process::Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&c.hosts[host].socket)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    cli(
+        &[
+            "partition",
+            "create",
+            "pc",
+            "--memory",
+            "128M",
+            "--cpu",
+            "10%",
+            "--host",
+            "c",
+        ],
+        0,
+    );
+    assert_eq!(b.show("pc").await.unwrap().record.host, views[0][2].id);
+    let table = cli(&["cluster", "hosts"], 1);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert_eq!(
+        (rows[2][0], rows[2][1], rows[2][6]),
+        ("c", "up", "1"),
+        "{table}"
+    );
+    b.destroy("pc", false).await.unwrap();
+    let e = a.create(&create("px", Some("nowhere"))).await.unwrap_err();
+    assert!(e.to_string().contains("no host named"), "{e}");
+
+    // Started from c: carried out by b, whose namespace its QEMU runs in.
+    let started = cc.start("pb", &StartOptions { wait: true }).await.unwrap();
+    assert_eq!(started.state, PartitionState::Running);
+    let pid = started.pid.expect("a pid");
+    let b_ns = format!("/run/netns/{}", c.hosts[1].netns);
+    assert_eq!(
+        netns_inode(&format!("/proc/{pid}/ns/net")),
+        netns_inode(&b_ns),
+        "QEMU of pb is not in b's namespace"
+    );
+    // `show` from c is b's: the TAP and console log it names are b's.
+    let shown = cc.show("pb").await.unwrap();
+    assert!(
+        shown
+            .console_log
+            .as_deref()
+            .is_some_and(|l| l.starts_with(c.hosts[1].data_dir.to_str().unwrap())),
+        "{:?}",
+        shown.console_log
+    );
+    let (code, out) = exec(&cc, "pb", "echo from-$(hostname)").await;
+    assert_eq!((code, out.trim()), (0, "from-pb"));
+
+    // A partition of a (created where the call arrived) reaches pb over the VLAN.
+    let pa = a.create(&create("pa", None)).await.unwrap();
+    assert_eq!(pa.host, views[0][0].id);
+    a.start("pa", &StartOptions { wait: true }).await.unwrap();
+    let pb_ip = pb
+        .net
+        .as_ref()
+        .unwrap()
+        .ip
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (code, out) = exec(&b, "pa", &format!("ping -c 2 -W 5 {pb_ip}")).await;
+    assert_eq!(code, 0, "pa cannot reach pb across hosts: {out}");
+    // Full-size frames cross too (the underlay carries the VXLAN overhead).
+    let (code, out) = exec(&a, "pa", &format!("ping -c 1 -W 5 -s 1472 {pb_ip}")).await;
+    assert_eq!(code, 0, "1500-byte frames do not cross: {out}");
+    // The gateway address stays each host's own: pa's ARP for it is
+    // answered by a's bridge and never reaches b (which would otherwise
+    // answer too, holding the same address, and learn pa from the request).
+    let (code, out) = exec(&a, "pa", "ping -c 1 -W 5 10.77.0.1").await;
+    assert_eq!(code, 0, "pa cannot reach its gateway: {out}");
+    let pa_ip = pa
+        .net
+        .as_ref()
+        .unwrap()
+        .ip
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let b_neigh = std::process::Command::new("ip")
+        .args(["-n", &c.hosts[1].netns, "neigh", "show", &pa_ip])
+        .output()
+        .unwrap();
+    let b_neigh = String::from_utf8_lossy(&b_neigh.stdout);
+    assert!(
+        b_neigh.trim().is_empty(),
+        "b's host saw pa's ARP for the gateway: {b_neigh}"
+    );
+    // A source address pa does not own is dropped at a's TAP: no answer.
+    let (code, out) = exec(
+        &a,
+        "pa",
+        &format!("ip addr add 10.77.0.200/24 dev eth0 && ping -c 2 -W 3 -I 10.77.0.200 {pb_ip}"),
+    )
+    .await;
+    assert_ne!(code, 0, "a spoofed source reached pb across hosts: {out}");
+    assert!(out.contains("0 packets received"), "{out}");
+
+    // Stopped from a: b's answer, unchanged.
+    let stopped = a
+        .stop(
+            "pb",
+            &StopOptions {
+                force: true,
+                timeout_secs: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stopped.state, PartitionState::Stopped);
+    // An error answered by b comes back as b gave it.
+    let e = cc
+        .exec(
+            "pb",
+            &ExecRequest {
+                argv: vec!["true".into()],
+                timeout_secs: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("conflict"), "{e}");
+    assert!(e.to_string().contains("not running"), "{e}");
+    // The console stream is not forwarded: a clear refusal naming the host.
+    let Err(e) = a.console("pb").await else {
+        panic!("console of another host's partition attached")
+    };
+    assert!(e.to_string().contains("host b"), "{e}");
+
+    // b stops renewing: lost within the lease and a margin, from every host;
+    // its partitions' commands answer 503 naming it; up again once resumed.
+    let pid = daemon_pid(c, "b");
+    // SAFETY: a signal to the daemon this test's cluster started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let margin = Duration::from_millis(LEASE_MS) + Duration::from_secs(10);
+    wait_state(c, "a", "b", HostState::Lost, margin).await;
+    wait_state(c, "c", "b", HostState::Lost, Duration::from_secs(2)).await;
+    assert!(states(c, "a")
+        .await
+        .iter()
+        .filter(|(n, _)| n != "b")
+        .all(|(_, s)| *s == HostState::Up));
+    let e = a.start("pb", &StartOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), Some("unavailable"), "{e}");
+    assert!(e.to_string().contains("host b"), "{e}");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_state(c, "a", "b", HostState::Up, margin).await;
+
+    cc.destroy("pb", true).await.unwrap();
+    cc.destroy("pa", true).await.unwrap();
+    assert!(a.list().await.unwrap().is_empty());
+}
+
+/// A second daemon that takes a member's name under another id is refused
+/// at start, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_host_name_is_refused_at_start() {
+    let (_guard, c) = start_cluster("n");
+    let c = &c;
+    let h = &c.hosts[2];
+    let dir = c.dir.join("impostor");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let cfg = format!(
+        "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n\
+         [network]\nbridge = \"imp0\"\nsubnet = \"10.78.0.0/24\"\n\
+         [cgroup]\ninstance = \"impostor{}\"\n\
+         [cluster]\netcd = {:?}\nprefix = \"/bulkhead/{}\"\nname = \"a\"\n",
+        dir.join("data"),
+        dir.join("api.sock"),
+        bulkhead_testbed::image_dir(),
+        std::process::id(),
+        c.etcd,
+        c.name,
+    );
+    std::fs::write(dir.join("config.toml"), cfg).unwrap();
+    let bin = bulkhead_testbed::bulkhead_bin();
+    // In c's namespace, so its bridge and filter go when the cluster does.
+    let out = tokio::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", h.netns))
+        .arg(bin.with_file_name("bulkheadd"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the impostor exits")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("host name \"a\" is already registered"),
+        "{err}"
+    );
+    // The members are as they were.
+    let names: Vec<_> = states(c, "a").await.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+}

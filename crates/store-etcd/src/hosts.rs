@@ -1,0 +1,171 @@
+//! Cluster membership on etcd (issue 14): the record of host `<id>` at
+//! `<prefix>/hosts/<id>` (permanent), its liveness as `<prefix>/host-alive/<id>`
+//! attached to a lease the daemon keeps alive (the key vanishes with the
+//! lease), and `<prefix>/host-names/<name>` holding the id that owns a name.
+
+use crate::{bounded, decode_json, encode, kvs, EtcdStore};
+use bulkhead_store::{name_taken, HostRecord, HostState, HostStatus, Result, StoreError};
+use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// etcd leases are whole seconds; a ttl under one is one.
+fn ttl_secs(ttl: Duration) -> i64 {
+    (ttl.as_millis().div_ceil(1000) as i64).max(1)
+}
+
+impl EtcdStore {
+    fn host_key(&self, id: &str) -> String {
+        self.keys.under("hosts", Some(id))
+    }
+
+    fn alive_key(&self, id: &str) -> String {
+        self.keys.under("host-alive", Some(id))
+    }
+
+    fn name_key(&self, name: &str) -> String {
+        self.keys.under("host-names", Some(name))
+    }
+
+    async fn grant(&self, op: &'static str, ttl: i64) -> Result<i64> {
+        let mut lease = self.lease.clone();
+        let r = bounded(op, self.opts.timeout, lease.grant(ttl, None)).await?;
+        Ok(r.id())
+    }
+
+    pub(crate) async fn register_host_impl(&self, rec: &HostRecord, ttl: Duration) -> Result<()> {
+        let op = "register_host";
+        let ttl = ttl_secs(ttl);
+        let lease = self.grant(op, ttl).await?;
+        let (host, alive, name) = (
+            self.host_key(&rec.id),
+            self.alive_key(&rec.id),
+            self.name_key(&rec.name),
+        );
+        // The name this id held before, freed if it changes.
+        let (old, _) = self.range(op, host.clone(), GetOptions::new()).await?;
+        let old_name = old
+            .first()
+            .and_then(|kv| decode_json::<HostRecord>(kv, "host").ok())
+            .map(|h| h.name)
+            .filter(|n| *n != rec.name);
+        let mut then = vec![
+            TxnOp::put(host, encode(rec), None),
+            TxnOp::put(alive, "", Some(PutOptions::new().with_lease(lease))),
+        ];
+        if let Some(n) = &old_name {
+            then.push(TxnOp::delete(self.name_key(n), None));
+        }
+        // The name is ours already, or free (then it becomes ours).
+        let ours = Txn::new()
+            .when([Compare::value(
+                name.clone(),
+                CompareOp::Equal,
+                rec.id.clone(),
+            )])
+            .and_then(then.clone())
+            .or_else([TxnOp::get(name.clone(), None)]);
+        let resp = self.txn(op, ours).await?;
+        let mut holder = None;
+        if !resp.succeeded() {
+            if let Some(kv) = kvs(&resp.op_responses(), 0).first() {
+                holder = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            } else {
+                then.push(TxnOp::put(name.clone(), rec.id.clone(), None));
+                let free = Txn::new()
+                    .when([Compare::create_revision(name.clone(), CompareOp::Equal, 0)])
+                    .and_then(then)
+                    .or_else([TxnOp::get(name.clone(), None)]);
+                let resp = self.txn(op, free).await?;
+                if !resp.succeeded() {
+                    holder = Some(
+                        kvs(&resp.op_responses(), 0)
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        if let Some(h) = holder {
+            let mut l = self.lease.clone();
+            let _ = bounded(op, self.opts.timeout, l.revoke(lease)).await;
+            return Err(name_taken(&rec.name, &h));
+        }
+        let previous = self
+            .leases
+            .lock()
+            .unwrap()
+            .insert(rec.id.clone(), (lease, ttl));
+        if let Some((p, _)) = previous.filter(|(p, _)| *p != lease) {
+            let mut l = self.lease.clone();
+            let _ = bounded(op, self.opts.timeout, l.revoke(p)).await;
+        }
+        Ok(())
+    }
+
+    /// Renews by moving the alive key to a fresh lease and revoking the old
+    /// one: unary calls only. (A keep-alive stream that outlived a paused
+    /// daemon was seen to hang on every later renewal.)
+    pub(crate) async fn renew_host_impl(&self, id: &str) -> Result<()> {
+        let op = "renew_host";
+        let not_found =
+            || StoreError::NotFound(format!("host {id} (not registered by this store)"));
+        let (old, ttl) = self
+            .leases
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .ok_or_else(not_found)?;
+        let fresh = self.grant(op, ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::version(self.host_key(id), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                self.alive_key(id),
+                "",
+                Some(PutOptions::new().with_lease(fresh)),
+            )]);
+        let moved = self.txn(op, txn).await.map(|r| r.succeeded());
+        let mut l = self.lease.clone();
+        // The lease the alive key is not on is revoked (best effort: it expires anyway).
+        let stale = if matches!(moved, Ok(true)) {
+            old
+        } else {
+            fresh
+        };
+        let _ = bounded(op, self.opts.timeout, l.revoke(stale)).await;
+        if !moved? {
+            return Err(not_found());
+        }
+        self.leases
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), (fresh, ttl));
+        Ok(())
+    }
+
+    pub(crate) async fn hosts_impl(&self) -> Result<Vec<HostStatus>> {
+        let op = "hosts";
+        let all = || Some(GetOptions::new().with_prefix());
+        // One Txn: records and liveness read at the same revision.
+        let txn = Txn::new().and_then([
+            TxnOp::get(self.keys.under("hosts", None), all()),
+            TxnOp::get(self.keys.under("host-alive", None), all()),
+        ]);
+        let resp = self.txn(op, txn).await?;
+        let r = resp.op_responses();
+        let alive: HashSet<Vec<u8>> = kvs(&r, 1).iter().map(|kv| kv.key().to_vec()).collect();
+        let mut out = kvs(&r, 0)
+            .iter()
+            .map(|kv| {
+                let record: HostRecord = decode_json(kv, "host")?;
+                let up = alive.contains(self.alive_key(&record.id).as_bytes());
+                let state = if up { HostState::Up } else { HostState::Lost };
+                Ok(HostStatus { record, state })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        Ok(out)
+    }
+}
