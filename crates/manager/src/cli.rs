@@ -121,6 +121,9 @@ pub struct CreateArgs {
     /// Named guest CPU model: x86-64-v2 (default) or x86-64-v1.
     #[arg(long)]
     pub cpu_model: Option<String>,
+    /// Hibernate after this long idle, e.g. 90s, 10m, 2h (at least 10s).
+    #[arg(long)]
+    pub hibernate_idle: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -268,6 +271,32 @@ pub enum PartitionCommand {
     /// Hot-plug disks into a running partition, or remove them.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Save a running partition (memory and devices) into its hibernation
+    /// image and stop it; shows the bytes written on a terminal.
+    Hibernate(NameArgs),
+    /// Restore a hibernated partition from its image and run it.
+    Resume(NameArgs),
+}
+
+/// `90s`, `10m`, `2h`, `1d` or plain seconds.
+pub fn parse_duration_secs(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|_| mult > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .with_context(|| format!("{s:?} is not a duration such as 90s, 10m or 2h"))
 }
 
 /// Parses `50%` or `50` as a percentage.
@@ -333,6 +362,11 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 restart_policy: a.restart.parse().map_err(anyhow::Error::msg)?,
                 hotplug_slots: a.hotplug,
                 cpu_model: a.cpu_model,
+                hibernate_idle_secs: a
+                    .hibernate_idle
+                    .as_deref()
+                    .map(parse_duration_secs)
+                    .transpose()?,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -415,6 +449,15 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 println!("{} attached to {} (port {})", disk.id, a.name, disk.slot);
             }
         }
+        PartitionCommand::Hibernate(a) => {
+            let client = a.api.client()?;
+            let rec = hibernate_with_progress(&client, &a.name).await?;
+            print_record(&rec, a.json)?;
+        }
+        PartitionCommand::Resume(a) => {
+            let rec = a.api.client()?.resume(&a.name).await?;
+            print_record(&rec, a.json)?;
+        }
         PartitionCommand::Disk(DiskCommand::Remove(a)) => {
             let d = a.api.client()?.detach_disk(&a.name, &a.id).await?;
             println!("{} removed from {}", d.id, a.name);
@@ -436,6 +479,44 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hibernates; while the call runs, a terminal on stderr shows the bytes
+/// saved of the total (polled from the progress endpoint).
+async fn hibernate_with_progress(client: &Client, name: &str) -> anyhow::Result<PartitionRecord> {
+    use std::io::IsTerminal;
+    let call = client.hibernate(name);
+    if !std::io::stderr().is_terminal() {
+        return Ok(call.await?);
+    }
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mib = |b: u64| b as f64 / 1048576.0;
+    loop {
+        tokio::select! {
+            r = &mut call => {
+                eprint!("\r\x1b[K");
+                return Ok(r?);
+            }
+            _ = tick.tick() => {
+                if let Ok(p) = client.hibernate_progress(name).await {
+                    if p.active && p.total > 0 {
+                        eprint!("\r\x1b[Ksaving {name}: {:.1} of {:.1} MiB", mib(p.transferred), mib(p.total));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The state as a person reads it: `hibernated (idle)` says why.
+pub fn state_text(r: &PartitionRecord) -> String {
+    match (&r.state, &r.hibernation) {
+        (bulkhead_store::PartitionState::Hibernated, Some(h)) => {
+            format!("{} ({})", r.state, h.reason)
+        }
+        _ => r.state.to_string(),
+    }
 }
 
 /// `/v1/partitions/NAME`, for a name the daemon would accept (checked
@@ -570,7 +651,7 @@ pub fn list_table(recs: &[PartitionRecord]) -> String {
         .map(|p| {
             let mut row = vec![
                 p.name.clone(),
-                p.state.to_string(),
+                state_text(p),
                 p.vcpus.to_string(),
                 format!("{}M", p.memory_mib),
                 format!("{}%", p.cpu_percent),
@@ -639,7 +720,7 @@ pub fn show_text(v: &PartitionView) -> String {
         ("name", r.name.clone()),
         (
             "state",
-            format!("{} (since {})", r.state, ms_ago(Some(r.state_since))),
+            format!("{} (since {})", state_text(r), ms_ago(Some(r.state_since))),
         ),
         ("vcpus", r.vcpus.to_string()),
         (
@@ -664,7 +745,23 @@ pub fn show_text(v: &PartitionView) -> String {
         ("started", ms_ago(r.started_at)),
         ("last exit", opt(r.last_exit.as_ref())),
         ("console log", opt(v.console_log.as_ref())),
+        (
+            "hibernate idle",
+            opt(r.hibernate_idle_secs.map(|s| format!("{s} s"))),
+        ),
     ];
+    if let Some(h) = &r.hibernation {
+        rows.push((
+            "hibernation",
+            format!(
+                "{} ({:.1} MiB, {}, saved {})",
+                h.location,
+                h.bytes as f64 / 1048576.0,
+                h.reason,
+                ms_ago(Some(h.saved_at))
+            ),
+        ));
+    }
     for d in &r.disks {
         rows.push((
             "disk",
@@ -785,6 +882,64 @@ mod tests {
             shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn hibernation_arguments_and_state() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PartitionCommand,
+        }
+        for (s, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("10m", 600),
+            ("2h", 7200),
+            ("1d", 86400),
+        ] {
+            assert_eq!(parse_duration_secs(s).unwrap(), secs, "{s}");
+        }
+        for bad in ["", "m", "10x", "-5s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
+        }
+        let t = T::try_parse_from([
+            "t",
+            "create",
+            "p",
+            "--memory",
+            "256M",
+            "--cpu",
+            "5%",
+            "--hibernate-idle",
+            "10m",
+        ])
+        .unwrap();
+        let PartitionCommand::Create(a) = t.c else {
+            panic!("not create")
+        };
+        assert_eq!(a.hibernate_idle.as_deref(), Some("10m"));
+        let t = T::try_parse_from(["t", "hibernate", "p", "--json"]).unwrap();
+        assert!(matches!(
+            t.c,
+            PartitionCommand::Hibernate(NameArgs { json: true, .. })
+        ));
+        assert!(matches!(
+            T::try_parse_from(["t", "resume", "p"]).unwrap().c,
+            PartitionCommand::Resume(_)
+        ));
+        let mut rec: PartitionRecord = serde_json::from_value(serde_json::json!({
+            "name": "p", "host": "h", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,
+            "state": "hibernated", "created_at": 1, "state_since": 1,
+            "hibernation": {"location": "clients/p/hibernation/p", "bytes": 1048576,
+                "sha256": "00", "saved_at": 1, "reason": "idle", "config": {}},
+        }))
+        .unwrap();
+        assert_eq!(state_text(&rec), "hibernated (idle)");
+        assert!(list_table(std::slice::from_ref(&rec)).contains("hibernated (idle)"));
+        rec.state = bulkhead_store::PartitionState::Running;
+        assert_eq!(state_text(&rec), "running");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod host_id;
+pub mod idle;
 pub mod listen;
 pub mod manager;
 pub mod net;

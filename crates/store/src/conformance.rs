@@ -58,6 +58,8 @@ pub fn record(name: &str) -> PartitionRecord {
         last_exit: None,
         pid: None,
         restarts: 0,
+        hibernate_idle_secs: None,
+        hibernation: None,
         revision: 0,
     }
 }

@@ -17,8 +17,8 @@ mod sqlite;
 use std::sync::Arc;
 
 pub use record::{
-    now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
-    DEFAULT_CPU_MODEL,
+    now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, NetRecord, PartitionRecord,
+    PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
 };
 pub use sqlite::SqliteStore;
 

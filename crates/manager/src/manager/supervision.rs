@@ -79,9 +79,15 @@ impl Manager {
             m.live.lock().unwrap().remove(&name);
             let ev = format!("{state}: {reason}");
             let rec = m
-                .set_state(&name, state, &ev, |r| {
+                .modify(&name, &ev, |r| {
                     r.pid = None;
-                    r.last_exit = Some(reason.clone());
+                    // A hibernated partition's QEMU ends once its image is
+                    // recorded: it stays hibernated.
+                    if r.state != PartitionState::Hibernated {
+                        r.state = state;
+                        r.state_since = now_ms();
+                        r.last_exit = Some(reason.clone());
+                    }
                 })
                 .await;
             tracing::info!(partition = %name, %state, %reason, "partition ended");

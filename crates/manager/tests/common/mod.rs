@@ -123,6 +123,9 @@ pub struct Daemon {
     pub nofile: Option<u64>,
     /// Everything the daemon logged so far.
     pub log: Arc<Mutex<String>>,
+    /// Extra environment of the daemon (e.g. a failpoint); change it
+    /// before a `spawn` to restart without it.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -137,6 +140,8 @@ pub struct Opts {
     /// The VLAN subnet (CIDR) instead of a /24 of its own, e.g. for daemons
     /// sharing one store that must allocate from one subnet.
     pub subnet: Option<String>,
+    /// Extra environment of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 fn free_tcp_port() -> u16 {
@@ -210,6 +215,7 @@ impl Daemon {
             token: opts.tcp_token,
             nofile: opts.nofile,
             log: Arc::default(),
+            env: opts.env,
             child: None,
         };
         d.spawn();
@@ -222,6 +228,7 @@ impl Daemon {
         cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(n) = self.nofile {
