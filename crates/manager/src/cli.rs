@@ -818,6 +818,17 @@ pub fn stats_text(v: &Stats) -> String {
 mod tests {
     use super::*;
 
+    /// A `bulkhead partition ...` command line, parsed.
+    fn parse(args: &[&str]) -> Result<PartitionCommand, clap::Error> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PartitionCommand,
+        }
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.c)
+    }
+
     #[test]
     fn percent_and_disk_parsing() {
         assert_eq!(parse_percent("50%").unwrap(), 50);
@@ -834,14 +845,7 @@ mod tests {
 
     #[test]
     fn hotplug_and_cpu_model_arguments() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct T {
-            #[command(subcommand)]
-            c: PartitionCommand,
-        }
-        let t = T::try_parse_from([
-            "t",
+        let c = parse(&[
             "create",
             "p",
             "--memory",
@@ -854,19 +858,19 @@ mod tests {
             "x86-64-v1",
         ])
         .unwrap();
-        let PartitionCommand::Create(a) = t.c else {
+        let PartitionCommand::Create(a) = c else {
             panic!("not create")
         };
         assert_eq!((a.hotplug, a.cpu_model.as_deref()), (2, Some("x86-64-v1")));
-        let t = T::try_parse_from(["t", "disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
-        let PartitionCommand::Disk(DiskCommand::Add(a)) = t.c else {
+        let c = parse(&["disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = c else {
             panic!("not disk add")
         };
         assert_eq!(
             (a.disk.as_str(), a.id.as_deref()),
             ("/x.raw:ro", Some("d1"))
         );
-        assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
+        assert!(parse(&["disk", "remove", "p"]).is_err());
         // What the daemon sends for `show`, read as the typed view.
         let view: PartitionView = serde_json::from_value(serde_json::json!({
             "name": "p", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,
@@ -886,12 +890,6 @@ mod tests {
 
     #[test]
     fn hibernation_arguments_and_state() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct T {
-            #[command(subcommand)]
-            c: PartitionCommand,
-        }
         for (s, secs) in [
             ("90", 90),
             ("90s", 90),
@@ -904,29 +902,26 @@ mod tests {
         for bad in ["", "m", "10x", "-5s", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
         }
-        let t = T::try_parse_from([
-            "t",
+        let c = parse(&[
             "create",
             "p",
             "--memory",
-            "256M",
+            "1G",
             "--cpu",
             "5%",
             "--hibernate-idle",
             "10m",
-        ])
-        .unwrap();
-        let PartitionCommand::Create(a) = t.c else {
+        ]);
+        let PartitionCommand::Create(a) = c.unwrap() else {
             panic!("not create")
         };
         assert_eq!(a.hibernate_idle.as_deref(), Some("10m"));
-        let t = T::try_parse_from(["t", "hibernate", "p", "--json"]).unwrap();
         assert!(matches!(
-            t.c,
+            parse(&["hibernate", "p", "--json"]).unwrap(),
             PartitionCommand::Hibernate(NameArgs { json: true, .. })
         ));
         assert!(matches!(
-            T::try_parse_from(["t", "resume", "p"]).unwrap().c,
+            parse(&["resume", "p"]).unwrap(),
             PartitionCommand::Resume(_)
         ));
         let mut rec: PartitionRecord = serde_json::from_value(serde_json::json!({

@@ -6,20 +6,10 @@
 
 mod common;
 
-use common::{Daemon, Opts, BOOT};
+use common::{alive, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Running, not a zombie.
-fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
-}
 
 fn image_dir(d: &Daemon, name: &str) -> PathBuf {
     d.dir
@@ -82,26 +72,20 @@ async fn memory_intact(d: &Daemon, name: &str, secret: &str, before: u64) {
     assert!(later > now, "the loop counts on");
 }
 
-async fn hibernate(d: &Daemon, name: &str) -> Value {
-    tokio::time::timeout(
-        BOOT,
-        d.client()
-            .post(&format!("/v1/partitions/{name}/hibernate"), &json!(null)),
-    )
-    .await
-    .expect("hibernate timed out")
-    .unwrap_or_else(|e| panic!("hibernate {name}: {e}"))
+/// A long-running POST (hibernate, resume) that must succeed, bounded.
+async fn act(d: &Daemon, name: &str, action: &str) -> Value {
+    let path = format!("/v1/partitions/{name}/{action}");
+    tokio::time::timeout(BOOT, d.client().post(&path, &json!(null)))
+        .await
+        .unwrap_or_else(|_| panic!("{action} {name} timed out"))
+        .unwrap_or_else(|e| panic!("{action} {name}: {e}"))
 }
 
-async fn resume(d: &Daemon, name: &str) -> Value {
-    tokio::time::timeout(
-        BOOT,
-        d.client()
-            .post(&format!("/v1/partitions/{name}/resume"), &json!(null)),
-    )
-    .await
-    .expect("resume timed out")
-    .unwrap_or_else(|e| panic!("resume {name}: {e}"))
+/// The POST is refused with a 409.
+async fn refused(d: &Daemon, name: &str, action: &str) {
+    let path = format!("/v1/partitions/{name}/{action}");
+    let e = d.client().post(&path, &json!(null)).await.unwrap_err();
+    assert_eq!(e.code(), Some("conflict"), "{action} {name}: {e}");
 }
 
 fn events(v: &Value) -> Vec<String> {
@@ -172,6 +156,12 @@ async fn hibernate_and_resume_keep_processes_memory_address_and_neighbours() {
     assert_eq!(h["hibernation"]["bytes"], state_len);
     assert!(img.join("manifest.json").is_file());
     assert!(!img.join("state.bin.partial").exists());
+    let v = d.show("sleeper").await;
+    let last = events(&v).pop().unwrap();
+    assert!(
+        last.starts_with("hibernated (manual)"),
+        "QEMU's end is no stop: {last}"
+    );
     // Nothing of it runs: no QEMU, no cgroup, no TAP; the peer runs on.
     assert!(!alive(old_pid));
     assert!(!d.cgroup_dir("cpu", "sleeper").exists());
@@ -186,14 +176,9 @@ async fn hibernate_and_resume_keep_processes_memory_address_and_neighbours() {
         (json!(false), json!("hibernated"))
     );
     // A second hibernate of a hibernated partition is refused.
-    let e = d
-        .client()
-        .post("/v1/partitions/sleeper/hibernate", &json!(null))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("conflict"), "{e}");
+    refused(&d, "sleeper", "hibernate").await;
 
-    let r = resume(&d, "sleeper").await;
+    let r = act(&d, "sleeper", "resume").await;
     assert_eq!(r["state"], "running", "{r:#}");
     assert!(r["hibernation"].is_null());
     assert_ne!(r["pid"].as_u64().unwrap(), old_pid);
@@ -226,12 +211,7 @@ async fn hibernate_and_resume_keep_processes_memory_address_and_neighbours() {
         "{v:#}"
     );
     // Resuming a running partition is refused.
-    let e = d
-        .client()
-        .post("/v1/partitions/sleeper/resume", &json!(null))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("conflict"), "{e}");
+    refused(&d, "sleeper", "resume").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -317,7 +297,7 @@ async fn two_daemons_racing_a_resume_run_it_once() {
     out(&a
         .exec("contested", &format!("echo {secret} > /tmp/secret"))
         .await);
-    hibernate(&a, "contested").await;
+    act(&a, "contested", "hibernate").await;
 
     let (ca, cb, null) = (a.client(), b.client(), json!(null));
     let (ra, rb) = tokio::join!(

@@ -449,25 +449,25 @@ impl Manager {
     }
 
     async fn sample_idleness(self: &Arc<Self>, trackers: &mut HashMap<String, IdleTracker>) {
-        let live: Vec<String> = self.live.lock().unwrap().keys().cloned().collect();
-        trackers.retain(|n, _| live.contains(n));
-        for name in live {
-            let rec = match self.store.get(&name).await {
-                Ok(Some(r)) => r,
-                _ => continue,
-            };
-            let (Some(secs), PartitionState::Running) = (rec.hibernate_idle_secs, rec.state) else {
-                trackers.remove(&name);
-                continue;
-            };
+        // One read of this host's records a tick, whatever their number.
+        let Ok(recs) = self.store.list(Scope::Host(&self.host)).await else {
+            return;
+        };
+        let live: HashSet<String> = self.live.lock().unwrap().keys().cloned().collect();
+        let watched: Vec<(String, u64, bool)> = recs
+            .into_iter()
+            .filter(|r| r.state == PartitionState::Running && live.contains(&r.name))
+            .filter_map(|r| Some((r.name, r.hibernate_idle_secs?, r.net.is_some())))
+            .collect();
+        trackers.retain(|n, _| watched.iter().any(|(w, _, _)| w == n));
+        for (name, secs, has_net) in watched {
             let Ok(cpu_ns) = self.cgroups.open(&name).cpu_usage_ns() else {
                 continue;
             };
-            let net_bytes = rec
-                .net
-                .as_ref()
-                .map(|_| tap_bytes(&net::tap_name(&self.instance, &name)))
-                .unwrap_or(0);
+            let net_bytes = match has_net {
+                true => tap_bytes(&net::tap_name(&self.instance, &name)),
+                false => 0,
+            };
             let idle = trackers.entry(name.clone()).or_default().observe(Sample {
                 at: std::time::Instant::now(),
                 cpu_ns,

@@ -70,19 +70,26 @@ impl Manager {
                 PartitionState::Stopped
             };
             // Clean up before recording the state, so a stopped partition has nothing left.
+            // A hibernated partition's QEMU ends once its image is recorded:
+            // it stays hibernated.
+            let mut hibernated = false;
             match m.store.get(&name).await {
-                Ok(Some(rec)) => m.cleanup(&rec).await,
+                Ok(Some(rec)) => {
+                    hibernated = rec.state == PartitionState::Hibernated;
+                    m.cleanup(&rec).await
+                }
                 _ => {
                     let _ = m.cgroups.open(&name).remove_off_reactor().await;
                 }
             }
             m.live.lock().unwrap().remove(&name);
-            let ev = format!("{state}: {reason}");
+            let (state, ev) = match hibernated {
+                true => (PartitionState::Hibernated, String::new()),
+                false => (state, format!("{state}: {reason}")),
+            };
             let rec = m
                 .modify(&name, &ev, |r| {
                     r.pid = None;
-                    // A hibernated partition's QEMU ends once its image is
-                    // recorded: it stays hibernated.
                     if r.state != PartitionState::Hibernated {
                         r.state = state;
                         r.state_since = now_ms();

@@ -109,6 +109,17 @@ impl CgroupMounts {
     }
 }
 
+/// Running, not a zombie: a QEMU whose parent (a killed daemon) is gone is
+/// reaped by init, which may take a moment or never happen in a container.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
