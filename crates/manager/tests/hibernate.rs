@@ -325,6 +325,18 @@ async fn two_daemons_racing_a_resume_run_it_once() {
         !loser.cgroup_dir("cpu", "contested").exists(),
         "the loser runs nothing"
     );
+    // `console` on a hibernated partition resumes it before attaching.
+    act(winner, "contested", "hibernate").await;
+    let console = tokio::time::timeout(BOOT, winner.client().console("contested"))
+        .await
+        .expect("console attach timed out");
+    assert!(console.is_ok(), "{:?}", console.err());
+    drop(console);
+    assert_eq!(winner.show("contested").await["state"], "running");
+    assert_eq!(
+        out(&winner.exec("contested", "cat /tmp/secret").await),
+        secret
+    );
 }
 
 /// kill -9 of bulkheadd at each failpoint of a hibernate: after a restart,
@@ -382,6 +394,34 @@ async fn daemon_killed_mid_hibernate_loses_nothing() {
     let img = image_dir(&d, "crashy");
     let len = std::fs::metadata(img.join("state.bin")).unwrap().len();
     assert_eq!(v["hibernation"]["bytes"], len, "{v:#}");
+    // A corrupted image is refused, changes nothing, and leaves the image
+    // to a later resume once it is whole again.
+    let flip = || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(img.join("state.bin"))
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, len / 2).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5a], len / 2).unwrap();
+    };
+    flip();
+    let e = d
+        .client()
+        .post("/v1/partitions/crashy/resume", &json!(null))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("engine"), "{e}");
+    assert!(e.to_string().contains("corrupted"), "{e}");
+    let after = d.show("crashy").await;
+    assert_eq!(after["state"], "hibernated", "{after:#}");
+    assert_eq!(after["hibernation"], v["hibernation"]);
+    assert!(after["pid"].is_null());
+    assert!(!d.cgroup_dir("cpu", "crashy").exists());
+    assert!(d.taps().is_empty(), "{:?}", d.taps());
+    flip();
     // `start` on a hibernated partition resumes it.
     let r = d.start_wait("crashy").await;
     assert_eq!(r["state"], "running", "{r:#}");
