@@ -356,16 +356,12 @@ async fn daemon_killed_mid_hibernate_loses_nothing() {
     let (_, before) = count_above(&d, "crashy", 3).await;
 
     // 1. Image complete, store still says hibernating, QEMU paused.
-    let e = d
-        .client()
-        .post("/v1/partitions/crashy/hibernate", &json!(null))
-        .await;
-    assert!(e.is_err(), "the daemon died mid-call: {e:?}");
-    wait_dead(&mut d).await;
-    assert!(alive(pid), "QEMU outlives the daemon");
-    assert!(image_dir(&d, "crashy").join("manifest.json").is_file());
-    d.env.clear();
-    d.spawn();
+    let manifest = image_dir(&d, "crashy").join("manifest.json");
+    hibernate_until_the_failpoint(&mut d, "crashy", || {
+        assert!(alive(pid), "QEMU outlives the daemon");
+        assert!(manifest.is_file(), "the image was complete");
+    })
+    .await;
     let v = d.show("crashy").await;
     assert_eq!(v["state"], "running", "{v:#}");
     assert_eq!(v["pid"].as_u64(), Some(pid), "the same QEMU, re-adopted");
@@ -380,14 +376,7 @@ async fn daemon_killed_mid_hibernate_loses_nothing() {
     d.kill9();
     d.env = fp("hibernate-after-record");
     d.spawn();
-    let e = d
-        .client()
-        .post("/v1/partitions/crashy/hibernate", &json!(null))
-        .await;
-    assert!(e.is_err(), "the daemon died mid-call: {e:?}");
-    wait_dead(&mut d).await;
-    d.env.clear();
-    d.spawn();
+    hibernate_until_the_failpoint(&mut d, "crashy", || {}).await;
     let v = d.show("crashy").await;
     assert_eq!(v["state"], "hibernated", "{v:#}");
     assert!(!alive(pid), "the hibernated partition's QEMU is gone");
@@ -426,6 +415,19 @@ async fn daemon_killed_mid_hibernate_loses_nothing() {
     let r = d.start_wait("crashy").await;
     assert_eq!(r["state"], "running", "{r:#}");
     memory_intact(&d, "crashy", &secret, before).await;
+}
+
+/// Hibernates through a daemon that dies at its failpoint; `check` looks
+/// at what is left while it is down; then a daemon without the failpoint
+/// takes over.
+async fn hibernate_until_the_failpoint(d: &mut Daemon, name: &str, check: impl FnOnce()) {
+    let path = format!("/v1/partitions/{name}/hibernate");
+    let e = d.client().post(&path, &json!(null)).await;
+    assert!(e.is_err(), "the daemon died mid-call: {e:?}");
+    wait_dead(d).await;
+    check();
+    d.env.clear();
+    d.spawn();
 }
 
 /// Waits (bounded) for the daemon to have killed itself at its failpoint.
