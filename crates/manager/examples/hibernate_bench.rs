@@ -51,7 +51,7 @@ impl Daemon {
         let mut child = Command::new(&bin)
             .arg("--config")
             .arg(&cfg)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,bulkhead_manager::server=info")
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| anyhow::anyhow!("{} (cargo build --release first): {e}", bin.display()))?;
@@ -66,7 +66,9 @@ impl Daemon {
                     }
                     t => {
                         tx = t;
-                        eprintln!("bulkheadd: {l}");
+                        if !l.contains("INFO") {
+                            eprintln!("bulkheadd: {l}");
+                        }
                     }
                 }
             }

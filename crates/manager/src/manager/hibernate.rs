@@ -151,6 +151,7 @@ impl Manager {
             }
         };
         failpoint("hibernate-after-save");
+        let save_ms = t0.elapsed().as_millis() as u64;
         let h = HibernationRecord {
             location,
             bytes: m.state.len,
@@ -185,10 +186,19 @@ impl Manager {
             return Err(e);
         }
         failpoint("hibernate-after-record");
+        let recorded_ms = t0.elapsed().as_millis() as u64;
         p.kill().await.map_err(engine_err)?;
         // The supervisor cleans up (cgroup, TAP) and keeps the state.
         let _ = done.wait_for(|d| *d).await;
-        tracing::info!(partition = name, %reason, bytes = h.bytes, ms = t0.elapsed().as_millis() as u64, "hibernated");
+        tracing::info!(
+            partition = name,
+            %reason,
+            bytes = h.bytes,
+            save_ms,
+            recorded_ms,
+            ms = t0.elapsed().as_millis() as u64,
+            "hibernated"
+        );
         self.get(name).await
     }
 
