@@ -230,6 +230,24 @@ impl Partition {
         Ok((p, m))
     }
 
+    /// Restores the image saved in `dir` onto `spec`: the same machine
+    /// rebuilt by the caller with this host's names (its TAP on its bridge,
+    /// its paths to the same disks and image). Anything the guest can tell
+    /// apart (vCPUs, memory, CPU model, machine, adapters and their MACs,
+    /// disk formats) must equal the manifest's, or it is refused before
+    /// QEMU starts.
+    pub async fn restore_onto(
+        dir: &Path,
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+        ready_timeout: Duration,
+    ) -> Result<(Partition, Manifest), EngineError> {
+        let m = read_manifest(dir)?;
+        same_machine(&m.spec, &spec).map_err(err)?;
+        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        Ok((p, m))
+    }
+
     /// Restores a clone of the template saved in `dir` (a partition whose
     /// RAM is a shared memory file, saved with it): the clone maps the
     /// template's memory file copy-on-write, gets its own name, TAP, MAC
@@ -280,6 +298,44 @@ impl Partition {
             }
         }
     }
+}
+
+/// What the guest sees of a machine, host-local names left out: a saved
+/// state only loads into the same machine.
+fn guest_view(s: &PartitionSpec) -> serde_json::Value {
+    let mac = |n: &crate::spec::NetSpec| cmdline::mac_for(&s.name, n);
+    let adapters: Vec<_> = s
+        .adapters
+        .iter()
+        .map(|a| match a {
+            AdapterSpec::Disk(d) => json!(["disk", d.id, d.format, d.readonly]),
+            AdapterSpec::Net(n) => json!(["net", n.id, mac(n), n.ip]),
+            AdapterSpec::Region(r) => json!(["region", r.id]),
+        })
+        .collect();
+    json!({
+        "name": s.name, "vcpus": s.vcpus, "memory_mib": s.memory_mib,
+        "machine": s.machine, "hotplug_slots": s.hotplug_slots,
+        "cpu_model": s.cpu_model, "memory_file": s.memory_file.is_some(),
+        "vmgenid": s.vmgenid, "adapters": adapters,
+    })
+}
+
+/// Refuses a spec whose guest-visible machine differs from the saved one.
+fn same_machine(saved: &PartitionSpec, local: &PartitionSpec) -> Result<(), String> {
+    let (a, b) = (guest_view(saved), guest_view(local));
+    if a == b {
+        return Ok(());
+    }
+    let keys = a.as_object().into_iter().flatten();
+    let differ: Vec<&str> = keys
+        .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    Err(format!(
+        "the image was saved from another machine ({} differ): it cannot be restored onto this one",
+        differ.join(", ")
+    ))
 }
 
 /// ivshmem (grants) blocks migration; say so before pausing anything.
@@ -780,6 +836,37 @@ mod tests {
                 assert!(m.is_ok(), "{}: {m:?}", e.path().display());
             }
         }
+    }
+
+    #[test]
+    fn only_the_same_machine_is_restored_onto() {
+        let mut saved = PartitionSpec::new("p", "/k".into(), "/i".into());
+        saved.adapters.push(AdapterSpec::Net(crate::spec::NetSpec {
+            id: "net0".into(),
+            bridge: "br-a".into(),
+            mac: Some("52:54:00:00:00:07".into()),
+            tap: Some("tap-a".into()),
+            ip: Some("10.0.0.7/24".into()),
+            gateway: None,
+        }));
+        // Another host's names for the same machine.
+        let mut local = saved.clone();
+        local.boot.kernel = "/elsewhere/vmlinux".into();
+        if let AdapterSpec::Net(n) = &mut local.adapters[0] {
+            n.bridge = "br-b".into();
+            n.tap = Some("tap-b".into());
+        }
+        same_machine(&saved, &local).unwrap();
+        let mut bigger = local.clone();
+        bigger.memory_mib += 64;
+        let e = same_machine(&saved, &bigger).unwrap_err();
+        assert!(e.contains("memory_mib"), "{e}");
+        let mut other_mac = local;
+        if let AdapterSpec::Net(n) = &mut other_mac.adapters[0] {
+            n.mac = Some("52:54:00:00:00:08".into());
+        }
+        let e = same_machine(&saved, &other_mac).unwrap_err();
+        assert!(e.contains("adapters"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub struct CreatePartition {
     /// host that got the call when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Hibernate the partition after this many seconds of idleness (guest
+    /// CPU and adapter traffic below the thresholds of docs/manager.md).
+    #[serde(default)]
+    #[schema(minimum = 10, maximum = 2592000)]
+    pub hibernate_idle_secs: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -187,6 +192,30 @@ pub enum ApiRequest {
     },
     /// `GET /v1/cluster/hosts`.
     ClusterHosts,
+    /// Saves a running partition into its hibernation image and stops it.
+    Hibernate {
+        name: String,
+    },
+    /// How far the running hibernation of a partition is.
+    HibernateProgress {
+        name: String,
+    },
+    /// Restores a hibernated partition from its image.
+    Resume {
+        name: String,
+    },
+}
+
+/// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
+/// so far while a hibernation runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HibernateProgress {
+    pub name: String,
+    pub state: PartitionState,
+    /// A hibernation of this partition is running on this daemon.
+    pub active: bool,
+    pub transferred: u64,
+    pub total: u64,
 }
 
 /// The partition name rule, one message for the daemon and the CLI.
@@ -198,6 +227,11 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
         "partition name {name:?} must be 1-48 characters of a-z, 0-9 and '-', not starting with '-'"
     )))
 }
+
+/// Bounds of `hibernate_idle_secs`: idleness is sampled every few seconds,
+/// and thirty days is "never" in practice.
+pub const MIN_IDLE_SECS: u64 = 10;
+pub const MAX_IDLE_SECS: u64 = 30 * 24 * 3600;
 
 /// Longest duration a request may ask for (stop and exec timeouts).
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
@@ -215,6 +249,14 @@ impl ApiRequest {
         match self {
             Self::Stop { opts, .. } => secs("timeout_secs", opts.timeout_secs, 0),
             Self::Exec { req, .. } => secs("timeout_secs", req.timeout_secs, 1),
+            Self::Create(c) => match c.hibernate_idle_secs {
+                Some(t) if !(MIN_IDLE_SECS..=MAX_IDLE_SECS).contains(&t) => {
+                    Err(ApiError::BadRequest(format!(
+                        "hibernate_idle_secs must be {MIN_IDLE_SECS}-{MAX_IDLE_SECS}, got {t}"
+                    )))
+                }
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -329,6 +371,7 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    HibernateProgress(HibernateProgress),
     ClusterHosts(Vec<crate::cluster::ClusterHost>),
     /// The answer of the host that carried the request out, unchanged.
     Forwarded(Forwarded),

@@ -124,6 +124,9 @@ pub struct CreateArgs {
     /// The cluster host (by name) that owns and runs it; this one when absent.
     #[arg(long)]
     pub host: Option<String>,
+    /// Hibernate after this long idle, e.g. 90s, 10m, 2h (at least 10s).
+    #[arg(long)]
+    pub hibernate_idle: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -271,6 +274,32 @@ pub enum PartitionCommand {
     /// Hot-plug disks into a running partition, or remove them.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Save a running partition (memory and devices) into its hibernation
+    /// image and stop it; shows the bytes written on a terminal.
+    Hibernate(NameArgs),
+    /// Restore a hibernated partition from its image and run it.
+    Resume(NameArgs),
+}
+
+/// `90s`, `10m`, `2h`, `1d` or plain seconds.
+pub fn parse_duration_secs(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|_| mult > 0)
+        .and_then(|n| n.checked_mul(mult))
+        .with_context(|| format!("{s:?} is not a duration such as 90s, 10m or 2h"))
 }
 
 /// Parses `50%` or `50` as a percentage.
@@ -337,6 +366,11 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 hotplug_slots: a.hotplug,
                 cpu_model: a.cpu_model,
                 host: a.host,
+                hibernate_idle_secs: a
+                    .hibernate_idle
+                    .as_deref()
+                    .map(parse_duration_secs)
+                    .transpose()?,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -419,6 +453,15 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 println!("{} attached to {} (port {})", disk.id, a.name, disk.slot);
             }
         }
+        PartitionCommand::Hibernate(a) => {
+            let client = a.api.client()?;
+            let rec = hibernate_with_progress(&client, &a.name).await?;
+            print_record(&rec, a.json)?;
+        }
+        PartitionCommand::Resume(a) => {
+            let rec = a.api.client()?.resume(&a.name).await?;
+            print_record(&rec, a.json)?;
+        }
         PartitionCommand::Disk(DiskCommand::Remove(a)) => {
             let d = a.api.client()?.detach_disk(&a.name, &a.id).await?;
             println!("{} removed from {}", d.id, a.name);
@@ -440,6 +483,44 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hibernates; while the call runs, a terminal on stderr shows the bytes
+/// saved of the total (polled from the progress endpoint).
+async fn hibernate_with_progress(client: &Client, name: &str) -> anyhow::Result<PartitionRecord> {
+    use std::io::IsTerminal;
+    let call = client.hibernate(name);
+    if !std::io::stderr().is_terminal() {
+        return Ok(call.await?);
+    }
+    tokio::pin!(call);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mib = |b: u64| b as f64 / 1048576.0;
+    loop {
+        tokio::select! {
+            r = &mut call => {
+                eprint!("\r\x1b[K");
+                return Ok(r?);
+            }
+            _ = tick.tick() => {
+                if let Ok(p) = client.hibernate_progress(name).await {
+                    if p.active && p.total > 0 {
+                        eprint!("\r\x1b[Ksaving {name}: {:.1} of {:.1} MiB", mib(p.transferred), mib(p.total));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The state as a person reads it: `hibernated (idle)` says why.
+pub fn state_text(r: &PartitionRecord) -> String {
+    match (&r.state, &r.hibernation) {
+        (bulkhead_store::PartitionState::Hibernated, Some(h)) => {
+            format!("{} ({})", r.state, h.reason)
+        }
+        _ => r.state.to_string(),
+    }
 }
 
 /// `/v1/partitions/NAME`, for a name the daemon would accept (checked
@@ -574,7 +655,7 @@ pub fn list_table(recs: &[PartitionRecord]) -> String {
         .map(|p| {
             let mut row = vec![
                 p.name.clone(),
-                p.state.to_string(),
+                state_text(p),
                 p.vcpus.to_string(),
                 format!("{}M", p.memory_mib),
                 format!("{}%", p.cpu_percent),
@@ -643,7 +724,7 @@ pub fn show_text(v: &PartitionView) -> String {
         ("name", r.name.clone()),
         (
             "state",
-            format!("{} (since {})", r.state, ms_ago(Some(r.state_since))),
+            format!("{} (since {})", state_text(r), ms_ago(Some(r.state_since))),
         ),
         ("vcpus", r.vcpus.to_string()),
         (
@@ -668,7 +749,23 @@ pub fn show_text(v: &PartitionView) -> String {
         ("started", ms_ago(r.started_at)),
         ("last exit", opt(r.last_exit.as_ref())),
         ("console log", opt(v.console_log.as_ref())),
+        (
+            "hibernate idle",
+            opt(r.hibernate_idle_secs.map(|s| format!("{s} s"))),
+        ),
     ];
+    if let Some(h) = &r.hibernation {
+        rows.push((
+            "hibernation",
+            format!(
+                "{} ({:.1} MiB, {}, saved {})",
+                h.location,
+                h.bytes as f64 / 1048576.0,
+                h.reason,
+                ms_ago(Some(h.saved_at))
+            ),
+        ));
+    }
     for d in &r.disks {
         rows.push((
             "disk",
@@ -725,6 +822,17 @@ pub fn stats_text(v: &Stats) -> String {
 mod tests {
     use super::*;
 
+    /// A `bulkhead partition ...` command line, parsed.
+    fn parse(args: &[&str]) -> Result<PartitionCommand, clap::Error> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(subcommand)]
+            c: PartitionCommand,
+        }
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.c)
+    }
+
     #[test]
     fn percent_and_disk_parsing() {
         assert_eq!(parse_percent("50%").unwrap(), 50);
@@ -741,14 +849,7 @@ mod tests {
 
     #[test]
     fn hotplug_and_cpu_model_arguments() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct T {
-            #[command(subcommand)]
-            c: PartitionCommand,
-        }
-        let t = T::try_parse_from([
-            "t",
+        let c = parse(&[
             "create",
             "p",
             "--memory",
@@ -761,19 +862,19 @@ mod tests {
             "x86-64-v1",
         ])
         .unwrap();
-        let PartitionCommand::Create(a) = t.c else {
+        let PartitionCommand::Create(a) = c else {
             panic!("not create")
         };
         assert_eq!((a.hotplug, a.cpu_model.as_deref()), (2, Some("x86-64-v1")));
-        let t = T::try_parse_from(["t", "disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
-        let PartitionCommand::Disk(DiskCommand::Add(a)) = t.c else {
+        let c = parse(&["disk", "add", "p", "/x.raw:ro", "--id", "d1"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = c else {
             panic!("not disk add")
         };
         assert_eq!(
             (a.disk.as_str(), a.id.as_deref()),
             ("/x.raw:ro", Some("d1"))
         );
-        assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
+        assert!(parse(&["disk", "remove", "p"]).is_err());
         // What the daemon sends for `show`, read as the typed view.
         let view: PartitionView = serde_json::from_value(serde_json::json!({
             "name": "p", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,
@@ -789,6 +890,55 @@ mod tests {
             shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn hibernation_arguments_and_state() {
+        for (s, secs) in [
+            ("90", 90),
+            ("90s", 90),
+            ("10m", 600),
+            ("2h", 7200),
+            ("1d", 86400),
+        ] {
+            assert_eq!(parse_duration_secs(s).unwrap(), secs, "{s}");
+        }
+        for bad in ["", "m", "10x", "-5s", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
+        }
+        let c = parse(&[
+            "create",
+            "p",
+            "--memory",
+            "1G",
+            "--cpu",
+            "5%",
+            "--hibernate-idle",
+            "10m",
+        ]);
+        let PartitionCommand::Create(a) = c.unwrap() else {
+            panic!("not create")
+        };
+        assert_eq!(a.hibernate_idle.as_deref(), Some("10m"));
+        assert!(matches!(
+            parse(&["hibernate", "p", "--json"]).unwrap(),
+            PartitionCommand::Hibernate(NameArgs { json: true, .. })
+        ));
+        assert!(matches!(
+            parse(&["resume", "p"]).unwrap(),
+            PartitionCommand::Resume(_)
+        ));
+        let mut rec: PartitionRecord = serde_json::from_value(serde_json::json!({
+            "name": "p", "host": "h", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,
+            "state": "hibernated", "created_at": 1, "state_since": 1,
+            "hibernation": {"location": "clients/p/hibernation/p", "bytes": 1048576,
+                "sha256": "00", "saved_at": 1, "reason": "idle", "config": {}},
+        }))
+        .unwrap();
+        assert_eq!(state_text(&rec), "hibernated (idle)");
+        assert!(list_table(std::slice::from_ref(&rec)).contains("hibernated (idle)"));
+        rec.state = bulkhead_store::PartitionState::Running;
+        assert_eq!(state_text(&rec), "running");
     }
 
     #[test]

@@ -331,6 +331,22 @@ impl Client {
             .await
     }
 
+    /// Hibernates; answers once saved and stopped (long: see `hibernate_progress`).
+    pub async fn hibernate(&self, name: &str) -> Result<PartitionRecord, ClientError> {
+        self.send::<(), _>(Method::POST, &action_path(name, "hibernate")?, None)
+            .await
+    }
+
+    pub async fn hibernate_progress(&self, name: &str) -> Result<HibernateProgress, ClientError> {
+        self.send::<(), _>(Method::GET, &action_path(name, "hibernate")?, None)
+            .await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<PartitionRecord, ClientError> {
+        self.send::<(), _>(Method::POST, &action_path(name, "resume")?, None)
+            .await
+    }
+
     pub async fn detach_disk(&self, name: &str, id: &str) -> Result<DetachedDisk, ClientError> {
         let path = format!("{}/{}", action_path(name, "disks")?, encode_segment(id));
         self.send::<(), _>(Method::DELETE, &path, None).await

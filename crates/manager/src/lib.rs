@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod host_id;
+pub mod idle;
 pub mod listen;
 pub mod manager;
 pub mod net;

@@ -31,7 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     ),
     paths(
         openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
-        stats, console, attach_disk, detach_disk
+        stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -203,6 +203,35 @@ fn stop() {}
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
 fn restart() {}
+
+#[utoipa::path(post, path = "/v1/partitions/{name}/hibernate", tag = "lifecycle", operation_id = "hibernate",
+    params(("name" = String, Path, description = "partition name")),
+    responses(
+        (status = 200, description = "saved into its hibernation image and stopped (state hibernated); answered when done", body = PartitionRecord),
+        (status = 404, description = "no such partition", body = ErrorBody),
+        (status = 409, description = "not running, not ready, another host's, or busy", body = ErrorBody),
+        (status = 502, description = "the save failed (the partition runs on)", body = ErrorBody),
+    ))]
+fn hibernate() {}
+
+#[utoipa::path(get, path = "/v1/partitions/{name}/hibernate", tag = "lifecycle", operation_id = "hibernate_progress",
+    params(("name" = String, Path, description = "partition name")),
+    responses(
+        (status = 200, description = "bytes saved so far of a running hibernation", body = HibernateProgress),
+        (status = 404, description = "no such partition", body = ErrorBody),
+    ))]
+fn hibernate_progress() {}
+
+#[utoipa::path(post, path = "/v1/partitions/{name}/resume", tag = "lifecycle", operation_id = "resume",
+    params(("name" = String, Path, description = "partition name")),
+    responses(
+        (status = 200, description = "restored from its image and running, agent ready", body = PartitionRecord),
+        (status = 404, description = "no such partition", body = ErrorBody),
+        (status = 409, description = "not hibernated, or its image is being resumed elsewhere", body = ErrorBody),
+        (status = 502, description = "the image is corrupt or QEMU refused it (it stays hibernated)", body = ErrorBody),
+        (status = 507, description = "over the host's capacity", body = ErrorBody),
+    ))]
+fn resume() {}
 
 #[utoipa::path(post, path = "/v1/partitions/{name}/exec", tag = "guest", operation_id = "exec",
     params(("name" = String, Path, description = "partition name")),
@@ -465,6 +494,8 @@ mod tests {
             last_exit: None,
             pid: None,
             restarts: 0,
+            hibernate_idle_secs: None,
+            hibernation: None,
             revision: 1,
         };
         let view = PartitionView {

@@ -409,6 +409,13 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             name: name(n),
             id: name(id),
         },
+        (&Method::POST, ["v1", "partitions", n, "hibernate"]) => {
+            ApiRequest::Hibernate { name: name(n) }
+        }
+        (&Method::GET, ["v1", "partitions", n, "hibernate"]) => {
+            ApiRequest::HibernateProgress { name: name(n) }
+        }
+        (&Method::POST, ["v1", "partitions", n, "resume"]) => ApiRequest::Resume { name: name(n) },
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -451,6 +458,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/console", &["GET"]),
     ("/v1/partitions/{name}/disks", &["POST"]),
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
+    ("/v1/partitions/{name}/hibernate", &["GET", "POST"]),
+    ("/v1/partitions/{name}/resume", &["POST"]),
 ];
 
 /// The methods a known path takes, for a 405's `Allow`.
@@ -573,6 +582,20 @@ mod tests {
                 }
             }
         );
+        let r = route(&Method::POST, "/v1/partitions/a/hibernate", "", b"").unwrap();
+        assert_eq!(r, ApiRequest::Hibernate { name: "a".into() });
+        let r = route(&Method::GET, "/v1/partitions/a/hibernate", "", b"").unwrap();
+        assert_eq!(r, ApiRequest::HibernateProgress { name: "a".into() });
+        let r = route(&Method::POST, "/v1/partitions/a/resume", "", b"").unwrap();
+        assert_eq!(r, ApiRequest::Resume { name: "a".into() });
+        let idle = |t: u64| {
+            format!(r#"{{"name":"a","memory_mib":128,"cpu_percent":5,"hibernate_idle_secs":{t}}}"#)
+        };
+        for bad in [0, 9, MAX_IDLE_SECS + 1] {
+            let e = route(&Method::POST, "/v1/partitions", "", idle(bad).as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("hibernate_idle_secs"), "{e}");
+        }
+        assert!(route(&Method::POST, "/v1/partitions", "", idle(20).as_bytes()).is_ok());
         let r = route(&Method::DELETE, "/v1/partitions/a/disks/hot0", "", b"").unwrap();
         assert_eq!(
             r,

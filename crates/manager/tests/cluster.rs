@@ -60,6 +60,7 @@ fn create(name: &str, host: Option<&str>) -> CreatePartition {
         hotplug_slots: 0,
         cpu_model: None,
         host: host.map(str::to_string),
+        hibernate_idle_secs: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, Opts, BOOT};
+use common::{alive, Daemon, Opts, BOOT};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -15,17 +15,6 @@ fn kill9(pid: u64) {
         .status()
         .unwrap()
         .success());
-}
-
-/// Running, not a zombie: a QEMU whose parent (a killed daemon) is gone is
-/// reaped by init, which may take a moment or never happen in a container.
-fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ where
     host_ids(&*make().await).await;
     grants::run_all(&make).await;
     membership(&*make().await).await;
+    hibernation_claim(make().await).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";
@@ -62,6 +63,8 @@ pub fn record(name: &str) -> PartitionRecord {
         last_exit: None,
         pid: None,
         restarts: 0,
+        hibernate_idle_secs: None,
+        hibernation: None,
         revision: 0,
     }
 }
@@ -559,4 +562,43 @@ pub async fn membership(s: &dyn Store) {
         .await
         .unwrap();
     wait_state(s, "d", HostState::Up, Duration::from_secs(5)).await;
+}
+
+/// Issue 14: a hibernated record keeps its image's description, and the
+/// claim of the image (hibernated → resuming, a compare-and-swap) is won by
+/// exactly one of two writers who read the same revision.
+pub async fn hibernation_claim(s: Arc<dyn Store>) {
+    let mut r = record("sleepy");
+    r.state = PartitionState::Hibernated;
+    r.hibernate_idle_secs = Some(600);
+    r.hibernation = Some(crate::HibernationRecord {
+        location: "clients/sleepy/hibernation/sleepy".into(),
+        bytes: 70 << 20,
+        sha256: "ab".repeat(32),
+        saved_at: now_ms(),
+        reason: crate::HibernateReason::Idle,
+        config: serde_json::json!({ "vcpus": 1, "adapters": [] }),
+    });
+    let stored = s.insert(&r, "hibernated").await.unwrap();
+    let got = s.get("sleepy").await.unwrap().unwrap();
+    assert_eq!(got, stored);
+    assert_eq!(got.hibernation, r.hibernation);
+    assert_eq!(got.state, PartitionState::Hibernated);
+    let claim = |host: &'static str| {
+        let (s, mut c) = (s.clone(), got.clone());
+        c.state = PartitionState::Resuming;
+        c.host = host.to_string();
+        tokio::spawn(async move { s.update(&c, "resuming").await })
+    };
+    let (a, b) = (claim(HOST), claim(OTHER_HOST));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one claim wins: {a:?} / {b:?}"
+    );
+    let lost = if a.is_ok() { b } else { a };
+    assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
+    let after = s.get("sleepy").await.unwrap().unwrap();
+    assert_eq!(after.state, PartitionState::Resuming);
+    assert_eq!(after.revision, got.revision + 1);
 }

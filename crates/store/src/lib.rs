@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
 pub use record::{
-    now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
-    DEFAULT_CPU_MODEL,
+    now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, NetRecord, PartitionRecord,
+    PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
 };
 pub use sqlite::SqliteStore;
 

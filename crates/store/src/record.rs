@@ -17,6 +17,12 @@ pub enum PartitionState {
     Stopping,
     Stopped,
     Failed,
+    /// Its state is being saved into its hibernation image; QEMU still runs.
+    Hibernating,
+    /// Saved (the record's `hibernation`); no QEMU anywhere.
+    Hibernated,
+    /// A daemon claimed its image and is restoring it.
+    Resuming,
 }
 
 impl PartitionState {
@@ -28,12 +34,18 @@ impl PartitionState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
+            Self::Hibernating => "hibernating",
+            Self::Hibernated => "hibernated",
+            Self::Resuming => "resuming",
         }
     }
 
     /// A QEMU process may exist for the partition in this state.
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Starting | Self::Running | Self::Stopping)
+        matches!(
+            self,
+            Self::Starting | Self::Running | Self::Stopping | Self::Hibernating | Self::Resuming
+        )
     }
 }
 
@@ -53,6 +65,9 @@ impl FromStr for PartitionState {
             "stopping" => Self::Stopping,
             "stopped" => Self::Stopped,
             "failed" => Self::Failed,
+            "hibernating" => Self::Hibernating,
+            "hibernated" => Self::Hibernated,
+            "resuming" => Self::Resuming,
             other => return Err(format!("unknown partition state {other:?}")),
         })
     }
@@ -166,6 +181,52 @@ pub struct PartitionRecord {
     /// Bumped by every write; `Store::update` compares it.
     #[serde(default)]
     pub revision: u64,
+    /// Hibernate after this many seconds of idleness (issue 14); never when absent.
+    #[serde(default)]
+    pub hibernate_idle_secs: Option<u64>,
+    /// The image a hibernated partition resumes from (issue 14).
+    #[serde(default)]
+    pub hibernation: Option<HibernationRecord>,
+}
+
+/// Why a partition was hibernated.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HibernateReason {
+    /// `partition hibernate`.
+    Manual,
+    /// Idle for its `hibernate_idle_secs`.
+    Idle,
+}
+
+impl fmt::Display for HibernateReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Manual => "manual",
+            Self::Idle => "idle",
+        })
+    }
+}
+
+/// Where and what a partition's hibernation image is. Written only once the
+/// image is complete (its manifest fsynced), so a record naming one names a
+/// whole image.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HibernationRecord {
+    /// The image directory, relative to the repository root.
+    pub location: String,
+    /// Size of the saved state, bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the saved state (the manifest's).
+    pub sha256: String,
+    /// Unix time in milliseconds.
+    pub saved_at: u64,
+    pub reason: HibernateReason,
+    /// The machine and adapters it was saved with (the engine's spec, as JSON).
+    #[cfg_attr(feature = "schema", schema(value_type = Object))]
+    pub config: serde_json::Value,
 }
 
 /// The CPU model a partition gets when its creator names none. Migration 3

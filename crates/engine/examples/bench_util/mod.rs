@@ -1,6 +1,8 @@
 //! Shared by the engine's benchmark examples: ABBA ordering and summaries.
 #![allow(dead_code)]
 
+pub mod plain;
+
 use std::time::Duration;
 
 /// `n` runs of each of two sides in ABBA order (A B B A A B ...): on this host

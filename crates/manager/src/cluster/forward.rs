@@ -38,7 +38,10 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         | R::Console { name }
         | R::ConsoleLog { name, .. }
         | R::AttachDisk { name, .. }
-        | R::DetachDisk { name, .. } => name,
+        | R::DetachDisk { name, .. }
+        | R::Hibernate { name }
+        | R::HibernateProgress { name } => name,
+        // Resume is carried out by the host that got it: it claims the image.
         _ => return Ok(None),
     };
     // An unknown partition is answered here (404).
@@ -188,6 +191,16 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
             format!("{}/disks/{}", path(name)?, encode_segment(id)),
             Vec::new(),
         ),
+        R::Hibernate { name } => (
+            Method::POST,
+            format!("{}/hibernate", path(name)?),
+            Vec::new(),
+        ),
+        R::HibernateProgress { name } => (
+            Method::GET,
+            format!("{}/hibernate", path(name)?),
+            Vec::new(),
+        ),
         other => {
             return Err(ApiError::Internal(format!(
                 "{other:?} is answered by every host, never forwarded"
@@ -230,11 +243,14 @@ mod tests {
                 hotplug_slots: 1,
                 cpu_model: None,
                 host: Some("b".into()),
+                hibernate_idle_secs: Some(600),
             }),
             ApiRequest::Start {
                 name: "p".into(),
                 opts: StartOptions { wait: true },
             },
+            ApiRequest::Hibernate { name: "p".into() },
+            ApiRequest::HibernateProgress { name: "p".into() },
             ApiRequest::Stop {
                 name: "p".into(),
                 opts: StopOptions {

@@ -101,6 +101,8 @@ impl Manager {
             last_exit: None,
             pid: None,
             restarts: 0,
+            hibernate_idle_secs: c.hibernate_idle_secs,
+            hibernation: None,
             revision: 0,
         };
         // Capacity and the address are decided by the store inside the
@@ -212,6 +214,9 @@ impl Manager {
         name: &str,
         wait: bool,
     ) -> Result<PartitionRecord, ApiError> {
+        if self.get(name).await?.state == PartitionState::Hibernated {
+            return self.resume(name, false).await;
+        }
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
         self.start_locked(name, wait, false).await
@@ -272,31 +277,9 @@ impl Manager {
         });
         // Leftovers of an earlier run would make the new cgroup inherit stray tasks.
         self.cleanup(&rec).await;
-        let cg = match self.cgroups.create(
-            name,
-            rec.cpu_percent,
-            self.memory_limit_mib(&rec) << 20,
-            PIDS_BASE + rec.vcpus,
-        ) {
-            Ok(cg) => cg,
-            Err(e) => {
-                undo.disarm();
-                return Err(self.start_failed(name, internal(e)).await);
-            }
-        };
-        if let Some(n) = &rec.net {
-            let tap = net::tap_name(&self.instance, name);
-            let (instance, mac, ip) = (self.instance.clone(), n.mac.clone(), n.ip.clone());
-            let guarded = bulkhead_hostnet::blocking(move || {
-                net::addr_of(&ip)
-                    .ok_or_else(|| anyhow::anyhow!("stored address {ip:?} does not parse"))
-                    .and_then(|ip| Ok(net::guard_tap(&instance, &tap, &mac, ip)?))
-            })
-            .await;
-            if let Err(e) = guarded {
-                undo.disarm();
-                return Err(self.start_failed(name, internal(e)).await);
-            }
+        if let Err(e) = self.prepare_host(&rec).await {
+            undo.disarm();
+            return Err(self.start_failed(name, e).await);
         }
         let opts = self.launch_options(name);
         let t_launch = std::time::Instant::now();
@@ -304,7 +287,6 @@ impl Manager {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 undo.disarm();
-                drop(cg);
                 return Err(self.start_failed(name, engine_err(e)).await);
             }
         };
@@ -329,6 +311,33 @@ impl Manager {
             Some(Err(e)) => Err(ApiError::Engine(e)),
             None => Err(ApiError::Internal("supervisor ended".into())),
         }
+    }
+
+    /// What a partition's QEMU needs of the host before it launches (a
+    /// start or a resume): its cgroup with its limits, and the anti-spoofing
+    /// guard of its TAP. A failure leaves the cgroup for the caller's cleanup.
+    pub(super) async fn prepare_host(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        let name = &rec.name;
+        self.cgroups
+            .create(
+                name,
+                rec.cpu_percent,
+                self.memory_limit_mib(rec) << 20,
+                PIDS_BASE + rec.vcpus,
+            )
+            .map_err(internal)?;
+        if let Some(n) = &rec.net {
+            let tap = net::tap_name(&self.instance, name);
+            let (instance, mac, ip) = (self.instance.clone(), n.mac.clone(), n.ip.clone());
+            bulkhead_hostnet::blocking(move || {
+                net::addr_of(&ip)
+                    .ok_or_else(|| anyhow::anyhow!("stored address {ip:?} does not parse"))
+                    .and_then(|ip| Ok(net::guard_tap(&instance, &tap, &mac, ip)?))
+            })
+            .await
+            .map_err(internal)?;
+        }
+        Ok(())
     }
 
     /// Ends a start that failed before its QEMU ran: removes the cgroup and
@@ -479,6 +488,7 @@ impl Manager {
         bulkhead_engine::jail::restore_owners(&self.run_dir(name));
         let _ = std::fs::remove_dir_all(self.run_dir(name));
         self.store.delete(name, rec.revision).await?;
+        self.discard_hibernation(&rec);
         self.op_locks.lock().unwrap().remove(name);
         tracing::info!(partition = name, "destroyed");
         Ok(())

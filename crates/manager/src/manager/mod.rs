@@ -12,8 +12,8 @@ use bulkhead_engine::{
     AdapterSpec, CpuModel, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
 };
 use bulkhead_store::{
-    now_ms, Admission, NetRecord, PartitionRecord, PartitionState, RestartPolicy, Scope, Store,
-    StoreError,
+    now_ms, Admission, HibernateReason, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
+    Scope, Store, StoreError,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 mod disks;
+mod hibernate;
 mod lifecycle;
 mod recovery;
 mod supervision;
@@ -54,6 +55,8 @@ pub struct Manager {
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Partitions whose console is attached (one attachment at a time).
     consoles: Mutex<HashSet<String>>,
+    /// Progress of the hibernations running here, by partition.
+    hibernations: Mutex<HashMap<String, watch::Receiver<bulkhead_engine::snapshot::SaveProgress>>>,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -136,8 +139,10 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashSet::new()),
+            hibernations: Mutex::default(),
         });
         m.recover().await?;
+        m.watch_idleness();
         Ok(m)
     }
 
@@ -186,9 +191,13 @@ impl Manager {
                 self.destroy(&name, force).await?;
                 R::Destroyed(Destroyed { destroyed: name })
             }
-            ApiRequest::Exec { name, req } => R::Exec(self.exec(&name, req).await?),
+            ApiRequest::Exec { name, req } => {
+                self.wake(&name).await?;
+                R::Exec(self.exec(&name, req).await?)
+            }
             ApiRequest::Stats { name } => R::Stats(Box::new(self.stats(&name).await?)),
             ApiRequest::Console { name } => {
+                self.wake(&name).await?;
                 let p = self.live_partition(&name).await?;
                 // QEMU's console socket takes one client; a second would hang unserved.
                 if !self.consoles.lock().unwrap().insert(name.clone()) {
@@ -212,6 +221,13 @@ impl Manager {
                 R::DiskDetached(self.detach_disk(&name, &id).await?)
             }
             ApiRequest::ClusterHosts => R::ClusterHosts(crate::cluster::hosts(self).await?),
+            ApiRequest::Hibernate { name } => {
+                R::Partition(self.hibernate(&name, HibernateReason::Manual).await?)
+            }
+            ApiRequest::HibernateProgress { name } => {
+                R::HibernateProgress(self.hibernate_progress(&name).await?)
+            }
+            ApiRequest::Resume { name } => R::Partition(self.resume(&name, false).await?),
         })
     }
 

@@ -10,6 +10,9 @@ impl Manager {
         // Only this host's partitions: another host's QEMUs are not ours to adopt.
         let recs = self.store.list(Scope::Host(&self.host)).await?;
         for rec in &recs {
+            if self.recover_hibernation(rec).await? {
+                continue;
+            }
             if !rec.state.is_active() {
                 self.cleanup(rec).await;
                 continue;

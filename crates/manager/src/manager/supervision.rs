@@ -70,18 +70,31 @@ impl Manager {
                 PartitionState::Stopped
             };
             // Clean up before recording the state, so a stopped partition has nothing left.
+            // A hibernated partition's QEMU ends once its image is recorded:
+            // it stays hibernated.
+            let mut hibernated = false;
             match m.store.get(&name).await {
-                Ok(Some(rec)) => m.cleanup(&rec).await,
+                Ok(Some(rec)) => {
+                    hibernated = rec.state == PartitionState::Hibernated;
+                    m.cleanup(&rec).await
+                }
                 _ => {
                     let _ = m.cgroups.open(&name).remove_off_reactor().await;
                 }
             }
             m.live.lock().unwrap().remove(&name);
-            let ev = format!("{state}: {reason}");
+            let (state, ev) = match hibernated {
+                true => (PartitionState::Hibernated, String::new()),
+                false => (state, format!("{state}: {reason}")),
+            };
             let rec = m
-                .set_state(&name, state, &ev, |r| {
+                .modify(&name, &ev, |r| {
                     r.pid = None;
-                    r.last_exit = Some(reason.clone());
+                    if r.state != PartitionState::Hibernated {
+                        r.state = state;
+                        r.state_since = now_ms();
+                        r.last_exit = Some(reason.clone());
+                    }
                 })
                 .await;
             tracing::info!(partition = %name, %state, %reason, "partition ended");

@@ -109,6 +109,17 @@ impl CgroupMounts {
     }
 }
 
+/// Running, not a zombie: a QEMU whose parent (a killed daemon) is gone is
+/// reaped by init, which may take a moment or never happen in a container.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
@@ -123,6 +134,9 @@ pub struct Daemon {
     pub nofile: Option<u64>,
     /// Everything the daemon logged so far.
     pub log: Arc<Mutex<String>>,
+    /// Extra environment of the daemon (e.g. a failpoint); change it
+    /// before a `spawn` to restart without it.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -137,6 +151,8 @@ pub struct Opts {
     /// The VLAN subnet (CIDR) instead of a /24 of its own, e.g. for daemons
     /// sharing one store that must allocate from one subnet.
     pub subnet: Option<String>,
+    /// Extra environment of the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 fn free_tcp_port() -> u16 {
@@ -210,6 +226,7 @@ impl Daemon {
             token: opts.tcp_token,
             nofile: opts.nofile,
             log: Arc::default(),
+            env: opts.env,
             child: None,
         };
         d.spawn();
@@ -222,6 +239,7 @@ impl Daemon {
         cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(n) = self.nofile {
