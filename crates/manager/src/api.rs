@@ -181,6 +181,28 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    /// `GET /v1/grants[?partition=P]`: every grant, or those P gave, holds or owns.
+    GrantList {
+        partition: Option<String>,
+    },
+    GrantShow {
+        id: String,
+    },
+    /// `POST /v1/grants/{id}/revoke`: an administrator revokes (cascading).
+    GrantRevoke {
+        id: String,
+    },
+    GrantLog {
+        after: u64,
+        limit: usize,
+    },
+    RegionList,
+    /// `POST /v1/partitions/{name}/grant-requests`: what the partition's
+    /// `bulkhead-guest` would send, made by an administrator acting as it.
+    GrantRequest {
+        name: String,
+        req: bulkhead_grant::request::GuestRequest,
+    },
 }
 
 /// The partition name rule, one message for the daemon and the CLI.
@@ -323,6 +345,11 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    Grants(Vec<crate::grants::GrantInfo>),
+    Grant(Box<crate::grants::GrantInfo>),
+    GrantLog(Vec<crate::grants::GrantLogEntry>),
+    Regions(Vec<crate::grants::RegionView>),
+    GuestReply(bulkhead_grant::reply::GuestReply),
 }
 
 impl ApiReply {
@@ -345,6 +372,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// One line for a person.
     pub message: String,
+    /// With `grant_refused`: which refusal, one name per kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<bulkhead_grant::reply::GrantErrorKind>,
 }
 
 /// The stable, machine-readable kind of an error.
@@ -364,6 +394,8 @@ pub enum ErrorCode {
     Engine,
     Unavailable,
     Internal,
+    /// The grant table refused (`reason` says which refusal); nothing changed.
+    GrantRefused,
 }
 
 impl ErrorCode {
@@ -382,6 +414,7 @@ impl ErrorCode {
             Self::Engine => "engine",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::GrantRefused => "grant_refused",
         }
     }
 }
@@ -423,6 +456,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A refusal of the grant table: the table is unchanged.
+    #[error("{0}")]
+    Grant(bulkhead_grant::GrantError),
 }
 
 impl ApiError {
@@ -439,6 +475,11 @@ impl ApiError {
             Self::Engine(_) => 502,
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
+            Self::Grant(e) => match e.kind() {
+                bulkhead_grant::reply::GrantErrorKind::UnknownGrant
+                | bulkhead_grant::reply::GrantErrorKind::UnknownResource => 404,
+                _ => 409,
+            },
         }
     }
 
@@ -458,6 +499,7 @@ impl ApiError {
             Self::Engine(_) => C::Engine,
             Self::Unavailable(_) => C::Unavailable,
             Self::Internal(_) => C::Internal,
+            Self::Grant(_) => C::GrantRefused,
         }
     }
 
@@ -466,6 +508,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
+                reason: match self {
+                    Self::Grant(e) => Some(e.kind()),
+                    _ => None,
+                },
             },
         }
     }

@@ -77,6 +77,8 @@ impl Manager {
                 }
             }
             m.live.lock().unwrap().remove(&name);
+            // What it gave and held ends; the others' devices are unplugged.
+            m.grants_partition_ended(&name, false).await;
             let ev = format!("{state}: {reason}");
             let rec = m
                 .set_state(&name, state, &ev, |r| {
