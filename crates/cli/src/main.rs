@@ -25,6 +25,12 @@ enum Command {
     Image(bulkhead_image::cli::ImageArgs),
     /// Shared port: many servers behind one port, routed by TLS SNI or HTTP Host.
     Portshare(bulkhead_portshare::cli::Args),
+    /// Grants between partitions: list, show, revoke, log, and act as a partition.
+    #[command(subcommand)]
+    Grant(bulkhead_manager::grant_cli::GrantCommand),
+    /// Shared-memory regions (and disks) partitions own.
+    #[command(subcommand)]
+    Region(bulkhead_manager::grant_cli::RegionCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -46,6 +52,10 @@ fn main() -> anyhow::Result<()> {
         Command::Partition(c) => partition::run(c),
         Command::Image(a) => bulkhead_image::cli::run(a),
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
+        Command::Grant(c) => partition::runtime()?.block_on(bulkhead_manager::grant_cli::run(c)),
+        Command::Region(c) => {
+            partition::runtime()?.block_on(bulkhead_manager::grant_cli::run_region(c))
+        }
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod grant_cli;
 pub mod grants;
 pub mod host_id;
 pub mod listen;

@@ -123,6 +123,9 @@ pub struct Daemon {
     pub nofile: Option<u64>,
     /// Everything the daemon logged so far.
     pub log: Arc<Mutex<String>>,
+    /// Extra environment of the daemon (e.g. `BULKHEAD_FAILPOINT`), read at
+    /// each spawn.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -210,6 +213,7 @@ impl Daemon {
             token: opts.tcp_token,
             nofile: opts.nofile,
             log: Arc::default(),
+            env: Vec::new(),
             child: None,
         };
         d.spawn();
@@ -222,6 +226,7 @@ impl Daemon {
         cmd.arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(n) = self.nofile {
