@@ -277,7 +277,7 @@ fn detach_disk() {}
 fn grant_requests() {}
 
 #[utoipa::path(get, path = "/v1/grants", tag = "grants", operation_id = "grant_list",
-    params(("partition" = Option<String>, Query, description = "only grants this partition gave, holds or owns the resource of")),
+    params(("partition" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9-]{0,47}$", description = "only grants this partition gave, holds or owns the resource of")),
     responses(
         (status = 200, description = "every grant the table holds (ended ones until pruned)", body = Vec<GrantInfo>),
         (status = 400, description = "partition is not a partition name", body = ErrorBody),
@@ -296,7 +296,7 @@ fn grant_list() {}
 fn grant_log() {}
 
 #[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants", operation_id = "grant_show",
-    params(("id" = String, Path, description = "grant id (`gr-` and 16 hex digits)")),
+    params(("id" = String, Path, pattern = "^gr-[0-9a-f]{16}$", description = "grant id (`gr-` and 16 hex digits)")),
     responses(
         (status = 200, description = "the grant", body = GrantInfo),
         (status = 400, description = "not a grant id", body = ErrorBody),
@@ -308,7 +308,7 @@ fn grant_show() {}
     description = "Ends the grant and every grant derived from it; each holder's agent is asked to \
         unmap, then the device is unplugged anyway (the holder is paused if its kernel keeps it). \
         Answers once every former holder is unmapped.",
-    params(("id" = String, Path, description = "grant id (`gr-` and 16 hex digits)")),
+    params(("id" = String, Path, pattern = "^gr-[0-9a-f]{16}$", description = "grant id (`gr-` and 16 hex digits)")),
     responses(
         (status = 200, description = "an object `{reply: ended, grant, ended}`: the grants that ended, deepest first", body = Object),
         (status = 400, description = "not a grant id", body = ErrorBody),

@@ -425,7 +425,8 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             },
         },
         (&Method::GET, ["v1", "grants", "log"]) => ApiRequest::GrantLog {
-            after: query_number(query, "after", 0, u64::MAX)?,
+            // JSON Schema's int64, as the document says.
+            after: query_number(query, "after", 0, i64::MAX as u64)?,
             limit: query_number(query, "limit", 100, MAX_LOG_LIMIT)? as usize,
         },
         (&Method::GET, ["v1", "grants", id]) => ApiRequest::GrantShow { id: name(id) },
