@@ -110,12 +110,15 @@ impl Manager {
         obs
     }
 
-    /// After the daemon starts and has re-adopted its partitions: makes the
-    /// table and the devices agree (see `reconcile`), and logs what it did.
+    /// After the daemon starts and has re-adopted its partitions, and when a
+    /// partition becomes ready (an owner started again gets its regions
+    /// back): makes the table and the devices agree (see `reconcile`), and
+    /// logs what it did.
     pub(crate) async fn grants_reconcile(self: &Arc<Self>) {
-        let obs = self.grants_observe().await;
+        // Observed under the lock: no operation plugs or unplugs meanwhile.
         let mut st = self.grants.state.lock().await;
         let st = &mut *st;
+        let obs = self.grants_observe().await;
         let fixes = plan(&st.table, &st.maps, &obs);
         remove_orphan_files(&self.grants, st);
         if fixes.is_empty() {

@@ -49,6 +49,9 @@ impl Manager {
                             tracing::warn!(partition = %name, error = %e, "recording ready");
                         }
                         let _ = ready_tx.send(Some(Ok(())));
+                        // An owner started again gets its regions back.
+                        let r = m.clone();
+                        tokio::spawn(async move { r.grants_reconcile().await });
                     }
                     Err(e) => {
                         tracing::warn!(partition = %name, error = %e, "start failed");
