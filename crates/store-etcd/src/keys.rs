@@ -43,6 +43,41 @@ impl Keys {
     pub(crate) fn event(&self, name: &str, version: u64) -> String {
         format!("{}{version:020}", self.events(name))
     }
+
+    // --- grants (issue 11) ---
+    /// Everything of one host's grant table: `<prefix>/grants/<host>/`.
+    fn grants(&self, host: &str) -> String {
+        format!("{}/grants/{}/", self.prefix, escape(host))
+    }
+
+    /// The table's body; its etcd `version` is the table's revision.
+    pub(crate) fn grant_table(&self, host: &str) -> String {
+        format!("{}table", self.grants(host))
+    }
+
+    /// The newest log seq given (decimal), so seqs survive pruning unreused.
+    pub(crate) fn grant_seq(&self, host: &str) -> String {
+        format!("{}seq", self.grants(host))
+    }
+
+    /// The log lines: `<prefix>/grants/<host>/log/` (a range).
+    pub(crate) fn grant_log(&self, host: &str) -> String {
+        format!("{}log/", self.grants(host))
+    }
+
+    /// One log line; zero-padded so that key order is seq order.
+    pub(crate) fn grant_line(&self, host: &str, seq: u64) -> String {
+        format!("{}{seq:020}", self.grant_log(host))
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (which ends in `/`,
+/// as every range here does): `/` + 1 is `0`.
+pub(crate) fn range_end(prefix: &str) -> String {
+    let base = prefix
+        .strip_suffix('/')
+        .expect("a range prefix ends with '/'");
+    format!("{base}0")
 }
 
 /// Percent-escapes every byte but `[A-Za-z0-9._:-]`, so `/` never appears.
@@ -71,6 +106,30 @@ mod tests {
         assert_eq!(k.address("fd00::1"), "/t/addresses/fd00::1");
         assert_eq!(k.event("e", 7), "/t/events/e/00000000000000000007");
         assert!(k.event("e", 10) > k.event("e", 9));
+    }
+
+    #[test]
+    fn grant_keys_stay_inside_their_host() {
+        let k = Keys::new("/t");
+        assert_eq!(k.grant_table("h-1"), "/t/grants/h-1/table");
+        assert_eq!(k.grant_seq("h-1"), "/t/grants/h-1/seq");
+        assert_eq!(
+            k.grant_line("h-1", 7),
+            "/t/grants/h-1/log/00000000000000000007"
+        );
+        // A host named like another's subtree stays out of it.
+        assert!(!k.grant_table("a/log").starts_with(&k.grant_log("a")));
+        let (start, end) = (k.grant_log("h"), range_end(&k.grant_log("h")));
+        for seq in [0, 1, u64::MAX] {
+            let line = k.grant_line("h", seq);
+            assert!(
+                start <= line && line < end,
+                "{line} outside [{start}, {end})"
+            );
+        }
+        assert!(k.grant_table("h") >= end || k.grant_table("h") < start);
+        assert!(k.grant_seq("h") >= end || k.grant_seq("h") < start);
+        assert!(k.grant_line("h", 10) > k.grant_line("h", 9));
     }
 
     proptest::proptest! {

@@ -15,9 +15,13 @@
 //! Every call is bounded by [`Options::timeout`]; an etcd without a leader,
 //! out of reach or too slow gives [`StoreError::Unavailable`].
 
+mod grants;
 mod keys;
 
-use bulkhead_store::{now_ms, Admission, Event, PartitionRecord, Result, Scope, Store, StoreError};
+use bulkhead_store::{
+    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope, Store,
+    StoreError,
+};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
     SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
@@ -556,5 +560,29 @@ impl Store for EtcdStore {
             Write::Update
         };
         self.write("admit", record, event, kind, Some(&check)).await
+    }
+
+    // --- grants (issue 11) ---
+    async fn grant_table(&self, host: &str) -> Result<Option<GrantTableDoc>> {
+        self.etcd_grant_table(host).await
+    }
+
+    async fn commit_grant_table(
+        &self,
+        host: &str,
+        expected: u64,
+        body: &[u8],
+        log: &[(u64, String)],
+    ) -> Result<u64> {
+        self.etcd_commit_grant_table(host, expected, body, log)
+            .await
+    }
+
+    async fn grant_log(&self, host: &str, after: u64, limit: usize) -> Result<Vec<GrantLogEntry>> {
+        self.etcd_grant_log(host, after, limit).await
+    }
+
+    async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
+        self.etcd_prune_grant_log(host, before_ms, keep).await
     }
 }

@@ -6,27 +6,13 @@
 //! under a prefix of its own; the tests that kill members start their own.
 
 use bulkhead_store::{conformance, Admission, NetRecord, Scope, Store, StoreError};
-use bulkhead_store_etcd::{connect, connect_with, EtcdStore, Options};
+use bulkhead_store_etcd::{connect_with, Options};
 use bulkhead_testbed::EtcdCluster;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn shared() -> &'static EtcdCluster {
-    static CLUSTER: OnceLock<EtcdCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| EtcdCluster::start(3))
-}
-
-/// A key prefix no other test (or test process) uses.
-fn fresh_prefix(tag: &str) -> String {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let n = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!("/bulkhead-test/{}/{tag}-{n}", std::process::id())
-}
-
-async fn store_at(endpoints: &[String], prefix: &str) -> EtcdStore {
-    connect(endpoints, prefix).await.expect("connect to etcd")
-}
+mod common;
+use common::{fresh_prefix, shared, store_at};
 
 fn opts(timeout: Duration) -> Options {
     Options {

@@ -14,6 +14,8 @@ use crate::{
 use std::future::Future;
 use std::sync::Arc;
 
+pub mod grants;
+
 /// Runs every case, each on a fresh store from `make`.
 pub async fn run_all<F, Fut>(make: F)
 where
@@ -30,6 +32,7 @@ where
     concurrent_compare_and_swap_loses_no_write(make().await).await;
     events(&*make().await).await;
     host_ids(&*make().await).await;
+    grants::run_all(&make).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";

@@ -10,12 +10,14 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod grants;
 mod migrations;
 mod record;
 mod sqlite;
 
 use std::sync::Arc;
 
+pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use record::{
     now_ms, DiskRecord, Event, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
     DEFAULT_CPU_MODEL,
@@ -113,4 +115,25 @@ pub trait Store: Send + Sync {
         event: &str,
         check: Admission,
     ) -> Result<PartitionRecord>;
+
+    // --- grants (issue 11) ---
+    /// The grant table of `host`, or None if it never wrote one.
+    async fn grant_table(&self, host: &str) -> Result<Option<GrantTableDoc>>;
+    /// Replaces `host`'s grant table if its revision is still `expected` (0:
+    /// none stored yet) and appends `log` (each `(at_ms, event_json)`) to its
+    /// log, all in ONE transaction. Returns the new revision. A revision
+    /// mismatch is `StoreError::Conflict { name: format!("grants/{host}"),
+    /// expected, found }` and writes nothing.
+    async fn commit_grant_table(
+        &self,
+        host: &str,
+        expected: u64,
+        body: &[u8],
+        log: &[(u64, String)],
+    ) -> Result<u64>;
+    /// Log lines of `host` with seq > `after`, oldest first, at most `limit`.
+    async fn grant_log(&self, host: &str, after: u64, limit: usize) -> Result<Vec<GrantLogEntry>>;
+    /// Drops log lines older than `before_ms`, keeping at least the newest
+    /// `keep`; returns how many went.
+    async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64>;
 }

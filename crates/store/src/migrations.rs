@@ -33,4 +33,20 @@ pub const MIGRATIONS: &[&str] = &[
     // not known to a static migration.
     "ALTER TABLE partitions ADD COLUMN host TEXT NOT NULL DEFAULT '';
     CREATE INDEX partitions_host ON partitions(host, name);",
+    // 5: each host's grant table (issue 11), opaque to the store, and its log.
+    // `last_seq` is the newest log seq ever given, so a seq is never reused
+    // even after pruning emptied the log.
+    "CREATE TABLE grant_tables (
+        host     TEXT PRIMARY KEY,
+        body     BLOB NOT NULL,
+        revision INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE grant_log (
+        host  TEXT NOT NULL,
+        seq   INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        PRIMARY KEY (host, seq)
+    ) WITHOUT ROWID;",
 ];

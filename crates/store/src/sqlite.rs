@@ -1,8 +1,13 @@
 //! The embedded store: one SQLite file (by default under the data directory;
 //! several daemons may share one file, SQLite's locks serialise their writes).
 
+mod grants;
+
 use crate::migrations::MIGRATIONS;
-use crate::{now_ms, Admission, Event, PartitionRecord, Result, Scope, Store, StoreError};
+use crate::{
+    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope, Store,
+    StoreError,
+};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -407,6 +412,30 @@ impl Store for SqliteStore {
         };
         self.call("admit", move |c| write(c, rec, &event, kind, Some(check)))
             .await
+    }
+
+    // --- grants (issue 11) ---
+    async fn grant_table(&self, host: &str) -> Result<Option<GrantTableDoc>> {
+        self.sqlite_grant_table(host).await
+    }
+
+    async fn commit_grant_table(
+        &self,
+        host: &str,
+        expected: u64,
+        body: &[u8],
+        log: &[(u64, String)],
+    ) -> Result<u64> {
+        self.sqlite_commit_grant_table(host, expected, body, log)
+            .await
+    }
+
+    async fn grant_log(&self, host: &str, after: u64, limit: usize) -> Result<Vec<GrantLogEntry>> {
+        self.sqlite_grant_log(host, after, limit).await
+    }
+
+    async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
+        self.sqlite_prune_grant_log(host, before_ms, keep).await
     }
 }
 

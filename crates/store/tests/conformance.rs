@@ -2,7 +2,8 @@
 //! two connections to one file taking turns (as two daemons sharing a store).
 
 use bulkhead_store::{
-    conformance, Admission, Event, PartitionRecord, Result, Scope, SqliteStore, Store,
+    conformance, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope,
+    SqliteStore, Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,6 +76,28 @@ impl Store for TwoConnections {
         check: Admission,
     ) -> Result<PartitionRecord> {
         self.next().admit(r, ev, check).await
+    }
+
+    // --- grants (issue 11) ---
+    async fn grant_table(&self, host: &str) -> Result<Option<GrantTableDoc>> {
+        self.next().grant_table(host).await
+    }
+    async fn commit_grant_table(
+        &self,
+        host: &str,
+        expected: u64,
+        body: &[u8],
+        log: &[(u64, String)],
+    ) -> Result<u64> {
+        self.next()
+            .commit_grant_table(host, expected, body, log)
+            .await
+    }
+    async fn grant_log(&self, host: &str, after: u64, limit: usize) -> Result<Vec<GrantLogEntry>> {
+        self.next().grant_log(host, after, limit).await
+    }
+    async fn prune_grant_log(&self, host: &str, before_ms: u64, keep: usize) -> Result<u64> {
+        self.next().prune_grant_log(host, before_ms, keep).await
     }
 }
 

@@ -50,7 +50,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 4);
+    assert_eq!(s.schema_version().unwrap(), 5);
     let old = s.get("old").await.unwrap().unwrap();
     s.update(&old, "migrated").await.unwrap();
     assert_eq!(s.events("old", 5).await.unwrap().len(), 1);
@@ -65,7 +65,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{e}"
@@ -100,7 +100,7 @@ async fn migration_pins_hotplug_and_cpu_model_into_older_records() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 4);
+    assert_eq!(s.schema_version().unwrap(), 5);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!(
         (old.hotplug_slots, old.cpu_model.as_str()),
@@ -184,7 +184,7 @@ async fn migration_gives_old_records_the_opening_host() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "host-a").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 4);
+    assert_eq!(s.schema_version().unwrap(), 5);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!((old.host.as_str(), old.revision), ("host-a", 4));
     assert_eq!(s.list(Scope::Host("host-a")).await.unwrap().len(), 1);
@@ -192,4 +192,92 @@ async fn migration_gives_old_records_the_opening_host() {
     let s = SqliteStore::open(&path, "host-b").unwrap();
     assert_eq!(s.get("old").await.unwrap().unwrap().host, "host-a");
     assert!(s.list(Scope::Host("host-b")).await.unwrap().is_empty());
+}
+
+/// A database of the daemon before grant tables (schema 4) opens and
+/// migrates: its partitions and history are untouched, and the grant tables
+/// start empty and work.
+#[tokio::test]
+async fn schema_4_database_gains_grant_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = rusqlite_conn(&path);
+        c.execute_batch(
+            "CREATE TABLE partitions (name TEXT PRIMARY KEY, revision INTEGER NOT NULL,
+                 ip TEXT UNIQUE, state TEXT NOT NULL, record TEXT NOT NULL,
+                 host TEXT NOT NULL DEFAULT '');
+             CREATE INDEX partitions_host ON partitions(host, name);
+             CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+                 partition TEXT NOT NULL, message TEXT NOT NULL);
+             CREATE INDEX events_partition ON events(partition, id);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        let mut old = rec("old", Some("10.0.0.7/24"));
+        old.host = "host-a".into();
+        old.revision = 3;
+        c.execute(
+            "INSERT INTO partitions VALUES ('old', 3, '10.0.0.7', 'defined', ?1, 'host-a')",
+            [serde_json_string(&old)],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO events (at, partition, message) VALUES (1, 'old', 'created')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path, "host-b").unwrap();
+    assert_eq!(s.schema_version().unwrap(), 5);
+    let got = s.get("old").await.unwrap().unwrap();
+    assert_eq!((got.host.as_str(), got.revision), ("host-a", 3));
+    assert_eq!(got.net.unwrap().ip, "10.0.0.7/24");
+    assert_eq!(s.events("old", 10).await.unwrap()[0].message, "created");
+    // The address index survived: it is still taken.
+    let e = s.insert(&rec("thief", Some("10.0.0.7/24")), "").await;
+    assert!(matches!(e, Err(StoreError::AddressInUse(_))), "{e:?}");
+    assert_eq!(s.grant_table("host-a").await.unwrap(), None);
+    let r = s
+        .commit_grant_table("host-a", 0, b"{}", &[(5, "{\"e\":1}".into())])
+        .await
+        .unwrap();
+    drop(s);
+    // Reopening migrates nothing again and keeps the grants.
+    let s = SqliteStore::open(&path, "host-a").unwrap();
+    assert_eq!(s.schema_version().unwrap(), 5);
+    let t = s.grant_table("host-a").await.unwrap().unwrap();
+    assert_eq!((t.body.as_slice(), t.revision), (&b"{}"[..], r));
+    assert_eq!(s.grant_log("host-a", 0, 10).await.unwrap()[0].seq, 1);
+}
+
+/// A grant commit that cannot get the write lock (another process holds
+/// it past the busy timeout) is `Unavailable`, writes nothing, and reads
+/// go on meanwhile (WAL).
+#[tokio::test]
+async fn grant_commit_under_a_held_lock_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let s = SqliteStore::open(&path, "h").unwrap();
+    let r = s.commit_grant_table("h", 0, b"one", &[]).await.unwrap();
+    let other = rusqlite_conn(&path);
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = s
+        .commit_grant_table("h", r, b"two", &[(1, "{}".into())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Unavailable {
+                op: "commit_grant_table",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(s.grant_table("h").await.unwrap().unwrap().body, b"one");
+    other.execute_batch("ROLLBACK").unwrap();
+    assert!(s.grant_log("h", 0, 10).await.unwrap().is_empty());
+    s.commit_grant_table("h", r, b"two", &[]).await.unwrap();
 }

@@ -535,7 +535,7 @@ impl std::fmt::Debug for Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulkhead_store::{conformance, Event, SqliteStore};
+    use bulkhead_store::{conformance, Event, GrantLogEntry, GrantTableDoc, SqliteStore};
     use std::sync::atomic::AtomicU32;
 
     /// A store whose updates conflict `conflicts` times before going
@@ -588,6 +588,38 @@ mod tests {
             check: Admission,
         ) -> bulkhead_store::Result<PartitionRecord> {
             self.inner.admit(r, ev, check).await
+        }
+
+        // --- grants (issue 11) ---
+        async fn grant_table(&self, host: &str) -> bulkhead_store::Result<Option<GrantTableDoc>> {
+            self.inner.grant_table(host).await
+        }
+        async fn commit_grant_table(
+            &self,
+            host: &str,
+            expected: u64,
+            body: &[u8],
+            log: &[(u64, String)],
+        ) -> bulkhead_store::Result<u64> {
+            self.inner
+                .commit_grant_table(host, expected, body, log)
+                .await
+        }
+        async fn grant_log(
+            &self,
+            host: &str,
+            after: u64,
+            limit: usize,
+        ) -> bulkhead_store::Result<Vec<GrantLogEntry>> {
+            self.inner.grant_log(host, after, limit).await
+        }
+        async fn prune_grant_log(
+            &self,
+            host: &str,
+            before_ms: u64,
+            keep: usize,
+        ) -> bulkhead_store::Result<u64> {
+            self.inner.prune_grant_log(host, before_ms, keep).await
         }
     }
 
