@@ -46,7 +46,9 @@ pub struct GrantsConfig {
     /// Where region files live: a memory file system (tmpfs).
     /// `/dev/shm/bulkhead-<instance>` when absent.
     pub region_dir: Option<PathBuf>,
-    /// Log entries kept (the oldest are dropped past it).
+    /// Log lines (and ended grants) are kept this long...
+    pub log_retention_ms: u64,
+    /// ...and at least this many of the newest lines whatever their age.
     pub log_keep: usize,
 }
 
@@ -61,6 +63,7 @@ impl Default for GrantsConfig {
             max_live_grants_per_partition: t.max_live_grants_per_partition,
             max_resources_per_partition: t.max_resources_per_partition,
             region_dir: None,
+            log_retention_ms: 30 * 86_400_000,
             log_keep: 10_000,
         }
     }

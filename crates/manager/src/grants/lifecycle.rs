@@ -54,7 +54,10 @@ impl Manager {
         if !changed {
             return;
         }
-        if let Err(e) = self.commit(st, &before, Via::Manager, events_json(&o.events)) {
+        if let Err(e) = self
+            .commit(st, &before, Via::Manager, events_json(&o.events))
+            .await
+        {
             tracing::error!(partition = name, error = %e, "recording the grants a stop ended");
             return;
         }
@@ -63,7 +66,7 @@ impl Manager {
         }
         let reports = self.unmap_all(maps).await;
         if !reports.is_empty() {
-            let _ = self.grants.persist(st, Via::Manager, reports);
+            let _ = self.grants.persist(st, Via::Manager, reports).await;
         }
     }
 
@@ -77,13 +80,16 @@ impl Manager {
             return;
         }
         let maps = take_unmaps(st, &o.effects);
-        if let Err(e) = self.commit(st, &before, Via::Manager, events_json(&o.events)) {
+        if let Err(e) = self
+            .commit(st, &before, Via::Manager, events_json(&o.events))
+            .await
+        {
             tracing::error!(error = %e, "recording expired grants");
             return;
         }
         let reports = self.unmap_all(maps).await;
         if !reports.is_empty() {
-            let _ = self.grants.persist(st, Via::Manager, reports);
+            let _ = self.grants.persist(st, Via::Manager, reports).await;
         }
     }
 
@@ -159,7 +165,7 @@ impl Manager {
         }
         // Mappings whose device is missing were forgotten above; of the
         // rest, only those whose device is there need unmapping.
-        if let Err(e) = self.commit(st, &before, Via::Manager, events) {
+        if let Err(e) = self.commit(st, &before, Via::Manager, events).await {
             tracing::error!(error = %e, "recording the reconciliation");
             return;
         }
@@ -186,7 +192,7 @@ impl Manager {
                 ),
             }
         }
-        let _ = self.grants.persist(st, Via::Manager, reports);
+        let _ = self.grants.persist(st, Via::Manager, reports).await;
     }
 
     /// A device of ours nothing accounts for: unplugged through the engine
@@ -261,6 +267,9 @@ pub(crate) async fn expiry_task(m: Weak<Manager>, grants: Arc<Grants>) {
                 match m.upgrade() {
                     Some(m) => m.grants_expire().await,
                     None => return,
+                }
+                if next.is_none() {
+                    grants.housekeeping().await;
                 }
             }
             _ = &mut notified => {}

@@ -9,16 +9,19 @@
 //!   (the plan is sans-I/O and unit-tested);
 //! - `view`: what the API shows.
 //!
+//! The table lives in the store (`Store::commit_grant_table`: the table,
+//! the mappings and the change's log lines in one transaction).
 //! Write order (docs/grants.md, "Crashes"): every change is committed
-//! (persisted) before its devices change, so after a kill -9 the next start
+//! before its devices change, so after a kill -9 the next start
 //! finds either a device the table no longer allows (unplugged) or a grant
 //! whose device never came (ended); both are fixed by `reconcile`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bulkhead_grant::{GrantConfig, GrantId, GrantTable, ResourceId};
+use bulkhead_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -69,18 +72,34 @@ impl Via {
     }
 }
 
-/// Everything persisted: the table, the live mappings and the log. One
-/// document, written whole, so a change and its log entries are one commit.
+/// What the store keeps as this host's grant table: the table and the live
+/// mappings, written whole with the change's log lines in one transaction.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct State {
     table: GrantTable,
     /// Keyed by [`grant_key`] / [`region_key`].
     #[serde(default)]
     maps: BTreeMap<String, Mapping>,
-    #[serde(default)]
-    next_seq: u64,
-    #[serde(default)]
-    log: VecDeque<GrantLogEntry>,
+    /// The store's revision of the document (0: never written).
+    #[serde(skip)]
+    revision: u64,
+}
+
+impl State {
+    /// Puts the state back as it was before an operation, keeping the
+    /// store's revision (commits made since have moved it on).
+    pub(crate) fn restore(&mut self, before: &State) {
+        let revision = self.revision;
+        *self = before.clone();
+        self.revision = revision;
+    }
+}
+
+/// A log line as the store keeps it (the event is JSON text there).
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    via: String,
+    event: serde_json::Value,
 }
 
 /// The grant service of one daemon.
@@ -88,8 +107,10 @@ pub struct Grants {
     unmap_deadline_ms: u64,
     unplug_timeout_ms: u64,
     log_keep: usize,
+    log_retention_ms: u64,
     dir: PathBuf,
-    state_path: PathBuf,
+    store: Arc<dyn Store>,
+    host: String,
     pub(crate) state: tokio::sync::Mutex<State>,
     /// Wakes the expiry task when the next deadline may have moved.
     pub(crate) wake: Notify,
@@ -140,9 +161,13 @@ pub(crate) fn failpoint(name: &str) {
 }
 
 impl Grants {
-    /// Loads the persisted state (or starts an empty table) and prepares the
-    /// region directory.
-    pub fn open(cfg: &Config) -> anyhow::Result<Arc<Grants>> {
+    /// Loads this host's grant table from the store (or starts an empty
+    /// one) and prepares the region directory.
+    pub async fn open(
+        cfg: &Config,
+        store: Arc<dyn Store>,
+        host: &str,
+    ) -> anyhow::Result<Arc<Grants>> {
         let g = &cfg.grants;
         let dir = cfg.region_dir();
         std::fs::create_dir_all(&dir)?;
@@ -150,17 +175,17 @@ impl Grants {
         if !on_tmpfs(&dir) {
             tracing::warn!(dir = %dir.display(), "grants.region_dir is not on a memory file system; region bytes will reach the disk");
         }
-        let state_path = cfg.data_dir.join("grants.json");
-        let state = match std::fs::read(&state_path) {
-            Ok(b) => {
-                let s: State = serde_json::from_slice(&b)
-                    .map_err(|e| anyhow::anyhow!("grant state {}: {e}", state_path.display()))?;
+        let state = match store.grant_table(host).await? {
+            Some(doc) => {
+                let mut s: State = serde_json::from_slice(&doc.body)
+                    .map_err(|e| anyhow::anyhow!("grant table of {host} in the store: {e}"))?;
                 s.table
                     .check()
-                    .map_err(|e| anyhow::anyhow!("grant state {}: {e}", state_path.display()))?;
+                    .map_err(|e| anyhow::anyhow!("grant table of {host} in the store: {e}"))?;
+                s.revision = doc.revision;
                 s
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State {
+            None => State {
                 table: GrantTable::new(GrantConfig {
                     max_depth: g.max_depth,
                     cookie_ttl_ms: g.cookie_ttl_ms,
@@ -169,65 +194,91 @@ impl Grants {
                 }),
                 ..State::default()
             },
-            Err(e) => return Err(anyhow::anyhow!("{}: {e}", state_path.display())),
         };
         Ok(Arc::new(Grants {
             unmap_deadline_ms: g.unmap_deadline_ms,
             unplug_timeout_ms: g.unplug_timeout_ms,
             log_keep: g.log_keep.max(1),
+            log_retention_ms: g.log_retention_ms,
             dir,
-            state_path,
+            store,
+            host: host.to_string(),
             state: tokio::sync::Mutex::new(state),
             wake: Notify::new(),
         }))
     }
 
-    /// The one commit of a change: appends its log entries and writes the
-    /// whole state (temporary file, fsync, rename). Until the store grows a
-    /// grant table this is the seam where it will go.
-    pub(crate) fn persist(
+    /// The one commit of a change: the whole state and the change's log
+    /// lines, in one store transaction against the revision last read.
+    pub(crate) async fn persist(
         &self,
         st: &mut State,
         via: Via,
         events: impl IntoIterator<Item = serde_json::Value>,
     ) -> Result<(), ApiError> {
-        for event in events {
-            st.next_seq += 1;
-            st.log.push_back(GrantLogEntry {
-                seq: st.next_seq,
-                at_ms: bulkhead_store::now_ms(),
-                via: via.as_str().into(),
-                event,
-            });
-        }
-        while st.log.len() > self.log_keep {
-            st.log.pop_front();
-        }
-        let bytes = serde_json::to_vec(&*st).map_err(|e| ApiError::Internal(e.to_string()))?;
-        write_atomic(&self.state_path, &bytes)
-            .map_err(|e| ApiError::Internal(format!("writing grant state: {e}")))?;
+        let at = bulkhead_store::now_ms();
+        let log: Vec<(u64, String)> = events
+            .into_iter()
+            .map(|event| {
+                let e = StoredEvent {
+                    via: via.as_str().into(),
+                    event,
+                };
+                (at, serde_json::to_string(&e).unwrap_or_default())
+            })
+            .collect();
+        let body = serde_json::to_vec(&*st).map_err(|e| ApiError::Internal(e.to_string()))?;
+        st.revision = self
+            .store
+            .commit_grant_table(&self.host, st.revision, &body, &log)
+            .await?;
         self.wake.notify_one();
         Ok(())
     }
-}
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(d) = path.parent() {
-        std::fs::File::open(d)?.sync_all()?;
+    /// Log lines after `after`, oldest first.
+    pub(crate) async fn log(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<GrantLogEntry>, ApiError> {
+        let v = self.store.grant_log(&self.host, after, limit).await?;
+        Ok(v.into_iter()
+            .map(|e| {
+                let (via, event) = match serde_json::from_str::<StoredEvent>(&e.event) {
+                    Ok(s) => (s.via, s.event),
+                    Err(_) => ("unknown".into(), serde_json::Value::String(e.event)),
+                };
+                GrantLogEntry {
+                    seq: e.seq,
+                    at_ms: e.at_ms,
+                    via,
+                    event,
+                }
+            })
+            .collect())
     }
-    Ok(())
+
+    /// Drops log lines and ended grants older than the retention (keeping
+    /// the newest `log_keep` lines).
+    pub(crate) async fn housekeeping(&self) {
+        let before = bulkhead_store::now_ms().saturating_sub(self.log_retention_ms);
+        if let Err(e) = self
+            .store
+            .prune_grant_log(&self.host, before, self.log_keep)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning the grant log");
+        }
+        let mut st = self.state.lock().await;
+        let old = st.clone();
+        if st.table.prune(bulkhead_grant::Timestamp(before)) > 0 {
+            if let Err(e) = self.persist(&mut st, Via::Manager, []).await {
+                st.restore(&old);
+                tracing::warn!(error = %e, "pruning ended grants");
+            }
+        }
+    }
 }
 
 fn on_tmpfs(dir: &Path) -> bool {

@@ -75,23 +75,25 @@ fn now() -> Timestamp {
 
 impl Manager {
     /// Commits `st` with `events`; on failure `st` is put back to `before`.
-    pub(super) fn commit(
+    pub(super) async fn commit(
         &self,
         st: &mut State,
         before: &State,
         via: Via,
         events: Vec<serde_json::Value>,
     ) -> Result<(), ApiError> {
-        self.grants.persist(st, via, events).inspect_err(|_| {
-            *st = before.clone();
-        })
+        let r = self.grants.persist(st, via, events).await;
+        if r.is_err() {
+            st.restore(before);
+        }
+        r
     }
 
     /// Puts the state back to `before` after an effect failed, and logs why.
-    fn roll_back(&self, st: &mut State, before: State, via: Via, what: &str, e: &ApiError) {
-        *st = before;
+    async fn roll_back(&self, st: &mut State, before: State, via: Via, what: &str, e: &ApiError) {
+        st.restore(&before);
         let ev = json!({ "action": "rolled_back", "what": what, "error": e.to_string() });
-        if let Err(e) = self.grants.persist(st, via, [ev]) {
+        if let Err(e) = self.grants.persist(st, via, [ev]).await {
             tracing::error!(error = %e, "recording a grant roll-back");
         }
     }
@@ -142,7 +144,7 @@ impl Manager {
                 self.ready_partition(name).await?;
                 let before = st.clone();
                 let o = st.table.accept(&me, &cookie, now()).map_err(refused)?;
-                self.commit(st, &before, via, events_json(&o.events))?;
+                self.commit(st, &before, via, events_json(&o.events)).await?;
                 failpoint("grant-after-commit");
                 let Some(Effect::Map {
                     holder,
@@ -161,7 +163,7 @@ impl Manager {
                         let path = m.path.clone();
                         st.maps.insert(grant_key(grant), m);
                         let after = st.clone();
-                        self.commit(st, &after, via, Vec::new())?;
+                        self.commit(st, &after, via, Vec::new()).await?;
                         Ok(GuestReply::Mapped {
                             grant,
                             resource,
@@ -170,7 +172,7 @@ impl Manager {
                         })
                     }
                     Err(e) => {
-                        self.roll_back(st, before, via, &format!("accept of {grant}"), &e);
+                        self.roll_back(st, before, via, &format!("accept of {grant}"), &e).await;
                         Err(e)
                     }
                 }
@@ -204,11 +206,12 @@ impl Manager {
         let before = st.clone();
         let o = op(&mut st.table).map_err(refused)?;
         let maps = take_unmaps(st, &o.effects);
-        self.commit(st, &before, via, events_json(&o.events))?;
+        self.commit(st, &before, via, events_json(&o.events))
+            .await?;
         failpoint("revoke-after-commit");
         let reports = self.unmap_all(maps).await;
         if !reports.is_empty() {
-            self.grants.persist(st, Via::Manager, reports)?;
+            self.grants.persist(st, Via::Manager, reports).await?;
         }
         Ok(GuestReply::Ended {
             grant,
@@ -255,12 +258,12 @@ impl Manager {
         let o = match st.table.issue(me, req, now(), &mut OsRng) {
             Ok(o) => o,
             Err(e) => {
-                *st = before;
+                st.restore(&before);
                 return Err(refused(e));
             }
         };
         events.extend(o.events);
-        self.commit(st, &before, via, events_json(&events))?;
+        self.commit(st, &before, via, events_json(&events)).await?;
         let grant = o.value.grant;
         Ok(GuestReply::Issued {
             grant,
@@ -311,13 +314,13 @@ impl Manager {
         let generation = st.table.resource(&rid).map(|e| e.generation).unwrap_or(0);
         let file = region_file(&self.grants.dir, &rid, generation);
         if let Err(e) = make_region_file(&file, size.bytes()) {
-            *st = before;
+            st.restore(&before);
             return Err(ApiError::Internal(format!(
                 "region file {}: {e}",
                 file.display()
             )));
         }
-        if let Err(e) = self.commit(st, &before, via, events_json(&o.events)) {
+        if let Err(e) = self.commit(st, &before, via, events_json(&o.events)).await {
             let _ = std::fs::remove_file(&file);
             return Err(e);
         }
@@ -328,7 +331,7 @@ impl Manager {
                 let path = m.path.clone();
                 st.maps.insert(region_key(&rid), m);
                 let after = st.clone();
-                self.commit(st, &after, via, Vec::new())?;
+                self.commit(st, &after, via, Vec::new()).await?;
                 Ok(GuestReply::Region {
                     resource: rid,
                     size: size.bytes(),
@@ -336,7 +339,8 @@ impl Manager {
                 })
             }
             Err(e) => {
-                self.roll_back(st, before, via, &format!("region create {rid}"), &e);
+                self.roll_back(st, before, via, &format!("region create {rid}"), &e)
+                    .await;
                 let _ = std::fs::remove_file(&file);
                 Err(e)
             }
@@ -382,14 +386,12 @@ impl Manager {
             .await
     }
 
-    pub async fn grant_log(&self, after: u64, limit: usize) -> Vec<GrantLogEntry> {
-        let st = self.grants.state.lock().await;
-        st.log
-            .iter()
-            .filter(|e| e.seq > after)
-            .take(limit)
-            .cloned()
-            .collect()
+    pub async fn grant_log(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<GrantLogEntry>, ApiError> {
+        self.grants.log(after, limit).await
     }
 
     pub async fn region_list(&self) -> Vec<RegionView> {

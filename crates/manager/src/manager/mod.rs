@@ -127,7 +127,8 @@ impl Manager {
             Ok(net::ensure_filter(&inst)?)
         })
         .await?;
-        let grants = crate::grants::Grants::open(&cfg)?;
+        let grants = crate::grants::Grants::open(&cfg, store.clone(), &host).await?;
+        grants.housekeeping().await;
         let m = Arc::new(Self {
             grants: grants.clone(),
             cfg,
@@ -213,7 +214,7 @@ impl Manager {
             ApiRequest::GrantShow { id } => R::Grant(Box::new(self.grant_show(&id).await?)),
             ApiRequest::GrantRevoke { id } => R::GuestReply(self.grant_revoke(&id).await?),
             ApiRequest::GrantLog { after, limit } => {
-                R::GrantLog(self.grant_log(after, limit).await)
+                R::GrantLog(self.grant_log(after, limit).await?)
             }
             ApiRequest::RegionList => R::Regions(self.region_list().await),
             ApiRequest::GrantRequest { name, req } => R::GuestReply(
