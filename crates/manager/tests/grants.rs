@@ -8,21 +8,10 @@
 mod common;
 
 use bulkhead_manager::client::ClientError;
+use common::grants::{addr, ask, guest_regions, log_events, ok, wait_grant_state};
 use common::{Daemon, Opts};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn ask(d: &Daemon, p: &str, req: Value) -> Result<Value, ClientError> {
-    d.client()
-        .post(&format!("/v1/partitions/{p}/grant-requests"), &req)
-        .await
-}
-
-async fn ok(d: &Daemon, p: &str, req: Value) -> Value {
-    ask(d, p, req.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{p} {req}: {e}"))
-}
 
 async fn grants(d: &Daemon) -> Value {
     d.client().get("/v1/grants").await.unwrap()
@@ -45,15 +34,6 @@ async fn refused(d: &Daemon, p: &str, req: Value, reason: &str) {
         before,
         "refusal {reason} changed the table"
     );
-}
-
-/// The PCI address in a region path (`/sys/bus/pci/devices/ADDR/resource2`),
-/// the name `bulkhead-guest region` takes.
-fn addr(path: &str) -> String {
-    path.split('/')
-        .nth(5)
-        .expect("a sysfs resource path")
-        .to_string()
 }
 
 async fn sh(d: &Daemon, p: &str, cmd: &str) -> Value {
@@ -95,31 +75,6 @@ fn issued(v: &Value) -> (String, String) {
         v["grant"].as_str().unwrap().to_string(),
         v["cookie"].as_str().unwrap().to_string(),
     )
-}
-
-/// Regions the guest sees (ivshmem devices), by address.
-async fn guest_regions(d: &Daemon, p: &str) -> Vec<String> {
-    let r = sh(d, p, "bulkhead-guest region list --json").await;
-    assert_eq!(r["code"], 0, "{r}");
-    let v: Value = serde_json::from_str(r["stdout"].as_str().unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["addr"].as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn log_actions(d: &Daemon) -> Vec<Value> {
-    let v = d
-        .client()
-        .get("/v1/grants/log?after=0&limit=10000")
-        .await
-        .unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].clone())
-        .collect()
 }
 
 #[tokio::test]
@@ -308,15 +263,7 @@ async fn three_partitions_share_one_region_and_revocation_cascades() {
         .await,
     );
     // The expiry task ends it (bounded wait), then the cookie is refused.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let g: Value = d.client().get(&format!("/v1/grants/{exp}")).await.unwrap();
-        if g["state"] == "expired" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never expired: {g}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_grant_state(&d, &exp, "expired", Duration::from_secs(30)).await;
     refused(
         &d,
         "c",
@@ -365,7 +312,7 @@ async fn three_partitions_share_one_region_and_revocation_cascades() {
     assert_eq!(write(&d, "a", &pa, "33333333").await["code"], 0);
     assert!(read(&d, "b", &pb).await.is_err());
     assert!(read(&d, "c", &pc).await.is_err());
-    let unmapped: Vec<Value> = log_actions(&d)
+    let unmapped: Vec<Value> = log_events(&d)
         .await
         .into_iter()
         .filter(|e| e["action"] == "unmapped")
@@ -410,15 +357,7 @@ async fn three_partitions_share_one_region_and_revocation_cascades() {
         .post("/v1/partitions/a/stop", &json!({ "force": true }))
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let g: Value = d.client().get(&format!("/v1/grants/{dg}")).await.unwrap();
-        if g["state"] == "revoked" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{g}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_grant_state(&d, &dg, "revoked", Duration::from_secs(60)).await;
     let live: Vec<Value> = grants(&d)
         .await
         .as_array()

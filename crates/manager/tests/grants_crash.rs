@@ -5,34 +5,10 @@
 
 mod common;
 
-use bulkhead_manager::client::ClientError;
+use common::grants::{addr, ask, guest_regions, log_events, ok};
 use common::{Daemon, Opts};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn ask(d: &Daemon, p: &str, req: Value) -> Result<Value, ClientError> {
-    d.client()
-        .post(&format!("/v1/partitions/{p}/grant-requests"), &req)
-        .await
-}
-
-async fn ok(d: &Daemon, p: &str, req: Value) -> Value {
-    ask(d, p, req.clone())
-        .await
-        .unwrap_or_else(|e| panic!("{p} {req}: {e}"))
-}
-
-/// The ivshmem devices the guest sees, by PCI address.
-async fn guest_regions(d: &Daemon, p: &str) -> Vec<String> {
-    let r = d.exec(p, "bulkhead-guest region list --json").await;
-    assert_eq!(r["code"], 0, "{r}");
-    let v: Value = serde_json::from_str(r["stdout"].as_str().unwrap()).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["addr"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// Restarts the daemon with `failpoint` armed (or none).
 fn respawn(d: &mut Daemon, failpoint: Option<&str>) {
@@ -55,17 +31,13 @@ async fn wait_dead(d: &mut Daemon) {
     }
 }
 
+/// The fix lists of the log's `reconciled` events.
 async fn reconciled(d: &Daemon) -> Vec<Value> {
-    let v = d
-        .client()
-        .get("/v1/grants/log?after=0&limit=10000")
+    log_events(d)
         .await
-        .unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"]["action"] == "reconciled")
-        .map(|e| e["event"]["fixes"].clone())
+        .into_iter()
+        .filter(|e| e["action"] == "reconciled")
+        .map(|e| e["fixes"].clone())
         .collect()
 }
 
@@ -117,7 +89,7 @@ async fn kill9_during_accept_and_revoke_leaves_table_and_devices_agreeing() {
             "a",
             &format!(
                 "bulkhead-guest region write {} --offset 0 --data 5a5a",
-                pa.split('/').nth(5).unwrap()
+                addr(&pa)
             ),
         )
         .await;
@@ -132,13 +104,7 @@ async fn kill9_during_accept_and_revoke_leaves_table_and_devices_agreeing() {
     .await;
     let (ab2, cookie) = (g["grant"].as_str().unwrap(), g["cookie"].as_str().unwrap());
     let m = ok(&d, "b", json!({"op": "accept", "cookie": cookie})).await;
-    let dev_addr = m["path"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .nth(5)
-        .unwrap()
-        .to_string();
+    let dev_addr = addr(m["path"].as_str().unwrap());
     assert!(guest_regions(&d, "b").await.contains(&dev_addr));
     respawn(&mut d, Some("revoke-after-commit"));
     let r = d

@@ -4,6 +4,8 @@
 //! the test failed half-way.
 #![allow(dead_code)]
 
+pub mod grants;
+
 use bulkhead_manager::cgroup::Layout;
 use bulkhead_manager::client::{Client, Endpoint};
 use bulkhead_manager::tls::Trust;
