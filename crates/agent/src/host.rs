@@ -3,10 +3,13 @@
 //!
 //! One background task reads replies and hands each to the request waiting
 //! for its id, so every method takes `&self` and requests may run concurrently.
+//! The same task receives the agent's upward calls (`bulkhead-guest` grant
+//! requests) and hands them, bounded and without ever waiting, to whoever took
+//! [`AgentClient::take_calls`]; see [`GuestCall`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +20,8 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
 use crate::proto::{
-    self, Frame, LineDecoder, Request, RequestBody, Response, MAX_LINE, PROTOCOL_VERSION,
+    self, call_kind, AgentLine, CallAnswer, Frame, LineDecoder, Request, RequestBody, Response,
+    WireError, MAX_CALLS_IN_FLIGHT, MAX_LINE, PROTOCOL_VERSION,
 };
 pub use crate::proto::{ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo, RegionUnmapped};
 
@@ -62,12 +66,151 @@ struct Pending {
     closed: Option<String>,
 }
 
+/// Answers to calls waiting to be written. Refusals the reader makes on its
+/// own are bounded (a guest that floods calls and never reads gets its extra
+/// ones dropped); answers to [`GuestCall`]s are bounded by the calls in flight.
+#[derive(Clone)]
+struct Outbox {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// Most answer lines waiting to be written before the reader's own refusals
+/// are dropped.
+const MAX_QUEUED_ANSWERS: usize = 4 * MAX_CALLS_IN_FLIGHT;
+
+impl Outbox {
+    fn send(&self, call: u64, r: Result<serde_json::Value, WireError>) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(proto::encode_line(&CallAnswer::new(call, r)));
+    }
+
+    fn refuse(&self, call: u64, kind: &str, message: &str) {
+        if self.queued.load(Ordering::SeqCst) >= MAX_QUEUED_ANSWERS {
+            tracing::warn!(
+                call,
+                kind,
+                "agent is not reading its answers; refusal dropped"
+            );
+            return;
+        }
+        self.send(call, Err(WireError::new(kind, message)));
+    }
+}
+
+/// One upward call from the guest: a `bulkhead-guest` request for the
+/// manager. Answer it with [`GuestCall::reply`]; dropped unanswered, it answers
+/// `internal`, so the guest never waits for nothing. Nothing in the request
+/// says who is asking: the partition is the one whose client it came from.
+pub struct GuestCall {
+    /// The guest's request object, byte for byte (a `GuestRequest` to parse
+    /// with `bulkhead_grant::request::parse_request`; untrusted).
+    pub request: Vec<u8>,
+    call: u64,
+    answered: bool,
+    outbox: Outbox,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for GuestCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestCall")
+            .field("call", &self.call)
+            .field("request", &String::from_utf8_lossy(&self.request))
+            .finish()
+    }
+}
+
+impl GuestCall {
+    /// The agent's number for this call.
+    pub fn id(&self) -> u64 {
+        self.call
+    }
+
+    /// Sends the answer: a `GuestReply` object, or an error whose kind is a
+    /// `GrantErrorKind` name or one of [`proto::call_kind`].
+    pub fn reply(mut self, result: Result<serde_json::Value, WireError>) {
+        self.answered = true;
+        self.outbox.send(self.call, result);
+    }
+}
+
+impl Drop for GuestCall {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.outbox.send(
+                self.call,
+                Err(WireError::new(
+                    call_kind::INTERNAL,
+                    "the manager dropped the request without answering",
+                )),
+            );
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where the reader hands calls.
+struct CallSink {
+    tx: tokio::sync::mpsc::Sender<GuestCall>,
+    taken: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    outbox: Outbox,
+}
+
+impl CallSink {
+    /// Never waits: the reader must keep reading replies whatever the consumer does.
+    fn deliver(&self, line: AgentLine) {
+        let (call, request) = match line {
+            AgentLine::Call { call, request } => (call, request),
+            AgentLine::BadCall { call, message } => {
+                return self.outbox.refuse(call, call_kind::BAD_REQUEST, &message)
+            }
+            AgentLine::Response(_) => return,
+        };
+        if !self.taken.load(Ordering::SeqCst) {
+            return self.outbox.refuse(
+                call,
+                call_kind::UNAVAILABLE,
+                "no manager is listening to this partition's requests",
+            );
+        }
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_CALLS_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return self.outbox.refuse(
+                call,
+                call_kind::BUSY,
+                &format!("{MAX_CALLS_IN_FLIGHT} requests of this partition are in flight"),
+            );
+        }
+        let gc = GuestCall {
+            request,
+            call,
+            answered: false,
+            outbox: self.outbox.clone(),
+            in_flight: self.in_flight.clone(),
+        };
+        if let Err(e) = self.tx.try_send(gc) {
+            let gc = match e {
+                tokio::sync::mpsc::error::TrySendError::Full(gc)
+                | tokio::sync::mpsc::error::TrySendError::Closed(gc) => gc,
+            };
+            gc.reply(Err(WireError::new(
+                call_kind::UNAVAILABLE,
+                "the manager is not taking this partition's requests",
+            )));
+        }
+    }
+}
+
 /// A connection to one partition's agent.
 pub struct AgentClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Arc<Mutex<Pending>>,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
+    calls: Mutex<Option<tokio::sync::mpsc::Receiver<GuestCall>>>,
+    calls_taken: Arc<AtomicBool>,
 }
 
 impl Drop for AgentClient {
@@ -92,8 +235,33 @@ impl AgentClient {
     /// Wraps an already connected stream (tests, or a socket passed in).
     pub fn from_stream(stream: UnixStream) -> AgentClient {
         let (mut rd, wr) = stream.into_split();
+        let writer = Arc::new(tokio::sync::Mutex::new(wr));
         let pending = Arc::new(Mutex::new(Pending::default()));
         let pending2 = pending.clone();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let outbox = Outbox {
+            tx: out_tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
+        // Writes call answers; runs until every GuestCall and the reader are gone.
+        let (w, queued) = (writer.clone(), outbox.queued.clone());
+        tokio::spawn(async move {
+            let mut broken = false;
+            while let Some(line) = out_rx.recv().await {
+                if !broken {
+                    broken = w.lock().await.write_all(&line).await.is_err();
+                }
+                queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
+        let (calls_tx, calls_rx) = tokio::sync::mpsc::channel(MAX_CALLS_IN_FLIGHT);
+        let calls_taken = Arc::new(AtomicBool::new(false));
+        let sink = CallSink {
+            tx: calls_tx,
+            taken: calls_taken.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            outbox,
+        };
         let reader = tokio::spawn(async move {
             let mut decoder = LineDecoder::new(MAX_LINE);
             let mut buf = vec![0u8; 65536];
@@ -108,8 +276,8 @@ impl AgentClient {
                         tracing::warn!("agent sent an over-long line; dropped");
                         continue;
                     };
-                    match serde_json::from_slice::<Response>(&line) {
-                        Ok(resp) => {
+                    match proto::decode_agent_line(&line) {
+                        Ok(AgentLine::Response(resp)) => {
                             let tx = pending2.lock().unwrap().waiting.remove(&resp.id);
                             match tx {
                                 Some(Waiter::Once(tx)) => {
@@ -123,6 +291,7 @@ impl AgentClient {
                                 None => tracing::debug!(id = resp.id, "unclaimed agent reply"),
                             }
                         }
+                        Ok(call) => sink.deliver(call),
                         Err(e) => tracing::warn!(
                             "undecodable agent reply: {e}: {}",
                             String::from_utf8_lossy(&line[..line.len().min(200)])
@@ -136,11 +305,22 @@ impl AgentClient {
             p.waiting.clear();
         });
         AgentClient {
-            writer: tokio::sync::Mutex::new(wr),
+            writer,
             pending,
             next_id: AtomicU64::new(1),
             reader,
+            calls: Mutex::new(Some(calls_rx)),
+            calls_taken,
         }
+    }
+
+    /// The guest's upward calls (`bulkhead-guest` requests), for the manager:
+    /// Some the first time, None after. Until taken, and once the receiver is
+    /// dropped or full, the client answers each call `unavailable` itself.
+    pub fn take_calls(&self) -> Option<tokio::sync::mpsc::Receiver<GuestCall>> {
+        let rx = self.calls.lock().unwrap().take()?;
+        self.calls_taken.store(true, Ordering::SeqCst);
+        Some(rx)
     }
 
     fn closed_error(&self) -> AgentError {
@@ -516,6 +696,150 @@ mod tests {
         // The fake agent's socket is gone now: requests fail as closed.
         let e = c.info().await.unwrap_err();
         assert!(matches!(e, AgentError::Closed(_)), "{e}");
+    }
+
+    /// The guest end of a socketpair that sends raw lines and collects the
+    /// call answers it gets.
+    struct FakeGuest {
+        wr: tokio::net::unix::OwnedWriteHalf,
+        lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    }
+
+    impl FakeGuest {
+        fn new() -> (AgentClient, FakeGuest) {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (rd, wr) = b.into_split();
+            let g = FakeGuest {
+                wr,
+                lines: BufReader::new(rd).lines(),
+            };
+            (AgentClient::from_stream(a), g)
+        }
+
+        async fn send(&mut self, line: &str) {
+            self.wr
+                .write_all(format!("{line}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+
+        async fn answer(&mut self) -> CallAnswer {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+                .await
+                .expect("an answer in time")
+                .unwrap()
+                .unwrap();
+            serde_json::from_str(&line).unwrap()
+        }
+    }
+
+    fn err_kind(a: CallAnswer) -> String {
+        a.into_result().unwrap_err().kind
+    }
+
+    #[tokio::test]
+    async fn calls_reach_the_taker_byte_for_byte_and_are_answered() {
+        let (c, mut g) = FakeGuest::new();
+        let mut rx = c.take_calls().unwrap();
+        assert!(c.take_calls().is_none());
+        // Odd spacing on purpose: the manager sees the guest's own bytes.
+        g.send(r#"{"call":7,"request":{"op" : "list"}}"#).await;
+        let call = rx.recv().await.unwrap();
+        assert_eq!(call.request, br#"{"op" : "list"}"#);
+        assert_eq!(call.id(), 7);
+        call.reply(Ok(
+            serde_json::json!({"reply":"list","owned":[],"grants":[]}),
+        ));
+        let a = g.answer().await;
+        assert_eq!(a.call, 7);
+        assert_eq!(a.into_result().unwrap()["reply"], "list");
+        // A refusal travels as err with its kind.
+        g.send(r#"{"call":8,"request":{"op":"accept","cookie":"x"}}"#)
+            .await;
+        rx.recv()
+            .await
+            .unwrap()
+            .reply(Err(WireError::new("unknown_cookie", "no")));
+        let a = g.answer().await;
+        assert_eq!((a.call, err_kind(a)), (8, "unknown_cookie".to_string()));
+        // Dropped without a reply: internal.
+        g.send(r#"{"call":9,"request":{}}"#).await;
+        drop(rx.recv().await.unwrap());
+        assert_eq!(err_kind(g.answer().await), call_kind::INTERNAL);
+        // Host requests still work alongside.
+        drop(rx);
+        g.send(r#"{"call":10,"request":{}}"#).await;
+        assert_eq!(err_kind(g.answer().await), call_kind::UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn calls_nobody_takes_are_unavailable_and_bad_ones_refused() {
+        let (c, mut g) = FakeGuest::new();
+        g.send(r#"{"call":1,"request":{"op":"list"}}"#).await;
+        let a = g.answer().await;
+        assert_eq!(
+            (a.call, err_kind(a)),
+            (1, call_kind::UNAVAILABLE.to_string())
+        );
+        let _rx = c.take_calls().unwrap();
+        for (n, bad) in [
+            (2, r#"{"call":2,"request":[1,2]}"#.to_string()),
+            (3, r#"{"call":3,"request":{},"extra":1}"#.to_string()),
+            (
+                4,
+                format!(
+                    r#"{{"call":4,"request":{{"x":"{}"}}}}"#,
+                    "a".repeat(proto::MAX_REQUEST_BYTES)
+                ),
+            ),
+        ] {
+            g.send(&bad).await;
+            let a = g.answer().await;
+            assert_eq!(
+                (a.call, err_kind(a)),
+                (n, call_kind::BAD_REQUEST.to_string())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_are_bounded_and_a_full_receiver_never_blocks_the_reader() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let c = AgentClient::from_stream(a);
+        let mut rx = c.take_calls().unwrap();
+        let (rd, mut wr) = b.into_split();
+        let mut lines = BufReader::new(rd).lines();
+        // Nobody receives: the first 16 wait in the channel, the rest are busy.
+        for n in 0..(MAX_CALLS_IN_FLIGHT as u64 + 3) {
+            wr.write_all(format!("{{\"call\":{n},\"request\":{{}}}}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        for _ in 0..3 {
+            let line = lines.next_line().await.unwrap().unwrap();
+            let a: CallAnswer = serde_json::from_str(&line).unwrap();
+            assert!(a.call >= MAX_CALLS_IN_FLIGHT as u64, "{line}");
+            assert_eq!(err_kind(a), call_kind::BUSY);
+        }
+        // The reader still serves replies to host requests meanwhile.
+        let info = GuestInfo {
+            mem_total_kib: 1,
+            mem_free_kib: 1,
+            mem_available_kib: 1,
+            uptime_ms: 1,
+            load: [0.0; 3],
+            ncpus: 1,
+            hostname: "h".into(),
+        };
+        let q = tokio::spawn(async move { c.info().await.map(|_| c) });
+        let line = lines.next_line().await.unwrap().unwrap();
+        let id = proto::decode_request(line.as_bytes()).unwrap().id;
+        wr.write_all(&proto::encode_line(&Response::ok(id, &info)))
+            .await
+            .unwrap();
+        let _c = q.await.unwrap().unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.id(), 0);
     }
 
     #[tokio::test]

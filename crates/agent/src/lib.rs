@@ -12,7 +12,8 @@ pub mod host;
 pub mod proto;
 
 pub use host::{
-    AgentClient, AgentError, ExecOutput, GuestInfo, PowerAction, ReadyInfo, RegionInfo,
+    AgentClient, AgentError, ExecOutput, GuestCall, GuestInfo, PowerAction, ReadyInfo, RegionInfo,
     RegionUnmapped,
 };
+pub use proto::WireError;
 pub use proto::{PORT_NAME, PROTOCOL_VERSION, READY_LINE};

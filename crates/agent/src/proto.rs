@@ -9,6 +9,20 @@
 //! Version negotiation: `hello` carries the range of protocol versions the
 //! host speaks; the agent answers with [`PROTOCOL_VERSION`] if it is in range,
 //! else with an `unsupported_version` error.
+//!
+//! Upward calls (`bulkhead-guest`'s grant requests, relayed to the manager):
+//! the agent may send `{"call":N,"request":{...}}`, N its own counter and the
+//! request the guest's `GuestRequest` object (bulkhead-grant), at most
+//! [`MAX_REQUEST_BYTES`] bytes, relayed byte for byte. The host answers with
+//! `{"call":N,"ok":{<GuestReply>}}` or `{"call":N,"err":{"kind":"...","message":"..."}}`
+//! ([`CallAnswer`]). Error kinds: the grant refusals
+//! (`bulkhead_grant::reply::GrantErrorKind::as_str()`), plus [`call_kind`]'s
+//! `bad_request`, `unavailable` (no manager listening, or the host side is
+//! gone), `timeout`, `busy` (too many calls in flight) and `internal`. The
+//! agent bounds calls in flight ([`MAX_CALLS_IN_FLIGHT`]) and times each out
+//! itself, so a host that ignores calls (an older one logs and drops the
+//! line) leaves the guest with `timeout`, never a hang. The request never says
+//! who is asking: the host knows the partition from the channel.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -23,6 +37,24 @@ pub const READY_LINE: &str = "bulkhead-agent: ready";
 pub const MAX_LINE: usize = 64 * 1024 * 1024;
 /// Cap on each of exec stdout and stderr kept by the agent.
 pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+/// Largest request object an upward call carries.
+pub use bulkhead_grant::request::MAX_REQUEST_BYTES;
+/// Upward calls in flight at once, per partition (each side enforces it).
+pub const MAX_CALLS_IN_FLIGHT: usize = 16;
+
+/// Error kinds of upward calls besides the grant refusals.
+pub mod call_kind {
+    /// The request is not one JSON object of at most `MAX_REQUEST_BYTES`.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// No manager is listening, or the host side went away.
+    pub const UNAVAILABLE: &str = "unavailable";
+    /// No answer in time.
+    pub const TIMEOUT: &str = "timeout";
+    /// Too many calls in flight.
+    pub const BUSY: &str = "busy";
+    /// The host dropped the call without answering.
+    pub const INTERNAL: &str = "internal";
+}
 
 /// A request from the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,6 +150,171 @@ pub struct WireError {
     pub message: String,
 }
 
+/// An upward call from the agent: a guest's request, relayed as it came.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    pub call: u64,
+    pub request: Box<serde_json::value::RawValue>,
+}
+
+/// The host's answer to a [`Call`] (also what the agent hands `bulkhead-guest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallAnswer {
+    pub call: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<WireError>,
+}
+
+impl CallAnswer {
+    pub fn new(call: u64, result: Result<serde_json::Value, WireError>) -> CallAnswer {
+        match result {
+            Ok(v) => CallAnswer {
+                call,
+                ok: Some(v),
+                err: None,
+            },
+            Err(e) => CallAnswer {
+                call,
+                ok: None,
+                err: Some(e),
+            },
+        }
+    }
+
+    /// Exactly one of `ok` and `err`, or a protocol error.
+    pub fn into_result(self) -> Result<serde_json::Value, WireError> {
+        match (self.ok, self.err) {
+            (Some(v), None) => Ok(v),
+            (None, Some(e)) => Err(e),
+            _ => Err(WireError::new(
+                call_kind::INTERNAL,
+                "answer has not exactly one of \"ok\" and \"err\"",
+            )),
+        }
+    }
+}
+
+impl WireError {
+    pub fn new(kind: &str, message: impl Into<String>) -> WireError {
+        WireError {
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a guest request before it is relayed: one JSON object of at most
+/// [`MAX_REQUEST_BYTES`]. Its meaning is the manager's to check.
+pub fn check_call_request(bytes: &[u8]) -> Result<Box<serde_json::value::RawValue>, WireError> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(WireError::new(
+            call_kind::BAD_REQUEST,
+            format!(
+                "request is {} bytes, the most is {MAX_REQUEST_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let raw: Box<serde_json::value::RawValue> = serde_json::from_slice(bytes)
+        .map_err(|e| WireError::new(call_kind::BAD_REQUEST, format!("request is not JSON: {e}")))?;
+    if !raw.get().starts_with('{') {
+        return Err(WireError::new(
+            call_kind::BAD_REQUEST,
+            "request is not a JSON object",
+        ));
+    }
+    Ok(raw)
+}
+
+/// Longest call line: the request and its envelope.
+const MAX_CALL_LINE: usize = MAX_REQUEST_BYTES + 64;
+
+/// One line from the agent, as the host reads it.
+#[derive(Debug, PartialEq)]
+pub enum AgentLine {
+    Response(Response),
+    /// A well-formed call: `request` is the guest's object, byte for byte.
+    Call {
+        call: u64,
+        request: Vec<u8>,
+    },
+    /// A call the host answers at once with `bad_request`.
+    BadCall {
+        call: u64,
+        message: String,
+    },
+}
+
+/// Decodes one line from the agent (without its newline): a response to a
+/// host request, or an upward call. Err: neither (the line is logged, dropped).
+pub fn decode_agent_line(line: &[u8]) -> Result<AgentLine, String> {
+    let resp_err = match serde_json::from_slice::<Response>(line) {
+        Ok(r) => return Ok(AgentLine::Response(r)),
+        Err(e) => e,
+    };
+    // Responses may be long (exec output), calls may not: no further parsing
+    // of a long line that is not a response. The agent never sends one.
+    if line.len() > MAX_CALL_LINE {
+        return Err(format!(
+            "{} bytes, not a response, too long for a call: {resp_err}",
+            line.len()
+        ));
+    }
+    match serde_json::from_slice::<Call>(line) {
+        Ok(c) => Ok(match check_call_request(c.request.get().as_bytes()) {
+            Ok(_) => AgentLine::Call {
+                call: c.call,
+                request: c.request.get().as_bytes().to_vec(),
+            },
+            Err(e) => AgentLine::BadCall {
+                call: c.call,
+                message: e.message,
+            },
+        }),
+        Err(call_err) => {
+            // Answer a malformed call whose number can be read; else drop it.
+            let v: serde_json::Value =
+                serde_json::from_slice(line).map_err(|_| format!("not a response: {resp_err}"))?;
+            match v.get("call").and_then(|c| c.as_u64()) {
+                Some(call) => Ok(AgentLine::BadCall {
+                    call,
+                    message: format!("malformed call: {call_err}"),
+                }),
+                None => Err(format!("not a response: {resp_err}")),
+            }
+        }
+    }
+}
+
+/// One line from the host, as the agent reads it.
+#[derive(Debug, PartialEq)]
+pub enum HostLine {
+    Request(Request),
+    Answer(CallAnswer),
+}
+
+/// Decodes one line from the host: a request, or the answer to a call (it has
+/// `call`, no `id`).
+pub fn decode_host_line(line: &[u8]) -> Result<HostLine, DecodeError> {
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| DecodeError {
+        id: None,
+        message: format!("not JSON: {e}"),
+    })?;
+    if value.get("call").is_some() && value.get("id").is_none() {
+        return serde_json::from_value(value)
+            .map(HostLine::Answer)
+            .map_err(|e| DecodeError {
+                id: None,
+                message: format!("bad call answer: {e}"),
+            });
+    }
+    request_from_value(value).map(HostLine::Request)
+}
+
 /// Reply to `hello`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadyInfo {
@@ -171,6 +368,10 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
         id: None,
         message: format!("not JSON: {e}"),
     })?;
+    request_from_value(value)
+}
+
+fn request_from_value(value: serde_json::Value) -> Result<Request, DecodeError> {
     let id = value.get("id").and_then(|v| v.as_u64());
     if id.is_none() {
         return Err(DecodeError {
@@ -407,6 +608,91 @@ mod tests {
         assert!(e.message.contains("Invalid"), "{}", e.message);
         let e = decode_request(br#"{"id":-1,"op":"info"}"#).unwrap_err();
         assert_eq!(e.id, None);
+    }
+
+    #[test]
+    fn call_lines_both_ways() {
+        // Agent -> host: the request's bytes survive as they were.
+        let raw =
+            check_call_request(br#"{"op":"release", "grant":"gr-00000000000000aa"}"#).unwrap();
+        let line = encode_line(&Call {
+            call: 3,
+            request: raw,
+        });
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"call\":3,\"request\":{\"op\":\"release\", \"grant\":\"gr-00000000000000aa\"}}\n"
+        );
+        match decode_agent_line(&line[..line.len() - 1]).unwrap() {
+            AgentLine::Call { call, request } => {
+                assert_eq!(call, 3);
+                assert_eq!(
+                    request,
+                    br#"{"op":"release", "grant":"gr-00000000000000aa"}"#
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Responses are still responses.
+        let r = decode_agent_line(br#"{"id":4,"ok":{}}"#).unwrap();
+        assert!(matches!(r, AgentLine::Response(Response { id: 4, .. })));
+        // Bad calls whose number can be read are answered, others dropped.
+        for bad in [
+            &br#"{"call":5,"request":"str"}"#[..],
+            br#"{"call":5,"request":{},"id2":1}"#,
+            br#"{"call":5}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode_agent_line(bad),
+                    Ok(AgentLine::BadCall { call: 5, .. })
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for junk in [
+            &b"nope"[..],
+            br#"{"call":-1,"request":{}}"#,
+            br#"{}"#,
+            b"[]",
+        ] {
+            assert!(decode_agent_line(junk).is_err());
+        }
+        // A request just over the bound is answered; a line far over it is dropped.
+        let over = |n: usize| format!(r#"{{"call":6,"request":{{"x":"{}"}}}}"#, "a".repeat(n));
+        assert!(matches!(
+            decode_agent_line(over(MAX_REQUEST_BYTES).as_bytes()),
+            Ok(AgentLine::BadCall { call: 6, .. })
+        ));
+        assert!(decode_agent_line(over(2 * MAX_REQUEST_BYTES).as_bytes()).is_err());
+
+        // Host -> agent: answers and requests are told apart.
+        let ok = CallAnswer::new(3, Ok(serde_json::json!({"reply":"ended"})));
+        let line = encode_line(&ok);
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"call\":3,\"ok\":{\"reply\":\"ended\"}}\n"
+        );
+        assert_eq!(
+            decode_host_line(&line[..line.len() - 1]).unwrap(),
+            HostLine::Answer(ok)
+        );
+        let e = decode_host_line(br#"{"call":3,"err":{"kind":"revoked","message":"m"}}"#).unwrap();
+        let HostLine::Answer(a) = e else { panic!() };
+        assert_eq!(a.into_result().unwrap_err().kind, "revoked");
+        assert!(matches!(
+            decode_host_line(br#"{"id":1,"op":"info"}"#),
+            Ok(HostLine::Request(_))
+        ));
+        assert!(decode_host_line(br#"{"call":3,"bogus":1}"#).is_err());
+        // Neither or both of ok/err: not a valid answer.
+        let both = CallAnswer {
+            call: 1,
+            ok: Some(serde_json::json!({})),
+            err: Some(WireError::new("x", "y")),
+        };
+        assert_eq!(both.into_result().unwrap_err().kind, call_kind::INTERNAL);
     }
 
     #[test]

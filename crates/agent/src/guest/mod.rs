@@ -9,9 +9,11 @@
 
 pub mod children;
 pub mod console;
+pub mod grants;
 pub mod power;
 pub mod procfs;
 pub mod region;
+pub mod relay;
 pub mod serve;
 pub mod sys;
 pub mod tool;

@@ -198,12 +198,37 @@ impl Mapping {
         if !r.enabled {
             return Err(RegionError::NotMapped(r.addr.clone()));
         }
+        Self::map_file(&r.path, r.size, &r.addr)
+    }
+
+    /// Maps the file at `path` whole (a region's `resource2`, as the manager
+    /// reports it for a region or a grant): its size is the BAR's, and a BAR
+    /// whose device is not enabled is refused (it would read all ones).
+    pub fn open_path(path: &Path) -> Result<Mapping, RegionError> {
+        let name = path.display().to_string();
+        let enable = path.with_file_name("enable");
+        if enable.exists() {
+            let n = std::fs::read_to_string(&enable).map_err(io_err("reading", &enable))?;
+            if n.trim().parse::<u32>().unwrap_or(0) == 0 {
+                return Err(RegionError::NotMapped(name));
+            }
+        }
+        let size = std::fs::metadata(path)
+            .map_err(io_err("opening", path))?
+            .len();
+        if size == 0 {
+            return Err(RegionError::NoBar(name));
+        }
+        Self::map_file(path, size, &name)
+    }
+
+    fn map_file(path: &Path, size: u64, name: &str) -> Result<Mapping, RegionError> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&r.path)
-            .map_err(io_err("opening", &r.path))?;
-        let len = usize::try_from(r.size).map_err(|_| RegionError::NoBar(r.addr.clone()))?;
+            .open(path)
+            .map_err(io_err("opening", path))?;
+        let len = usize::try_from(size).map_err(|_| RegionError::NoBar(name.to_string()))?;
         // SAFETY: a fresh shared mapping of an open file, at an address the
         // kernel picks; the result is checked before use.
         let ptr = unsafe {
@@ -217,7 +242,7 @@ impl Mapping {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io_err("mapping", &r.path)(io::Error::last_os_error()));
+            return Err(io_err("mapping", path)(io::Error::last_os_error()));
         }
         Ok(Mapping {
             ptr: ptr.cast(),
@@ -335,6 +360,32 @@ mod tests {
         let u = unmap(&bus, "0000:01:00.0").unwrap();
         assert_eq!(u.addr, "0000:01:00.0");
         assert_eq!(std::fs::read_to_string(real.join("enable")).unwrap(), "0");
+    }
+
+    #[test]
+    fn a_path_maps_only_when_its_device_is_enabled() {
+        let t = tempfile::tempdir().unwrap();
+        let res = t.path().join("resource2");
+        std::fs::write(&res, vec![7u8; 8192]).unwrap();
+        let m = Mapping::open_path(&res).unwrap();
+        assert_eq!(m.read("r", 8190, 2).unwrap(), [7, 7]);
+        m.write("r", 0, b"hi").unwrap();
+        assert!(m.read("r", 8191, 2).is_err());
+        drop(m);
+        assert_eq!(&std::fs::read(&res).unwrap()[..2], b"hi");
+        std::fs::write(t.path().join("enable"), "0\n").unwrap();
+        assert!(matches!(
+            Mapping::open_path(&res),
+            Err(RegionError::NotMapped(_))
+        ));
+        std::fs::write(t.path().join("enable"), "1\n").unwrap();
+        Mapping::open_path(&res).unwrap();
+        let empty = t.path().join("empty");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(
+            Mapping::open_path(&empty),
+            Err(RegionError::NoBar(_))
+        ));
     }
 
     #[test]

@@ -14,12 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::children::{Children, ExecError};
+use super::relay::{self, Relay};
 use super::{power, procfs, region, sys};
 use crate::cmdline::validate_hostname;
 use crate::proto::{
-    self, Frame, GuestInfo, LineDecoder, PowerAction, ReadyInfo, Request, RequestBody, Response,
-    MAX_LINE, PORT_NAME, PROTOCOL_VERSION,
+    self, Frame, GuestInfo, HostLine, LineDecoder, PowerAction, ReadyInfo, Request, RequestBody,
+    Response, MAX_LINE, PORT_NAME, PROTOCOL_VERSION,
 };
+
+/// Test knob simulating a hostile agent: while this file exists,
+/// `region_unmap` requests get no answer at all (the host must force).
+pub const IGNORE_UNMAP: &str = "/run/bulkhead/ignore-unmap";
 
 /// Facts fixed at ready time, returned by `hello`.
 pub struct Boot {
@@ -94,6 +99,24 @@ pub fn serve(
     };
     let (tx, rx) = mpsc::channel::<Out>();
     let boot = Arc::new(boot);
+    // bulkhead-guest's calls go out through the same queue as replies.
+    let relay = {
+        let (tx, wake) = (tx.clone(), wake.clone());
+        Arc::new(Relay::new(
+            move |line| reply_from_worker(&tx, &wake, Out::Reply(line)),
+            relay::CALL_TIMEOUT,
+        ))
+    };
+    if let Err(e) = relay::listen(
+        relay.clone(),
+        Path::new(relay::RUN_DIR),
+        Path::new(relay::SOCKET),
+    ) {
+        super::log(format_args!(
+            "{}: {e}; bulkhead-guest cannot reach the host",
+            relay::SOCKET
+        ));
+    }
     let mut decoder = LineDecoder::new(MAX_LINE);
     let mut out: VecDeque<u8> = VecDeque::new();
     // Usually the host is already connected when the port opens: find out at
@@ -170,6 +193,7 @@ pub fn serve(
             out.clear();
         }
         host_up = !hup;
+        relay.set_host_up(host_up);
 
         if fds[1].revents != 0 {
             let mut wake_buf = [0u8; 8];
@@ -190,6 +214,7 @@ pub fn serve(
                 Ok(0) => {
                     decoder.reset();
                     host_up = false;
+                    relay.set_host_up(false);
                 }
                 Ok(n) => {
                     for frame in decoder.push(&buf[..n]) {
@@ -199,11 +224,15 @@ pub fn serve(
                                 "bad_request",
                                 format!("line longer than {MAX_LINE} bytes"),
                             )),
-                            Frame::Line(line) => match proto::decode_request(&line) {
-                                Ok(req) => {
+                            Frame::Line(line) => match proto::decode_host_line(&line) {
+                                Ok(HostLine::Request(req)) => {
                                     hello_reply_pending |=
                                         matches!(req.body, RequestBody::Hello { .. });
                                     dispatch(req, &boot, &children, &tx, &wake)
+                                }
+                                Ok(HostLine::Answer(a)) => {
+                                    relay.answer(a);
+                                    None
                                 }
                                 Err(e) => {
                                     Some(Response::err(e.id.unwrap_or(0), "bad_request", e.message))
@@ -342,6 +371,12 @@ fn dispatch(
                 };
                 reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
             });
+            None
+        }
+        RequestBody::RegionUnmap { name } if Path::new(IGNORE_UNMAP).exists() => {
+            super::log(format_args!(
+                "region_unmap {name} ignored ({IGNORE_UNMAP} exists: test knob)"
+            ));
             None
         }
         RequestBody::RegionUnmap { name } => {
