@@ -32,10 +32,13 @@ mod effects;
 mod lifecycle;
 mod ops;
 mod reconcile;
+mod relay;
 mod view;
 
 pub(crate) use lifecycle::expiry_task;
 pub use reconcile::{plan, Fix, Observed};
+pub(crate) use relay::serve_calls;
+pub use relay::wire_error;
 pub use view::{GrantInfo, GrantLogEntry, RegionView};
 
 /// Where a mapping lives: a holder's device for a grant, the owner's for its

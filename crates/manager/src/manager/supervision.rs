@@ -25,6 +25,8 @@ impl Manager {
                 done: done_rx,
             },
         );
+        // The partition's own grant requests, answered as the API's are.
+        crate::grants::serve_calls(self, name, &partition);
         let m = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
