@@ -132,4 +132,31 @@ async fn kill9_during_accept_and_revoke_leaves_table_and_devices_agreeing() {
     let n = fixes.len();
     respawn(&mut d, None);
     assert_eq!(reconciled(&d).await.len(), n);
+
+    // The owner stopped and started again gets its region back (bounded wait:
+    // it is plugged once A's agent is ready).
+    d.client()
+        .post("/v1/partitions/a/stop", &json!({ "force": true }))
+        .await
+        .unwrap();
+    let r: Value = d.client().get("/v1/regions").await.unwrap();
+    assert!(r[0]["path"].is_null(), "{r}");
+    d.start_wait("a").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let path = loop {
+        let r: Value = d.client().get("/v1/regions").await.unwrap();
+        if let Some(p) = r[0]["path"].as_str() {
+            break p.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never replugged: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cmd = format!(
+        "bulkhead-guest region write {} --offset 0 --data 7e7e",
+        addr(&path)
+    );
+    assert_eq!(d.exec("a", &cmd).await["code"], 0);
 }

@@ -124,9 +124,16 @@ impl Manager {
         // Observed under the lock: no operation plugs or unplugs meanwhile.
         let mut st = self.grants.state.lock().await;
         let st = &mut *st;
+        remove_orphan_files(&self.grants, st);
+        if st.table.resources().next().is_none()
+            && st.table.grants().next().is_none()
+            && st.maps.is_empty()
+        {
+            // Nothing was ever granted or created: no device can be ours.
+            return;
+        }
         let obs = self.grants_observe().await;
         let fixes = plan(&st.table, &st.maps, &obs);
-        remove_orphan_files(&self.grants, st);
         if fixes.is_empty() {
             return;
         }
