@@ -299,6 +299,78 @@ fn on_tmpfs(dir: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The state goes to the store in one commit with its log lines, reads
+    /// back whole after a "restart", and a roll-back keeps the store's
+    /// revision (a stale revision would make every later commit conflict).
+    #[tokio::test]
+    async fn state_round_trips_through_the_store_and_roll_backs_keep_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.data_dir = dir.path().join("data");
+        cfg.grants.region_dir = Some(dir.path().join("regions"));
+        let store: Arc<dyn Store> = Arc::new(bulkhead_store::SqliteStore::in_memory().unwrap());
+        let g = Grants::open(&cfg, store.clone(), "h1").await.unwrap();
+        let mut st = g.state.lock().await;
+        let before = st.clone();
+        let res = bulkhead_grant::Resource::Region {
+            owner: "a".parse().unwrap(),
+            name: "buf".parse().unwrap(),
+            size: bulkhead_grant::RegionSize::try_from(1u64 << 20).unwrap(),
+        };
+        let rid = res.id();
+        let o = st
+            .table
+            .add_resource(
+                &bulkhead_grant::Actor::Admin,
+                res,
+                bulkhead_grant::Timestamp(1),
+            )
+            .unwrap();
+        st.maps.insert(
+            region_key(&rid),
+            Mapping {
+                partition: "a".into(),
+                device: region_device(&rid, 1),
+                port: Some("0000:00:10.0".into()),
+                path: "/sys/x/resource2".into(),
+            },
+        );
+        let ev = serde_json::to_value(&o.events[0]).unwrap();
+        g.persist(&mut st, Via::Api, [ev.clone()]).await.unwrap();
+        assert_eq!(st.revision, 1);
+        // An operation that fails after a commit goes back to `before`, but
+        // the next commit still goes through.
+        st.restore(&before);
+        assert_eq!(st.revision, 1);
+        g.persist(&mut st, Via::Manager, []).await.unwrap();
+        let log = g.log(0, 10).await.unwrap();
+        assert_eq!((log.len(), log[0].via.as_str()), (1, "api"));
+        assert_eq!(log[0].event, ev);
+        drop(st);
+
+        // Written again with the region, then read back by a new service.
+        let mut st = g.state.lock().await;
+        st.table
+            .add_resource(
+                &bulkhead_grant::Actor::Admin,
+                bulkhead_grant::Resource::Disk {
+                    owner: "a".parse().unwrap(),
+                    disk: "disk0".parse().unwrap(),
+                },
+                bulkhead_grant::Timestamp(2),
+            )
+            .unwrap();
+        g.persist(&mut st, Via::Api, []).await.unwrap();
+        let (table, maps) = (st.table.clone(), st.maps.clone());
+        drop(st);
+        let g2 = Grants::open(&cfg, store, "h1").await.unwrap();
+        let st2 = g2.state.lock().await;
+        assert_eq!(
+            (st2.table == table, st2.maps == maps, st2.revision),
+            (true, true, 3)
+        );
+    }
+
     #[test]
     fn device_ids_fit_qemu_and_the_engine() {
         let g: GrantId = "gr-0123456789abcdef".parse().unwrap();
