@@ -3,8 +3,9 @@
 //! partition (the same requests its `bulkhead-guest` makes).
 
 use crate::cli::{print_json, table, ApiArgs};
+// Sizes, lifetimes and replies are spelled as `bulkhead-guest` spells them.
 use crate::grants::{GrantInfo, GrantLogEntry, RegionView};
-use anyhow::Context;
+use bulkhead_agent::guest::tool::{parse_duration, parse_size};
 use bulkhead_grant::reply::GuestReply;
 use bulkhead_grant::request::GuestRequest;
 use bulkhead_grant::{Cookie, GrantId, PartitionId, RegionSize, ResourceKind, ResourceName};
@@ -122,48 +123,6 @@ pub enum RegionCommand {
     },
 }
 
-/// `16M`, `1G`, `1048576`: bytes (binary units).
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (t, 1u64),
-        Some((i, _)) => {
-            let m = match t[i..].to_ascii_lowercase().as_str() {
-                "k" | "kib" => 1 << 10,
-                "m" | "mib" => 1 << 20,
-                "g" | "gib" => 1 << 30,
-                _ => anyhow::bail!("size {s:?}: use a number with K, M or G"),
-            };
-            (&t[..i], m)
-        }
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .with_context(|| format!("size {s:?} is not a number"))
-}
-
-/// `500ms`, `30s`, `10m`, `2h`, `1d`: milliseconds.
-pub fn parse_duration_ms(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let i = t
-        .find(|c: char| !c.is_ascii_digit())
-        .with_context(|| format!("duration {s:?} needs a unit: ms, s, m, h or d"))?;
-    let mult = match &t[i..] {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        u => anyhow::bail!("duration {s:?}: unknown unit {u:?} (ms, s, m, h or d)"),
-    };
-    t[..i]
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .with_context(|| format!("duration {s:?} is not a number"))
-}
-
 fn parsed<T: std::str::FromStr>(what: &str, s: &str) -> anyhow::Result<T>
 where
     T::Err: std::fmt::Display,
@@ -174,11 +133,16 @@ where
 
 /// The typed request for `bulkhead grant as P ...`.
 pub fn guest_request(r: &AsRequest) -> anyhow::Result<GuestRequest> {
-    let expires = |e: &Option<String>| e.as_deref().map(parse_duration_ms).transpose();
+    let expires = |e: &Option<String>| {
+        e.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    };
     Ok(match r {
         AsRequest::Region(AsRegion::Create { name, size }) => GuestRequest::RegionCreate {
             name: parsed::<ResourceName>("region name", name)?,
-            size: RegionSize::try_from(parse_size(size)?)?,
+            size: RegionSize::try_from(parse_size(size).map_err(anyhow::Error::msg)?)?,
         },
         AsRequest::Grant {
             resource,
@@ -221,38 +185,15 @@ pub fn guest_request(r: &AsRequest) -> anyhow::Result<GuestRequest> {
     })
 }
 
-/// One line per reply, as `bulkhead-guest` prints it.
-pub fn reply_text(r: &GuestReply) -> String {
-    match r {
-        GuestReply::Region { path, .. } => path.clone(),
-        GuestReply::Issued { grant, cookie, .. } => format!("{grant} {cookie}"),
-        GuestReply::Mapped { grant, path, .. } => format!("{grant} {path}"),
-        GuestReply::Ended { ended, .. } => ended
-            .iter()
-            .map(|g| g.to_string())
-            .collect::<Vec<_>>()
-            .join(" "),
-        GuestReply::List { owned, grants } => {
-            let mut rows: Vec<Vec<String>> = owned
-                .iter()
-                .map(|o| {
-                    vec![
-                        "owns".into(),
-                        o.resource.to_string(),
-                        o.path.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            rows.extend(grants.iter().map(|g| {
-                vec![
-                    g.grant.to_string(),
-                    g.resource.to_string(),
-                    format!("{} -> {} {} {:?}", g.granter, g.grantee, g.access, g.state),
-                ]
-            }));
-            table(&["GRANT", "RESOURCE", "DETAIL"], &rows)
-        }
-    }
+/// The reply as `bulkhead-guest` prints it (its own formatter); `None`
+/// when it does not answer the request.
+pub fn reply_text(
+    req: &GuestRequest,
+    r: &GuestReply,
+    me: Option<PartitionId>,
+) -> anyhow::Result<String> {
+    bulkhead_agent::guest::grants::format_reply(req, r, false, &me)
+        .map_err(|e| anyhow::anyhow!("{}", e.render(false).trim_end()))
 }
 
 pub fn grants_table(v: &[GrantInfo]) -> String {
@@ -334,7 +275,11 @@ async fn run_inner(cmd: GrantCommand) -> anyhow::Result<()> {
         }
         GrantCommand::Revoke { id, json, api } => {
             let r = api.client()?.grant_revoke(&id).await?;
-            out(json, &r, |r| format!("{}\n", reply_text(r)))
+            let req = GuestRequest::Revoke {
+                grant: parsed("grant", &id)?,
+            };
+            let text = reply_text(&req, &r, None)?;
+            out(json, &r, |_| format!("{text}\n"))
         }
         GrantCommand::Log {
             after,
@@ -353,7 +298,8 @@ async fn run_inner(cmd: GrantCommand) -> anyhow::Result<()> {
         } => {
             let req = guest_request(&request)?;
             let r = api.client()?.grant_request(&partition, &req).await?;
-            out(json, &r, |r| format!("{}\n", reply_text(r).trim_end()))
+            let text = reply_text(&req, &r, partition.parse().ok())?;
+            out(json, &r, |_| format!("{}\n", text.trim_end()))
         }
     }
 }
@@ -422,22 +368,11 @@ mod tests {
             "as a region create buf --size 16X",
             "as a grant buf --to B",
             "as a grant buf --to b --expires 10",
+            "as a region create buf --size 16MB",
             "as a accept bhc1_nope",
             "as a release gr-1",
         ] {
             assert!(req(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("99999999999999999999G").is_err());
-        assert_eq!(parse_duration_ms("500ms").unwrap(), 500);
-        assert_eq!(parse_duration_ms("2h").unwrap(), 7_200_000);
-        assert!(parse_duration_ms("5").is_err());
-        assert!(parse_duration_ms("5y").is_err());
     }
 }

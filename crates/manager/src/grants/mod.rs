@@ -305,8 +305,10 @@ mod tests {
     #[tokio::test]
     async fn state_round_trips_through_the_store_and_roll_backs_keep_the_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::default();
-        cfg.data_dir = dir.path().join("data");
+        let mut cfg = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
         cfg.grants.region_dir = Some(dir.path().join("regions"));
         let store: Arc<dyn Store> = Arc::new(bulkhead_store::SqliteStore::in_memory().unwrap());
         let g = Grants::open(&cfg, store.clone(), "h1").await.unwrap();
