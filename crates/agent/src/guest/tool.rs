@@ -26,6 +26,7 @@ const USAGE: &str = "usage: bulkhead-guest region create NAME --size SIZE [--jso
        bulkhead-guest list [--json]
        bulkhead-guest read NAME_OR_GRANT_ID --offset O --len N [--json]
        bulkhead-guest write NAME_OR_GRANT_ID --offset O --data HEX [--json]
+       bulkhead-guest copy-bench NAME_OR_GRANT_ID --size SIZE [--json]
        bulkhead-guest region list [--json]
        bulkhead-guest region map ADDR [--wait MS] [--json]
        bulkhead-guest region unmap ADDR [--json]
@@ -79,6 +80,12 @@ pub enum Command {
         target: Target,
         offset: u64,
         data: Vec<u8>,
+    },
+    /// Copies `len` bytes out of the target's mapping, and the same within
+    /// the guest's own RAM, and prints both times (the grants benchmark).
+    CopyBench {
+        target: Target,
+        len: usize,
     },
 }
 
@@ -339,6 +346,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 data: write_data(&o.data)?,
             }
         }
+        ["copy-bench", target] => {
+            o.only(&["--size"])?;
+            let len = Opts::need(&o.size, "--size")?;
+            Command::CopyBench {
+                target: Target::try_from(target.to_string()).map_err(|e| format!("{e}"))?,
+                len: usize::try_from(len).map_err(|_| "--size is too large".to_string())?,
+            }
+        }
         [] => return Err("missing command".into()),
         [c, ..] => return Err(format!("unknown command or wrong arguments: {c}")),
     };
@@ -492,6 +507,17 @@ fn run(inv: &Invocation) -> Result<String, ToolError> {
                 data.len(),
                 inv.json,
             ))
+        }
+        Command::CopyBench { target, len } => {
+            let path = grants::target_path(socket, target)?;
+            let m = Mapping::open_path(&path)?;
+            let t = region::copy_bench(&m, &target.to_string(), *len)?;
+            Ok(if inv.json {
+                serde_json::json!({"bytes": len, "mapped_ns": t.mapped_ns, "ram_ns": t.ram_ns})
+                    .to_string()
+            } else {
+                format!("bytes={len} mapped_ns={} ram_ns={}", t.mapped_ns, t.ram_ns)
+            })
         }
     }
 }
@@ -661,6 +687,15 @@ mod tests {
                 data: vec![0, 0xff]
             }
         );
+        assert_eq!(
+            p(&format!("copy-bench {GID} --size 64M")).unwrap().cmd,
+            Command::CopyBench {
+                target: Target::Grant(GID.parse().unwrap()),
+                len: 64 << 20
+            }
+        );
+        assert!(p("copy-bench foo").is_err(), "--size is required");
+        assert!(p("copy-bench foo --size 1M --offset 0").is_err());
         assert_eq!(GuestRequest::access(true), Access::ReadOnly);
     }
 
