@@ -16,9 +16,11 @@ use super::{grant_device, region_file, Mapping, State};
 use crate::api::ApiError;
 use crate::manager::Manager;
 
-/// How long a plugged region may take to reach the guest (ACPI hot-plug under
-/// a loaded TCG host is slow) before the map fails and is rolled back.
-const MAP_WAIT: Duration = Duration::from_secs(60);
+/// How long a plugged resource may take to reach the guest and be mapped
+/// before the operation fails and is rolled back. ACPI hot-plug under a loaded
+/// TCG host takes about a second; the bound matters because operations hold
+/// the service's lock, so a guest that never maps must not stall the others.
+const MAP_WAIT: Duration = Duration::from_secs(20);
 
 fn engine(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Engine(format!("{what}: {e}"))
@@ -243,7 +245,7 @@ pub(super) async fn device_present(p: &Partition, id: &str) -> bool {
 /// for in the guest (bounded) since ACPI hot-plug reaches it a moment later.
 async fn block_device(p: &Partition, port: &str) -> Result<String, ApiError> {
     let script = format!(
-        "i=0; while [ $i -lt 600 ]; do for b in /sys/bus/pci/devices/{port}/*/virtio*/block/*; do \
+        "i=0; while [ $i -lt 200 ]; do for b in /sys/bus/pci/devices/{port}/*/virtio*/block/*; do \
          if [ -e \"$b\" ]; then echo /dev/${{b##*/}}; exit 0; fi; done; sleep 0.1; i=$((i+1)); done; exit 1"
     );
     let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
