@@ -37,13 +37,7 @@ async fn guests_grant_accept_and_a_hostile_holder_is_forced_off() {
             .await;
     }
     tokio::join!(d.start_wait("a"), d.start_wait("b"));
-    let b_ip = d.show("b").await["net"]["ip"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let b_ip = common::vlan_ip(&d.show("b").await);
 
     let pa = must(&d, "a", "bulkhead-guest region create buf --size 1M").await;
     assert!(pa.ends_with("/resource2"), "{pa}");

@@ -408,6 +408,12 @@ impl Daemon {
     }
 }
 
+/// The address (without its prefix length) of a record's VLAN attachment.
+pub fn vlan_ip(rec: &Value) -> String {
+    let ip = rec["net"]["ip"].as_str().expect("a VLAN address");
+    ip.split('/').next().unwrap().to_string()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
