@@ -28,6 +28,12 @@ enum Command {
     /// The cluster of hosts: `cluster hosts` lists every member.
     #[command(subcommand)]
     Cluster(bulkhead_manager::cluster::cli::ClusterCommand),
+    /// Grants between partitions: list, show, revoke, log, and act as a partition.
+    #[command(subcommand)]
+    Grant(bulkhead_manager::grant_cli::GrantCommand),
+    /// Shared-memory regions (and disks) partitions own.
+    #[command(subcommand)]
+    Region(bulkhead_manager::grant_cli::RegionCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -51,6 +57,10 @@ fn main() -> anyhow::Result<()> {
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
         Command::Cluster(c) => {
             partition::runtime()?.block_on(bulkhead_manager::cluster::cli::run(c))
+        }
+        Command::Grant(c) => partition::runtime()?.block_on(bulkhead_manager::grant_cli::run(c)),
+        Command::Region(c) => {
+            partition::runtime()?.block_on(bulkhead_manager::grant_cli::run_region(c))
         }
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),

@@ -86,6 +86,7 @@ pub struct GrantView {
 /// Machine-readable names of refusals, for the agent protocol's `kind` and the
 /// API's error detail: one per [`GrantError`] variant, so a test (or a program in
 /// a guest) can tell every refusal apart without parsing messages.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantErrorKind {

@@ -127,6 +127,7 @@ impl From<RegionSize> for u64 {
 
 /// What a holder may do with a resource. Ordered: `ReadOnly < ReadWrite`, so a
 /// re-grant is allowed when `asked <= held`.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
@@ -158,6 +159,7 @@ impl Timestamp {
 }
 
 /// The kind of a resource, as it appears in its id.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {

@@ -190,6 +190,28 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    /// `GET /v1/grants[?partition=P]`: every grant, or those P gave, holds or owns.
+    GrantList {
+        partition: Option<String>,
+    },
+    GrantShow {
+        id: String,
+    },
+    /// `POST /v1/grants/{id}/revoke`: an administrator revokes (cascading).
+    GrantRevoke {
+        id: String,
+    },
+    GrantLog {
+        after: u64,
+        limit: usize,
+    },
+    RegionList,
+    /// `POST /v1/partitions/{name}/grant-requests`: what the partition's
+    /// `bulkhead-guest` would send, made by an administrator acting as it.
+    GrantRequest {
+        name: String,
+        req: bulkhead_grant::request::GuestRequest,
+    },
     /// `GET /v1/cluster/hosts`.
     ClusterHosts,
     /// Saves a running partition into its hibernation image and stops it.
@@ -371,6 +393,11 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    Grants(Vec<crate::grants::GrantInfo>),
+    Grant(Box<crate::grants::GrantInfo>),
+    GrantLog(Vec<crate::grants::GrantLogEntry>),
+    Regions(Vec<crate::grants::RegionView>),
+    GuestReply(bulkhead_grant::reply::GuestReply),
     HibernateProgress(HibernateProgress),
     ClusterHosts(Vec<crate::cluster::ClusterHost>),
     /// The answer of the host that carried the request out, unchanged.
@@ -411,6 +438,9 @@ pub struct ErrorDetail {
     pub code: ErrorCode,
     /// One line for a person.
     pub message: String,
+    /// With `grant_refused`: which refusal, one name per kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<bulkhead_grant::reply::GrantErrorKind>,
 }
 
 /// The stable, machine-readable kind of an error.
@@ -430,6 +460,8 @@ pub enum ErrorCode {
     Engine,
     Unavailable,
     Internal,
+    /// The grant table refused (`reason` says which refusal); nothing changed.
+    GrantRefused,
 }
 
 impl ErrorCode {
@@ -448,6 +480,7 @@ impl ErrorCode {
             Self::Engine => "engine",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::GrantRefused => "grant_refused",
         }
     }
 }
@@ -492,6 +525,9 @@ pub enum ApiError {
     /// The error another host answered to a forwarded request, unchanged.
     #[error("{}", detail.message)]
     Forwarded { status: u16, detail: ErrorDetail },
+    /// A refusal of the grant table: the table is unchanged.
+    #[error("{0}")]
+    Grant(bulkhead_grant::GrantError),
 }
 
 impl ApiError {
@@ -509,6 +545,11 @@ impl ApiError {
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
             Self::Forwarded { status, .. } => *status,
+            Self::Grant(e) => match e.kind() {
+                bulkhead_grant::reply::GrantErrorKind::UnknownGrant
+                | bulkhead_grant::reply::GrantErrorKind::UnknownResource => 404,
+                _ => 409,
+            },
         }
     }
 
@@ -529,6 +570,7 @@ impl ApiError {
             Self::Unavailable(_) => C::Unavailable,
             Self::Internal(_) => C::Internal,
             Self::Forwarded { detail, .. } => detail.code,
+            Self::Grant(_) => C::GrantRefused,
         }
     }
 
@@ -537,6 +579,10 @@ impl ApiError {
             error: ErrorDetail {
                 code: self.code(),
                 message: self.to_string(),
+                reason: match self {
+                    Self::Grant(e) => Some(e.kind()),
+                    _ => None,
+                },
             },
         }
     }

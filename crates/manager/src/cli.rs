@@ -330,7 +330,12 @@ pub fn parse_disk(s: &str) -> anyhow::Result<DiskRecord> {
 
 /// Runs one partition command. Failures print one line and exit non-zero.
 pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
-    if let Err(e) = run_inner(cmd).await {
+    exit_on_error(run_inner(cmd).await)
+}
+
+/// A failed command prints one line and exits 1.
+pub fn exit_on_error(r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = r {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -338,7 +343,7 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
 }
 
 /// `--json`: the typed reply, pretty.
-fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! One HTTP/1.1 connection per client call: the CLI makes one call per run.
 
 use crate::api::*;
+use bulkhead_grant::reply::GuestReply;
+use bulkhead_grant::request::GuestRequest;
 use bulkhead_store::PartitionRecord;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -34,6 +36,8 @@ pub enum ClientError {
         status: u16,
         code: String,
         message: String,
+        /// With `grant_refused`: which refusal (`GrantErrorKind` names).
+        reason: Option<String>,
     },
     #[error("cannot reach bulkheadd at {endpoint}: {source} (is it running? `bulkhead serve`)")]
     Connect {
@@ -351,6 +355,55 @@ impl Client {
         let path = format!("{}/{}", action_path(name, "disks")?, encode_segment(id));
         self.send::<(), _>(Method::DELETE, &path, None).await
     }
+
+    pub async fn grant_list(
+        &self,
+        partition: Option<&str>,
+    ) -> Result<Vec<crate::grants::GrantInfo>, ClientError> {
+        let path = match partition {
+            Some(p) => format!("/v1/grants?partition={}", encode_segment(p)),
+            None => "/v1/grants".into(),
+        };
+        self.send::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn grant_show(&self, id: &str) -> Result<crate::grants::GrantInfo, ClientError> {
+        let path = format!("/v1/grants/{}", encode_segment(id));
+        self.send::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn grant_revoke(&self, id: &str) -> Result<GuestReply, ClientError> {
+        let path = format!("/v1/grants/{}/revoke", encode_segment(id));
+        self.send::<(), _>(Method::POST, &path, None).await
+    }
+
+    pub async fn grant_log(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::grants::GrantLogEntry>, ClientError> {
+        let path = format!("/v1/grants/log?after={after}&limit={limit}");
+        self.send::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn region_list(&self) -> Result<Vec<crate::grants::RegionView>, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/regions", None).await
+    }
+
+    /// A grant request made as partition `name` (what its `bulkhead-guest`
+    /// would send).
+    pub async fn grant_request(
+        &self,
+        name: &str,
+        req: &GuestRequest,
+    ) -> Result<GuestReply, ClientError> {
+        self.send(
+            Method::POST,
+            &action_path(name, "grant-requests")?,
+            Some(req),
+        )
+        .await
+    }
 }
 
 /// The error a non-2xx answer carries (its typed [`ErrorBody`]), or one
@@ -361,6 +414,7 @@ fn api_error(status: StatusCode, body: &[u8], fallback: Option<&str>) -> ClientE
             status: status.as_u16(),
             code: b.error.code.as_str().to_string(),
             message: b.error.message,
+            reason: b.error.reason.map(|r| r.as_str().to_string()),
         },
         Err(_) => ClientError::Api {
             status: status.as_u16(),
@@ -368,6 +422,7 @@ fn api_error(status: StatusCode, body: &[u8], fallback: Option<&str>) -> ClientE
             message: fallback
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("HTTP {status}")),
+            reason: None,
         },
     }
 }

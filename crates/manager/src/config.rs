@@ -23,6 +23,50 @@ pub struct Config {
     pub qemu: QemuConfig,
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
+    pub grants: GrantsConfig,
+}
+
+/// `[grants]`: the grant table's bounds and the unmap deadlines (docs/grants.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrantsConfig {
+    /// Longest chain owner → … → holder (a grant from the owner is 1 deep).
+    pub max_depth: u8,
+    /// How long a cookie may wait to be accepted.
+    pub cookie_ttl_ms: u64,
+    /// How long a holder's agent has to let go of a mapping before the device
+    /// is unplugged anyway.
+    pub unmap_deadline_ms: u64,
+    /// How long the guest kernel has to ack the unplug; past it the holder is
+    /// paused so it reads nothing the owner writes later.
+    pub unplug_timeout_ms: u64,
+    /// Live grants one partition may have issued, and resources it may own.
+    pub max_live_grants_per_partition: usize,
+    pub max_resources_per_partition: usize,
+    /// Where region files live: a memory file system (tmpfs).
+    /// `/dev/shm/bulkhead-<instance>` when absent.
+    pub region_dir: Option<PathBuf>,
+    /// Log lines (and ended grants) are kept this long...
+    pub log_retention_ms: u64,
+    /// ...and at least this many of the newest lines whatever their age.
+    pub log_keep: usize,
+}
+
+impl Default for GrantsConfig {
+    fn default() -> Self {
+        let t = bulkhead_grant::GrantConfig::default();
+        Self {
+            max_depth: t.max_depth,
+            cookie_ttl_ms: t.cookie_ttl_ms,
+            unmap_deadline_ms: 2000,
+            unplug_timeout_ms: 5000,
+            max_live_grants_per_partition: t.max_live_grants_per_partition,
+            max_resources_per_partition: t.max_resources_per_partition,
+            region_dir: None,
+            log_retention_ms: 30 * 86_400_000,
+            log_keep: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +243,7 @@ impl Default for Config {
             qemu: QemuConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            grants: GrantsConfig::default(),
         }
     }
 }
@@ -295,6 +340,19 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::net::Subnet::parse(&self.network.subnet)?;
+        let g = &self.grants;
+        if !(1..=16).contains(&g.max_depth) {
+            anyhow::bail!("grants.max_depth must be 1-16, got {}", g.max_depth);
+        }
+        for (what, v) in [
+            ("cookie_ttl_ms", g.cookie_ttl_ms),
+            ("unmap_deadline_ms", g.unmap_deadline_ms),
+            ("unplug_timeout_ms", g.unplug_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&v) {
+                anyhow::bail!("grants.{what} must be 1 ms to one day, got {v}");
+            }
+        }
         let b = &self.network.bridge;
         if bulkhead_hostnet::names::check_ifname(b).is_err() {
             anyhow::bail!("network.bridge {b:?} is not a valid interface name (1-15 characters, no '/', ':' or space)");
@@ -409,6 +467,13 @@ impl Config {
             }
             None => Ok(None),
         }
+    }
+
+    /// Where region files live (`[grants] region_dir`).
+    pub fn region_dir(&self) -> PathBuf {
+        self.grants.region_dir.clone().unwrap_or_else(|| {
+            PathBuf::from(format!("/dev/shm/bulkhead-{}", self.cgroup_instance()))
+        })
     }
 
     /// This daemon's cgroup subtree name, stable across restarts.

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod grant_cli;
+pub mod grants;
 pub mod host_id;
 pub mod idle;
 pub mod listen;

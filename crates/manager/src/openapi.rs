@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use crate::api::*;
+use crate::grants::{GrantInfo, GrantLogEntry, RegionView};
 use bulkhead_store::PartitionRecord;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -31,7 +32,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
     ),
     paths(
         openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
-        stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume
+        stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume,
+        grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -294,6 +296,70 @@ fn attach_disk() {}
     ))]
 fn detach_disk() {}
 
+#[utoipa::path(post, path = "/v1/partitions/{name}/grant-requests", tag = "grants", operation_id = "grant_request",
+    description = "An administrator acting as partition `name`: the body is what the partition's \
+        `bulkhead-guest` sends (a grant request object tagged by `op`: `region_create`, `grant`, \
+        `regrant`, `accept`, `release`, `revoke`, `list`; docs/grants.md), the answer what it \
+        gets back (an object tagged by `reply`: `region`, `issued`, `mapped`, `ended`, `list`). \
+        One handler serves both, so they cannot differ. A refusal of the grant table is \
+        `grant_refused` with `reason` naming it; nothing changed.",
+    params(("name" = String, Path, description = "the partition acted as")),
+    request_body(content = Object, description = "a guest grant request (at most 16 KiB)"),
+    responses(
+        (status = 200, description = "the guest reply", body = Object),
+        (status = 400, description = "malformed or invalid request (`read`/`write` are the guest's own)", body = ErrorBody),
+        (status = 404, description = "no such partition (itself or the grantee), grant or resource", body = ErrorBody),
+        (status = 409, description = "refused by the grant table, or the partition is not running", body = ErrorBody),
+        (status = 502, description = "plugging or mapping failed (everything rolled back)", body = ErrorBody),
+        (status = 507, description = "the region is over the owner's memory entitlement", body = ErrorBody),
+    ))]
+fn grant_requests() {}
+
+#[utoipa::path(get, path = "/v1/grants", tag = "grants", operation_id = "grant_list",
+    params(("partition" = Option<String>, Query, pattern = "^[a-z0-9][a-z0-9-]{0,47}$", description = "only grants this partition gave, holds or owns the resource of")),
+    responses(
+        (status = 200, description = "every grant the table holds (ended ones until pruned)", body = Vec<GrantInfo>),
+        (status = 400, description = "partition is not a partition name", body = ErrorBody),
+    ))]
+fn grant_list() {}
+
+#[utoipa::path(get, path = "/v1/grants/log", tag = "grants", operation_id = "grant_log",
+    params(
+        ("after" = Option<u64>, Query, description = "entries after this sequence number (0 when absent)"),
+        ("limit" = Option<u64>, Query, maximum = 10000, description = "at most this many (100 when absent)"),
+    ),
+    responses(
+        (status = 200, description = "issues, accepts, re-grants, releases, revokes and what the manager did to devices", body = Vec<GrantLogEntry>),
+        (status = 400, description = "after or limit is not a whole number in range", body = ErrorBody),
+    ))]
+fn grant_log() {}
+
+#[utoipa::path(get, path = "/v1/grants/{id}", tag = "grants", operation_id = "grant_show",
+    params(("id" = String, Path, pattern = "^gr-[0-9a-f]{16}$", description = "grant id (`gr-` and 16 hex digits)")),
+    responses(
+        (status = 200, description = "the grant", body = GrantInfo),
+        (status = 400, description = "not a grant id", body = ErrorBody),
+        (status = 404, description = "no such grant", body = ErrorBody),
+    ))]
+fn grant_show() {}
+
+#[utoipa::path(post, path = "/v1/grants/{id}/revoke", tag = "grants", operation_id = "grant_revoke",
+    description = "Ends the grant and every grant derived from it; each holder's agent is asked to \
+        unmap, then the device is unplugged anyway (the holder is paused if its kernel keeps it). \
+        Answers once every former holder is unmapped.",
+    params(("id" = String, Path, pattern = "^gr-[0-9a-f]{16}$", description = "grant id (`gr-` and 16 hex digits)")),
+    responses(
+        (status = 200, description = "an object `{reply: ended, grant, ended}`: the grants that ended, deepest first", body = Object),
+        (status = 400, description = "not a grant id", body = ErrorBody),
+        (status = 404, description = "no such grant", body = ErrorBody),
+        (status = 409, description = "the grant has already ended", body = ErrorBody),
+    ))]
+fn grant_revoke() {}
+
+#[utoipa::path(get, path = "/v1/regions", tag = "grants", operation_id = "region_list",
+    responses((status = 200, description = "resources partitions own, with size and holders", body = Vec<RegionView>)))]
+fn region_list() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +417,12 @@ mod tests {
             .collect();
         assert_eq!(documented, table, "document and route table differ");
         for (template, methods) in ROUTES {
-            let path = template.replace("{name}", "p1").replace("{id}", "d1");
+            let id = if template.starts_with("/v1/grants") {
+                "gr-00000000000000aa"
+            } else {
+                "d1"
+            };
+            let path = template.replace("{name}", "p1").replace("{id}", id);
             for m in &METHODS {
                 assert_eq!(
                     routed(m, &path),

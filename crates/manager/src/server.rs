@@ -368,6 +368,19 @@ fn query_bool(query: &str, key: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// Most log entries one `GET /v1/grants/log` returns.
+pub const MAX_LOG_LIMIT: u64 = 10_000;
+
+/// A whole-number query parameter from 0 to `max`, `default` when absent.
+fn query_number(query: &str, key: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+    match query_param(query, key) {
+        None => Ok(default),
+        Some(v) => v.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
+            ApiError::BadRequest(format!("{key}={v:?} must be a whole number up to {max}"))
+        }),
+    }
+}
+
 /// Method and path to a typed request. Pure, so it is tested without a server.
 pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRequest, ApiError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -416,6 +429,29 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             ApiRequest::HibernateProgress { name: name(n) }
         }
         (&Method::POST, ["v1", "partitions", n, "resume"]) => ApiRequest::Resume { name: name(n) },
+        (&Method::POST, ["v1", "partitions", n, "grant-requests"]) => ApiRequest::GrantRequest {
+            name: name(n),
+            // The guests' own parser: the same bounds and refusals either way.
+            req: bulkhead_grant::request::parse_request(b)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        },
+        (&Method::GET, ["v1", "grants"]) => ApiRequest::GrantList {
+            partition: match query_param(query, "partition") {
+                None => None,
+                Some(p) => {
+                    check_name(p)?;
+                    Some(p.to_string())
+                }
+            },
+        },
+        (&Method::GET, ["v1", "grants", "log"]) => ApiRequest::GrantLog {
+            // JSON Schema's int64, as the document says.
+            after: query_number(query, "after", 0, i64::MAX as u64)?,
+            limit: query_number(query, "limit", 100, MAX_LOG_LIMIT)? as usize,
+        },
+        (&Method::GET, ["v1", "grants", id]) => ApiRequest::GrantShow { id: name(id) },
+        (&Method::POST, ["v1", "grants", id, "revoke"]) => ApiRequest::GrantRevoke { id: name(id) },
+        (&Method::GET, ["v1", "regions"]) => ApiRequest::RegionList,
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -460,6 +496,12 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
     ("/v1/partitions/{name}/hibernate", &["GET", "POST"]),
     ("/v1/partitions/{name}/resume", &["POST"]),
+    ("/v1/partitions/{name}/grant-requests", &["POST"]),
+    ("/v1/grants", &["GET"]),
+    ("/v1/grants/log", &["GET"]),
+    ("/v1/grants/{id}", &["GET"]),
+    ("/v1/grants/{id}/revoke", &["POST"]),
+    ("/v1/regions", &["GET"]),
 ];
 
 /// The methods a known path takes, for a 405's `Allow`.

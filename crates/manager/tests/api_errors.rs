@@ -15,6 +15,7 @@ fn code(r: Result<Value, ClientError>) -> (u16, String, String) {
             status,
             code,
             message,
+            ..
         }) => (status, code, message),
         other => panic!("expected an API error, got {other:?}"),
     }

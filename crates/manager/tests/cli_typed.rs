@@ -91,3 +91,67 @@ async fn json_output_is_the_typed_reply_and_text_is_made_from_it() {
     assert_eq!(bulkhead(&d, &["destroy", "web"]), "destroyed web\n");
     assert!(c.list().await.unwrap().is_empty());
 }
+
+/// `bulkhead grant ...` and `bulkhead region list` against a daemon with no
+/// partitions running: `--json` is the typed reply, refusals print one line
+/// and exit non-zero, `grant as` is refused for an unknown partition.
+#[tokio::test]
+async fn grant_commands_print_the_typed_replies() {
+    let d = Daemon::start(Opts::default());
+    let run = |args: &[&str]| {
+        Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .env_remove("BULKHEAD_API")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["grant", "list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Vec<bulkhead_manager::grants::GrantInfo> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, d.client().grant_list(None).await.unwrap());
+    let out = run(&["region", "list", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    let out = run(&["grant", "log", "--after", "0", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    // An unknown grant: 404 with the table's own reason, one line on stderr.
+    let out = run(&["grant", "show", "gr-00000000000000aa"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("gr-00000000000000aa"), "{err}");
+    let e = d
+        .client()
+        .grant_show("gr-00000000000000aa")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, bulkhead_manager::client::ClientError::Api { status: 404, reason: Some(r), .. } if r == "unknown_grant"),
+        "{e:?}"
+    );
+    // The connection flags of `as` come before its request.
+    let as_nobody = |req: &[&str]| {
+        Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(["grant", "as", "nobody", "--socket"])
+            .arg(&d.socket)
+            .args(req)
+            .env_remove("BULKHEAD_API")
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["region", "create", "buf", "--size", "1M"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found"),
+        "{out:?}"
+    );
+    // Checked before anything is sent: a size that is not a power of two.
+    let out = as_nobody(&["region", "create", "buf", "--size", "3M"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("power of two"),
+        "{out:?}"
+    );
+}

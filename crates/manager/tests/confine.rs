@@ -270,13 +270,7 @@ async fn a_partition_cannot_use_a_neighbours_address() {
             json!({ "net": true, "cmdline": format!("bulkhead.ip={honest_ip}") }),
         )
         .await;
-    let thief_addr = thief["net"]["ip"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let thief_addr = common::vlan_ip(&thief);
     let thief_mac = thief["net"]["mac"].as_str().unwrap().to_string();
     let gw = format!("{}.1", d.subnet_prefix);
     let (a, b) = tokio::join!(d.start_wait("honest"), d.start_wait("thief"));

@@ -20,13 +20,7 @@ async fn two_partitions_run_talk_and_stop_cleanly() {
     let (a, b) = tokio::join!(d.start_wait("alpha"), d.start_wait("beta"));
     assert_eq!(a["state"], "running", "{a:#}");
     assert_eq!(b["state"], "running", "{b:#}");
-    let alpha_ip = a["net"]["ip"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let alpha_ip = common::vlan_ip(&a);
 
     // Cgroups hold QEMU with the entitlements and memory limits.
     for (name, quota, mem) in [("alpha", 50_000, 192), ("beta", 25_000, 160)] {

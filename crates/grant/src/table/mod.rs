@@ -48,6 +48,7 @@ impl Default for GrantConfig {
 }
 
 /// Where a grant is in its life. `Issued` and `Accepted` are live; the rest are final.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantState {

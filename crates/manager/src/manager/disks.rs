@@ -70,6 +70,12 @@ impl Manager {
                     "disk id {id:?} must be 1-16 characters of a-z, 0-9 and '-'"
                 )));
             }
+            if id.starts_with(crate::grants::DEVICE_PREFIX) {
+                return Err(ApiError::BadRequest(format!(
+                    "disk id {id:?}: ids starting with {:?} are the grant service's",
+                    crate::grants::DEVICE_PREFIX
+                )));
+            }
         }
         let p = self.ready_partition(name).await?;
         let used = p.hotplugged();
@@ -138,7 +144,7 @@ impl Manager {
 
     /// Adds to the partition's history. The device change it records has
     /// happened either way, so a failed write is logged, not reported.
-    async fn record_event(&self, name: &str, event: &str) {
+    pub(crate) async fn record_event(&self, name: &str, event: &str) {
         if let Err(e) = self.modify(name, event, |_| {}).await {
             tracing::warn!(partition = name, error = %e, event, "recording event");
         }

@@ -81,11 +81,29 @@ impl Manager {
         Ok(repository(&self.cfg.data_dir).join(rel))
     }
 
-    /// Hook for the grants service (branch grant-manager fills it at
-    /// merge): ends the grants the partition holds or gave before its state
-    /// is saved, since QEMU cannot migrate ivshmem. The engine's save still
-    /// refuses if a shared-memory device is left.
-    pub(super) async fn end_grants_before_save(&self, _name: &str) -> Result<(), ApiError> {
+    /// QEMU cannot migrate ivshmem, so before a partition's state is saved
+    /// everything it gave, held or owned through grants ends (the other
+    /// holders are unmapped, as when it stops), and its own shared-memory
+    /// devices are unplugged. Its regions stay registered: when it runs
+    /// again, the grants service plugs them back (reconcile on ready).
+    pub(super) async fn end_grants_before_save(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        self.grants_partition_ended(name, false).await;
+        let Some(p) = self.running(name) else {
+            return Ok(());
+        };
+        for h in p.hotplugged() {
+            if let bulkhead_engine::AdapterSpec::Region(r) = &h.adapter {
+                p.unplug(&r.id, Duration::from_secs(5)).await.map_err(|e| {
+                    ApiError::Conflict(format!(
+                        "partition {name:?} still has shared memory {} plugged, which cannot be saved: {e}",
+                        r.id
+                    ))
+                })?;
+            }
+        }
         Ok(())
     }
 

@@ -483,6 +483,7 @@ impl Manager {
             .await?;
         }
         let rec = self.get(name).await?;
+        self.grants_partition_ended(name, true).await;
         self.cleanup(&rec).await;
         // The disks QEMU's user was given go back to their owners.
         bulkhead_engine::jail::restore_owners(&self.run_dir(name));

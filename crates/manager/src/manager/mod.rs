@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 mod disks;
 mod hibernate;
+pub(crate) use disks::disk_format;
 mod lifecycle;
 mod recovery;
 mod supervision;
@@ -57,6 +58,8 @@ pub struct Manager {
     consoles: Mutex<HashSet<String>>,
     /// Progress of the hibernations running here, by partition.
     hibernations: Mutex<HashMap<String, watch::Receiver<bulkhead_engine::snapshot::SaveProgress>>>,
+    /// The grant table and what it plugged where (`crate::grants`).
+    pub(crate) grants: Arc<crate::grants::Grants>,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -127,7 +130,10 @@ impl Manager {
             Ok(net::ensure_filter(&inst)?)
         })
         .await?;
+        let grants = crate::grants::Grants::open(&cfg, store.clone(), &host).await?;
+        grants.housekeeping().await;
         let m = Arc::new(Self {
+            grants: grants.clone(),
             cfg,
             store,
             host,
@@ -143,6 +149,10 @@ impl Manager {
         });
         m.recover().await?;
         m.watch_idleness();
+        // Once every running partition is adopted: the table and the devices
+        // are made to agree before any request is served.
+        m.grants_reconcile().await;
+        tokio::spawn(crate::grants::expiry_task(Arc::downgrade(&m), grants));
         Ok(m)
     }
 
@@ -228,10 +238,23 @@ impl Manager {
                 R::HibernateProgress(self.hibernate_progress(&name).await?)
             }
             ApiRequest::Resume { name } => R::Partition(self.resume(&name, false).await?),
+            ApiRequest::GrantList { partition } => {
+                R::Grants(self.grant_list(partition.as_deref()).await?)
+            }
+            ApiRequest::GrantShow { id } => R::Grant(Box::new(self.grant_show(&id).await?)),
+            ApiRequest::GrantRevoke { id } => R::GuestReply(self.grant_revoke(&id).await?),
+            ApiRequest::GrantLog { after, limit } => {
+                R::GrantLog(self.grant_log(after, limit).await?)
+            }
+            ApiRequest::RegionList => R::Regions(self.region_list().await),
+            ApiRequest::GrantRequest { name, req } => R::GuestReply(
+                self.grant_request(&name, crate::grants::Via::Api, req)
+                    .await?,
+            ),
         })
     }
 
-    async fn get(&self, name: &str) -> Result<PartitionRecord, ApiError> {
+    pub(crate) async fn get(&self, name: &str) -> Result<PartitionRecord, ApiError> {
         get_record(&*self.store, name).await
     }
 
@@ -245,7 +268,7 @@ impl Manager {
     }
 
     /// The partition's running QEMU, if this daemon supervises one.
-    fn running(&self, name: &str) -> Option<Arc<Partition>> {
+    pub(crate) fn running(&self, name: &str) -> Option<Arc<Partition>> {
         self.live
             .lock()
             .unwrap()
@@ -265,7 +288,7 @@ impl Manager {
     }
 
     /// A running partition whose agent has answered (409 otherwise).
-    async fn ready_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
+    pub(crate) async fn ready_partition(&self, name: &str) -> Result<Arc<Partition>, ApiError> {
         let p = self.live_partition(name).await?;
         let ready = {
             let map = self.live.lock().unwrap();
@@ -277,6 +300,15 @@ impl Manager {
             )));
         }
         Ok(p)
+    }
+
+    /// Names of the partitions whose QEMU this daemon watches.
+    pub(crate) fn running_names(&self) -> Vec<String> {
+        self.live.lock().unwrap().keys().cloned().collect()
+    }
+
+    pub(crate) fn roots(&self) -> &Roots {
+        &self.roots
     }
 
     fn run_dir(&self, name: &str) -> PathBuf {

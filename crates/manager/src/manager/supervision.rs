@@ -25,6 +25,8 @@ impl Manager {
                 done: done_rx,
             },
         );
+        // The partition's own grant requests, answered as the API's are.
+        crate::grants::serve_calls(self, name, &partition);
         let m = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
@@ -49,6 +51,9 @@ impl Manager {
                             tracing::warn!(partition = %name, error = %e, "recording ready");
                         }
                         let _ = ready_tx.send(Some(Ok(())));
+                        // An owner started again gets its regions back.
+                        let r = m.clone();
+                        tokio::spawn(async move { r.grants_reconcile().await });
                     }
                     Err(e) => {
                         tracing::warn!(partition = %name, error = %e, "start failed");
@@ -83,6 +88,8 @@ impl Manager {
                 }
             }
             m.live.lock().unwrap().remove(&name);
+            // What it gave and held ends; the others' devices are unplugged.
+            m.grants_partition_ended(&name, false).await;
             let (state, ev) = match hibernated {
                 true => (PartitionState::Hibernated, String::new()),
                 false => (state, format!("{state}: {reason}")),

@@ -4,6 +4,8 @@
 //! the test failed half-way.
 #![allow(dead_code)]
 
+pub mod grants;
+
 use bulkhead_manager::cgroup::Layout;
 use bulkhead_manager::client::{Client, Endpoint};
 use bulkhead_manager::tls::Trust;
@@ -417,6 +419,12 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The address (without its prefix length) of a record's VLAN attachment.
+pub fn vlan_ip(rec: &Value) -> String {
+    let ip = rec["net"]["ip"].as_str().expect("a VLAN address");
+    ip.split('/').next().unwrap().to_string()
 }
 
 impl Drop for Daemon {
