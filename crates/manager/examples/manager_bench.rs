@@ -14,12 +14,10 @@
 //! for measure 5 alone (`ONLY=api bench/manager/run`).
 
 use bulkhead_engine::{cmdline, host, PartitionSpec};
-use bulkhead_manager::client::{Client, Endpoint};
-use bulkhead_manager::tls::Trust;
+use bulkhead_manager::client::Client;
 use serde_json::json;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(300);
@@ -28,11 +26,9 @@ const MEM: u64 = 256;
 
 use bulkhead_testbed::image_dir as image;
 
-fn bin(name: &str) -> PathBuf {
-    // The example sits in target/release/examples; the binaries one level up.
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join(name)
-}
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{bin, Daemon, TOKEN};
 
 fn spec(name: &str) -> PartitionSpec {
     let img = image();
@@ -44,100 +40,6 @@ fn spec(name: &str) -> PartitionSpec {
 /// The kernel command line the engine gives a partition of this name.
 fn append(name: &str) -> String {
     cmdline::kernel_cmdline(&spec(name), false, host::probe().tsc_khz)
-}
-
-struct Daemon {
-    child: std::process::Child,
-    socket: PathBuf,
-    tcp: String,
-    dir: tempfile::TempDir,
-}
-
-const TOKEN: &str = "bench-token-0123456789";
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("bhbench")
-            .tempdir()
-            .unwrap();
-        let socket = dir.path().join("api.sock");
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
-        let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n[network]\nbridge = \"bhbench0\"\nsubnet = \"10.234.0.0/24\"\n\
-                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = \"bench\"\n\
-                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n",
-                dir.path().join("data"),
-                socket,
-                image()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new(bin("bulkheadd"))
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn,bulkhead_manager::server=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("bulkheadd (cargo build --release first)");
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                if l.contains("API listening") {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                } else if tx.is_none() && !l.contains("INFO") {
-                    eprintln!("bulkheadd: {l}");
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("bulkheadd did not start");
-        Daemon {
-            child,
-            socket,
-            tcp,
-            dir,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::unix(&self.socket)
-    }
-
-    /// The daemon's self-signed certificate's SHA-256, as a user pins it.
-    fn fingerprint(&self) -> String {
-        let cert = self.dir.path().join("data/tls/cert.pem");
-        bulkhead_manager::tls::file_fingerprint(&cert).unwrap()
-    }
-
-    fn tls_client(&self) -> Client {
-        Client::new(Endpoint::Tcp {
-            addr: self.tcp.clone(),
-            token: Some(TOKEN.into()),
-            tls: Trust::Fingerprint(self.fingerprint())
-                .client_config()
-                .unwrap(),
-        })
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = bulkhead_hostnet::delete_link("bhbench0", None);
-    }
 }
 
 async fn bulkhead_start(c: &Client, name: &str) -> Duration {
