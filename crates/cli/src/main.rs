@@ -25,6 +25,9 @@ enum Command {
     Image(bulkhead_image::cli::ImageArgs),
     /// Shared port: many servers behind one port, routed by TLS SNI or HTTP Host.
     Portshare(bulkhead_portshare::cli::Args),
+    /// LUs: thin disks of the repository, owned by a client.
+    #[command(subcommand)]
+    Lu(bulkhead_manager::lu::cli::LuCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Partition(c) => partition::run(c),
         Command::Image(a) => bulkhead_image::cli::run(a),
         Command::Portshare(a) => bulkhead_portshare::cli::run(a),
+        Command::Lu(c) => partition::runtime()?.block_on(bulkhead_manager::lu::cli::run(c)),
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

@@ -46,6 +46,14 @@ pub struct CreatePartition {
     /// Named guest CPU model (`x86-64-v2` when absent); see docs/manager.md.
     #[serde(default)]
     pub cpu_model: Option<String>,
+    /// The owning client (tenant); the partition's own name when absent.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
+    pub client: Option<String>,
+    /// LUs of the repository to attach (after `disks`), each of this
+    /// partition's client; locked in the store while it runs.
+    #[serde(default)]
+    pub lus: Vec<crate::lu::types::LuAttach>,
 }
 
 fn one() -> u32 {
@@ -181,6 +189,19 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    LuCreate(crate::lu::types::CreateLu),
+    LuList,
+    LuShow {
+        name: String,
+    },
+    LuResize {
+        name: String,
+        req: crate::lu::types::ResizeLu,
+    },
+    LuDelete {
+        name: String,
+    },
+    LuRequest(crate::lu::types::RequestLu),
 }
 
 /// The partition name rule, one message for the daemon and the CLI.
@@ -323,12 +344,18 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    /// An LU just made (201).
+    LuCreated(crate::lu::types::LuView),
+    Lu(crate::lu::types::LuView),
+    Lus(Vec<crate::lu::types::LuView>),
+    LuDeleted(crate::lu::types::LuDeleted),
+    LuRequested(crate::lu::types::LuRequested),
 }
 
 impl ApiReply {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Created(_) => 201,
+            Self::Created(_) | Self::LuCreated(_) => 201,
             _ => 200,
         }
     }
@@ -357,6 +384,7 @@ pub enum ErrorCode {
     Conflict,
     OverCapacity,
     Unauthorized,
+    Forbidden,
     NoRoute,
     MethodNotAllowed,
     RequestTimeout,
@@ -375,6 +403,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::OverCapacity => "over_capacity",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
@@ -404,6 +433,9 @@ pub enum ApiError {
     OverCapacity(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The resource belongs to another client (an LU of another tenant).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no such API endpoint: {0}")]
     NoRoute(String),
     #[error("{method} is not allowed on {path} (allowed: {})", allow.join(", "))]
@@ -430,6 +462,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) | Self::NoDevice(_) | Self::NoRoute(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout(_) => 408,
@@ -451,6 +484,7 @@ impl ApiError {
             Self::Conflict(_) => C::Conflict,
             Self::OverCapacity(_) => C::OverCapacity,
             Self::Unauthorized => C::Unauthorized,
+            Self::Forbidden(_) => C::Forbidden,
             Self::NoRoute(_) => C::NoRoute,
             Self::MethodNotAllowed { .. } => C::MethodNotAllowed,
             Self::RequestTimeout(_) => C::RequestTimeout,
@@ -479,6 +513,9 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::NotFound(n) => Self::NotFound(n),
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
             S::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            S::LuNotFound(_) => Self::NoDevice(e.to_string()),
+            S::LuExists(_) | S::Locked(_) => Self::Conflict(e.to_string()),
+            S::Forbidden(m) => Self::Forbidden(m),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -121,6 +121,12 @@ pub struct CreateArgs {
     /// Named guest CPU model: x86-64-v2 (default) or x86-64-v1.
     #[arg(long)]
     pub cpu_model: Option<String>,
+    /// The owning client (tenant); the partition's own name by default.
+    #[arg(long)]
+    pub client: Option<String>,
+    /// An LU of the client to attach: NAME[:ro]; repeatable.
+    #[arg(long)]
+    pub lu: Vec<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -293,6 +299,7 @@ pub fn parse_disk(s: &str) -> anyhow::Result<DiskRecord> {
         path: abs.to_string_lossy().into_owned(),
         format: format.into(),
         readonly: ro,
+        lu: None,
     })
 }
 
@@ -333,6 +340,12 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                 restart_policy: a.restart.parse().map_err(anyhow::Error::msg)?,
                 hotplug_slots: a.hotplug,
                 cpu_model: a.cpu_model,
+                client: a.client,
+                lus: a
+                    .lu
+                    .iter()
+                    .map(|l| crate::lu::cli::parse_lu_attach(l))
+                    .collect(),
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -658,6 +671,18 @@ pub fn show_text(v: &PartitionView) -> String {
             format!("{} (restarts {})", r.restart_policy, r.restarts),
         ),
         ("host", r.host.clone()),
+        (
+            "client",
+            format!("{} (ClientID {})", r.client(), r.client_id),
+        ),
+        (
+            "adapter ids",
+            r.adapter_ids
+                .iter()
+                .map(|(a, id)| format!("{a}={id}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         ("cpu model", r.cpu_model.clone()),
         ("hot-plug ports", r.hotplug_slots.to_string()),
         ("pid", opt(r.pid)),
@@ -666,9 +691,13 @@ pub fn show_text(v: &PartitionView) -> String {
         ("console log", opt(v.console_log.as_ref())),
     ];
     for d in &r.disks {
+        let lu =
+            d.lu.as_ref()
+                .map(|l| format!("LU {l}: "))
+                .unwrap_or_default();
         rows.push((
             "disk",
-            format!("{} ({}{})", d.path, d.format, ro(d.readonly)),
+            format!("{lu}{} ({}{})", d.path, d.format, ro(d.readonly)),
         ));
     }
     for d in &v.hotplugged_disks {

@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// The bound on every store call; past it the call is "unavailable".
     pub timeout_ms: u64,
+    /// The repository of LUs, a directory every host mounts at the same
+    /// path; `<data_dir>/repository` when absent (a single host).
+    pub repository: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -55,6 +58,7 @@ impl Default for ClusterConfig {
             etcd: Vec::new(),
             prefix: "/bulkhead/v1".into(),
             timeout_ms: 5000,
+            repository: None,
         }
     }
 }
@@ -384,6 +388,14 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("state.db"))
+    }
+
+    /// The LU repository's directory (`cluster.repository`).
+    pub fn repository_dir(&self) -> PathBuf {
+        self.cluster
+            .repository
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("repository"))
     }
 
     /// The storage roots as configured (the default when none are).

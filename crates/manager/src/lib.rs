@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod host_id;
 pub mod listen;
+pub mod lu;
 pub mod manager;
 pub mod net;
 pub mod openapi;

@@ -31,7 +31,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
     ),
     paths(
         openapi_json, ping, host, list, create, show, destroy, start, stop, restart, exec,
-        stats, console, attach_disk, detach_disk
+        stats, console, attach_disk, detach_disk, lu_create, lu_list, lu_show, lu_delete,
+        lu_resize, lu_request
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -129,6 +130,8 @@ fn list() {}
     responses(
         (status = 201, description = "defined (not started)", body = PartitionRecord),
         (status = 400, description = "malformed body or a value out of range", body = ErrorBody),
+        (status = 403, description = "an LU named belongs to another client", body = ErrorBody),
+        (status = 404, description = "an LU named does not exist", body = ErrorBody),
         (status = 409, description = "the name or the address is taken", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
@@ -161,9 +164,10 @@ fn destroy() {}
     request_body = Option<StartOptions>,
     responses(
         (status = 200, description = "started (ready, with wait)", body = PartitionRecord),
-        (status = 400, description = "malformed body", body = ErrorBody),
-        (status = 404, description = "no such partition", body = ErrorBody),
-        (status = 409, description = "already running or busy", body = ErrorBody),
+        (status = 400, description = "malformed body, or a disk or LU file outside its confinement (storage roots, the client's area)", body = ErrorBody),
+        (status = 403, description = "an LU belongs to another client", body = ErrorBody),
+        (status = 404, description = "no such partition or LU", body = ErrorBody),
+        (status = 409, description = "already running or busy, or an LU locked by another holder", body = ErrorBody),
         (status = 502, description = "QEMU or the guest failed to start", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
@@ -254,6 +258,59 @@ fn attach_disk() {}
         (status = 502, description = "the guest did not release it in time", body = ErrorBody),
     ))]
 fn detach_disk() {}
+
+#[utoipa::path(get, path = "/v1/lus", tag = "lus", operation_id = "lu_list",
+    responses((status = 200, description = "every LU with its use and locks", body = Vec<crate::lu::types::LuView>)))]
+fn lu_list() {}
+
+#[utoipa::path(post, path = "/v1/lus", tag = "lus", operation_id = "lu_create",
+    request_body = crate::lu::types::CreateLu,
+    responses(
+        (status = 201, description = "a thin LU made in the client's area", body = crate::lu::types::LuView),
+        (status = 400, description = "malformed body, a bad name, size or purpose", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 502, description = "qemu-img could not make the file", body = ErrorBody),
+    ))]
+fn lu_create() {}
+
+#[utoipa::path(get, path = "/v1/lus/{name}", tag = "lus", operation_id = "lu_show",
+    params(("name" = String, Path, description = "LU name")),
+    responses(
+        (status = 200, description = "virtual size, bytes allocated, locks", body = crate::lu::types::LuView),
+        (status = 404, description = "no such LU", body = ErrorBody),
+    ))]
+fn lu_show() {}
+
+#[utoipa::path(delete, path = "/v1/lus/{name}", tag = "lus", operation_id = "lu_delete",
+    params(("name" = String, Path, description = "LU name")),
+    responses(
+        (status = 200, description = "record and file removed", body = crate::lu::types::LuDeleted),
+        (status = 404, description = "no such LU", body = ErrorBody),
+        (status = 409, description = "attached (locked) or changed concurrently", body = ErrorBody),
+    ))]
+fn lu_delete() {}
+
+#[utoipa::path(post, path = "/v1/lus/{name}/resize", tag = "lus", operation_id = "lu_resize",
+    params(("name" = String, Path, description = "LU name")),
+    request_body = crate::lu::types::ResizeLu,
+    responses(
+        (status = 200, description = "grown", body = crate::lu::types::LuView),
+        (status = 400, description = "malformed body, or smaller than now (LUs never shrink)", body = ErrorBody),
+        (status = 404, description = "no such LU", body = ErrorBody),
+        (status = 409, description = "attached (locked)", body = ErrorBody),
+        (status = 502, description = "qemu-img could not resize the file", body = ErrorBody),
+    ))]
+fn lu_resize() {}
+
+#[utoipa::path(post, path = "/v1/lu-requests", tag = "lus", operation_id = "lu_request",
+    request_body = crate::lu::types::RequestLu,
+    responses(
+        (status = 200, description = "an LU not in use reused or grown, or a new one made; `outcome` says which", body = crate::lu::types::LuRequested),
+        (status = 400, description = "malformed body, a bad client, size or purpose", body = ErrorBody),
+        (status = 409, description = "the LU chosen changed or got attached meanwhile", body = ErrorBody),
+        (status = 502, description = "qemu-img failed", body = ErrorBody),
+    ))]
+fn lu_request() {}
 
 #[cfg(test)]
 mod tests {
@@ -455,6 +512,9 @@ mod tests {
             last_exit: None,
             pid: None,
             restarts: 0,
+            client_name: String::new(),
+            client_id: 0,
+            adapter_ids: Default::default(),
             revision: 1,
         };
         let view = PartitionView {

@@ -396,6 +396,15 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             name: name(n),
             id: name(id),
         },
+        (&Method::GET, ["v1", "lus"]) => ApiRequest::LuList,
+        (&Method::POST, ["v1", "lus"]) => ApiRequest::LuCreate(body_required(b)?),
+        (&Method::GET, ["v1", "lus", n]) => ApiRequest::LuShow { name: name(n) },
+        (&Method::DELETE, ["v1", "lus", n]) => ApiRequest::LuDelete { name: name(n) },
+        (&Method::POST, ["v1", "lus", n, "resize"]) => ApiRequest::LuResize {
+            name: name(n),
+            req: body_required(b)?,
+        },
+        (&Method::POST, ["v1", "lu-requests"]) => ApiRequest::LuRequest(body_required(b)?),
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -437,6 +446,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/console", &["GET"]),
     ("/v1/partitions/{name}/disks", &["POST"]),
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
+    ("/v1/lus", &["GET", "POST"]),
+    ("/v1/lus/{name}", &["GET", "DELETE"]),
+    ("/v1/lus/{name}/resize", &["POST"]),
+    ("/v1/lu-requests", &["POST"]),
 ];
 
 /// The methods a known path takes, for a 405's `Allow`.

@@ -76,6 +76,7 @@ impl Manager {
                     let _ = m.cgroups.open(&name).remove_off_reactor().await;
                 }
             }
+            m.release_lus(&name).await;
             m.live.lock().unwrap().remove(&name);
             let ev = format!("{state}: {reason}");
             let rec = m
