@@ -139,7 +139,7 @@ fn size(b: u64) -> String {
     for (u, n) in UNITS {
         if b >= n {
             let v = b as f64 / n as f64;
-            return if b % n == 0 {
+            return if b.is_multiple_of(n) {
                 format!("{}{u}", b / n)
             } else {
                 format!("{v:.1}{u}")

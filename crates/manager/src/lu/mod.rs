@@ -81,7 +81,7 @@ pub const MAX_LU_BYTES: u64 = 64 << 40;
 
 /// A size an LU may have: whole 512-byte sectors, 1 MiB to [`MAX_LU_BYTES`].
 pub fn check_size(bytes: u64) -> Result<(), String> {
-    if !(1 << 20..=MAX_LU_BYTES).contains(&bytes) || bytes % 512 != 0 {
+    if !(1 << 20..=MAX_LU_BYTES).contains(&bytes) || !bytes.is_multiple_of(512) {
         return Err(format!(
             "LU size {bytes} must be a multiple of 512 bytes from 1 MiB to {MAX_LU_BYTES} (64 TiB)"
         ));
