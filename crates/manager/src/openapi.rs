@@ -295,9 +295,9 @@ fn lu_delete() {}
     request_body = crate::lu::types::ResizeLu,
     responses(
         (status = 200, description = "grown", body = crate::lu::types::LuView),
-        (status = 400, description = "malformed body, or smaller than now (LUs never shrink)", body = ErrorBody),
+        (status = 400, description = "malformed body", body = ErrorBody),
         (status = 404, description = "no such LU", body = ErrorBody),
-        (status = 409, description = "attached (locked)", body = ErrorBody),
+        (status = 409, description = "attached (locked), or smaller than now (LUs never shrink)", body = ErrorBody),
         (status = 502, description = "qemu-img could not resize the file", body = ErrorBody),
     ))]
 fn lu_resize() {}

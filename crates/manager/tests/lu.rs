@@ -142,7 +142,8 @@ async fn lu_commands_ownership_confinement_and_requests() {
         )
         .await
         .unwrap_err());
-    assert_eq!(s, 400, "{m}");
+    assert_eq!(s, 409, "{m}");
+    assert!(m.contains("only grow"), "{m}");
     assert_eq!(c.lu_show("vol").await.unwrap().virtual_bytes, 128 * MIB);
 
     // Ownership: another client's partition may not name it.

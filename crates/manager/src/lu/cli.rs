@@ -196,6 +196,7 @@ pub fn show_text(v: &LuView) -> String {
             format!("{} ({} bytes)", size(v.allocated_bytes), v.allocated_bytes),
         ),
         ("file", v.file.clone()),
+        ("problem", v.problem.clone().unwrap_or_else(|| "-".into())),
     ];
     for (k, val) in rows {
         out.push_str(&format!("{k:<14} {val}\n"));

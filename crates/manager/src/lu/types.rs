@@ -15,7 +15,7 @@ pub struct CreateLu {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
     pub client: String,
     /// Virtual size: whole 512-byte sectors, 1 MiB to 64 TiB.
-    #[schema(minimum = 1048576)]
+    #[schema(minimum = 1048576, maximum = 70368744177664_u64, multiple_of = 512)]
     pub size_bytes: u64,
     /// `data` (default), `paging` or `hibernation`.
     #[serde(default)]
@@ -28,7 +28,7 @@ pub struct CreateLu {
 #[serde(deny_unknown_fields)]
 pub struct ResizeLu {
     /// The new virtual size; not smaller than the current one.
-    #[schema(minimum = 1048576)]
+    #[schema(minimum = 1048576, maximum = 70368744177664_u64, multiple_of = 512)]
     pub size_bytes: u64,
 }
 
@@ -38,7 +38,7 @@ pub struct ResizeLu {
 pub struct RequestLu {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
     pub client: String,
-    #[schema(minimum = 1048576)]
+    #[schema(minimum = 1048576, maximum = 70368744177664_u64, multiple_of = 512)]
     pub min_bytes: u64,
     /// `data` (default), `paging` or `hibernation`: only LUs of this purpose
     /// are reused or grown.
@@ -60,6 +60,10 @@ pub struct LuView {
     pub allocated_bytes: u64,
     /// The attachments holding it (the LU status table).
     pub locks: Vec<LuLock>,
+    /// Why the file could not be read (missing, not a qcow2); the sizes
+    /// are then the record's and 0.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 /// Which of the three `lu request` did.

@@ -78,12 +78,28 @@ impl Manager {
 
     async fn lu_view(&self, record: LuRecord) -> Result<LuView, ApiError> {
         let file = self.repo.path_of(&record.path);
-        let u = lu::usage(&file).map_err(|e| internal(format!("LU {:?}: {e}", record.name)))?;
+        let path = file.clone();
+        let usage = tokio::task::spawn_blocking(move || lu::usage(&path))
+            .await
+            .map_err(internal)?;
+        // A file being made, or removed behind the manager's back, is
+        // reported in the view, not as a failure of the call.
+        let (u, problem) = match usage {
+            Ok(u) => (u, None),
+            Err(e) => {
+                let none = lu::Usage {
+                    virtual_bytes: record.size_bytes,
+                    allocated_bytes: 0,
+                };
+                (none, Some(e))
+            }
+        };
         Ok(LuView {
             locks: self.store.lu_locks(Some(&record.name)).await?,
             file: file.to_string_lossy().into_owned(),
             virtual_bytes: u.virtual_bytes,
             allocated_bytes: u.allocated_bytes,
+            problem,
             record,
         })
     }
@@ -145,7 +161,8 @@ impl Manager {
         lu::check_size(size_bytes).map_err(bad)?;
         let r = self.lu_record(name).await?;
         if size_bytes < r.size_bytes {
-            return Err(bad(format!(
+            // The request is valid; the LU's state (its size) is what refuses it.
+            return Err(ApiError::Conflict(format!(
                 "LU {name:?} is {} bytes; shrinking to {size_bytes} would cut its data off, so LUs only grow",
                 r.size_bytes
             )));
