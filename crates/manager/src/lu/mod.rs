@@ -64,6 +64,22 @@ impl Repository {
     }
 }
 
+/// Refuses a repository that overlaps a storage root: a disk named by path
+/// from a root would reach every client's LUs without the ownership check.
+pub fn check_apart(repo: &Path, roots: &[PathBuf]) -> Result<(), String> {
+    match roots
+        .iter()
+        .find(|r| repo.starts_with(r) || r.starts_with(repo))
+    {
+        Some(r) => Err(format!(
+            "the repository {} and the storage root {} overlap: a disk path could then reach any client's LUs; keep them apart",
+            repo.display(),
+            r.display()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The rule for LU and client names (the partition name rule: they become
 /// path components, so no `/`, `.` or `..`).
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
@@ -145,4 +161,41 @@ pub struct Usage {
 pub fn usage(path: &Path) -> Result<Usage, String> {
     let out = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], path, &[])?;
     serde_json::from_slice(&out).map_err(|e| format!("qemu-img info output: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_and_storage_roots_stay_apart() {
+        let roots = [PathBuf::from("/d/storage"), PathBuf::from("/srv")];
+        assert!(check_apart(Path::new("/d/repository"), &roots).is_ok());
+        assert!(check_apart(Path::new("/srv/repo"), &roots).is_err());
+        assert!(check_apart(Path::new("/d"), &roots).is_err());
+        assert!(check_apart(Path::new("/d/storage"), &roots).is_err());
+    }
+
+    #[test]
+    fn names_and_sizes() {
+        assert!(check_name("LU", "vol-1").is_ok());
+        for bad in ["", "..", "a/b", "A", "-x", &"x".repeat(49)] {
+            assert!(check_name("LU", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_size(1 << 20).is_ok());
+        for bad in [0, 512, (1 << 20) + 1, MAX_LU_BYTES + 512] {
+            assert!(check_size(bad).is_err(), "{bad}");
+        }
+        let r = Repository {
+            root: PathBuf::from("/r"),
+        };
+        assert_eq!(
+            r.path_of(&Repository::lu_rel_path("c", "v")),
+            Path::new("/r/clients/c/lu/v.qcow2")
+        );
+        assert_eq!(
+            r.hibernation_dir("c", "p"),
+            Path::new("/r/clients/c/hibernation/p")
+        );
+    }
 }

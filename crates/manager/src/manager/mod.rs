@@ -117,6 +117,7 @@ impl Manager {
         })?;
         let roots = Roots::open(&cfg.storage_roots(), &cfg.data_dir, &cfg.image_dir)?;
         let repo = crate::lu::Repository::open(&cfg.repository_dir())?;
+        crate::lu::check_apart(repo.root(), roots.roots()).map_err(anyhow::Error::msg)?;
         let layout = Layout::detect()?;
         let instance = cfg.cgroup_instance();
         let cgroups = Cgroups::new(layout, &cfg.cgroup.parent, &instance);
