@@ -189,6 +189,10 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    AttachLu {
+        name: String,
+        req: crate::lu::types::AttachLu,
+    },
     LuCreate(crate::lu::types::CreateLu),
     LuList,
     LuShow {

@@ -146,7 +146,11 @@ pub enum DiskCommand {
 pub struct DiskAddArgs {
     pub name: String,
     /// The image: PATH[:ro] (qcow2 by extension, raw otherwise).
-    pub disk: String,
+    #[arg(required_unless_present = "lu", conflicts_with = "lu")]
+    pub disk: Option<String>,
+    /// An LU of the partition's client instead of a path: NAME[:ro].
+    #[arg(long)]
+    pub lu: Option<String>,
     /// Adapter id; hotN when absent.
     #[arg(long)]
     pub id: Option<String>,
@@ -414,14 +418,28 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             }
         }
         PartitionCommand::Disk(DiskCommand::Add(a)) => {
-            let d = parse_disk(&a.disk)?;
-            let req = AttachDisk {
-                path: d.path,
-                format: Some(d.format),
-                readonly: d.readonly,
-                id: a.id,
+            let client = a.api.client()?;
+            let disk = match (&a.lu, &a.disk) {
+                (Some(lu), _) => {
+                    let l = crate::lu::cli::parse_lu_attach(lu);
+                    let req = crate::lu::types::AttachLu {
+                        lu: l.name,
+                        readonly: l.readonly,
+                        id: a.id,
+                    };
+                    client.attach_lu(&a.name, &req).await?
+                }
+                (None, d) => {
+                    let d = parse_disk(d.as_deref().unwrap_or_default())?;
+                    let req = AttachDisk {
+                        path: d.path,
+                        format: Some(d.format),
+                        readonly: d.readonly,
+                        id: a.id,
+                    };
+                    client.attach_disk(&a.name, &req).await?
+                }
             };
-            let disk = a.api.client()?.attach_disk(&a.name, &req).await?;
             if a.json {
                 print_json(&disk)?;
             } else {
@@ -795,9 +813,17 @@ mod tests {
             panic!("not disk add")
         };
         assert_eq!(
-            (a.disk.as_str(), a.id.as_deref()),
-            ("/x.raw:ro", Some("d1"))
+            (a.disk.as_deref(), a.id.as_deref()),
+            (Some("/x.raw:ro"), Some("d1"))
         );
+        let t = T::try_parse_from(["t", "disk", "add", "p", "--lu", "vol:ro"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = t.c else {
+            panic!("not disk add")
+        };
+        assert_eq!((a.disk, a.lu.as_deref()), (None, Some("vol:ro")));
+        // A path or an LU, one of them.
+        assert!(T::try_parse_from(["t", "disk", "add", "p"]).is_err());
+        assert!(T::try_parse_from(["t", "disk", "add", "p", "/x", "--lu", "v"]).is_err());
         assert!(T::try_parse_from(["t", "disk", "remove", "p"]).is_err());
         // What the daemon sends for `show`, read as the typed view.
         let view: PartitionView = serde_json::from_value(serde_json::json!({

@@ -32,7 +32,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     paths(
         openapi_json, ping, host, list, create, show, destroy, start, stop, restart, exec,
         stats, console, attach_disk, detach_disk, lu_create, lu_list, lu_show, lu_delete,
-        lu_resize, lu_request
+        lu_resize, lu_request, attach_lu
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -258,6 +258,19 @@ fn attach_disk() {}
         (status = 502, description = "the guest did not release it in time", body = ErrorBody),
     ))]
 fn detach_disk() {}
+
+#[utoipa::path(post, path = "/v1/partitions/{name}/lus", tag = "disks", operation_id = "attach_lu",
+    params(("name" = String, Path, description = "partition name")),
+    request_body = crate::lu::types::AttachLu,
+    responses(
+        (status = 200, description = "hot-plugged and locked; removed like any disk (DELETE .../disks/{id})", body = AttachedDisk),
+        (status = 400, description = "malformed body, a bad id, or the LU's file outside its client's area", body = ErrorBody),
+        (status = 403, description = "the LU belongs to another client", body = ErrorBody),
+        (status = 404, description = "no such partition or LU", body = ErrorBody),
+        (status = 409, description = "not running, no free hot-plug port, the id is taken, or the LU is locked by another holder", body = ErrorBody),
+        (status = 502, description = "QEMU refused the device", body = ErrorBody),
+    ))]
+fn attach_lu() {}
 
 #[utoipa::path(get, path = "/v1/lus", tag = "lus", operation_id = "lu_list",
     responses((status = 200, description = "every LU with its use and locks", body = Vec<crate::lu::types::LuView>)))]

@@ -396,6 +396,10 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             name: name(n),
             id: name(id),
         },
+        (&Method::POST, ["v1", "partitions", n, "lus"]) => ApiRequest::AttachLu {
+            name: name(n),
+            req: body_required(b)?,
+        },
         (&Method::GET, ["v1", "lus"]) => ApiRequest::LuList,
         (&Method::POST, ["v1", "lus"]) => ApiRequest::LuCreate(body_required(b)?),
         (&Method::GET, ["v1", "lus", n]) => ApiRequest::LuShow { name: name(n) },
@@ -446,6 +450,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/console", &["GET"]),
     ("/v1/partitions/{name}/disks", &["POST"]),
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
+    ("/v1/partitions/{name}/lus", &["POST"]),
     ("/v1/lus", &["GET", "POST"]),
     ("/v1/lus/{name}", &["GET", "DELETE"]),
     ("/v1/lus/{name}/resize", &["POST"]),

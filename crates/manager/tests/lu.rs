@@ -324,8 +324,9 @@ async fn an_attached_lu_is_thin_and_locked_against_a_second_host() {
     let (ca, cb) = (a.client(), b.client());
 
     let before = create_lu(&ca, "data", "acme", 256 * MIB).await;
-    a.create("w1", 50, 128, with_lu("acme", "data", false))
-        .await;
+    let mut spec = with_lu("acme", "data", false);
+    spec["hotplug_slots"] = json!(1);
+    a.create("w1", 50, 128, spec).await;
     a.start_wait("w1").await;
     let v = ca.lu_show("data").await.unwrap();
     assert_eq!(v.locks.len(), 1, "{v:?}");
@@ -410,6 +411,61 @@ async fn an_attached_lu_is_thin_and_locked_against_a_second_host() {
     );
     assert_eq!(api(cb.lu_delete("data").await.unwrap_err()).0, 409);
     assert_eq!(ca.lu_show("data").await.unwrap().locks.len(), 1);
+
+    // Hot-plug: another client's LU is refused, the client's own is locked
+    // for the adapter, and removing the disk releases that lock.
+    create_lu(&ca, "theirs", "other", 16 * MIB).await;
+    create_lu(&ca, "extra", "acme", 16 * MIB).await;
+    let (s, code, m) = post_err(&ca, "/v1/partitions/w1/lus", json!({"lu": "theirs"})).await;
+    assert_eq!((s, code.as_str()), (403, "forbidden"), "{m}");
+    assert!(ca.lu_show("theirs").await.unwrap().locks.is_empty());
+    let hot = ca
+        .attach_lu(
+            "w1",
+            &AttachLu {
+                lu: "extra".into(),
+                readonly: false,
+                id: None,
+            },
+        )
+        .await
+        .unwrap();
+    let held = ca.lu_show("extra").await.unwrap().locks;
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (held[0].partition.as_str(), held[0].adapter.as_str()),
+        ("w1", hot.id.as_str())
+    );
+    let ids = a.show("w1").await["adapter_ids"].clone();
+    assert_eq!(
+        ids[&hot.id].as_u64(),
+        Some(held[0].adapter_id as u64),
+        "{ids}"
+    );
+    assert_ne!(ids[&hot.id], ids["disk0"]);
+    let r = a
+        .exec(
+            "w1",
+            "for i in $(seq 300); do [ -e /sys/block/vdb ] && exit 0; sleep 0.1; done; exit 1",
+        )
+        .await;
+    assert_eq!(r["code"], 0, "the guest sees the LU: {r}");
+    ca.call(
+        hyper::Method::DELETE,
+        &format!("/v1/partitions/w1/disks/{}", hot.id),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        ca.lu_show("extra").await.unwrap().locks.is_empty(),
+        "unplugging released it"
+    );
+    assert_eq!(
+        ca.lu_show("data").await.unwrap().locks.len(),
+        1,
+        "the boot disk keeps its lock"
+    );
 
     // Stopping releases the lock; then the LU grows.
     ca.post("/v1/partitions/w1/stop", &json!({"force": true}))

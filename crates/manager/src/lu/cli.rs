@@ -112,6 +112,14 @@ fn lu_path(name: &str) -> Result<String, ClientError> {
 }
 
 impl Client {
+    pub async fn attach_lu(
+        &self,
+        partition: &str,
+        req: &AttachLu,
+    ) -> Result<crate::api::AttachedDisk, ClientError> {
+        let path = format!("{}/lus", crate::client::partition_path(partition)?);
+        self.send(Method::POST, &path, Some(req)).await
+    }
     pub async fn lu_create(&self, req: &CreateLu) -> Result<LuView, ClientError> {
         self.send(Method::POST, "/v1/lus", Some(req)).await
     }

@@ -93,6 +93,21 @@ pub struct LuDeleted {
     pub deleted: String,
 }
 
+/// Body of `POST /v1/partitions/{name}/lus`: hot-plug an LU of the
+/// partition's client into a running partition created with hot-plug ports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachLu {
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
+    pub lu: String,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Adapter id (1-16 of a-z, 0-9, '-'); `hotN` when absent.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,15}$")]
+    pub id: Option<String>,
+}
+
 /// An LU a partition attaches (`partition create --lu NAME[:ro]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -362,6 +362,44 @@ impl Manager {
         Ok(())
     }
 
+    /// Locks an LU for a disk being hot-plugged as adapter `id` (given an
+    /// AdapterID in the partition's record first), then confines its file.
+    pub(super) async fn lock_hotplugged_lu(
+        &self,
+        rec: &PartitionRecord,
+        id: &str,
+        lu: &str,
+        readonly: bool,
+    ) -> Result<crate::storage::CheckedDisk, ApiError> {
+        let rec = self
+            .modify(&rec.name, "", |r| {
+                next_adapter_id(r, id);
+            })
+            .await?;
+        let lock = LuLock {
+            lu: lu.to_string(),
+            host: self.host.clone(),
+            partition: rec.name.clone(),
+            adapter: id.to_string(),
+            adapter_id: rec.adapter_ids.get(id).copied().unwrap_or(0),
+            mode: if readonly { LockMode::Ro } else { LockMode::Rw },
+            since: 0,
+        };
+        let lu = self.store.lu_lock(&lock, rec.client()).await?;
+        let checked = self.confine_lu(&lu);
+        if checked.is_err() {
+            self.release_adapter(&rec.name, id).await;
+        }
+        checked
+    }
+
+    /// Releases the lock of one adapter (a hot-plugged LU removed).
+    pub(super) async fn release_adapter(&self, partition: &str, adapter: &str) {
+        if let Err(e) = self.store.lu_unlock(partition, Some(adapter)).await {
+            tracing::warn!(partition, adapter, error = %e, "releasing an LU lock");
+        }
+    }
+
     /// The LU's file, resolved, inside its client's area with its whole
     /// backing chain (nothing is opened before its link is checked).
     fn confine_lu(&self, lu: &LuRecord) -> Result<crate::storage::CheckedDisk, ApiError> {

@@ -204,6 +204,9 @@ impl Manager {
             ApiRequest::DetachDisk { name, id } => {
                 R::DiskDetached(self.detach_disk(&name, &id).await?)
             }
+            ApiRequest::AttachLu { name, req } => {
+                R::DiskAttached(self.attach_lu(&name, req).await?)
+            }
             ApiRequest::LuCreate(c) => R::LuCreated(self.lu_create(c).await?),
             ApiRequest::LuList => R::Lus(self.lu_list().await?),
             ApiRequest::LuShow { name } => R::Lu(self.lu_show(&name).await?),
