@@ -1,7 +1,7 @@
 //! `bulkhead lu ...`: the LU commands, and the API client's LU calls.
 
 use super::types::*;
-use crate::cli::ApiArgs;
+use crate::cli::{ApiArgs, ListArgs, NameArgs};
 use crate::client::{encode_segment, Client, ClientError};
 use anyhow::Context;
 use hyper::Method;
@@ -34,23 +34,6 @@ pub struct CreateArgs {
     /// data (default), paging or hibernation.
     #[arg(long)]
     pub purpose: Option<String>,
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct NameArgs {
-    pub name: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
