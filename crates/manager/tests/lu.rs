@@ -486,3 +486,100 @@ async fn an_attached_lu_is_thin_and_locked_against_a_second_host() {
     assert_eq!(v.virtual_bytes, 512 * MIB);
     assert!(v.allocated_bytes >= 16 * MIB, "the data stays");
 }
+
+/// The same rules with the cluster store on etcd: two daemons (two host
+/// ids) on one etcd and one repository see the same LUs; an LU locked for
+/// write by a partition of the other host is refused to this host's start,
+/// naming the holder, and `lu request` does not take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lus_and_locks_on_etcd_across_two_hosts() {
+    let cluster = bulkhead_testbed::EtcdCluster::start(3);
+    let prefix = format!("/bulkhead-test/{}/lu", std::process::id());
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let on = |host: &str| {
+        Daemon::start(Opts {
+            extra: format!(
+                "[store]\nhost_id = {host:?}\n[cluster]\netcd = {:?}\nprefix = {prefix:?}\nrepository = {repo:?}\n",
+                cluster.endpoints()
+            ),
+            ..Default::default()
+        })
+    };
+    let (a, b) = (on("etcd-lu-a"), on("etcd-lu-b"));
+    let (ca, cb) = (a.client(), b.client());
+    create_lu(&ca, "shared", "zeta", 32 * MIB).await;
+    assert_eq!(cb.lu_show("shared").await.unwrap().virtual_bytes, 32 * MIB);
+    let (s, _, _) = api(cb
+        .lu_create(&CreateLu {
+            name: "shared".into(),
+            client: "zeta".into(),
+            size_bytes: 8 * MIB,
+            purpose: None,
+        })
+        .await
+        .unwrap_err());
+    assert_eq!(s, 409, "one name in the cluster");
+
+    // Host a's partition holds it for write (its lock written as a's start
+    // writes it); b's start is refused naming a, and changes nothing.
+    let etcd = bulkhead_store_etcd::connect(&cluster.endpoints(), &prefix)
+        .await
+        .unwrap();
+    let held = LuLock {
+        lu: "shared".into(),
+        host: "etcd-lu-a".into(),
+        partition: "holder".into(),
+        adapter: "disk0".into(),
+        adapter_id: 2,
+        mode: LockMode::Rw,
+        since: 0,
+    };
+    etcd.lu_lock(&held, "zeta").await.unwrap();
+    b.create("taker", 10, 128, with_lu("zeta", "shared", false))
+        .await;
+    let (s, _, m) = post_err(&cb, "/v1/partitions/taker/start", json!({})).await;
+    assert_eq!(s, 409, "{m}");
+    assert!(m.contains("etcd-lu-a") && m.contains("\"holder\""), "{m}");
+    assert_eq!(b.show("taker").await["state"], "defined");
+    let locks = cb.lu_show("shared").await.unwrap().locks;
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    // Another client's partition is refused for ownership.
+    let (s, code, _) = post_err(
+        &cb,
+        "/v1/partitions",
+        json!({"name": "stranger", "memory_mib": 128, "cpu_percent": 10, "lus": [{"name": "shared"}]}),
+    )
+    .await;
+    assert_eq!((s, code.as_str()), (403, "forbidden"));
+    // lu request passes over the LU in use and makes another.
+    let r = cb
+        .lu_request(&RequestLu {
+            client: "zeta".into(),
+            min_bytes: 8 * MIB,
+            purpose: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome, r.lu.record.name.as_str()),
+        (LuOutcome::Created, "zeta-data-1")
+    );
+    let r = ca
+        .lu_request(&RequestLu {
+            client: "zeta".into(),
+            min_bytes: 8 * MIB,
+            purpose: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome, r.lu.record.name.as_str()),
+        (LuOutcome::Reused, "zeta-data-1")
+    );
+    // ClientIDs are unique across the two hosts.
+    let x = a.create("pa", 10, 128, json!({})).await;
+    let y = b.create("pb", 10, 128, json!({})).await;
+    assert_ne!(x["client_id"], y["client_id"]);
+    assert!(x["client_id"].as_u64().unwrap() > 0);
+}
