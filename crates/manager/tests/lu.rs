@@ -208,7 +208,14 @@ async fn lu_commands_ownership_confinement_and_requests() {
         "defined",
         "a refused start changes nothing"
     );
-    assert!(c.lu_show("evil").await.unwrap().locks.is_empty());
+    let v = c.lu_show("evil").await.unwrap();
+    assert!(v.locks.is_empty());
+    // Nor does `lu show` read the file the symlink leads to.
+    assert!(
+        v.problem.as_deref().unwrap_or("").contains("outside"),
+        "{v:?}"
+    );
+    assert_eq!(v.allocated_bytes, 0);
 
     // So is a backing file in another client's area.
     create_lu(&c, "secret", "bob", 16 * MIB).await;

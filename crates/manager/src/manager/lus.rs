@@ -78,10 +78,24 @@ impl Manager {
 
     async fn lu_view(&self, record: LuRecord) -> Result<LuView, ApiError> {
         let file = self.repo.path_of(&record.path);
-        let path = file.clone();
-        let usage = tokio::task::spawn_blocking(move || lu::usage(&path))
-            .await
-            .map_err(internal)?;
+        let (path, area) = (file.clone(), self.repo.client_dir(&record.client));
+        // Only a file inside the client's area is read: a symlink swapped in
+        // must not make the manager describe a file elsewhere.
+        let usage = tokio::task::spawn_blocking(move || {
+            let inside = std::fs::canonicalize(&path)
+                .ok()
+                .zip(std::fs::canonicalize(&area).ok())
+                .is_some_and(|(p, a)| p.starts_with(a));
+            if !inside {
+                return Err(format!(
+                    "{} is missing or resolves outside the client's area",
+                    path.display()
+                ));
+            }
+            lu::usage(&path)
+        })
+        .await
+        .map_err(internal)?;
         // A file being made, or removed behind the manager's back, is
         // reported in the view, not as a failure of the call.
         let (u, problem) = match usage {
