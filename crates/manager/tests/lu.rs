@@ -38,10 +38,14 @@ async fn create_lu(c: &Client, name: &str, client: &str, bytes: u64) -> LuView {
 }
 
 async fn request(c: &Client, client: &str, min: u64) -> LuRequested {
+    request_for(c, client, min, "paging").await
+}
+
+async fn request_for(c: &Client, client: &str, min: u64, purpose: &str) -> LuRequested {
     c.lu_request(&RequestLu {
         client: client.into(),
         min_bytes: min,
-        purpose: Some("paging".into()),
+        purpose: Some(purpose.into()),
     })
     .await
     .unwrap()
@@ -560,26 +564,12 @@ async fn lus_and_locks_on_etcd_across_two_hosts() {
     .await;
     assert_eq!((s, code.as_str()), (403, "forbidden"));
     // lu request passes over the LU in use and makes another.
-    let r = cb
-        .lu_request(&RequestLu {
-            client: "zeta".into(),
-            min_bytes: 8 * MIB,
-            purpose: None,
-        })
-        .await
-        .unwrap();
+    let r = request_for(&cb, "zeta", 8 * MIB, "data").await;
     assert_eq!(
         (r.outcome, r.lu.record.name.as_str()),
         (LuOutcome::Created, "zeta-data-1")
     );
-    let r = ca
-        .lu_request(&RequestLu {
-            client: "zeta".into(),
-            min_bytes: 8 * MIB,
-            purpose: None,
-        })
-        .await
-        .unwrap();
+    let r = request_for(&ca, "zeta", 8 * MIB, "data").await;
     assert_eq!(
         (r.outcome, r.lu.record.name.as_str()),
         (LuOutcome::Reused, "zeta-data-1")
