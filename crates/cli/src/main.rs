@@ -34,6 +34,9 @@ enum Command {
     /// Shared-memory regions (and disks) partitions own.
     #[command(subcommand)]
     Region(bulkhead_manager::grant_cli::RegionCommand),
+    /// LUs: thin disks of the repository, owned by a client.
+    #[command(subcommand)]
+    Lu(bulkhead_manager::lu::cli::LuCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Region(c) => {
             partition::runtime()?.block_on(bulkhead_manager::grant_cli::run_region(c))
         }
+        Command::Lu(c) => partition::runtime()?.block_on(bulkhead_manager::lu::cli::run(c)),
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

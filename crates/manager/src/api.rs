@@ -55,6 +55,14 @@ pub struct CreatePartition {
     #[serde(default)]
     #[schema(minimum = 10, maximum = 2592000)]
     pub hibernate_idle_secs: Option<u64>,
+    /// The owning client (tenant); the partition's own name when absent.
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
+    pub client: Option<String>,
+    /// LUs of the repository to attach (after `disks`), each of this
+    /// partition's client; locked in the store while it runs.
+    #[serde(default)]
+    pub lus: Vec<crate::lu::types::LuAttach>,
 }
 
 fn one() -> u32 {
@@ -190,6 +198,23 @@ pub enum ApiRequest {
         name: String,
         id: String,
     },
+    AttachLu {
+        name: String,
+        req: crate::lu::types::AttachLu,
+    },
+    LuCreate(crate::lu::types::CreateLu),
+    LuList,
+    LuShow {
+        name: String,
+    },
+    LuResize {
+        name: String,
+        req: crate::lu::types::ResizeLu,
+    },
+    LuDelete {
+        name: String,
+    },
+    LuRequest(crate::lu::types::RequestLu),
     /// `GET /v1/grants[?partition=P]`: every grant, or those P gave, holds or owns.
     GrantList {
         partition: Option<String>,
@@ -393,6 +418,12 @@ pub enum ApiReply {
     ConsoleSocket(std::path::PathBuf),
     DiskAttached(AttachedDisk),
     DiskDetached(DetachedDisk),
+    /// An LU just made (201).
+    LuCreated(crate::lu::types::LuView),
+    Lu(crate::lu::types::LuView),
+    Lus(Vec<crate::lu::types::LuView>),
+    LuDeleted(crate::lu::types::LuDeleted),
+    LuRequested(crate::lu::types::LuRequested),
     Grants(Vec<crate::grants::GrantInfo>),
     Grant(Box<crate::grants::GrantInfo>),
     GrantLog(Vec<crate::grants::GrantLogEntry>),
@@ -420,7 +451,7 @@ impl Serialize for Forwarded {
 impl ApiReply {
     pub fn status(&self) -> u16 {
         match self {
-            Self::Created(_) => 201,
+            Self::Created(_) | Self::LuCreated(_) => 201,
             Self::Forwarded(f) => f.status,
             _ => 200,
         }
@@ -453,6 +484,7 @@ pub enum ErrorCode {
     Conflict,
     OverCapacity,
     Unauthorized,
+    Forbidden,
     NoRoute,
     MethodNotAllowed,
     RequestTimeout,
@@ -473,6 +505,7 @@ impl ErrorCode {
             Self::Conflict => "conflict",
             Self::OverCapacity => "over_capacity",
             Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
@@ -503,6 +536,9 @@ pub enum ApiError {
     OverCapacity(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The resource belongs to another client (an LU of another tenant).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no such API endpoint: {0}")]
     NoRoute(String),
     #[error("{method} is not allowed on {path} (allowed: {})", allow.join(", "))]
@@ -535,6 +571,7 @@ impl ApiError {
         match self {
             Self::BadRequest(_) => 400,
             Self::Unauthorized => 401,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) | Self::NoDevice(_) | Self::NoRoute(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::RequestTimeout(_) => 408,
@@ -562,6 +599,7 @@ impl ApiError {
             Self::Conflict(_) => C::Conflict,
             Self::OverCapacity(_) => C::OverCapacity,
             Self::Unauthorized => C::Unauthorized,
+            Self::Forbidden(_) => C::Forbidden,
             Self::NoRoute(_) => C::NoRoute,
             Self::MethodNotAllowed { .. } => C::MethodNotAllowed,
             Self::RequestTimeout(_) => C::RequestTimeout,
@@ -596,6 +634,9 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::NotFound(n) => Self::NotFound(n),
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
             S::Unavailable { .. } => Self::Unavailable(e.to_string()),
+            S::LuNotFound(_) => Self::NoDevice(e.to_string()),
+            S::LuExists(_) | S::Locked(_) => Self::Conflict(e.to_string()),
+            S::Forbidden(m) => Self::Forbidden(m),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -127,6 +127,12 @@ pub struct CreateArgs {
     /// Hibernate after this long idle, e.g. 90s, 10m, 2h (at least 10s).
     #[arg(long)]
     pub hibernate_idle: Option<String>,
+    /// The owning client (tenant); the partition's own name by default.
+    #[arg(long)]
+    pub client: Option<String>,
+    /// An LU of the client to attach: NAME[:ro]; repeatable.
+    #[arg(long)]
+    pub lu: Vec<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -146,7 +152,11 @@ pub enum DiskCommand {
 pub struct DiskAddArgs {
     pub name: String,
     /// The image: PATH[:ro] (qcow2 by extension, raw otherwise).
-    pub disk: String,
+    #[arg(required_unless_present = "lu", conflicts_with = "lu")]
+    pub disk: Option<String>,
+    /// An LU of the partition's client instead of a path: NAME[:ro].
+    #[arg(long)]
+    pub lu: Option<String>,
     /// Adapter id; hotN when absent.
     #[arg(long)]
     pub id: Option<String>,
@@ -325,6 +335,7 @@ pub fn parse_disk(s: &str) -> anyhow::Result<DiskRecord> {
         path: abs.to_string_lossy().into_owned(),
         format: format.into(),
         readonly: ro,
+        lu: None,
     })
 }
 
@@ -376,6 +387,12 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .as_deref()
                     .map(parse_duration_secs)
                     .transpose()?,
+                client: a.client,
+                lus: a
+                    .lu
+                    .iter()
+                    .map(|l| crate::lu::cli::parse_lu_attach(l))
+                    .collect(),
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -444,14 +461,28 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             }
         }
         PartitionCommand::Disk(DiskCommand::Add(a)) => {
-            let d = parse_disk(&a.disk)?;
-            let req = AttachDisk {
-                path: d.path,
-                format: Some(d.format),
-                readonly: d.readonly,
-                id: a.id,
+            let client = a.api.client()?;
+            let disk = match (&a.lu, &a.disk) {
+                (Some(lu), _) => {
+                    let l = crate::lu::cli::parse_lu_attach(lu);
+                    let req = crate::lu::types::AttachLu {
+                        lu: l.name,
+                        readonly: l.readonly,
+                        id: a.id,
+                    };
+                    client.attach_lu(&a.name, &req).await?
+                }
+                (None, d) => {
+                    let d = parse_disk(d.as_deref().unwrap_or_default())?;
+                    let req = AttachDisk {
+                        path: d.path,
+                        format: Some(d.format),
+                        readonly: d.readonly,
+                        id: a.id,
+                    };
+                    client.attach_disk(&a.name, &req).await?
+                }
             };
-            let disk = a.api.client()?.attach_disk(&a.name, &req).await?;
             if a.json {
                 print_json(&disk)?;
             } else {
@@ -748,6 +779,18 @@ pub fn show_text(v: &PartitionView) -> String {
             format!("{} (restarts {})", r.restart_policy, r.restarts),
         ),
         ("host", r.host.clone()),
+        (
+            "client",
+            format!("{} (ClientID {})", r.client(), r.client_id),
+        ),
+        (
+            "adapter ids",
+            r.adapter_ids
+                .iter()
+                .map(|(a, id)| format!("{a}={id}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         ("cpu model", r.cpu_model.clone()),
         ("hot-plug ports", r.hotplug_slots.to_string()),
         ("pid", opt(r.pid)),
@@ -772,9 +815,13 @@ pub fn show_text(v: &PartitionView) -> String {
         ));
     }
     for d in &r.disks {
+        let lu =
+            d.lu.as_ref()
+                .map(|l| format!("LU {l}: "))
+                .unwrap_or_default();
         rows.push((
             "disk",
-            format!("{} ({}{})", d.path, d.format, ro(d.readonly)),
+            format!("{lu}{} ({}{})", d.path, d.format, ro(d.readonly)),
         ));
     }
     for d in &v.hotplugged_disks {
@@ -876,10 +923,18 @@ mod tests {
             panic!("not disk add")
         };
         assert_eq!(
-            (a.disk.as_str(), a.id.as_deref()),
-            ("/x.raw:ro", Some("d1"))
+            (a.disk.as_deref(), a.id.as_deref()),
+            (Some("/x.raw:ro"), Some("d1"))
         );
         assert!(parse(&["disk", "remove", "p"]).is_err());
+        let c = parse(&["disk", "add", "p", "--lu", "vol:ro"]).unwrap();
+        let PartitionCommand::Disk(DiskCommand::Add(a)) = c else {
+            panic!("not disk add")
+        };
+        assert_eq!((a.disk, a.lu.as_deref()), (None, Some("vol:ro")));
+        // A path or an LU, one of them.
+        assert!(parse(&["disk", "add", "p"]).is_err());
+        assert!(parse(&["disk", "add", "p", "/x", "--lu", "v"]).is_err());
         // What the daemon sends for `show`, read as the typed view.
         let view: PartitionView = serde_json::from_value(serde_json::json!({
             "name": "p", "vcpus": 1, "memory_mib": 128, "cpu_percent": 10,

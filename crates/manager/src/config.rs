@@ -107,6 +107,9 @@ pub struct ClusterConfig {
     pub vxlan_id: u32,
     /// UDP port of the VXLAN tunnels (IANA's 4789 by default).
     pub vxlan_port: u16,
+    /// The repository of LUs, a directory every host mounts at the same
+    /// path; `<data_dir>/repository` when absent (a single host).
+    pub repository: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -121,6 +124,7 @@ impl Default for ClusterConfig {
             underlay: None,
             vxlan_id: 7700,
             vxlan_port: 4789,
+            repository: None,
         }
     }
 }
@@ -491,6 +495,14 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("state.db"))
+    }
+
+    /// The LU repository's directory (`cluster.repository`).
+    pub fn repository_dir(&self) -> PathBuf {
+        self.cluster
+            .repository
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("repository"))
     }
 
     /// The storage roots as configured (the default when none are).

@@ -12,6 +12,7 @@ pub mod grants;
 pub mod host_id;
 pub mod idle;
 pub mod listen;
+pub mod lu;
 pub mod manager;
 pub mod net;
 pub mod openapi;

@@ -33,7 +33,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
     paths(
         openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
         stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume,
-        grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list
+        grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list,
+        lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -137,6 +138,8 @@ fn list() {}
     responses(
         (status = 201, description = "defined (not started)", body = PartitionRecord),
         (status = 400, description = "malformed body or a value out of range", body = ErrorBody),
+        (status = 403, description = "an LU named belongs to another client", body = ErrorBody),
+        (status = 404, description = "an LU named does not exist", body = ErrorBody),
         (status = 409, description = "the name or the address is taken", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
@@ -173,9 +176,10 @@ fn destroy() {}
     request_body = Option<StartOptions>,
     responses(
         (status = 200, description = "started (ready, with wait)", body = PartitionRecord),
-        (status = 400, description = "malformed body", body = ErrorBody),
-        (status = 404, description = "no such partition", body = ErrorBody),
-        (status = 409, description = "already running or busy", body = ErrorBody),
+        (status = 400, description = "malformed body, or a disk or LU file outside its confinement (storage roots, the client's area)", body = ErrorBody),
+        (status = 403, description = "an LU belongs to another client", body = ErrorBody),
+        (status = 404, description = "no such partition or LU", body = ErrorBody),
+        (status = 409, description = "already running or busy, or an LU locked by another holder", body = ErrorBody),
         (status = 502, description = "QEMU or the guest failed to start", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]
@@ -359,6 +363,71 @@ fn grant_revoke() {}
 #[utoipa::path(get, path = "/v1/regions", tag = "grants", operation_id = "region_list",
     responses((status = 200, description = "resources partitions own, with size and holders", body = Vec<RegionView>)))]
 fn region_list() {}
+#[utoipa::path(post, path = "/v1/partitions/{name}/lus", tag = "disks", operation_id = "attach_lu",
+    params(("name" = String, Path, description = "partition name")),
+    request_body = crate::lu::types::AttachLu,
+    responses(
+        (status = 200, description = "hot-plugged and locked; removed like any disk (DELETE .../disks/{id})", body = AttachedDisk),
+        (status = 400, description = "malformed body, a bad id, or the LU's file outside its client's area", body = ErrorBody),
+        (status = 403, description = "the LU belongs to another client", body = ErrorBody),
+        (status = 404, description = "no such partition or LU", body = ErrorBody),
+        (status = 409, description = "not running, no free hot-plug port, the id is taken, or the LU is locked by another holder", body = ErrorBody),
+        (status = 502, description = "QEMU refused the device", body = ErrorBody),
+    ))]
+fn attach_lu() {}
+
+#[utoipa::path(get, path = "/v1/lus", tag = "lus", operation_id = "lu_list",
+    responses((status = 200, description = "every LU with its use and locks", body = Vec<crate::lu::types::LuView>)))]
+fn lu_list() {}
+
+#[utoipa::path(post, path = "/v1/lus", tag = "lus", operation_id = "lu_create",
+    request_body = crate::lu::types::CreateLu,
+    responses(
+        (status = 201, description = "a thin LU made in the client's area", body = crate::lu::types::LuView),
+        (status = 400, description = "malformed body, a bad name, size or purpose", body = ErrorBody),
+        (status = 409, description = "the name is taken", body = ErrorBody),
+        (status = 502, description = "qemu-img could not make the file", body = ErrorBody),
+    ))]
+fn lu_create() {}
+
+#[utoipa::path(get, path = "/v1/lus/{name}", tag = "lus", operation_id = "lu_show",
+    params(("name" = String, Path, description = "LU name")),
+    responses(
+        (status = 200, description = "virtual size, bytes allocated, locks", body = crate::lu::types::LuView),
+        (status = 404, description = "no such LU", body = ErrorBody),
+    ))]
+fn lu_show() {}
+
+#[utoipa::path(delete, path = "/v1/lus/{name}", tag = "lus", operation_id = "lu_delete",
+    params(("name" = String, Path, description = "LU name")),
+    responses(
+        (status = 200, description = "record and file removed", body = crate::lu::types::LuDeleted),
+        (status = 404, description = "no such LU", body = ErrorBody),
+        (status = 409, description = "attached (locked) or changed concurrently", body = ErrorBody),
+    ))]
+fn lu_delete() {}
+
+#[utoipa::path(post, path = "/v1/lus/{name}/resize", tag = "lus", operation_id = "lu_resize",
+    params(("name" = String, Path, description = "LU name")),
+    request_body = crate::lu::types::ResizeLu,
+    responses(
+        (status = 200, description = "grown", body = crate::lu::types::LuView),
+        (status = 400, description = "malformed body", body = ErrorBody),
+        (status = 404, description = "no such LU", body = ErrorBody),
+        (status = 409, description = "attached (locked), or smaller than now (LUs never shrink)", body = ErrorBody),
+        (status = 502, description = "qemu-img could not resize the file", body = ErrorBody),
+    ))]
+fn lu_resize() {}
+
+#[utoipa::path(post, path = "/v1/lu-requests", tag = "lus", operation_id = "lu_request",
+    request_body = crate::lu::types::RequestLu,
+    responses(
+        (status = 200, description = "an LU not in use reused or grown, or a new one made; `outcome` says which", body = crate::lu::types::LuRequested),
+        (status = 400, description = "malformed body, a bad client, size or purpose", body = ErrorBody),
+        (status = 409, description = "the LU chosen changed or got attached meanwhile", body = ErrorBody),
+        (status = 502, description = "qemu-img failed", body = ErrorBody),
+    ))]
+fn lu_request() {}
 
 #[cfg(test)]
 mod tests {
@@ -567,6 +636,9 @@ mod tests {
             restarts: 0,
             hibernate_idle_secs: None,
             hibernation: None,
+            client_name: String::new(),
+            client_id: 0,
+            adapter_ids: Default::default(),
             revision: 1,
         };
         let view = PartitionView {

@@ -452,6 +452,19 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
         (&Method::GET, ["v1", "grants", id]) => ApiRequest::GrantShow { id: name(id) },
         (&Method::POST, ["v1", "grants", id, "revoke"]) => ApiRequest::GrantRevoke { id: name(id) },
         (&Method::GET, ["v1", "regions"]) => ApiRequest::RegionList,
+        (&Method::POST, ["v1", "partitions", n, "lus"]) => ApiRequest::AttachLu {
+            name: name(n),
+            req: body_required(b)?,
+        },
+        (&Method::GET, ["v1", "lus"]) => ApiRequest::LuList,
+        (&Method::POST, ["v1", "lus"]) => ApiRequest::LuCreate(body_required(b)?),
+        (&Method::GET, ["v1", "lus", n]) => ApiRequest::LuShow { name: name(n) },
+        (&Method::DELETE, ["v1", "lus", n]) => ApiRequest::LuDelete { name: name(n) },
+        (&Method::POST, ["v1", "lus", n, "resize"]) => ApiRequest::LuResize {
+            name: name(n),
+            req: body_required(b)?,
+        },
+        (&Method::POST, ["v1", "lu-requests"]) => ApiRequest::LuRequest(body_required(b)?),
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -502,6 +515,11 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/grants/{id}", &["GET"]),
     ("/v1/grants/{id}/revoke", &["POST"]),
     ("/v1/regions", &["GET"]),
+    ("/v1/partitions/{name}/lus", &["POST"]),
+    ("/v1/lus", &["GET", "POST"]),
+    ("/v1/lus/{name}", &["GET", "DELETE"]),
+    ("/v1/lus/{name}/resize", &["POST"]),
+    ("/v1/lu-requests", &["POST"]),
 ];
 
 /// The methods a known path takes, for a 405's `Allow`.

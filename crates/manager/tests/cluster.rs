@@ -61,6 +61,8 @@ fn create(name: &str, host: Option<&str>) -> CreatePartition {
         cpu_model: None,
         host: host.map(str::to_string),
         hibernate_idle_secs: None,
+        client: None,
+        lus: vec![],
     }
 }
 

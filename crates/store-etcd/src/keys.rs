@@ -44,6 +44,36 @@ impl Keys {
         format!("{}{version:020}", self.events(name))
     }
 
+    // --- LUs and clients (issue 14) ---
+
+    /// Every LU record: `<prefix>/lus/` (a range).
+    pub(crate) fn lus(&self) -> String {
+        format!("{}/lus/", self.prefix)
+    }
+
+    pub(crate) fn lu(&self, name: &str) -> String {
+        format!("{}{}", self.lus(), escape(name))
+    }
+
+    /// Every LU lock: `<prefix>/lu-locks/` (a range).
+    pub(crate) fn lu_locks(&self) -> String {
+        format!("{}/lu-locks/", self.prefix)
+    }
+
+    /// The locks of one LU (a range).
+    pub(crate) fn lu_locks_of(&self, lu: &str) -> String {
+        format!("{}{}/", self.lu_locks(), escape(lu))
+    }
+
+    /// One holder's lock: `<prefix>/lu-locks/<lu>/<partition>/<adapter>`.
+    pub(crate) fn lu_lock(&self, lu: &str, partition: &str, adapter: &str) -> String {
+        format!(
+            "{}{}/{}",
+            self.lu_locks_of(lu),
+            escape(partition),
+            escape(adapter)
+        )
+    }
     /// `<prefix>/<kind>/` (a range) or, with an `id`, `<prefix>/<kind>/<id>`
     /// (escaped): the keys of records other than partitions.
     pub(crate) fn under(&self, kind: &str, id: Option<&str>) -> String {
@@ -115,6 +145,8 @@ mod tests {
         assert_eq!(k.address("fd00::1"), "/t/addresses/fd00::1");
         assert_eq!(k.event("e", 7), "/t/events/e/00000000000000000007");
         assert!(k.event("e", 10) > k.event("e", 9));
+        assert_eq!(k.lu_lock("a/b", "p", "disk0"), "/t/lu-locks/a%2Fb/p/disk0");
+        assert!(!k.lu_lock("a/b", "p", "d").starts_with(&k.lu_locks_of("a")));
     }
 
     #[test]

@@ -18,10 +18,11 @@
 mod grants;
 mod hosts;
 mod keys;
+mod lus;
 
 use bulkhead_store::{
-    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope, Store,
-    StoreError,
+    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, LuLock, LuRecord, PartitionRecord,
+    Result, Scope, Store, StoreError,
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
@@ -613,5 +614,31 @@ impl Store for EtcdStore {
 
     async fn hosts(&self) -> Result<Vec<bulkhead_store::HostStatus>> {
         self.hosts_impl().await
+    }
+
+    // --- LUs and clients (issue 14) --- (in lus.rs)
+    async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.etcd_lu_insert(lu).await
+    }
+    async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
+        self.etcd_lu_get(name).await
+    }
+    async fn lu_list(&self) -> Result<Vec<LuRecord>> {
+        self.etcd_lu_list().await
+    }
+    async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.etcd_lu_update(lu).await
+    }
+    async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
+        self.etcd_lu_delete(name, revision).await
+    }
+    async fn lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
+        self.etcd_lu_lock(lock, client).await
+    }
+    async fn lu_locks(&self, lu: Option<&str>) -> Result<Vec<LuLock>> {
+        self.etcd_lu_locks(lu).await
+    }
+    async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
+        self.etcd_lu_unlock(partition, adapter).await
     }
 }

@@ -8,8 +8,8 @@
 //! Each case panics with what went wrong. Enabled by the `conformance` feature.
 
 use crate::{
-    now_ms, Admission, HostRecord, HostState, NetRecord, PartitionRecord, PartitionState,
-    RestartPolicy, Scope, Store, StoreError,
+    now_ms, Admission, HostRecord, HostState, LockMode, LuLock, LuRecord, NetRecord,
+    PartitionRecord, PartitionState, RestartPolicy, Scope, Store, StoreError,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +35,9 @@ where
     grants::run_all(&make).await;
     membership(&*make().await).await;
     hibernation_claim(make().await).await;
+    lus(&*make().await).await;
+    lu_locks(&*make().await).await;
+    lu_write_attach_race_has_one_winner(make().await).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";
@@ -65,6 +68,9 @@ pub fn record(name: &str) -> PartitionRecord {
         restarts: 0,
         hibernate_idle_secs: None,
         hibernation: None,
+        client_name: String::new(),
+        client_id: 0,
+        adapter_ids: Default::default(),
         revision: 0,
     }
 }
@@ -601,4 +607,203 @@ pub async fn hibernation_claim(s: Arc<dyn Store>) {
     let after = s.get("sleepy").await.unwrap().unwrap();
     assert_eq!(after.state, PartitionState::Resuming);
     assert_eq!(after.revision, got.revision + 1);
+}
+
+// --- LUs and clients (issue 14) ---
+
+pub fn lu(name: &str, client: &str) -> LuRecord {
+    LuRecord {
+        name: name.into(),
+        client: client.into(),
+        size_bytes: 1 << 30,
+        path: format!("clients/{client}/lu/{name}.qcow2"),
+        purpose: "data".into(),
+        created_at: now_ms(),
+        revision: 0,
+    }
+}
+
+pub fn lu_lock_of(lu: &str, host: &str, partition: &str, mode: LockMode) -> LuLock {
+    LuLock {
+        lu: lu.into(),
+        host: host.into(),
+        partition: partition.into(),
+        adapter: "disk0".into(),
+        adapter_id: 2,
+        mode,
+        since: 0,
+    }
+}
+
+pub async fn lus(s: &dyn Store) {
+    assert!(s.lu_get("a").await.unwrap().is_none());
+    let a = s.lu_insert(&lu("a", "c1")).await.unwrap();
+    assert_eq!(a.revision, 1);
+    s.lu_insert(&lu("b", "c2")).await.unwrap();
+    let e = s.lu_insert(&lu("a", "c2")).await.unwrap_err();
+    neutral(&e);
+    assert!(matches!(&e, StoreError::LuExists(n) if n == "a"), "{e:?}");
+    assert_eq!(
+        s.lu_get("a").await.unwrap().unwrap(),
+        a,
+        "unchanged by the refused insert"
+    );
+    let names: Vec<_> = s
+        .lu_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    // LUs and partitions are separate names.
+    s.insert(&record("a"), "").await.unwrap();
+    let mut grown = a.clone();
+    grown.size_bytes *= 2;
+    let grown = s.lu_update(&grown).await.unwrap();
+    assert_eq!((grown.revision, grown.size_bytes), (2, 2 << 30));
+    let e = s.lu_update(&a).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(
+        s.lu_delete("a", 1).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        s.lu_delete("zz", 1).await,
+        Err(StoreError::LuNotFound(_))
+    ));
+    let mut ghost = lu("zz", "c1");
+    ghost.revision = 1;
+    assert!(matches!(
+        s.lu_update(&ghost).await,
+        Err(StoreError::LuNotFound(_))
+    ));
+    s.lu_delete("a", 2).await.unwrap();
+    assert!(s.lu_get("a").await.unwrap().is_none());
+    assert!(s.get("a").await.unwrap().is_some(), "the partition a stays");
+    // The name is free again.
+    assert_eq!(s.lu_insert(&lu("a", "c3")).await.unwrap().revision, 1);
+}
+
+pub async fn lu_locks(s: &dyn Store) {
+    s.lu_insert(&lu("d", "c1")).await.unwrap();
+    let w = lu_lock_of("d", HOST, "p1", LockMode::Rw);
+    // Ownership first: another client's partition gets nothing.
+    let e = s.lu_lock(&w, "c2").await.unwrap_err();
+    neutral(&e);
+    assert!(
+        matches!(&e, StoreError::Forbidden(m) if m.contains("c1") && m.contains("c2")),
+        "{e:?}"
+    );
+    assert!(
+        s.lu_locks(Some("d")).await.unwrap().is_empty(),
+        "a refusal locks nothing"
+    );
+    assert!(matches!(
+        s.lu_lock(&lu_lock_of("none", HOST, "p1", LockMode::Rw), "c1")
+            .await,
+        Err(StoreError::LuNotFound(_))
+    ));
+    let got = s.lu_lock(&w, "c1").await.unwrap();
+    assert_eq!(got.name, "d");
+    // Taking the same holder's lock again replaces it (a restart).
+    s.lu_lock(&w, "c1").await.unwrap();
+    // Another host's write attach and read attach are refused, naming the holder.
+    for mode in [LockMode::Rw, LockMode::Ro] {
+        let e = s
+            .lu_lock(&lu_lock_of("d", OTHER_HOST, "p2", mode), "c1")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Locked(m) if m.contains(HOST) && m.contains("\"p1\"")),
+            "{e:?}"
+        );
+    }
+    // Nor may it be deleted while attached.
+    let e = s.lu_delete("d", 1).await.unwrap_err();
+    assert!(matches!(e, StoreError::Locked(_)), "{e:?}");
+    assert!(s.lu_get("d").await.unwrap().is_some());
+    let held = s.lu_locks(Some("d")).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(
+        (
+            held[0].host.as_str(),
+            held[0].partition.as_str(),
+            held[0].mode
+        ),
+        (HOST, "p1", LockMode::Rw)
+    );
+    assert!(held[0].since > 0);
+    // Released: readers share it, a writer is then refused.
+    assert_eq!(s.lu_unlock("p1", None).await.unwrap(), 1);
+    s.lu_lock(&lu_lock_of("d", HOST, "r1", LockMode::Ro), "c1")
+        .await
+        .unwrap();
+    s.lu_lock(&lu_lock_of("d", OTHER_HOST, "r2", LockMode::Ro), "c1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.lu_lock(&lu_lock_of("d", OTHER_HOST, "w", LockMode::Rw), "c1")
+            .await,
+        Err(StoreError::Locked(_))
+    ));
+    // Unlock by adapter touches only that adapter; every lock is listed.
+    s.lu_insert(&lu("e", "c1")).await.unwrap();
+    let mut second = lu_lock_of("e", HOST, "r1", LockMode::Rw);
+    second.adapter = "hot0".into();
+    s.lu_lock(&second, "c1").await.unwrap();
+    assert_eq!(s.lu_locks(None).await.unwrap().len(), 3);
+    assert_eq!(s.lu_unlock("r1", Some("hot0")).await.unwrap(), 1);
+    assert_eq!(s.lu_unlock("r1", Some("hot0")).await.unwrap(), 0);
+    let left: Vec<_> = s
+        .lu_locks(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.lu, l.partition))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("d".to_string(), "r1".to_string()),
+            ("d".into(), "r2".into())
+        ]
+    );
+    s.lu_unlock("r1", None).await.unwrap();
+    s.lu_unlock("r2", None).await.unwrap();
+    s.lu_delete("d", 1).await.unwrap();
+}
+
+/// Many holders on two hosts take a write lock on one LU at once: exactly
+/// one gets it, every other is refused naming a holder.
+pub async fn lu_write_attach_race_has_one_winner(s: Arc<dyn Store>) {
+    s.lu_insert(&lu("shared", "c")).await.unwrap();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let s = s.clone();
+            let host = if i % 2 == 0 { HOST } else { OTHER_HOST };
+            let l = lu_lock_of("shared", host, &format!("p{i:02}"), LockMode::Rw);
+            tokio::spawn(async move { s.lu_lock(&l, "c").await })
+        })
+        .collect();
+    let (mut won, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::Locked(_)) => refused += 1,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    assert_eq!((won, refused), (1, 11));
+    assert_eq!(s.lu_locks(Some("shared")).await.unwrap().len(), 1);
 }

@@ -12,6 +12,7 @@
 pub mod conformance;
 mod grants;
 mod hosts;
+mod lus;
 mod migrations;
 mod record;
 mod sqlite;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
+pub use lus::{check_lock, LockMode, LuLock, LuRecord};
 pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, NetRecord, PartitionRecord,
     PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
@@ -62,6 +64,17 @@ pub enum StoreError {
     /// Any other failure of the backend, described in words.
     #[error("state store failed during {op}: {message}")]
     Backend { op: &'static str, message: String },
+    // --- LUs and clients (issue 14) ---
+    #[error("LU {0:?} not found")]
+    LuNotFound(String),
+    #[error("LU {0:?} already exists")]
+    LuExists(String),
+    /// The LU belongs to another client than the one asking.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The LU is locked by an attachment that excludes the one asked for.
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -157,6 +170,57 @@ pub trait Store: Send + Sync {
     async fn hosts(&self) -> Result<Vec<HostStatus>> {
         Err(no_membership("hosts"))
     }
+
+    // --- LUs and clients (issue 14) ---
+    // Defaults answer "not supported", so a store that has no LUs (a test
+    // double) still builds; both backends implement every one.
+
+    /// Adds an LU record (revision 1); [`StoreError::LuExists`] if the name
+    /// is taken anywhere in the cluster.
+    async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
+        let _ = lu;
+        Err(unsupported("lu_insert"))
+    }
+    async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
+        let _ = name;
+        Err(unsupported("lu_get"))
+    }
+    /// Every LU, ordered by name.
+    async fn lu_list(&self) -> Result<Vec<LuRecord>> {
+        Err(unsupported("lu_list"))
+    }
+    /// Replaces the LU record if its stored revision is still `lu.revision`.
+    async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
+        let _ = lu;
+        Err(unsupported("lu_update"))
+    }
+    /// Removes the LU record if its revision is still `revision` and nothing
+    /// holds a lock on it ([`StoreError::Locked`] otherwise).
+    async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
+        let _ = (name, revision);
+        Err(unsupported("lu_delete"))
+    }
+    /// In one transaction: the LU exists, belongs to `client`
+    /// ([`StoreError::Forbidden`] otherwise), and no other holder's lock
+    /// excludes this one (a write lock excludes every other, a read lock
+    /// excludes writers; [`StoreError::Locked`] naming the holder). Then
+    /// the lock is written (replacing one of the same partition and adapter).
+    /// Returns the LU as locked.
+    async fn lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
+        let _ = (lock, client);
+        Err(unsupported("lu_lock"))
+    }
+    /// The locks on `lu`, or on every LU; ordered by LU, partition, adapter.
+    async fn lu_locks(&self, lu: Option<&str>) -> Result<Vec<LuLock>> {
+        let _ = lu;
+        Err(unsupported("lu_locks"))
+    }
+    /// Releases the locks `partition` holds (those of one adapter, or all);
+    /// returns how many were released.
+    async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
+        let _ = (partition, adapter);
+        Err(unsupported("lu_unlock"))
+    }
 }
 
 /// What a store without membership (a test wrapper) answers.
@@ -164,5 +228,12 @@ fn no_membership(op: &'static str) -> StoreError {
     StoreError::Backend {
         op,
         message: "this store keeps no cluster membership".into(),
+    }
+}
+
+fn unsupported(op: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        message: "this store keeps no LUs".into(),
     }
 }

@@ -58,4 +58,19 @@ pub const MIGRATIONS: &[&str] = &[
         heartbeat INTEGER NOT NULL,
         ttl_ms    INTEGER NOT NULL
     );",
+    // 7: LUs of the repository and the locks of their attachments (issue 14).
+    // Records are JSON as for partitions; a lock's key is its holder's adapter.
+    "CREATE TABLE lus (
+        name     TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        record   TEXT NOT NULL
+    );
+    CREATE TABLE lu_locks (
+        lu        TEXT NOT NULL,
+        partition TEXT NOT NULL,
+        adapter   TEXT NOT NULL,
+        record    TEXT NOT NULL,
+        PRIMARY KEY (lu, partition, adapter)
+    );
+    CREATE INDEX lu_locks_partition ON lu_locks(partition);",
 ];

@@ -110,15 +110,22 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
-/// A disk (LU) attached to a partition.
+/// A disk attached to a partition: a file under the storage roots, or an LU
+/// of the repository named by `lu`.
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskRecord {
+    /// For an LU, where it was when the partition was defined (the start
+    /// resolves the LU's path again from the repository).
     pub path: String,
     /// `qcow2` or `raw`.
     pub format: String,
     #[serde(default)]
     pub readonly: bool,
+    /// The LU (`bulkhead lu`) this disk is; locked in the store while the
+    /// partition runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lu: Option<String>,
 }
 
 /// The partition's attachment to the host's internal VLAN.
@@ -181,12 +188,36 @@ pub struct PartitionRecord {
     /// Bumped by every write; `Store::update` compares it.
     #[serde(default)]
     pub revision: u64,
+    /// The client (tenant) owning the partition; empty in records made
+    /// before clients existed, which are their own client (see [`PartitionRecord::client`]).
+    #[serde(default, rename = "client")]
+    pub client_name: String,
+    /// Cluster-unique, given at create (or at the first start of an older
+    /// record) inside the store's transaction, kept for the partition's life.
+    #[serde(default)]
+    pub client_id: u64,
+    /// The AdapterID of each virtual adapter (`agent`, `diskN`, `net0`, a
+    /// hot-plugged disk's id): unique within the partition, so with
+    /// `client_id` unique in the cluster.
+    #[serde(default)]
+    pub adapter_ids: std::collections::BTreeMap<String, u32>,
     /// Hibernate after this many seconds of idleness (issue 14); never when absent.
     #[serde(default)]
     pub hibernate_idle_secs: Option<u64>,
     /// The image a hibernated partition resumes from (issue 14).
     #[serde(default)]
     pub hibernation: Option<HibernationRecord>,
+}
+
+impl PartitionRecord {
+    /// The client owning the partition: its own name unless one was given.
+    pub fn client(&self) -> &str {
+        if self.client_name.is_empty() {
+            &self.name
+        } else {
+            &self.client_name
+        }
+    }
 }
 
 /// Why a partition was hibernated.

@@ -5,8 +5,8 @@ mod grants;
 
 use crate::migrations::MIGRATIONS;
 use crate::{
-    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, PartitionRecord, Result, Scope, Store,
-    StoreError,
+    now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, LuLock, LuRecord, PartitionRecord,
+    Result, Scope, Store, StoreError,
 };
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use std::path::Path;
@@ -26,7 +26,7 @@ pub struct SqliteStore {
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A failure inside a blocking call, before it is made backend-neutral.
-enum Fail {
+pub(crate) enum Fail {
     Store(StoreError),
     Sql(rusqlite::Error),
 }
@@ -55,7 +55,7 @@ pub(crate) fn neutral(op: &'static str, e: rusqlite::Error) -> StoreError {
     }
 }
 
-type Sql<T> = std::result::Result<T, Fail>;
+pub(crate) type Sql<T> = std::result::Result<T, Fail>;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
@@ -94,7 +94,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection in tokio's blocking pool.
-    async fn call<T: Send + 'static>(
+    pub(crate) async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
         f: impl FnOnce(&mut Connection) -> Sql<T> + Send + 'static,
@@ -460,6 +460,32 @@ impl Store for SqliteStore {
 
     async fn hosts(&self) -> Result<Vec<crate::HostStatus>> {
         self.call("hosts", |c| Ok(crate::hosts::list(c)?)).await
+    }
+
+    // --- LUs and clients (issue 14) --- (in lus.rs)
+    async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.sql_lu_insert(lu).await
+    }
+    async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
+        self.sql_lu_get(name).await
+    }
+    async fn lu_list(&self) -> Result<Vec<LuRecord>> {
+        self.sql_lu_list().await
+    }
+    async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.sql_lu_update(lu).await
+    }
+    async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
+        self.sql_lu_delete(name, revision).await
+    }
+    async fn lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
+        self.sql_lu_lock(lock, client).await
+    }
+    async fn lu_locks(&self, lu: Option<&str>) -> Result<Vec<LuLock>> {
+        self.sql_lu_locks(lu).await
+    }
+    async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
+        self.sql_lu_unlock(partition, adapter).await
     }
 }
 

@@ -2,8 +2,8 @@
 //! two connections to one file taking turns (as two daemons sharing a store).
 
 use bulkhead_store::{
-    conformance, Admission, Event, GrantLogEntry, GrantTableDoc, HostRecord, HostStatus,
-    PartitionRecord, Result, Scope, SqliteStore, Store,
+    conformance, Admission, Event, GrantLogEntry, GrantTableDoc, HostRecord, HostStatus, LuLock,
+    LuRecord, PartitionRecord, Result, Scope, SqliteStore, Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +107,30 @@ impl Store for TwoConnections {
     }
     async fn hosts(&self) -> Result<Vec<HostStatus>> {
         self.next().hosts().await
+    }
+    async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.next().lu_insert(lu).await
+    }
+    async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
+        self.next().lu_get(name).await
+    }
+    async fn lu_list(&self) -> Result<Vec<LuRecord>> {
+        self.next().lu_list().await
+    }
+    async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
+        self.next().lu_update(lu).await
+    }
+    async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
+        self.next().lu_delete(name, revision).await
+    }
+    async fn lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
+        self.next().lu_lock(lock, client).await
+    }
+    async fn lu_locks(&self, lu: Option<&str>) -> Result<Vec<LuLock>> {
+        self.next().lu_locks(lu).await
+    }
+    async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
+        self.next().lu_unlock(partition, adapter).await
     }
 }
 

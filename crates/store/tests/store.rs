@@ -50,7 +50,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let old = s.get("old").await.unwrap().unwrap();
     s.update(&old, "migrated").await.unwrap();
     assert_eq!(s.events("old", 5).await.unwrap().len(), 1);
@@ -65,7 +65,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 6
+                supported: 7
             }
         ),
         "{e}"
@@ -100,7 +100,7 @@ async fn migration_pins_hotplug_and_cpu_model_into_older_records() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!(
         (old.hotplug_slots, old.cpu_model.as_str()),
@@ -184,7 +184,7 @@ async fn migration_gives_old_records_the_opening_host() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "host-a").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!((old.host.as_str(), old.revision), ("host-a", 4));
     assert_eq!(s.list(Scope::Host("host-a")).await.unwrap().len(), 1);

@@ -108,4 +108,3 @@ impl Drop for Daemon {
         let _ = bulkhead_hostnet::delete_link("bhbench0", None);
     }
 }
-

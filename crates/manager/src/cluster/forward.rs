@@ -39,6 +39,7 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         | R::ConsoleLog { name, .. }
         | R::AttachDisk { name, .. }
         | R::DetachDisk { name, .. }
+        | R::AttachLu { name, .. }
         | R::Hibernate { name }
         | R::HibernateProgress { name } => name,
         // Resume is carried out by the host that got it: it claims the image.
@@ -191,6 +192,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
             format!("{}/disks/{}", path(name)?, encode_segment(id)),
             Vec::new(),
         ),
+        R::AttachLu { name, req } => (Method::POST, format!("{}/lus", path(name)?), json(req)),
         R::Hibernate { name } => (
             Method::POST,
             format!("{}/hibernate", path(name)?),
@@ -244,6 +246,8 @@ mod tests {
                 cpu_model: None,
                 host: Some("b".into()),
                 hibernate_idle_secs: Some(600),
+                client: Some("tenant".into()),
+                lus: vec![],
             }),
             ApiRequest::Start {
                 name: "p".into(),

@@ -3,8 +3,9 @@
 
 use super::{engine_err, Manager};
 use crate::api::{ApiError, AttachDisk, AttachedDisk, DetachedDisk};
-use bulkhead_engine::{AdapterSpec, DiskFormat, DiskSpec, EngineError};
-use std::path::Path;
+use crate::lu::types::AttachLu;
+use bulkhead_engine::{AdapterSpec, BackingFile, DiskFormat, DiskSpec, EngineError};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long the guest has to release a disk being removed. ACPI hot-plug on
@@ -22,6 +23,12 @@ pub fn disk_format(path: &Path, given: Option<&str>) -> Result<DiskFormat, ApiEr
             "disk format {f:?} must be raw or qcow2"
         ))),
     }
+}
+
+/// What a hot-plugged disk is: a checked file of the storage roots, or an LU.
+enum Source {
+    File(PathBuf, Option<Vec<BackingFile>>, DiskFormat),
+    Lu(String),
 }
 
 fn attached(d: &DiskSpec, slot: u32) -> AttachedDisk {
@@ -51,6 +58,35 @@ impl Manager {
         name: &str,
         req: AttachDisk,
     ) -> Result<AttachedDisk, ApiError> {
+        let format = disk_format(Path::new(&req.path), req.format.as_deref())?;
+        let checked = self
+            .roots
+            .check_disk(&req.path, format.as_str())
+            .map_err(ApiError::BadRequest)?;
+        let source = Source::File(checked.path, checked.backing, format);
+        self.hotplug(name, req.id, req.readonly, source).await
+    }
+
+    /// Hot-plugs an LU of the partition's client: locked in the store for
+    /// this adapter first (ownership checked in the same transaction), then
+    /// confined to the client's area; the lock goes with the disk.
+    pub(super) async fn attach_lu(
+        &self,
+        name: &str,
+        req: AttachLu,
+    ) -> Result<AttachedDisk, ApiError> {
+        crate::lu::check_name("LU", &req.lu).map_err(ApiError::BadRequest)?;
+        self.hotplug(name, req.id, req.readonly, Source::Lu(req.lu))
+            .await
+    }
+
+    async fn hotplug(
+        &self,
+        name: &str,
+        id: Option<String>,
+        readonly: bool,
+        source: Source,
+    ) -> Result<AttachedDisk, ApiError> {
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
         let rec = self.get(name).await?;
@@ -59,12 +95,7 @@ impl Manager {
                 "partition {name:?} has no hot-plug ports; create it with --hotplug N to add disks while it runs"
             )));
         }
-        let format = disk_format(Path::new(&req.path), req.format.as_deref())?;
-        let checked = self
-            .roots
-            .check_disk(&req.path, format.as_str())
-            .map_err(ApiError::BadRequest)?;
-        if let Some(id) = &req.id {
+        if let Some(id) = &id {
             if !bulkhead_engine::spec::valid_name(id) || id.len() > 16 {
                 return Err(ApiError::BadRequest(format!(
                     "disk id {id:?} must be 1-16 characters of a-z, 0-9 and '-'"
@@ -89,7 +120,7 @@ impl Manager {
             used.iter().any(|h| h.adapter.id() == id)
                 || p.spec().adapters.iter().any(|a| a.id() == id)
         };
-        let id = match req.id {
+        let id = match id {
             Some(id) if taken(&id) => {
                 return Err(ApiError::Conflict(format!(
                     "partition {name:?} already has a device {id:?}"
@@ -101,21 +132,38 @@ impl Manager {
                 .find(|id| !taken(id))
                 .expect("a free id among infinitely many"),
         };
+        let (path, backing, format, lu) = match source {
+            Source::File(path, backing, format) => (path, backing, format, None),
+            Source::Lu(lu) => {
+                let checked = self.lock_hotplugged_lu(&rec, &id, &lu, readonly).await?;
+                (checked.path, checked.backing, DiskFormat::Qcow2, Some(lu))
+            }
+        };
         let disk = DiskSpec {
             id,
-            path: checked.path,
+            path,
             format,
-            readonly: req.readonly,
-            backing: checked.backing,
+            readonly,
+            backing,
         };
-        p.hotplug_disk(disk.clone()).await.map_err(hotplug_err)?;
+        if let Err(e) = p.hotplug_disk(disk.clone()).await {
+            if lu.is_some() {
+                self.release_adapter(name, &disk.id).await;
+            }
+            return Err(hotplug_err(e));
+        }
         let slot = p
             .hotplugged()
             .iter()
             .find(|h| h.adapter.id() == disk.id)
             .map(|h| h.slot)
             .ok_or_else(|| ApiError::Internal("hot-plugged disk not recorded".into()))?;
-        let ev = format!("disk {} hot-plugged ({})", disk.id, disk.path.display());
+        let what = lu.map(|l| format!("LU {l}: ")).unwrap_or_default();
+        let ev = format!(
+            "disk {} hot-plugged ({what}{})",
+            disk.id,
+            disk.path.display()
+        );
         tracing::info!(partition = name, disk = %disk.id, slot, "disk hot-plugged");
         self.record_event(name, &ev).await;
         Ok(attached(&disk, slot))
@@ -137,6 +185,7 @@ impl Manager {
                 "removing disk {id:?}: {e} (the disk stays attached until the guest releases it)"
             ))
         })?;
+        self.release_adapter(name, id).await;
         tracing::info!(partition = name, disk = id, "disk removed");
         self.record_event(name, &format!("disk {id} removed")).await;
         Ok(DetachedDisk { id: id.to_string() })

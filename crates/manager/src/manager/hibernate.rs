@@ -29,18 +29,6 @@ use crate::idle::{IdleTracker, Sample, SAMPLE_EVERY};
 use bulkhead_engine::snapshot::{read_manifest, SaveOptions, SaveProgress};
 use bulkhead_store::HibernationRecord;
 
-/// Where a partition's hibernation image lives until the repository of the
-/// cluster work exists: `<data_dir>/repository/clients/<client>/hibernation/<partition>`
-/// (the client is the partition's name until clients exist).
-pub fn hibernation_dir(data_dir: &Path, client: &str, partition: &str) -> PathBuf {
-    data_dir
-        .join("repository")
-        .join("clients")
-        .join(client)
-        .join("hibernation")
-        .join(partition)
-}
-
 /// The environment variable naming a point at which the daemon kills itself
 /// (SIGKILL) during a hibernation, for crash tests:
 /// `hibernate-after-save` (image complete, store still `hibernating`, QEMU
@@ -58,11 +46,6 @@ fn failpoint(name: &str) {
     }
 }
 
-/// The repository root under a data directory (see [`hibernation_dir`]).
-fn repository(data_dir: &Path) -> PathBuf {
-    data_dir.join("repository")
-}
-
 impl Manager {
     /// The image directory of a record's hibernation. The location comes
     /// from the store (another host may have written it): only a plain
@@ -78,7 +61,7 @@ impl Manager {
                 h.location
             )));
         }
-        Ok(repository(&self.cfg.data_dir).join(rel))
+        Ok(self.repository().root().join(rel))
     }
 
     /// QEMU cannot migrate ivshmem, so before a partition's state is saved
@@ -132,9 +115,9 @@ impl Manager {
             (l.stop_requested.clone(), l.done.clone())
         };
         self.end_grants_before_save(name).await?;
-        let dir = hibernation_dir(&self.cfg.data_dir, name, name);
+        let dir = self.repository().hibernation_dir(rec.client(), name);
         let location = dir
-            .strip_prefix(repository(&self.cfg.data_dir))
+            .strip_prefix(self.repository().root())
             .map_err(internal)?
             .to_string_lossy()
             .into_owned();
@@ -412,7 +395,7 @@ impl Manager {
                 Ok(true)
             }
             PartitionState::Hibernating => {
-                let dir = hibernation_dir(&self.cfg.data_dir, name, name);
+                let dir = self.repository().hibernation_dir(rec.client(), name);
                 let spec = self.spec_for(rec);
                 match Partition::adopt(spec, self.launch_options(name)).await {
                     Ok(p) => {
@@ -430,7 +413,7 @@ impl Manager {
                     }
                     Err(e) => {
                         self.cleanup(rec).await;
-                        match complete_image(&repository(&self.cfg.data_dir), &dir, name) {
+                        match complete_image(&self.repository().root(), &dir, name) {
                             Some(h) => {
                                 let why =
                                     "hibernated (the image was complete when bulkheadd restarted)";

@@ -56,6 +56,9 @@ impl Manager {
             bulkhead_engine::spec::check_cmdline(cl).map_err(ApiError::BadRequest)?;
         }
         for d in &c.disks {
+            if d.lu.is_some() {
+                return bad("a disk names an LU through `lus`, not `disks`".into());
+            }
             self.roots
                 .check_disk(&d.path, &d.format)
                 .map_err(ApiError::BadRequest)?;
@@ -70,11 +73,17 @@ impl Manager {
         if let Some(m) = &c.cpu_model {
             m.parse::<CpuModel>().map_err(ApiError::BadRequest)?;
         }
+        if let Some(client) = &c.client {
+            crate::lu::check_name("client", client).map_err(ApiError::BadRequest)?;
+        }
         Ok(())
     }
 
     pub(super) async fn create(&self, c: CreatePartition) -> Result<PartitionRecord, ApiError> {
         self.validate(&c)?;
+        let client = c.client.clone().unwrap_or_else(|| c.name.clone());
+        let mut disks = c.disks.clone();
+        disks.extend(self.lu_disks(&client, &c.lus).await?);
         let now = now_ms();
         let rec = PartitionRecord {
             name: c.name.clone(),
@@ -84,7 +93,7 @@ impl Manager {
             cpu_percent: c.cpu_percent,
             image: c.image.clone(),
             cmdline: c.cmdline.clone(),
-            disks: c.disks.clone(),
+            disks,
             net: None,
             restart_policy: c.restart_policy,
             hotplug_slots: c.hotplug_slots,
@@ -103,6 +112,9 @@ impl Manager {
             restarts: 0,
             hibernate_idle_secs: c.hibernate_idle_secs,
             hibernation: None,
+            client_name: client,
+            client_id: 0,
+            adapter_ids: Default::default(),
             revision: 0,
         };
         // Capacity and the address are decided by the store inside the
@@ -110,7 +122,7 @@ impl Manager {
         // daemon sharing the store sees this one or is seen by it.
         let rec = self
             .store
-            .admit(&rec, "created", self.admission(false, c.net))
+            .admit(&rec, "created", lus::with_ids(self.admission(false, c.net)))
             .await
             .map_err(refused_is_capacity)?;
         tracing::info!(partition = %rec.name, cpu = rec.cpu_percent, memory_mib = rec.memory_mib, "created");
@@ -169,6 +181,10 @@ impl Manager {
             let (AdapterSpec::Disk(d), Some(r)) = (a, disks.next()) else {
                 continue;
             };
+            if r.lu.is_some() {
+                // Locked, confined to its client's area and pinned by `lock_lus`.
+                continue;
+            }
             let checked = self
                 .roots
                 .check_disk(&r.path, &r.format)
@@ -239,7 +255,9 @@ impl Manager {
         rec.cpu_model
             .parse::<CpuModel>()
             .map_err(ApiError::BadRequest)?;
-        let spec = self.checked_spec(&rec)?;
+        let mut spec = self.checked_spec(&rec)?;
+        // LUs first: a refusal (another client's, locked elsewhere) changes nothing.
+        self.lock_lus(&rec, &mut spec).await?;
         let event = if by_policy {
             "restarting (policy)"
         } else {
@@ -247,7 +265,7 @@ impl Manager {
         };
         // Admitted by the store in the same write that marks it starting, so
         // concurrent starts (here or in another daemon) never over-commit.
-        modify_record(
+        let admitted = modify_record(
             &*self.store,
             name,
             event,
@@ -260,13 +278,18 @@ impl Manager {
                     r.restarts = 0;
                 }
             },
-            Some(&self.admission(true, false)),
+            Some(&lus::with_ids(self.admission(true, false))),
         )
-        .await?;
+        .await;
+        if let Err(e) = admitted {
+            self.release_lus(name).await;
+            return Err(e);
+        }
         // Until the supervisor owns it, anything that ends this start early
         // (a `?`, a panic) leaves the partition failed, never `starting`.
         let undo = OnDrop::new(|| {
             self.cgroups.open(name).remove_detached();
+            self.release_lus_later(name);
             let why = "start interrupted".to_string();
             self.modify_later(name, why.clone(), move |r| {
                 r.state = PartitionState::Failed;
@@ -344,6 +367,7 @@ impl Manager {
     /// records the partition failed with why; returns `err` to answer.
     async fn start_failed(&self, name: &str, err: ApiError) -> ApiError {
         let _ = self.cgroups.open(name).remove_off_reactor().await;
+        self.release_lus(name).await;
         let msg = format!("start failed: {err}");
         let recorded = self
             .set_state(name, PartitionState::Failed, &msg, |r| {
@@ -490,6 +514,7 @@ impl Manager {
         let _ = std::fs::remove_dir_all(self.run_dir(name));
         self.store.delete(name, rec.revision).await?;
         self.discard_hibernation(&rec);
+        self.release_lus(name).await;
         self.op_locks.lock().unwrap().remove(name);
         tracing::info!(partition = name, "destroyed");
         Ok(())

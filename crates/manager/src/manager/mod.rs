@@ -12,8 +12,8 @@ use bulkhead_engine::{
     AdapterSpec, CpuModel, DiskSpec, LaunchOptions, NetSpec, Partition, PartitionSpec,
 };
 use bulkhead_store::{
-    now_ms, Admission, HibernateReason, NetRecord, PartitionRecord, PartitionState, RestartPolicy,
-    Scope, Store, StoreError,
+    now_ms, Admission, DiskRecord, HibernateReason, NetRecord, PartitionRecord, PartitionState,
+    RestartPolicy, Scope, Store, StoreError,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ mod disks;
 mod hibernate;
 pub(crate) use disks::disk_format;
 mod lifecycle;
+mod lus;
 mod recovery;
 mod supervision;
 
@@ -51,6 +52,8 @@ pub struct Manager {
     instance: String,
     /// Where disks and images may come from.
     roots: Roots,
+    /// The LU repository.
+    repo: crate::lu::Repository,
     live: Mutex<HashMap<String, Live>>,
     /// One operation at a time per partition (start, stop, destroy...).
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -119,6 +122,8 @@ impl Manager {
             anyhow::anyhow!("qemu.user: {e}; create it with scripts/bootstrap or name another")
         })?;
         let roots = Roots::open(&cfg.storage_roots(), &cfg.data_dir, &cfg.image_dir)?;
+        let repo = crate::lu::Repository::open(&cfg.repository_dir())?;
+        crate::lu::check_apart(repo.root(), roots.roots()).map_err(anyhow::Error::msg)?;
         let layout = Layout::detect()?;
         let instance = cfg.cgroup_instance();
         let cgroups = Cgroups::new(layout, &cfg.cgroup.parent, &instance);
@@ -142,6 +147,7 @@ impl Manager {
             subnet,
             instance,
             roots,
+            repo,
             live: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashSet::new()),
@@ -251,6 +257,17 @@ impl Manager {
                 self.grant_request(&name, crate::grants::Via::Api, req)
                     .await?,
             ),
+            ApiRequest::AttachLu { name, req } => {
+                R::DiskAttached(self.attach_lu(&name, req).await?)
+            }
+            ApiRequest::LuCreate(c) => R::LuCreated(self.lu_create(c).await?),
+            ApiRequest::LuList => R::Lus(self.lu_list().await?),
+            ApiRequest::LuShow { name } => R::Lu(self.lu_show(&name).await?),
+            ApiRequest::LuResize { name, req } => {
+                R::Lu(self.lu_resize(&name, req.size_bytes).await?)
+            }
+            ApiRequest::LuDelete { name } => R::LuDeleted(self.lu_delete(&name).await?),
+            ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
         })
     }
 

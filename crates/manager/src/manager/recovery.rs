@@ -68,6 +68,7 @@ impl Manager {
             }
         }
         self.reconcile().await;
+        self.release_stale_locks().await;
         Ok(())
     }
 

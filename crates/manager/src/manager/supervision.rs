@@ -87,6 +87,7 @@ impl Manager {
                     let _ = m.cgroups.open(&name).remove_off_reactor().await;
                 }
             }
+            m.release_lus(&name).await;
             m.live.lock().unwrap().remove(&name);
             // What it gave and held ends; the others' devices are unplugged.
             m.grants_partition_ended(&name, false).await;

@@ -1,0 +1,293 @@
+//! `bulkhead lu ...`: the LU commands, and the API client's LU calls.
+
+use super::types::*;
+use crate::cli::{ApiArgs, ListArgs, NameArgs};
+use crate::client::{encode_segment, Client, ClientError};
+use anyhow::Context;
+use hyper::Method;
+
+/// `bulkhead lu`: LUs of the repository.
+#[derive(Debug, clap::Subcommand)]
+pub enum LuCommand {
+    /// Make a thin LU (a qcow2 file in the client's area of the repository).
+    Create(CreateArgs),
+    /// Every LU with its size, allocation and holders.
+    List(ListArgs),
+    /// One LU: virtual size, bytes allocated, locks.
+    Show(NameArgs),
+    /// Grow an LU no partition has attached (LUs never shrink).
+    Resize(ResizeArgs),
+    /// Delete an LU no partition has attached.
+    Delete(NameArgs),
+    /// An LU of the client with at least --min: reused, grown or created.
+    Request(RequestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// Virtual size, e.g. 512M or 1G.
+    #[arg(long)]
+    pub size: String,
+    #[arg(long)]
+    pub client: String,
+    /// data (default), paging or hibernation.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResizeArgs {
+    pub name: String,
+    /// The new virtual size, e.g. 2G.
+    #[arg(long)]
+    pub size: String,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[arg(long)]
+    pub client: String,
+    /// The capacity needed, e.g. 2G.
+    #[arg(long)]
+    pub min: String,
+    /// paging or hibernation (data when absent).
+    #[arg(long)]
+    pub purpose: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `512M`, `1G`... in bytes (the partition commands' size syntax).
+pub fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let mib = bulkhead_engine::spec::parse_mib(s).map_err(anyhow::Error::msg)?;
+    mib.checked_mul(1 << 20)
+        .with_context(|| format!("size {s:?} is too large"))
+}
+
+/// `NAME` or `NAME:ro`.
+pub fn parse_lu_attach(s: &str) -> LuAttach {
+    match s.strip_suffix(":ro") {
+        Some(n) => LuAttach {
+            name: n.to_string(),
+            readonly: true,
+        },
+        None => LuAttach {
+            name: s.to_string(),
+            readonly: false,
+        },
+    }
+}
+
+fn lu_path(name: &str) -> Result<String, ClientError> {
+    super::check_name("LU", name).map_err(ClientError::Request)?;
+    Ok(format!("/v1/lus/{}", encode_segment(name)))
+}
+
+impl Client {
+    pub async fn attach_lu(
+        &self,
+        partition: &str,
+        req: &AttachLu,
+    ) -> Result<crate::api::AttachedDisk, ClientError> {
+        let path = format!("{}/lus", crate::client::partition_path(partition)?);
+        self.send(Method::POST, &path, Some(req)).await
+    }
+    pub async fn lu_create(&self, req: &CreateLu) -> Result<LuView, ClientError> {
+        self.send(Method::POST, "/v1/lus", Some(req)).await
+    }
+    pub async fn lu_list(&self) -> Result<Vec<LuView>, ClientError> {
+        self.send::<(), _>(Method::GET, "/v1/lus", None).await
+    }
+    pub async fn lu_show(&self, name: &str) -> Result<LuView, ClientError> {
+        self.send::<(), _>(Method::GET, &lu_path(name)?, None).await
+    }
+    pub async fn lu_resize(&self, name: &str, req: &ResizeLu) -> Result<LuView, ClientError> {
+        let path = format!("{}/resize", lu_path(name)?);
+        self.send(Method::POST, &path, Some(req)).await
+    }
+    pub async fn lu_delete(&self, name: &str) -> Result<LuDeleted, ClientError> {
+        self.send::<(), _>(Method::DELETE, &lu_path(name)?, None)
+            .await
+    }
+    pub async fn lu_request(&self, req: &RequestLu) -> Result<LuRequested, ClientError> {
+        self.send(Method::POST, "/v1/lu-requests", Some(req)).await
+    }
+}
+
+fn size(b: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (u, n) in UNITS {
+        if b >= n {
+            let v = b as f64 / n as f64;
+            return if b.is_multiple_of(n) {
+                format!("{}{u}", b / n)
+            } else {
+                format!("{v:.1}{u}")
+            };
+        }
+    }
+    format!("{b}")
+}
+
+fn holders(v: &LuView) -> String {
+    if v.locks.is_empty() {
+        return "-".into();
+    }
+    v.locks
+        .iter()
+        .map(|l| format!("{}/{}({})", l.partition, l.adapter, l.mode.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `lu list` as a table.
+pub fn list_table(lus: &[LuView]) -> String {
+    let mut out = format!(
+        "{:<24} {:<16} {:<12} {:>8} {:>10}  {}\n",
+        "NAME", "CLIENT", "PURPOSE", "SIZE", "ALLOCATED", "HELD BY"
+    );
+    for v in lus {
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<12} {:>8} {:>10}  {}\n",
+            v.record.name,
+            v.record.client,
+            v.record.purpose,
+            size(v.virtual_bytes),
+            size(v.allocated_bytes),
+            holders(v)
+        ));
+    }
+    out
+}
+
+/// `lu show` as text.
+pub fn show_text(v: &LuView) -> String {
+    let mut out = String::new();
+    let rows = [
+        ("name", v.record.name.clone()),
+        ("client", v.record.client.clone()),
+        ("purpose", v.record.purpose.clone()),
+        (
+            "virtual size",
+            format!("{} ({} bytes)", size(v.virtual_bytes), v.virtual_bytes),
+        ),
+        (
+            "allocated",
+            format!("{} ({} bytes)", size(v.allocated_bytes), v.allocated_bytes),
+        ),
+        ("file", v.file.clone()),
+        ("problem", v.problem.clone().unwrap_or_else(|| "-".into())),
+    ];
+    for (k, val) in rows {
+        out.push_str(&format!("{k:<14} {val}\n"));
+    }
+    for l in &v.locks {
+        out.push_str(&format!(
+            "{:<14} {} {} {} on host {} (AdapterID {})\n",
+            "locked by",
+            l.partition,
+            l.adapter,
+            l.mode.as_str(),
+            l.host,
+            l.adapter_id
+        ));
+    }
+    out
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs one LU command; a failure prints one line and exits non-zero.
+pub async fn run(cmd: LuCommand) -> anyhow::Result<()> {
+    if let Err(e) = run_inner(cmd).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run_inner(cmd: LuCommand) -> anyhow::Result<()> {
+    match cmd {
+        LuCommand::Create(a) => {
+            let req = CreateLu {
+                name: a.name,
+                client: a.client,
+                size_bytes: parse_bytes(&a.size)?,
+                purpose: a.purpose,
+            };
+            let v = a.api.client()?.lu_create(&req).await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", show_text(&v));
+        }
+        LuCommand::List(a) => {
+            let v = a.api.client()?.lu_list().await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", list_table(&v));
+        }
+        LuCommand::Show(a) => {
+            let v = a.api.client()?.lu_show(&a.name).await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", show_text(&v));
+        }
+        LuCommand::Resize(a) => {
+            let req = ResizeLu {
+                size_bytes: parse_bytes(&a.size)?,
+            };
+            let v = a.api.client()?.lu_resize(&a.name, &req).await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", show_text(&v));
+        }
+        LuCommand::Delete(a) => {
+            let d = a.api.client()?.lu_delete(&a.name).await?;
+            if a.json {
+                return print_json(&d);
+            }
+            println!("deleted LU {}", d.deleted);
+        }
+        LuCommand::Request(a) => {
+            let req = RequestLu {
+                client: a.client,
+                min_bytes: parse_bytes(&a.min)?,
+                purpose: a.purpose,
+            };
+            let r = a.api.client()?.lu_request(&req).await?;
+            if a.json {
+                return print_json(&r);
+            }
+            let what = match r.outcome {
+                LuOutcome::Reused => "reused".to_string(),
+                LuOutcome::Grown => format!("grew by {}", size(r.grown_by_bytes)),
+                LuOutcome::Created => "created".to_string(),
+            };
+            println!(
+                "{what} LU {} ({}, {} allocated)",
+                r.lu.record.name,
+                size(r.lu.virtual_bytes),
+                size(r.lu.allocated_bytes)
+            );
+        }
+    }
+    Ok(())
+}
