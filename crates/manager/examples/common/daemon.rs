@@ -1,6 +1,9 @@
 //! The bulkheadd the manager benchmarks run: release binaries beside the
 //! example, a temporary data dir, the unix socket and a TLS TCP API.
 
+// Each benchmark uses its own part of it.
+#![allow(dead_code)]
+
 use bulkhead_manager::client::{Client, Endpoint};
 use bulkhead_manager::tls::Trust;
 use bulkhead_testbed::image_dir as image;

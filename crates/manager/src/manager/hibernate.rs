@@ -413,7 +413,7 @@ impl Manager {
                     }
                     Err(e) => {
                         self.cleanup(rec).await;
-                        match complete_image(&self.repository().root(), &dir, name) {
+                        match complete_image(self.repository().root(), &dir, name) {
                             Some(h) => {
                                 let why =
                                     "hibernated (the image was complete when bulkheadd restarted)";
