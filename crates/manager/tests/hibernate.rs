@@ -275,9 +275,12 @@ async fn idle_partition_hibernates_after_its_idle_time_and_exec_wakes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_daemons_racing_a_resume_run_it_once() {
     let store_dir = tempfile::tempdir().unwrap();
+    // One repository directory both daemons see, as the hosts of a cluster do.
+    let repo = store_dir.path().join("repository");
     let extra = format!(
-        "[store]\npath = {:?}\nhost_id = \"hibernate-race-host\"\n",
-        store_dir.path().join("shared.db")
+        "[store]\npath = {:?}\nhost_id = \"hibernate-race-host\"\n[cluster]\nrepository = {:?}\n",
+        store_dir.path().join("shared.db"),
+        repo
     );
     let start = || {
         Daemon::start(Opts {
@@ -286,11 +289,6 @@ async fn two_daemons_racing_a_resume_run_it_once() {
         })
     };
     let (a, b) = (start(), start());
-    let repo = store_dir.path().join("repository");
-    for d in [&a, &b] {
-        std::fs::create_dir_all(&repo).unwrap();
-        std::os::unix::fs::symlink(&repo, d.dir.path().join("data/repository")).unwrap();
-    }
     a.create("contested", 40, 160, json!({})).await;
     a.start_wait("contested").await;
     let secret = format!("race-{}", std::process::id());

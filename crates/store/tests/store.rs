@@ -229,7 +229,7 @@ async fn schema_4_database_gains_grant_tables() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "host-b").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let got = s.get("old").await.unwrap().unwrap();
     assert_eq!((got.host.as_str(), got.revision), ("host-a", 3));
     assert_eq!(got.net.unwrap().ip, "10.0.0.7/24");
@@ -245,7 +245,7 @@ async fn schema_4_database_gains_grant_tables() {
     drop(s);
     // Reopening migrates nothing again and keeps the grants.
     let s = SqliteStore::open(&path, "host-a").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 6);
+    assert_eq!(s.schema_version().unwrap(), 7);
     let t = s.grant_table("host-a").await.unwrap().unwrap();
     assert_eq!((t.body.as_slice(), t.revision), (&b"{}"[..], r));
     assert_eq!(s.grant_log("host-a", 0, 10).await.unwrap()[0].seq, 1);
