@@ -2,6 +2,8 @@
 
 use clap::Subcommand;
 
+// Built once per process from the command line: the size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum PartitionCommand {
     /// Run one partition in the foreground with its console on this terminal,
