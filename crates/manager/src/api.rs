@@ -78,6 +78,16 @@ pub struct StartOptions {
     pub wait: bool,
 }
 
+/// Body of `POST /v1/partitions/{name}/resume` (optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeOptions {
+    /// The cluster host (by name) to resume on; the host that got the call
+    /// when absent. It must see the repository holding the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
 /// Body of `POST /v1/partitions/{name}/stop`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -247,9 +257,11 @@ pub enum ApiRequest {
     HibernateProgress {
         name: String,
     },
-    /// Restores a hibernated partition from its image.
+    /// Restores a hibernated partition from its image, on this host or the
+    /// one `opts.host` names.
     Resume {
         name: String,
+        opts: ResumeOptions,
     },
 }
 

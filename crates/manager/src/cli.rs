@@ -185,6 +185,18 @@ pub struct NameArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    pub name: String,
+    /// The cluster host (by name) to resume it on; this one when absent.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct StartArgs {
     pub name: String,
     /// Return once the agent reports ready.
@@ -288,7 +300,7 @@ pub enum PartitionCommand {
     /// image and stop it; shows the bytes written on a terminal.
     Hibernate(NameArgs),
     /// Restore a hibernated partition from its image and run it.
-    Resume(NameArgs),
+    Resume(ResumeArgs),
 }
 
 /// `90s`, `10m`, `2h`, `1d` or plain seconds.
@@ -495,7 +507,8 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             print_record(&rec, a.json)?;
         }
         PartitionCommand::Resume(a) => {
-            let rec = a.api.client()?.resume(&a.name).await?;
+            let opts = crate::api::ResumeOptions { host: a.host };
+            let rec = a.api.client()?.resume_with(&a.name, &opts).await?;
             print_record(&rec, a.json)?;
         }
         PartitionCommand::Disk(DiskCommand::Remove(a)) => {

@@ -351,6 +351,16 @@ impl Client {
             .await
     }
 
+    /// Resume on the cluster host `opts.host` names (this one when absent).
+    pub async fn resume_with(
+        &self,
+        name: &str,
+        opts: &ResumeOptions,
+    ) -> Result<PartitionRecord, ClientError> {
+        self.send(Method::POST, &action_path(name, "resume")?, Some(opts))
+            .await
+    }
+
     pub async fn detach_disk(&self, name: &str, id: &str) -> Result<DetachedDisk, ClientError> {
         let path = format!("{}/{}", action_path(name, "disks")?, encode_segment(id));
         self.send::<(), _>(Method::DELETE, &path, None).await

@@ -230,8 +230,10 @@ fn hibernate_progress() {}
 
 #[utoipa::path(post, path = "/v1/partitions/{name}/resume", tag = "lifecycle", operation_id = "resume",
     params(("name" = String, Path, description = "partition name")),
+    request_body = Option<ResumeOptions>,
     responses(
         (status = 200, description = "restored from its image and running, agent ready", body = PartitionRecord),
+        (status = 400, description = "malformed body, or no cluster host of that name", body = ErrorBody),
         (status = 404, description = "no such partition", body = ErrorBody),
         (status = 409, description = "not hibernated, or its image is being resumed elsewhere", body = ErrorBody),
         (status = 502, description = "the image is corrupt or QEMU refused it (it stays hibernated)", body = ErrorBody),

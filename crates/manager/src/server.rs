@@ -428,7 +428,10 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
         (&Method::GET, ["v1", "partitions", n, "hibernate"]) => {
             ApiRequest::HibernateProgress { name: name(n) }
         }
-        (&Method::POST, ["v1", "partitions", n, "resume"]) => ApiRequest::Resume { name: name(n) },
+        (&Method::POST, ["v1", "partitions", n, "resume"]) => ApiRequest::Resume {
+            name: name(n),
+            opts: body(b)?,
+        },
         (&Method::POST, ["v1", "partitions", n, "grant-requests"]) => ApiRequest::GrantRequest {
             name: name(n),
             // The guests' own parser: the same bounds and refusals either way.
@@ -647,7 +650,13 @@ mod tests {
         let r = route(&Method::GET, "/v1/partitions/a/hibernate", "", b"").unwrap();
         assert_eq!(r, ApiRequest::HibernateProgress { name: "a".into() });
         let r = route(&Method::POST, "/v1/partitions/a/resume", "", b"").unwrap();
-        assert_eq!(r, ApiRequest::Resume { name: "a".into() });
+        assert_eq!(
+            r,
+            ApiRequest::Resume {
+                name: "a".into(),
+                opts: ResumeOptions::default()
+            }
+        );
         let idle = |t: u64| {
             format!(r#"{{"name":"a","memory_mib":128,"cpu_percent":5,"hibernate_idle_secs":{t}}}"#)
         };

@@ -3,9 +3,12 @@
 //! membership and `cluster hosts` from every host, a host that stops
 //! renewing shown lost and up again, commands carried out by the owning host
 //! wherever they arrive, and partitions on different hosts on one VLAN over
-//! VXLAN with the anti-spoofing filter holding across hosts.
+//! VXLAN with the anti-spoofing filter holding across hosts; a partition
+//! hibernated on one host and resumed on another.
 
-use bulkhead_manager::api::{CreatePartition, ExecRequest, StartOptions, StopOptions};
+use bulkhead_manager::api::{
+    CreatePartition, ExecRequest, ResumeOptions, StartOptions, StopOptions,
+};
 use bulkhead_manager::client::Client;
 use bulkhead_manager::cluster::ClusterHost;
 use bulkhead_store::{HostState, PartitionState};
@@ -272,6 +275,84 @@ async fn three_hosts_one_cluster() {
     .await;
     assert_ne!(code, 0, "a spoofed source reached pb across hosts: {out}");
     assert!(out.contains("0 packets received"), "{out}");
+
+    // Hibernated on a, resumed on b (asked on c): a counter still counts as
+    // the same process, a value held only in guest memory is intact, the
+    // address is the same, and it reaches a partition on c across hosts.
+    a.create(&create("pcc", Some("c"))).await.unwrap();
+    let pcc = cc.start("pcc", &StartOptions { wait: true }).await.unwrap();
+    let pcc_ip = pcc
+        .net
+        .as_ref()
+        .unwrap()
+        .ip
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let secret = format!("moved-{}", std::process::id());
+    let (code, out) = exec(
+        &a,
+        "pa",
+        &format!(
+            "echo {secret} > /tmp/secret; (i=0; while :; do i=$((i+1)); echo $i > /tmp/count; \
+             sleep 0.1; done) >/dev/null 2>&1 </dev/null & echo $! > /tmp/counter.pid"
+        ),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let slept = a.hibernate("pa").await.unwrap();
+    assert_eq!(slept.state, PartitionState::Hibernated);
+    let woke = cc
+        .resume_with(
+            "pa",
+            &ResumeOptions {
+                host: Some("b".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (woke.state, woke.host.as_str()),
+        (PartitionState::Running, b_id.as_str())
+    );
+    assert_eq!(woke.net.as_ref().unwrap().ip, pa.net.as_ref().unwrap().ip);
+    let pid = woke.pid.expect("a pid");
+    assert_eq!(
+        netns_inode(&format!("/proc/{pid}/ns/net")),
+        netns_inode(&b_ns),
+        "pa did not resume in b's namespace"
+    );
+    let (code, out) = exec(
+        &a,
+        "pa",
+        "cat /tmp/secret; kill -0 $(cat /tmp/counter.pid) && echo same",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&secret) && out.contains("same"), "{out}");
+    let first: u64 = exec(&a, "pa", "cat /tmp/count")
+        .await
+        .1
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: u64 = exec(&a, "pa", "cat /tmp/count")
+            .await
+            .1
+            .trim()
+            .parse()
+            .unwrap();
+        if now > first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the counter stopped at {now}");
+    }
+    let (code, out) = exec(&cc, "pa", &format!("ping -c 2 -W 5 {pcc_ip}")).await;
+    assert_eq!(code, 0, "pa on b cannot reach pcc on c: {out}");
+    cc.destroy("pcc", true).await.unwrap();
 
     // Stopped from a: b's answer, unchanged.
     let stopped = a

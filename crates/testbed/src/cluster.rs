@@ -303,6 +303,9 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
     let mut names = Names::new(name);
     std::fs::create_dir_all(dir.join("pids")).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(dir.join("repository")).map_err(|e| e.to_string())?;
+    // Plain disk paths live apart from the repository (a daemon refuses a
+    // storage root that reaches into it).
+    std::fs::create_dir_all(dir.join("disks")).map_err(|e| e.to_string())?;
     // The underlay: a bridge in the root namespace, one veth per host.
     let br = names.bridge();
     let mtu = UNDERLAY_MTU.to_string();
@@ -384,8 +387,9 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
              [api]\ntcp = \"{ul}:{API_PORT}\"\ntoken = {token:?}\n\
              [network]\nbridge = \"bulkhead0\"\nsubnet = \"10.77.0.0/24\"\n\
              [cgroup]\ninstance = {inst:?}\n\
-             [storage]\nroots = [{repo:?}]\n\
+             [storage]\nroots = [{disks:?}]\n\
              [cluster]\netcd = {endpoints:?}\nprefix = \"/bulkhead/{name}\"\nname = {hn:?}\n\
+             repository = {repo:?}\n\
              lease_ms = {lease}\nunderlay = {ul:?}\n",
             data = h.data_dir,
             sock = h.socket,
@@ -393,6 +397,7 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
             ul = names.underlay(i),
             inst = names.instance(&h.name),
             repo = c.repository,
+            disks = dir.join("disks"),
             hn = h.name,
             lease = opts.lease_ms,
         );

@@ -42,7 +42,15 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         | R::AttachLu { name, .. }
         | R::Hibernate { name }
         | R::HibernateProgress { name } => name,
-        // Resume is carried out by the host that got it: it claims the image.
+        // Resume is carried out by the host it names, else by the host that
+        // got it: that host claims the image.
+        R::Resume { opts, .. } => {
+            return Ok(opts
+                .host
+                .clone()
+                .filter(|h| *h != super::host_name(m))
+                .map(Owner::Name))
+        }
         _ => return Ok(None),
     };
     // An unknown partition is answered here (404).
@@ -193,6 +201,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
             Vec::new(),
         ),
         R::AttachLu { name, req } => (Method::POST, format!("{}/lus", path(name)?), json(req)),
+        R::Resume { name, opts } => (Method::POST, format!("{}/resume", path(name)?), json(opts)),
         R::Hibernate { name } => (
             Method::POST,
             format!("{}/hibernate", path(name)?),
@@ -254,6 +263,12 @@ mod tests {
                 opts: StartOptions { wait: true },
             },
             ApiRequest::Hibernate { name: "p".into() },
+            ApiRequest::Resume {
+                name: "p".into(),
+                opts: ResumeOptions {
+                    host: Some("b".into()),
+                },
+            },
             ApiRequest::HibernateProgress { name: "p".into() },
             ApiRequest::Stop {
                 name: "p".into(),

@@ -10,7 +10,11 @@ use bulkhead_store::{LockMode, LuLock, LuRecord};
 /// The holder name of the manager's own use of an LU (a resize): a colon
 /// keeps it apart from every partition name.
 fn maintenance(lu: &str) -> String {
-    format!("lu:{lu}")
+    // One holder per operation: a lock of the same holder and adapter would
+    // replace this one, and two grows of one LU would both run qemu-img.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("lu:{lu}:{}:{n}", std::process::id())
 }
 
 fn bad(e: String) -> ApiError {
