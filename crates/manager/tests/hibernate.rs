@@ -254,7 +254,16 @@ async fn idle_partition_hibernates_after_its_idle_time_and_exec_wakes_it() {
     );
     let v = d.wait_state("idler", &["hibernated"], BOOT).await;
     assert_eq!(v["hibernation"]["reason"], "idle", "{v:#}");
-    assert!(!d.cgroup_dir("cpu", "idler").exists());
+    // Its cgroup goes after the record says hibernated (the teardown follows
+    // the write), so wait for it, bounded.
+    let gone = tokio::time::Instant::now() + Duration::from_secs(30);
+    while d.cgroup_dir("cpu", "idler").exists() {
+        assert!(
+            tokio::time::Instant::now() < gone,
+            "the hibernated partition's cgroup stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // exec resumes it first, and waits for it.
     let r = tokio::time::timeout(
         BOOT,
