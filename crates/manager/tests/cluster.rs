@@ -11,7 +11,7 @@ use bulkhead_manager::api::{
 };
 use bulkhead_manager::client::Client;
 use bulkhead_manager::cluster::ClusterHost;
-use bulkhead_store::{HostState, PartitionState};
+use bulkhead_store::{HostState, PartitionRecord, PartitionState};
 use bulkhead_testbed::cluster::{self, Cluster, Guard, Options};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
@@ -107,6 +107,12 @@ async fn exec(cl: &Client, name: &str, script: &str) -> (i32, String) {
         .await
         .unwrap_or_else(|e| panic!("exec {script:?} in {name}: {e}"));
     (r.code, format!("{}{}", r.stdout, r.stderr))
+}
+
+/// A partition's VLAN address without its prefix length.
+fn vlan_ip(r: &PartitionRecord) -> String {
+    let ip = &r.net.as_ref().expect("a VLAN address").ip;
+    ip.split('/').next().unwrap_or(ip).to_string()
 }
 
 fn netns_inode(path: &str) -> u64 {
@@ -229,15 +235,7 @@ async fn three_hosts_one_cluster() {
     let pa = a.create(&create("pa", None)).await.unwrap();
     assert_eq!(pa.host, views[0][0].id);
     a.start("pa", &StartOptions { wait: true }).await.unwrap();
-    let pb_ip = pb
-        .net
-        .as_ref()
-        .unwrap()
-        .ip
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let pb_ip = vlan_ip(&pb);
     let (code, out) = exec(&b, "pa", &format!("ping -c 2 -W 5 {pb_ip}")).await;
     assert_eq!(code, 0, "pa cannot reach pb across hosts: {out}");
     // Full-size frames cross too (the underlay carries the VXLAN overhead).
@@ -248,15 +246,7 @@ async fn three_hosts_one_cluster() {
     // answer too, holding the same address, and learn pa from the request).
     let (code, out) = exec(&a, "pa", "ping -c 1 -W 5 10.77.0.1").await;
     assert_eq!(code, 0, "pa cannot reach its gateway: {out}");
-    let pa_ip = pa
-        .net
-        .as_ref()
-        .unwrap()
-        .ip
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let pa_ip = vlan_ip(&pa);
     let b_neigh = std::process::Command::new("ip")
         .args(["-n", &c.hosts[1].netns, "neigh", "show", &pa_ip])
         .output()
@@ -281,15 +271,7 @@ async fn three_hosts_one_cluster() {
     // address is the same, and it reaches a partition on c across hosts.
     a.create(&create("pcc", Some("c"))).await.unwrap();
     let pcc = cc.start("pcc", &StartOptions { wait: true }).await.unwrap();
-    let pcc_ip = pcc
-        .net
-        .as_ref()
-        .unwrap()
-        .ip
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let pcc_ip = vlan_ip(&pcc);
     let secret = format!("moved-{}", std::process::id());
     let (code, out) = exec(
         &a,

@@ -16,18 +16,19 @@ enum Owner {
     Name(String),
 }
 
+/// The host a request names (`--host`), when it is not this one.
+fn named(m: &Manager, host: &Option<String>) -> Option<Owner> {
+    host.clone()
+        .filter(|h| *h != super::host_name(m))
+        .map(Owner::Name)
+}
+
 /// The host that must carry out `req`, if another: a partition's owner,
 /// or the host `create --host` names. `None`: answer here.
 async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError> {
     use ApiRequest as R;
     let name = match req {
-        R::Create(c) => {
-            return Ok(c
-                .host
-                .clone()
-                .filter(|h| *h != super::host_name(m))
-                .map(Owner::Name))
-        }
+        R::Create(c) => return Ok(named(m, &c.host)),
         R::Show { name }
         | R::Start { name, .. }
         | R::Stop { name, .. }
@@ -44,13 +45,7 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         | R::HibernateProgress { name } => name,
         // Resume is carried out by the host it names, else by the host that
         // got it: that host claims the image.
-        R::Resume { opts, .. } => {
-            return Ok(opts
-                .host
-                .clone()
-                .filter(|h| *h != super::host_name(m))
-                .map(Owner::Name))
-        }
+        R::Resume { opts, .. } => return Ok(named(m, &opts.host)),
         _ => return Ok(None),
     };
     // An unknown partition is answered here (404).
