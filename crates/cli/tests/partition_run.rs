@@ -161,8 +161,18 @@ impl Run {
         }
     }
 
+    /// Everything the command wrote to stderr: after it exited, the reader
+    /// thread may still be delivering its last lines, so read until the pipe
+    /// closes (bounded, in case a child process still holds it open).
     fn rest_of_stderr(&mut self) -> String {
-        self.err_seen.extend(self.stderr.try_iter());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) => self.err_seen.push(l),
+                Err(_) => break,
+            }
+        }
         self.err_seen.join("\n")
     }
 }
