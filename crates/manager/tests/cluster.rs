@@ -336,6 +336,10 @@ async fn three_hosts_one_cluster() {
     assert_eq!(code, 0, "pa on b cannot reach pcc on c: {out}");
     cc.destroy("pcc", true).await.unwrap();
 
+    racing_resumes_run_once(c, &secret).await;
+    etcd_member_down_keeps_working(c).await;
+    killed_mid_hibernate_loses_nothing(c).await;
+
     // Stopped from a: b's answer, unchanged.
     let stopped = a
         .stop(
@@ -390,6 +394,132 @@ async fn three_hosts_one_cluster() {
     cc.destroy("pb", true).await.unwrap();
     cc.destroy("pa", true).await.unwrap();
     assert!(a.list().await.unwrap().is_empty());
+}
+
+/// `pa` hibernated again, then resumed on a and on c at once (asked on
+/// both): exactly one runs it, with its memory; the other is refused.
+async fn racing_resumes_run_once(c: &Cluster, secret: &str) {
+    let (a, cc) = (client(c, "a"), client(c, "c"));
+    a.hibernate("pa").await.unwrap();
+    let on = |h: &str| ResumeOptions {
+        host: Some(h.into()),
+    };
+    let (on_a, on_c) = (on("a"), on("c"));
+    let (ra, rc) = tokio::join!(a.resume_with("pa", &on_a), cc.resume_with("pa", &on_c));
+    let (won, refusal) = match (ra, rc) {
+        (Ok(r), Err(e)) | (Err(e), Ok(r)) => (r, e),
+        (ra, rc) => panic!("exactly one resume must run: {ra:?} / {rc:?}"),
+    };
+    assert_eq!(won.state, PartitionState::Running);
+    assert_eq!(refusal.code(), Some("conflict"), "{refusal}");
+    let msg = refusal.to_string();
+    assert!(
+        msg.contains("being resumed") || msg.contains("not hibernated"),
+        "a clear refusal: {msg}"
+    );
+    // One QEMU of pa in the whole cluster, in the winner's namespace.
+    let winner = c
+        .hosts
+        .iter()
+        .find(|h| {
+            netns_inode(&format!("/run/netns/{}", h.netns))
+                == netns_inode(&format!("/proc/{}/ns/net", won.pid.expect("a pid")))
+        })
+        .expect("the winner's QEMU runs in one of the hosts");
+    assert!(
+        ["a", "c"].contains(&winner.name.as_str()),
+        "{}",
+        winner.name
+    );
+    let (code, out) = exec(&a, "pa", "cat /tmp/secret").await;
+    assert_eq!((code, out.trim()), (0, secret));
+}
+
+/// One etcd member killed: every host keeps its lease and serves creates,
+/// starts, lists and execs; the member comes back and catches up.
+async fn etcd_member_down_keeps_working(c: &Cluster) {
+    let (a, b, cc) = (client(c, "a"), client(c, "b"), client(c, "c"));
+    cluster::kill_etcd_member(c, 2).unwrap();
+    b.create(&create("pd", Some("c"))).await.unwrap();
+    let pd = a.start("pd", &StartOptions { wait: true }).await.unwrap();
+    assert_eq!(pd.state, PartitionState::Running);
+    let (code, out) = exec(&b, "pd", "echo up").await;
+    assert_eq!((code, out.trim()), (0, "up"), "{out}");
+    for cl in [&a, &b, &cc] {
+        let names: Vec<String> = cl
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert!(names.contains(&"pd".to_string()), "{names:?}");
+    }
+    // The boot took several leases' time: every lease was renewed meanwhile.
+    assert!(
+        states(c, "b")
+            .await
+            .iter()
+            .all(|(_, s)| *s == HostState::Up),
+        "{:?}",
+        states(c, "b").await
+    );
+    cluster::restart_etcd_member(c, 2).unwrap();
+}
+
+/// c's bulkheadd killed (-9) at each failpoint of a hibernate of its
+/// partition pd asked on a: after c's restart, pd runs on in the same QEMU
+/// (image complete, not recorded: discarded), then is hibernated with a
+/// whole image (recorded, QEMU not yet stopped) and resumes on b intact.
+async fn killed_mid_hibernate_loses_nothing(c: &Cluster) {
+    let (a, cc) = (client(c, "a"), client(c, "c"));
+    let secret = format!("crash-{}", std::process::id());
+    let (code, out) = exec(&a, "pd", &format!("echo {secret} > /tmp/secret")).await;
+    assert_eq!(code, 0, "{out}");
+    let pid = cc.show("pd").await.unwrap().record.pid.expect("a pid");
+    let client_id = cc.show("pd").await.unwrap().record.client().to_string();
+    let image = c
+        .repository
+        .join("clients")
+        .join(&client_id)
+        .join("hibernation/pd");
+    let margin = Duration::from_millis(LEASE_MS) + Duration::from_secs(60);
+    let crash_at = |fp: &'static str| async move {
+        cluster::restart_host(c, "c", &[("BULKHEAD_FAILPOINT", fp)]).unwrap();
+        wait_state(c, "a", "c", HostState::Up, margin).await;
+        let e = client(c, "a").hibernate("pd").await;
+        assert!(e.is_err(), "c answered a hibernate it should die in: {e:?}");
+        cluster::restart_host(c, "c", &[]).unwrap();
+        wait_state(c, "a", "c", HostState::Up, margin).await;
+    };
+
+    crash_at("hibernate-after-save").await;
+    let v = a.show("pd").await.unwrap();
+    assert_eq!(v.record.state, PartitionState::Running, "{v:?}");
+    assert_eq!(v.record.pid, Some(pid), "the same QEMU, re-adopted");
+    assert!(!image.exists(), "the unrecorded image is discarded");
+    let (code, out) = exec(&a, "pd", "cat /tmp/secret").await;
+    assert_eq!((code, out.trim()), (0, secret.as_str()));
+
+    crash_at("hibernate-after-record").await;
+    let v = a.show("pd").await.unwrap();
+    assert_eq!(v.record.state, PartitionState::Hibernated, "{v:?}");
+    let h = v.record.hibernation.as_ref().expect("a hibernation record");
+    let len = std::fs::metadata(image.join("state.bin")).unwrap().len();
+    assert_eq!(h.bytes, len, "the recorded image is whole");
+    let woke = a
+        .resume_with(
+            "pd",
+            &ResumeOptions {
+                host: Some("b".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(woke.state, PartitionState::Running);
+    let (code, out) = exec(&cc, "pd", "cat /tmp/secret").await;
+    assert_eq!((code, out.trim()), (0, secret.as_str()));
+    a.destroy("pd", true).await.unwrap();
 }
 
 /// A second daemon that takes a member's name under another id is refused

@@ -164,10 +164,18 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Whether an `Unavailable` message (from [`neutral`]) says the request was
 /// never taken by a member, so sending it again cannot apply it twice. A
 /// server-side timeout is not one of these: the write may have been proposed.
+/// "leader changed" is: etcd gives it only while waiting for a linearizable
+/// read's index, before anything was proposed (a member's death elects a
+/// new leader, and the reads of that moment get it).
 fn not_sent(message: &str) -> bool {
-    ["cannot reach etcd", "tcp connect error", "no leader"]
-        .iter()
-        .any(|w| message.contains(w))
+    [
+        "cannot reach etcd",
+        "tcp connect error",
+        "no leader",
+        "leader changed",
+    ]
+    .iter()
+    .any(|w| message.contains(w))
 }
 
 fn decode(keys: &Keys, kv: &KeyValue) -> Result<PartitionRecord> {

@@ -358,21 +358,9 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
         .map(|i| format!("http://{gw}:{}", ports[2 * i]))
         .collect();
     std::fs::write(dir.join("etcd"), endpoints.join("\n")).map_err(|e| e.to_string())?;
-    for (i, client) in endpoints.iter().enumerate() {
-        let cmd = crate::etcd::member_command(
-            &format!("e{i}"),
-            &dir.join(format!("etcd-e{i}")),
-            client,
-            &format!("http://{gw}:{}", ports[2 * i + 1]),
-            &initial,
-            "new",
-            &format!("bulkhead-{name}"),
-        );
-        spawn_detached(
-            cmd,
-            &dir.join(format!("etcd-e{i}.log")),
-            &dir.join(format!("pids/etcd-e{i}")),
-        )?;
+    std::fs::write(dir.join("etcd-initial"), &initial).map_err(|e| e.to_string())?;
+    for i in 0..endpoints.len() {
+        spawn_etcd_member(name, i, "new")?;
     }
     wait_etcd(&endpoints)?;
     let token = random_token();
@@ -410,6 +398,113 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
     }
     wait_all_up(&c, opts, UP_DEADLINE)?;
     Ok(c)
+}
+
+/// Starts etcd member `e<i>` of cluster `name` from what `up` recorded
+/// (`state` "new" at first, "existing" when it comes back).
+fn spawn_etcd_member(name: &str, i: usize, state: &str) -> Result<u32, String> {
+    let dir = dir_of(name);
+    let initial = std::fs::read_to_string(dir.join("etcd-initial")).map_err(|e| e.to_string())?;
+    let member = format!("e{i}");
+    let peer = initial
+        .split(',')
+        .find_map(|m| m.strip_prefix(&format!("{member}=")))
+        .ok_or_else(|| format!("no member {member} in {initial}"))?;
+    let endpoints = std::fs::read_to_string(dir.join("etcd")).map_err(|e| e.to_string())?;
+    let client = endpoints
+        .lines()
+        .nth(i)
+        .ok_or_else(|| format!("no endpoint for {member}"))?;
+    let cmd = crate::etcd::member_command(
+        &member,
+        &dir.join(format!("etcd-{member}")),
+        client,
+        peer,
+        &initial,
+        state,
+        &format!("bulkhead-{name}"),
+    );
+    spawn_detached(
+        cmd,
+        &dir.join(format!("etcd-{member}.log")),
+        &dir.join(format!("pids/etcd-{member}")),
+    )
+}
+
+/// kill -9 of the process whose pid `pidfile` (under the cluster's `pids/`)
+/// holds, waiting (bounded) until it is gone.
+fn kill_recorded(c: &Cluster, pidfile: &str) -> Result<(), String> {
+    let path = c.dir.join("pids").join(pidfile);
+    let pid: u32 = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: a signal to a process this cluster started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && !zombie(pid) {
+        if Instant::now() > deadline {
+            return Err(format!("{pidfile} (pid {pid}) survived SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Kills etcd member `e<i>` (kill -9): the other two keep the quorum.
+/// Returns once they answer again (a new leader elected if `e<i>` led).
+pub fn kill_etcd_member(c: &Cluster, i: usize) -> Result<(), String> {
+    kill_recorded(c, &format!("etcd-e{i}"))?;
+    let rest: Vec<String> = c
+        .etcd
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, e)| e.clone())
+        .collect();
+    wait_etcd(&rest)
+}
+
+/// Starts the killed member `e<i>` again on its data directory and waits
+/// until every member answers.
+pub fn restart_etcd_member(c: &Cluster, i: usize) -> Result<(), String> {
+    spawn_etcd_member(&c.name, i, "existing")?;
+    wait_etcd(&c.etcd)
+}
+
+/// kill -9 of `host`'s bulkheadd (its partitions' QEMUs live on).
+pub fn kill_host(c: &Cluster, host: &str) -> Result<(), String> {
+    kill_recorded(c, &format!("bulkheadd-{host}"))
+}
+
+/// Starts `host`'s bulkheadd again on its configuration, with `env` added
+/// (a failpoint, for instance), and waits until its API answers. A running
+/// daemon is killed (-9) first.
+pub fn restart_host(c: &Cluster, host: &str, env: &[(&str, &str)]) -> Result<(), String> {
+    let h = c
+        .hosts
+        .iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| format!("no host {host:?}"))?;
+    kill_host(c, host)?;
+    let mut cmd = Command::new(crate::bulkhead_bin().with_file_name("bulkheadd"));
+    cmd.arg("--config")
+        .arg(c.dir.join(host).join("bulkheadd.toml"));
+    cmd.envs(env.iter().copied());
+    in_netns(&mut cmd, &h.netns)?;
+    // A log of its own: the first daemon's log keeps its last words.
+    let log = c.dir.join(host).join("bulkheadd.restarts.log");
+    spawn_detached(cmd, &log, &c.dir.join(format!("pids/bulkheadd-{host}")))?;
+    let deadline = Instant::now() + UP_DEADLINE;
+    while std::os::unix::net::UnixStream::connect(&h.socket).is_err() {
+        if Instant::now() > deadline {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("{host}'s bulkheadd did not come back:\n{t}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 fn wait_etcd(endpoints: &[String]) -> Result<(), String> {

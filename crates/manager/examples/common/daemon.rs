@@ -20,6 +20,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 pub struct Daemon {
     pub child: std::process::Child,
+    pub bridge: String,
     pub socket: PathBuf,
     pub tcp: String,
     pub dir: tempfile::TempDir,
@@ -29,6 +30,14 @@ pub const TOKEN: &str = "bench-token-0123456789";
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Self::start_with("bench", 234, "")
+    }
+
+    /// A daemon of its own beside others: `tag` names its bridge and
+    /// cgroups, `octet` its subnet 10.<octet>.0.0/24; `extra` is appended
+    /// to its configuration (a `[cluster]` section, for instance).
+    pub fn start_with(tag: &str, octet: u8, extra: &str) -> Daemon {
+        let bridge = format!("bh{tag}0");
         let dir = tempfile::Builder::new()
             .prefix("bhbench")
             .tempdir()
@@ -43,9 +52,9 @@ impl Daemon {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n[network]\nbridge = \"bhbench0\"\nsubnet = \"10.234.0.0/24\"\n\
-                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = \"bench\"\n\
-                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n",
+                "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n[network]\nbridge = {bridge:?}\nsubnet = \"10.{octet}.0.0/24\"\n\
+                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = {tag:?}\n\
+                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n{extra}",
                 dir.path().join("data"),
                 socket,
                 image()
@@ -77,6 +86,7 @@ impl Daemon {
             .expect("bulkheadd did not start");
         Daemon {
             child,
+            bridge,
             socket,
             tcp,
             dir,
@@ -108,6 +118,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = bulkhead_hostnet::delete_link("bhbench0", None);
+        let _ = bulkhead_hostnet::delete_link(&self.bridge, None);
     }
 }
