@@ -157,7 +157,7 @@ async fn resume(runs: usize, memory_mib: u64) -> anyhow::Result<()> {
         async move {
             let from = a.show("pr").await?.record.host;
             a.hibernate("pr").await?;
-            let to = if i % 2 == 0 { "b" } else { "a" };
+            let to = if i.is_multiple_of(2) { "b" } else { "a" };
             let t = Instant::now();
             let r = a
                 .resume_with(
