@@ -432,19 +432,24 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             println!("destroyed {}", d.destroyed);
         }
         PartitionCommand::List(a) => {
-            let recs = a.api.client()?.list().await?;
+            let client = a.api.client()?;
+            let recs = client.list().await?;
             if a.json {
                 print_json(&recs)?;
             } else {
-                print!("{}", list_table(&recs));
+                // Members by name; a daemon outside any cluster has none.
+                let hosts = client.cluster_hosts().await.unwrap_or_default();
+                print!("{}", list_table(&recs, &hosts));
             }
         }
         PartitionCommand::Show(a) => {
-            let view = a.api.client()?.show(&a.name).await?;
+            let client = a.api.client()?;
+            let view = client.show(&a.name).await?;
             if a.json {
                 print_json(&view)?;
             } else {
-                print!("{}", show_text(&view));
+                let hosts = client.cluster_hosts().await.unwrap_or_default();
+                print!("{}", show_text(&view, &hosts));
             }
         }
         PartitionCommand::Stats(a) => {
@@ -695,10 +700,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The partition table. A HOST column appears when the records belong to
-/// more than one host (a shared store); one host's list stays narrow.
-pub fn list_table(recs: &[PartitionRecord]) -> String {
-    let many_hosts = recs.iter().any(|r| r.host != recs[0].host);
+/// A host id as its cluster member's name, when `hosts` knows it.
+fn host_name(id: &str, hosts: &[crate::cluster::ClusterHost]) -> String {
+    hosts
+        .iter()
+        .find(|h| h.id == id)
+        .map_or_else(|| id.to_string(), |h| h.name.clone())
+}
+
+/// The partition table. A HOST column (members by name) appears in a
+/// cluster of more than one host, or when the records belong to more than
+/// one host (a shared store); one host's list stays narrow.
+pub fn list_table(recs: &[PartitionRecord], hosts: &[crate::cluster::ClusterHost]) -> String {
+    let many_hosts = hosts.len() > 1 || recs.iter().any(|r| r.host != recs[0].host);
     let rows: Vec<Vec<String>> = recs
         .iter()
         .map(|p| {
@@ -713,7 +727,7 @@ pub fn list_table(recs: &[PartitionRecord]) -> String {
                 p.last_exit.clone().unwrap_or_default(),
             ];
             if many_hosts {
-                row.insert(1, p.host.clone());
+                row.insert(1, host_name(&p.host, hosts));
             }
             row
         })
@@ -767,7 +781,7 @@ fn ro(readonly: bool) -> &'static str {
     }
 }
 
-pub fn show_text(v: &PartitionView) -> String {
+pub fn show_text(v: &PartitionView, hosts: &[crate::cluster::ClusterHost]) -> String {
     let r = &v.record;
     let mut rows = vec![
         ("name", r.name.clone()),
@@ -791,7 +805,14 @@ pub fn show_text(v: &PartitionView) -> String {
             "restart policy",
             format!("{} (restarts {})", r.restart_policy, r.restarts),
         ),
-        ("host", r.host.clone()),
+        ("host", {
+            let name = host_name(&r.host, hosts);
+            if name == r.host {
+                name
+            } else {
+                format!("{name} ({})", r.host)
+            }
+        }),
         (
             "client",
             format!("{} (ClientID {})", r.client(), r.client_id),
@@ -957,7 +978,7 @@ mod tests {
             "hotplugged_disks": [{"id": "hot0", "path": "/x.raw", "format": "raw", "readonly": true, "slot": 0}],
         }))
         .unwrap();
-        let shown = show_text(&view);
+        let shown = show_text(&view, &[]);
         assert!(shown.contains("cpu model:       x86-64-v2"), "{shown}");
         assert!(
             shown.contains("hot-plugged:     hot0 /x.raw (raw, ro, port 0)"),
@@ -1009,7 +1030,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(state_text(&rec), "hibernated (idle)");
-        assert!(list_table(std::slice::from_ref(&rec)).contains("hibernated (idle)"));
+        assert!(list_table(std::slice::from_ref(&rec), &[]).contains("hibernated (idle)"));
         rec.state = bulkhead_store::PartitionState::Running;
         assert_eq!(state_text(&rec), "running");
     }
@@ -1036,13 +1057,28 @@ mod tests {
             r.cpu_model = "x86-64-v2".into();
             r
         };
-        let one = list_table(&[rec("a", "h1"), rec("b", "h1")]);
+        let one = list_table(&[rec("a", "h1"), rec("b", "h1")], &[]);
         assert!(!one.contains("HOST"), "{one}");
-        let two = list_table(&[rec("a", "h1"), rec("b", "h2")]);
+        let two = list_table(&[rec("a", "h1"), rec("b", "h2")], &[]);
         let lines: Vec<&str> = two.lines().collect();
         assert!(lines[0].starts_with("NAME  HOST  STATE"), "{two}");
         assert!(lines[2].starts_with("b     h2    defined"), "{two}");
-        assert_eq!(list_table(&[]).lines().count(), 1);
+        assert_eq!(list_table(&[], &[]).lines().count(), 1);
+        // In a cluster, members by name, even when all records are one host's.
+        let member = |name: &str, id: &str| -> crate::cluster::ClusterHost {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "id": id, "state": "up",
+                "capacity": {"cpus": 2, "memory_mib": 1024},
+                "allocated": {"vcpus": 0, "memory_mib": 0}, "partitions": 0,
+                "endpoints": [], "underlay": null, "started_at": 1, "version": "x"
+            }))
+            .expect("a member")
+        };
+        let hosts = [member("alpha", "h1"), member("beta", "h2")];
+        let named = list_table(&[rec("a", "h1"), rec("b", "h1")], &hosts);
+        let lines: Vec<&str> = named.lines().collect();
+        assert!(lines[0].starts_with("NAME  HOST   STATE"), "{named}");
+        assert!(lines[2].starts_with("b     alpha  defined"), "{named}");
     }
 
     #[test]

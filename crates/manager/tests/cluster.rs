@@ -204,6 +204,21 @@ async fn three_hosts_one_cluster() {
         ("c", "up", "1"),
         "{table}"
     );
+    // `partition list` from a says which host each partition is on, by name.
+    let listed = cli(&["partition", "list"], 0);
+    let host_of = |name: &str| -> String {
+        listed
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&name))
+            .unwrap_or_else(|| panic!("{name} not listed: {listed}"))[1]
+            .to_string()
+    };
+    assert_eq!(
+        (host_of("pb"), host_of("pc")),
+        ("b".into(), "c".into()),
+        "{listed}"
+    );
     b.destroy("pc", false).await.unwrap();
     let e = a.create(&create("px", Some("nowhere"))).await.unwrap_err();
     assert!(e.to_string().contains("no host named"), "{e}");
