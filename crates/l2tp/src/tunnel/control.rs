@@ -459,12 +459,7 @@ impl Tunnel {
     }
 
     /// Our answer to the peer's challenge, or a StopCCN when we have no secret.
-    fn answer_challenge(
-        &mut self,
-        now: Instant,
-        id: MessageType,
-        avps: &mut Vec<Avp>,
-    ) -> bool {
+    fn answer_challenge(&mut self, now: Instant, id: MessageType, avps: &mut Vec<Avp>) -> bool {
         let Some(ch) = self.peer_challenge.clone() else {
             return true;
         };
