@@ -67,8 +67,9 @@ impl SessionRx {
         self.data.len()
     }
 
+    /// No data waiting (events may be).
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty() && self.events.is_empty() && self.end.is_none()
+        self.data.is_empty()
     }
 }
 
