@@ -113,7 +113,8 @@ pub async fn bridge<L: Local>(
                         let _ = d.send(&f, &mut wire).await;
                     }
                     None => {
-                        handle.send_data(session, f);
+                        // Waits while the tunnel's queue is full: back-pressure.
+                        handle.send_data(session, f).await;
                     }
                 }
             }

@@ -1,5 +1,14 @@
 //! The thin tokio loop around one sans-I/O [`Tunnel`]: datagrams in and out, timers,
 //! commands from the application, and events routed to the session they concern.
+//!
+//! Back-pressure: each session's data reaches its owner through a bounded queue
+//! ([`SESSION_DATA_QUEUE`]). While it is full the loop stops reading datagrams (they
+//! wait in the socket buffer, and the far end's excess is lost there as on any
+//! congested link) but keeps serving commands and timers, so a hang-up still goes out.
+//! A queue that stays full for [`DATA_STALL_LIMIT`] has its data dropped while full,
+//! so that the peer's control messages behind it are read and acknowledged in time.
+//! Events travel apart from data and never wait for room; data to the peer is bounded
+//! too ([`TunnelHandle::send_data`] waits) and apart from the commands.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,15 +20,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-/// What a session's owner receives.
-#[derive(Debug)]
-pub enum SessionMsg {
-    Event(Event),
-    Data(Vec<u8>),
-}
+use crate::session::{session_channel, SessionTx};
+pub use crate::session::{SessionMsg, SessionRx, DATA_STALL_LIMIT, SESSION_DATA_QUEUE};
 
-pub type SessionRx = mpsc::UnboundedReceiver<SessionMsg>;
-type SessionTx = mpsc::UnboundedSender<SessionMsg>;
+/// Data messages to the peer queued in the tunnel's task (sequenced calls).
+const OUTBOUND_DATA_QUEUE: usize = 64;
 
 /// What the tunnel's owner receives.
 #[derive(Debug)]
@@ -73,10 +78,6 @@ enum Cmd {
         session: u16,
         result: ResultCode,
     },
-    Data {
-        session: u16,
-        payload: Vec<u8>,
-    },
     Close(ResultCode),
     Shutdown {
         result: ResultCode,
@@ -112,7 +113,10 @@ impl DataSender {
 /// Commands for a running tunnel. Cheap to clone.
 #[derive(Clone)]
 pub struct TunnelHandle {
+    /// Control: few, and never behind data.
     cmd: mpsc::UnboundedSender<Cmd>,
+    /// Data for the peer (session, payload): bounded, so a fast sender waits.
+    data: mpsc::Sender<(u16, Vec<u8>)>,
 }
 
 fn gone() -> TunnelError {
@@ -132,7 +136,7 @@ impl TunnelHandle {
         number: &str,
         mode: CallMode,
     ) -> Result<(u16, SessionRx), TunnelError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = session_channel();
         let number = number.to_string();
         let s = self
             .call(|reply| Cmd::Outgoing {
@@ -153,7 +157,7 @@ impl TunnelHandle {
         armed: Option<u16>,
     ) -> Result<(u16, Option<SessionRx>), TunnelError> {
         let (tx, rx) = if armed.is_none() {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = session_channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
@@ -178,7 +182,7 @@ impl TunnelHandle {
         duration: Duration,
         mode: CallMode,
     ) -> Result<(u16, SessionRx), TunnelError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = session_channel();
         let line = line.map(str::to_string);
         let s = self
             .call(|reply| Cmd::Arm {
@@ -228,8 +232,9 @@ impl TunnelHandle {
         let _ = self.cmd.send(Cmd::Disconnect { session, result });
     }
 
-    pub fn send_data(&self, session: u16, payload: Vec<u8>) -> bool {
-        self.cmd.send(Cmd::Data { session, payload }).is_ok()
+    /// Queues a data message for the peer; waits while the queue is full.
+    pub async fn send_data(&self, session: u16, payload: Vec<u8>) -> bool {
+        self.data.send((session, payload)).await.is_ok()
     }
 
     pub fn close(&self, result: ResultCode) {
@@ -286,6 +291,8 @@ pub fn spawn(
     inbound: Inbound,
 ) -> (TunnelHandle, mpsc::UnboundedReceiver<AppEvent>) {
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (data_tx, data_rx) = mpsc::channel(OUTBOUND_DATA_QUEUE);
+    // Unbounded: tunnel events and call requests, paced by the control channel.
     let (app_tx, app_rx) = mpsc::unbounded_channel();
     let d = Driver {
         tunnel,
@@ -296,9 +303,14 @@ pub fn spawn(
         out: Vec::with_capacity(2048),
         data_pending: false,
         on_acked: None,
+        parked: None,
     };
-    tokio::spawn(d.run(inbound, cmd_rx));
-    (TunnelHandle { cmd: cmd_tx }, app_rx)
+    tokio::spawn(d.run(inbound, cmd_rx, data_rx));
+    let handle = TunnelHandle {
+        cmd: cmd_tx,
+        data: data_tx,
+    };
+    (handle, app_rx)
 }
 
 struct Driver {
@@ -312,11 +324,20 @@ struct Driver {
     data_pending: bool,
     /// Told once the peer has acknowledged everything (after a shutdown).
     on_acked: Option<oneshot::Sender<()>>,
+    /// A data message waiting for room in its session's queue: (session, payload,
+    /// drop it at). No datagram is read meanwhile.
+    parked: Option<(u16, Vec<u8>, Instant)>,
 }
 
 impl Driver {
-    async fn run(mut self, mut inbound: Inbound, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    async fn run(
+        mut self,
+        mut inbound: Inbound,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        mut data: mpsc::Receiver<(u16, Vec<u8>)>,
+    ) {
         let mut cmds_open = true;
+        let mut data_open = true;
         let socket = self.socket.clone();
         let mut rbuf = vec![0u8; 65536];
         loop {
@@ -334,6 +355,12 @@ impl Driver {
             if self.tunnel.is_finished() {
                 break;
             }
+            // The session may have gone (hang-up) while its data waited.
+            if let Some((s, ..)) = &self.parked {
+                if !self.sessions.contains_key(s) {
+                    self.parked = None;
+                }
+            }
             let deadline = self.tunnel.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -341,8 +368,10 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let room = self.room_for_parked();
             tokio::select! {
-                n = next_datagram(&mut inbound, &socket, &mut rbuf) => match n {
+                r = room => self.unpark(r),
+                n = next_datagram(&mut inbound, &socket, &mut rbuf), if self.parked.is_none() => match n {
                     Some(n) => self.datagram(&rbuf[..n]),
                     None => break,
                 },
@@ -354,6 +383,10 @@ impl Driver {
                         self.tunnel.close(Instant::now(), ResultCode::new(bulkhead_l2tp::result::STOP_GENERAL_CLEAR, 0, "closed"));
                     }
                 },
+                d = data.recv(), if data_open => match d {
+                    Some((session, payload)) => self.send_data(session, &payload),
+                    None => data_open = false,
+                },
                 _ = sleep => self.tunnel.handle_timeout(Instant::now()),
             }
         }
@@ -361,14 +394,87 @@ impl Driver {
     }
 
     fn datagram(&mut self, d: &[u8]) {
-        match self.tunnel.handle(Instant::now(), d) {
-            Ok(Some((session, payload))) => {
-                if let Some(tx) = self.sessions.get(&session) {
-                    let _ = tx.send(SessionMsg::Data(payload.to_vec()));
-                }
-            }
+        let now = Instant::now();
+        match self.tunnel.handle(now, d) {
+            Ok(Some((session, payload))) => self.deliver(now, session, payload),
             Ok(None) => {}
             Err(e) => debug!(tunnel = self.tunnel.local_id(), "dropped datagram: {e}"),
+        }
+    }
+
+    /// Hands a data message to its session, or parks it while the queue is full.
+    fn deliver(&mut self, now: Instant, session: u16, payload: &[u8]) {
+        let Some(tx) = self.sessions.get_mut(&session) else {
+            return;
+        };
+        match tx.data.try_reserve() {
+            Ok(permit) => {
+                permit.send(payload.to_vec());
+                if tx.data.capacity() >= SESSION_DATA_QUEUE / 2 {
+                    tx.full_since = None;
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let since = *tx.full_since.get_or_insert(now);
+                let give_up = since + DATA_STALL_LIMIT;
+                if give_up > now {
+                    self.parked = Some((session, payload.to_vec(), give_up));
+                } else {
+                    debug!(
+                        tunnel = self.tunnel.local_id(),
+                        session, "session owner is not reading: data dropped"
+                    );
+                }
+            }
+            // The owner is gone; the call is being cleared.
+            Err(mpsc::error::TrySendError::Closed(())) => {}
+        }
+    }
+
+    /// Resolves with room in the parked message's queue (`Some`), or at its deadline
+    /// or when the owner is gone (`None`); never without a parked message.
+    fn room_for_parked(
+        &self,
+    ) -> impl std::future::Future<Output = Option<mpsc::OwnedPermit<Vec<u8>>>> {
+        let wait = self.parked.as_ref().and_then(|(s, _, until)| {
+            let tx = self.sessions.get(s)?.data.clone();
+            Some((tx, *until))
+        });
+        async move {
+            match wait {
+                Some((tx, until)) => tokio::time::timeout_at(until.into(), tx.reserve_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn unpark(&mut self, permit: Option<mpsc::OwnedPermit<Vec<u8>>>) {
+        let Some((session, payload, _)) = self.parked.take() else {
+            return;
+        };
+        match permit {
+            Some(p) => {
+                p.send(payload);
+            }
+            // From here on its data is dropped while the queue stays full.
+            None => warn!(
+                tunnel = self.tunnel.local_id(),
+                session, "session owner stopped reading: dropping its data while its queue is full"
+            ),
+        }
+    }
+
+    fn send_data(&mut self, session: u16, payload: &[u8]) {
+        self.out.clear();
+        if self
+            .tunnel
+            .encode_data(session, payload, &mut self.out)
+            .is_ok()
+        {
+            self.data_pending = true;
         }
     }
 
@@ -439,12 +545,6 @@ impl Driver {
             Cmd::Disconnect { session, result } => {
                 let _ = t.disconnect_call(now, session, result);
             }
-            Cmd::Data { session, payload } => {
-                self.out.clear();
-                if t.encode_data(session, &payload, &mut self.out).is_ok() {
-                    self.data_pending = true;
-                }
-            }
             Cmd::Close(rc) => t.close(now, rc),
             Cmd::Shutdown { result, acked } => {
                 let cdn = ResultCode::new(
@@ -497,11 +597,11 @@ impl Driver {
                     ResultCode::new(bulkhead_l2tp::result::CDN_LOST_CARRIER, 1, "tunnel lost")
                 });
                 for (session, tx) in self.sessions.drain() {
-                    let _ = tx.send(SessionMsg::Event(Event::CallDisconnected {
+                    tx.event(Event::CallDisconnected {
                         session,
                         result: rc.clone(),
                         local: false,
-                    }));
+                    });
                 }
                 let _ = self.app.send(AppEvent::Tunnel(e));
             }
@@ -512,7 +612,7 @@ impl Driver {
                 armed: false,
                 ..
             } => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = session_channel();
                 self.sessions.insert(*session, tx);
                 let _ = self.app.send(AppEvent::Request(e, rx));
             }
@@ -523,12 +623,12 @@ impl Driver {
             | Event::WanErrors { session, .. }
             | Event::LinkInfo { session, .. } => {
                 if let Some(tx) = self.sessions.get(session) {
-                    let _ = tx.send(SessionMsg::Event(e));
+                    tx.event(e);
                 }
             }
             Event::CallDisconnected { session, .. } => {
                 if let Some(tx) = self.sessions.remove(session) {
-                    let _ = tx.send(SessionMsg::Event(e));
+                    tx.event(e);
                 }
             }
         }
