@@ -547,6 +547,12 @@ async fn attach_console(
     let ["v1", "partitions", name, "console"] = segs.as_slice() else {
         return error_response(&ApiError::NoRoute(format!("console upgrade on {path}")));
     };
+    // Another host's partition: its host attaches, this one splices.
+    match crate::cluster::forward::console_elsewhere(&manager, name).await {
+        Err(e) => return error_response(&e),
+        Ok(Some(remote)) => return upgrade_and_splice(req, remote, || {}),
+        Ok(None) => {}
+    }
     let sock = match manager
         .handle(ApiRequest::Console {
             name: name.to_string(),
@@ -571,11 +577,24 @@ async fn attach_console(
         }
     };
     let name = name.to_string();
+    upgrade_and_splice(req, console, move || manager.release_console(&name))
+}
+
+/// Answers 101 and, once the client's connection is upgraded, copies bytes
+/// both ways between it and `console` until either side ends; then `done`.
+fn upgrade_and_splice<S>(
+    req: Request<Incoming>,
+    console: S,
+    done: impl FnOnce() + Send + 'static,
+) -> Response<Body>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 let (mut ur, mut uw) = tokio::io::split(TokioIo::new(up));
-                let (mut cr, mut cw) = console.into_split();
+                let (mut cr, mut cw) = tokio::io::split(console);
                 // Either side ending ends the attachment (a detached client
                 // must not hold the console until the guest next prints).
                 tokio::select! {
@@ -585,7 +604,7 @@ async fn attach_console(
             }
             Err(e) => tracing::debug!(error = %e, "console upgrade failed"),
         }
-        manager.release_console(&name);
+        done();
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -1,10 +1,11 @@
 //! Commands for a partition another host owns are carried out by that host:
 //! the typed request is sent again over HTTP to the endpoint in its member
 //! record (TLS, pinned to the certificate it registered, with the cluster's
-//! API token) and its answer returned unchanged.
+//! API token) and its answer returned unchanged; a console attach is
+//! upgraded on that host and spliced here.
 
 use crate::api::*;
-use crate::client::{encode_segment, partition_path, Client, Endpoint};
+use crate::client::{encode_segment, partition_path, Client, ClientError, ConsoleStream, Endpoint};
 use crate::manager::Manager;
 use crate::tls::Trust;
 use bulkhead_store::{HostState, HostStatus};
@@ -55,26 +56,33 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
     Ok((rec.host != m.host_id()).then_some(Owner::Id(rec.host)))
 }
 
+/// The member record of `owner`.
+async fn member(m: &Manager, owner: &Owner) -> Result<HostStatus, ApiError> {
+    let members = m.store().hosts().await?;
+    match owner {
+        Owner::Id(id) => members.into_iter().find(|h| h.record.id == *id).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "the partition's host {id} is not a member of the cluster (never registered); it cannot be reached"
+            ))
+        }),
+        Owner::Name(n) => {
+            let names: Vec<_> = members.iter().map(|h| h.record.name.clone()).collect();
+            members.into_iter().find(|h| h.record.name == *n).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "no host named {n:?} in the cluster (hosts: {})",
+                    names.join(", ")
+                ))
+            })
+        }
+    }
+}
+
 /// Carries `req` out on the host that owns it; `None` when that is this one.
 pub async fn elsewhere(m: &Manager, req: &ApiRequest) -> Result<Option<ApiReply>, ApiError> {
     let Some(owner) = owner(m, req).await? else {
         return Ok(None);
     };
-    let members = m.store().hosts().await?;
-    let host = match &owner {
-        Owner::Id(id) => members.iter().find(|h| h.record.id == *id).ok_or_else(|| {
-            ApiError::Unavailable(format!(
-                "the partition's host {id} is not a member of the cluster (never registered); it cannot be reached"
-            ))
-        })?,
-        Owner::Name(n) => members.iter().find(|h| h.record.name == *n).ok_or_else(|| {
-            let names: Vec<_> = members.iter().map(|h| h.record.name.as_str()).collect();
-            ApiError::BadRequest(format!(
-                "no host named {n:?} in the cluster (hosts: {})",
-                names.join(", ")
-            ))
-        })?,
-    };
+    let host = member(m, &owner).await?;
     // `show` reads the record here when its host cannot add what only it knows.
     if matches!(req, ApiRequest::Show { .. })
         && (host.state == HostState::Lost || host.record.endpoints.is_empty())
@@ -82,13 +90,50 @@ pub async fn elsewhere(m: &Manager, req: &ApiRequest) -> Result<Option<ApiReply>
         return Ok(None);
     }
     if let ApiRequest::Console { name } = req {
-        // The console is a byte stream on an upgraded connection: not forwarded.
+        // The HTTP layer attaches remote consoles itself (`console_elsewhere`);
+        // this is a partition that moved between that check and this one.
         return Err(ApiError::Conflict(format!(
-            "partition {name:?} runs on host {}; its console is attached on that host's API (console attach is not forwarded)",
+            "partition {name:?} moved to host {} while its console was being attached; try again",
             host.record.name
         )));
     }
-    send(m, host, req).await.map(Some)
+    send(m, &host, req).await.map(Some)
+}
+
+/// The console of a partition another host runs: an upgraded connection to
+/// that host's console route (TLS, pinned, with the token), which the HTTP
+/// layer splices to its own client's. `None`: the partition is this host's,
+/// or unknown here (answered here).
+pub async fn console_elsewhere(m: &Manager, name: &str) -> Result<Option<ConsoleStream>, ApiError> {
+    let req = ApiRequest::Console {
+        name: name.to_string(),
+    };
+    let Some(owner) = owner(m, &req).await? else {
+        return Ok(None);
+    };
+    let host = member(m, &owner).await?;
+    let (client, addr) = client_for(m, &host)?;
+    tracing::debug!(host = %host.record.name, partition = name, "forwarding a console attach");
+    client.console(name).await.map(Some).map_err(|e| match e {
+        ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => ApiError::Forwarded {
+            status,
+            detail: ErrorDetail {
+                code: serde_json::from_value(serde_json::Value::String(code))
+                    .unwrap_or(ErrorCode::Internal),
+                message,
+                reason: None,
+            },
+        },
+        e => ApiError::Unavailable(format!(
+            "host {} ({addr}) did not answer: {e}",
+            host.record.name
+        )),
+    })
 }
 
 /// The client towards a member's API.
