@@ -407,6 +407,15 @@ async fn three_hosts_one_cluster() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     wait_state(c, "a", "b", HostState::Up, margin).await;
 
+    // c cut off from the others and from etcd (`scripts/cluster cut`): lost,
+    // as seen from a; healed: up again, its daemon the same process.
+    let c_pid = daemon_pid(c, "c");
+    cluster::cut(c, "c").unwrap();
+    wait_state(c, "a", "c", HostState::Lost, margin).await;
+    cluster::heal(c, "c").unwrap();
+    wait_state(c, "a", "c", HostState::Up, margin).await;
+    assert_eq!(daemon_pid(c, "c"), c_pid);
+
     cc.destroy("pb", true).await.unwrap();
     cc.destroy("pa", true).await.unwrap();
     assert!(a.list().await.unwrap().is_empty());
@@ -617,4 +626,26 @@ async fn a_taken_host_name_is_refused_at_start() {
     // The members are as they were.
     let names: Vec<_> = states(c, "a").await.into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["a", "b", "c"]);
+
+    // `scripts/cluster kill c`: every process of c's namespace gone, c lost.
+    let pid = daemon_pid(c, "c");
+    cluster::kill_host_all(c, "c").unwrap();
+    // Gone, or a zombie this test process (its spawner) has not reaped.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let dead = state.is_empty()
+        || state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+    assert!(dead, "c's bulkheadd survived: {state}");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "pids", &h.netns])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let margin = Duration::from_millis(LEASE_MS) + Duration::from_secs(10);
+    wait_state(c, "a", "c", HostState::Lost, margin).await;
 }

@@ -680,6 +680,58 @@ fn zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
+/// The running cluster `name`, as `up` recorded it.
+pub fn existing(name: &str) -> Result<Cluster, String> {
+    let n: usize = std::fs::read_to_string(dir_of(name).join("up"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("cluster {name:?} is not up (run `scripts/cluster up` first)"))?;
+    Ok(describe(name, n))
+}
+
+fn host<'a>(c: &'a Cluster, name: &str) -> Result<&'a Host, String> {
+    c.hosts
+        .iter()
+        .find(|h| h.name == name)
+        .ok_or_else(|| format!("cluster {:?} has no host {name:?}", c.name))
+}
+
+/// `host` as if it lost power: kill -9 of its bulkheadd and of every process
+/// in its network namespace (its QEMUs). Returns the pids killed.
+pub fn kill_host_all(c: &Cluster, name: &str) -> Result<Vec<u32>, String> {
+    let h = host(c, name)?;
+    kill_host(c, name)?;
+    let pids: Vec<u32> = ip(&["netns", "pids", &h.netns])?
+        .lines()
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    for p in &pids {
+        // SAFETY: a signal to a process in this cluster's namespace.
+        unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p) && !zombie(*p)) {
+        if Instant::now() > deadline {
+            return Err(format!("processes of host {name} survived SIGKILL"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(pids)
+}
+
+/// Cuts `host` off from the other hosts and from etcd: the root side of its
+/// underlay veth goes down (its processes keep running, unreachable).
+pub fn cut(c: &Cluster, name: &str) -> Result<(), String> {
+    host(c, name)?;
+    ip(&["link", "set", &Names::new(&c.name).veth(name), "down"]).map(|_| ())
+}
+
+/// Undoes [`cut`].
+pub fn heal(c: &Cluster, name: &str) -> Result<(), String> {
+    host(c, name)?;
+    ip(&["link", "set", &Names::new(&c.name).veth(name), "up"]).map(|_| ())
+}
+
 /// The shell line that points the CLI at `host`'s API.
 pub fn env_line(name: &str, host: &str) -> Result<String, String> {
     let sock = dir_of(name).join(host).join("api.sock");

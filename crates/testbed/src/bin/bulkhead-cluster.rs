@@ -1,4 +1,4 @@
-//! `bulkhead-cluster up [N] | down | env HOST`: the local cluster of
+//! `bulkhead-cluster up [N] | down | env HOST | kill HOST | cut HOST | heal HOST`: the local cluster of
 //! `scripts/cluster` (see `bulkhead_testbed::cluster`). The cluster's name
 //! is `BULKHEAD_CLUSTER` (default `local`).
 
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: scripts/cluster up [N] | down | env HOST   (BULKHEAD_CLUSTER names the cluster)"
+        "usage: scripts/cluster up [N] | down | env HOST | kill HOST | cut HOST | heal HOST   (BULKHEAD_CLUSTER names the cluster)"
     );
     std::process::exit(2);
 }
@@ -61,6 +61,15 @@ fn main() {
             Ok(())
         }
         ["env", host] => cluster::env_line(&name, host).map(|l| println!("{l}")),
+        ["kill", host] => cluster::existing(&name)
+            .and_then(|c| cluster::kill_host_all(&c, host))
+            .map(|pids| println!("host {host}: killed bulkheadd and {} more", pids.len())),
+        ["cut", host] => cluster::existing(&name)
+            .and_then(|c| cluster::cut(&c, host))
+            .map(|_| println!("host {host}: cut off from the other hosts and etcd")),
+        ["heal", host] => cluster::existing(&name)
+            .and_then(|c| cluster::heal(&c, host))
+            .map(|_| println!("host {host}: reconnected")),
         _ => usage(),
     };
     if let Err(e) = result {
