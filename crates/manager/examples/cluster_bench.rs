@@ -29,21 +29,9 @@ use std::time::{Duration, Instant};
 
 fn spec(name: &str, memory_mib: u64, host: Option<&str>) -> CreatePartition {
     CreatePartition {
-        name: name.into(),
-        vcpus: 1,
-        memory_mib,
-        cpu_percent: 1,
-        image: None,
-        cmdline: None,
-        disks: vec![],
         net: true,
-        restart_policy: Default::default(),
-        hotplug_slots: 0,
-        cpu_model: None,
         host: host.map(str::to_string),
-        hibernate_idle_secs: None,
-        client: None,
-        lus: vec![],
+        ..CreatePartition::new(name, 1, memory_mib, 1)
     }
 }
 
@@ -77,7 +65,7 @@ async fn store(partitions: usize, reps: usize) -> anyhow::Result<()> {
         let c = c.clone();
         async move {
             let t = Instant::now();
-            c.create(&spec(&name, 64, None)).await?;
+            c.create(&spec(&name, 96, None)).await?;
             Ok::<_, anyhow::Error>(t.elapsed())
         }
     };

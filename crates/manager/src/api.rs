@@ -69,6 +69,29 @@ fn one() -> u32 {
     1
 }
 
+impl CreatePartition {
+    /// A partition of that size, everything else as the API defaults it.
+    pub fn new(name: &str, vcpus: u32, memory_mib: u64, cpu_percent: u32) -> Self {
+        Self {
+            name: name.into(),
+            vcpus,
+            memory_mib,
+            cpu_percent,
+            image: None,
+            cmdline: None,
+            disks: vec![],
+            net: false,
+            restart_policy: RestartPolicy::default(),
+            hotplug_slots: 0,
+            cpu_model: None,
+            host: None,
+            hibernate_idle_secs: None,
+            client: None,
+            lus: vec![],
+        }
+    }
+}
+
 /// Body of `POST /v1/partitions/{name}/start` and `.../restart`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -51,21 +51,9 @@ fn daemon_pid(c: &Cluster, host: &str) -> i32 {
 
 fn create(name: &str, host: Option<&str>) -> CreatePartition {
     CreatePartition {
-        name: name.into(),
-        vcpus: 1,
-        memory_mib: 128,
-        cpu_percent: 20,
-        image: None,
-        cmdline: None,
-        disks: vec![],
         net: true,
-        restart_policy: Default::default(),
-        hotplug_slots: 0,
-        cpu_model: None,
         host: host.map(str::to_string),
-        hibernate_idle_secs: None,
-        client: None,
-        lus: vec![],
+        ..CreatePartition::new(name, 1, 128, 20)
     }
 }
 
