@@ -152,3 +152,77 @@ pub async fn run(cmd: ExposeCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::PartitionCommand;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: PartitionCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<PartitionCommand, clap::Error> {
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|t| t.c)
+    }
+
+    #[test]
+    fn expose_command_lines() {
+        let c = parse(&[
+            "expose",
+            "web",
+            "--domain",
+            "a.example.org",
+            "--domain",
+            "*.b.example.org",
+            "--port",
+            "8080",
+            "--listener",
+            "0.0.0.0:443",
+            "--proxy-protocol",
+        ])
+        .unwrap();
+        let PartitionCommand::Expose(a) = c else {
+            panic!("not expose")
+        };
+        assert_eq!(a.domains, ["a.example.org", "*.b.example.org"]);
+        assert_eq!(
+            (a.port, a.listener.as_deref(), a.proxy_protocol),
+            (8080, Some("0.0.0.0:443"), true)
+        );
+        // A domain is required; a port must fit 16 bits.
+        assert!(parse(&["expose", "web", "--port", "80"]).is_err());
+        assert!(parse(&["expose", "web", "--domain", "a.b", "--port", "70000"]).is_err());
+        let PartitionCommand::Unexpose(u) = parse(&["unexpose", "web", "--domain", "a.b"]).unwrap()
+        else {
+            panic!("not unexpose")
+        };
+        assert_eq!(u.domain.as_deref(), Some("a.b"));
+    }
+
+    #[test]
+    fn list_table_shows_state_and_target() {
+        let v = RouteView {
+            route: bulkhead_store::ExposedRoute {
+                listener: "0.0.0.0:80".into(),
+                domain: "a.example.org".into(),
+                partition: "web".into(),
+                port: 8080,
+                proxy_protocol: false,
+            },
+            state: crate::expose::RouteState::Stopped,
+            target: None,
+        };
+        let t = list_table(&[v]);
+        let row = t.lines().nth(1).unwrap();
+        assert!(
+            row.contains("a.example.org")
+                && row.contains("stopped")
+                && row.trim_end().ends_with('-'),
+            "{t}"
+        );
+    }
+}

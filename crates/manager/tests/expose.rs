@@ -9,19 +9,11 @@
 
 mod common;
 
-use common::{Daemon, Opts, BOOT};
+use common::{free_tcp_port, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Response {
     status: u16,
@@ -168,7 +160,7 @@ async fn routes(d: &Daemon) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn partitions_behind_the_shared_port_by_domain() {
-    let port = free_port();
+    let port = free_tcp_port();
     let d = Daemon::start(Opts {
         extra: format!("[portshare]\nlisteners = [\"127.0.0.1:{port}\"]\nrefresh_ms = 100\n"),
         ..Default::default()
