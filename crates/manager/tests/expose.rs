@@ -162,7 +162,7 @@ async fn routes(d: &Daemon) -> Value {
 async fn partitions_behind_the_shared_port_by_domain() {
     let port = free_tcp_port();
     let d = Daemon::start(Opts {
-        extra: format!("[portshare]\nlisteners = [\"127.0.0.1:{port}\"]\nrefresh_ms = 100\n"),
+        extra: format!("[portshare]\nlisteners = [\"127.0.0.1:{port}\"]\nrefresh_ms = 100\nwake_timeout_secs = 10\n"),
         ..Default::default()
     });
     for n in ["a", "b", "h"] {
@@ -185,6 +185,8 @@ async fn partitions_behind_the_shared_port_by_domain() {
         .await
         .unwrap();
     expose(&d, "h", &["h.example.org"], 8080).await.unwrap();
+    // Nothing listens on h's port 9: a held connection is bounded in time.
+    expose(&d, "h", &["h-dead.example.org"], 9).await.unwrap();
     expose(&d, "a", &["ka-a.example.org"], 8081).await.unwrap();
     expose(&d, "b", &["ka-b.example.org"], 8081).await.unwrap();
     // tls-b goes to 8443: the holder changes its own row in place.
@@ -326,6 +328,20 @@ async fn partitions_behind_the_shared_port_by_domain() {
         r.head
     );
     assert_eq!(d.show("h").await["state"], "running");
+    // Hibernated again, a request whose server never answers resumes the
+    // partition, is held at most wake_timeout_secs, then gets a 503.
+    let hib = tokio::time::timeout(
+        BOOT,
+        d.client().post("/v1/partitions/h/hibernate", &json!(null)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(hib["state"], "hibernated", "{hib:#}");
+    let r = get(port, "h-dead.example.org", "/").await;
+    assert_eq!(r.status, 503, "{}{}", r.head, r.body);
+    assert!(r.body.contains("waking"), "{}", r.body);
+    d.wait_state("h", &["running"], BOOT).await;
 
     // Stop b: 502 for its domain while a answers; start it: served again,
     // the route unchanged.
