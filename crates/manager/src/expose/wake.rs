@@ -182,3 +182,36 @@ fn resume(m: &Arc<Manager>, ctx: &Held) {
         flag.store(false, Ordering::SeqCst);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_get_503_at_once() {
+        // No connection may be held: the next one is refused, whatever the partition.
+        let w = Wakers::new(0, Duration::from_secs(3600));
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let addr = w.target(&Weak::new(), "p", ip, 8080).unwrap();
+        assert_eq!(
+            w.target(&Weak::new(), "p", ip, 8080).unwrap(),
+            addr,
+            "one per row"
+        );
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_string(&mut out))
+            .await
+            .expect("answered without being held")
+            .unwrap();
+        assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+        // A row no longer waking stops accepting.
+        w.retain(&HashSet::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).await.is_ok() {
+            assert!(tokio::time::Instant::now() < deadline, "still accepting");
+            tokio::task::yield_now().await;
+        }
+    }
+}
