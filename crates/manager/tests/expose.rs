@@ -154,6 +154,15 @@ async fn expose(
         .await
 }
 
+async fn hibernate(d: &Daemon, name: &str) {
+    let path = format!("/v1/partitions/{name}/hibernate");
+    let hib = tokio::time::timeout(BOOT, d.client().post(&path, &json!(null)))
+        .await
+        .expect("hibernate in time")
+        .unwrap();
+    assert_eq!(hib["state"], "hibernated", "{hib:#}");
+}
+
 async fn routes(d: &Daemon) -> Value {
     d.client().get("/v1/routes").await.unwrap()
 }
@@ -312,14 +321,7 @@ async fn partitions_behind_the_shared_port_by_domain() {
         until_status(port, "h.example.org", 200).await.body,
         "body-of-h\n"
     );
-    let hib = tokio::time::timeout(
-        BOOT,
-        d.client().post("/v1/partitions/h/hibernate", &json!(null)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(hib["state"], "hibernated", "{hib:#}");
+    hibernate(&d, "h").await;
     let r = get(port, "h.example.org", "/").await;
     assert_eq!(
         (r.status, r.body.as_str()),
@@ -330,14 +332,7 @@ async fn partitions_behind_the_shared_port_by_domain() {
     assert_eq!(d.show("h").await["state"], "running");
     // Hibernated again, a request whose server never answers resumes the
     // partition, is held at most wake_timeout_secs, then gets a 503.
-    let hib = tokio::time::timeout(
-        BOOT,
-        d.client().post("/v1/partitions/h/hibernate", &json!(null)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert_eq!(hib["state"], "hibernated", "{hib:#}");
+    hibernate(&d, "h").await;
     let r = get(port, "h-dead.example.org", "/").await;
     assert_eq!(r.status, 503, "{}{}", r.head, r.body);
     assert!(r.body.contains("waking"), "{}", r.body);
