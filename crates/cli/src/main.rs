@@ -37,6 +37,9 @@ enum Command {
     /// LUs: thin disks of the repository, owned by a client.
     #[command(subcommand)]
     Lu(bulkhead_manager::lu::cli::LuCommand),
+    /// Routes of the shared port: `expose list`.
+    #[command(subcommand)]
+    Expose(bulkhead_manager::expose_cli::ExposeCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             partition::runtime()?.block_on(bulkhead_manager::grant_cli::run_region(c))
         }
         Command::Lu(c) => partition::runtime()?.block_on(bulkhead_manager::lu::cli::run(c)),
+        Command::Expose(c) => partition::runtime()?.block_on(bulkhead_manager::expose_cli::run(c)),
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

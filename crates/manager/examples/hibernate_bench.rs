@@ -6,95 +6,16 @@
 //! `cargo run --release -p bulkhead-manager --example hibernate_bench -- [RUNS] [MEMORY_MIB...]`
 //! (bulkheadd built with `cargo build --release` first; bench/hibernate/run does both).
 
+mod bench_daemon;
 #[path = "../../engine/examples/bench_util/mod.rs"]
 mod bench_util;
 
+use bench_daemon::Daemon;
 use bench_util::plain::plain_run;
 use bench_util::{abba, pair};
 use bulkhead_manager::client::Client;
 use serde_json::json;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A release bulkheadd of its own: data directory, socket, bridge, cgroups.
-struct Daemon {
-    child: std::process::Child,
-    socket: PathBuf,
-    bridge: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> anyhow::Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("bhhib").tempdir()?;
-        let socket = dir.path().join("api.sock");
-        let bridge = format!("bhhib{}", std::process::id() % 100_000);
-        let cfg = dir.path().join("c.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "data_dir = {:?}\nsocket = {socket:?}\nimage_dir = {:?}\n\
-                 [network]\nbridge = {bridge:?}\nsubnet = \"10.236.0.0/24\"\n\
-                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = \"hibbench\"\n",
-                dir.path().join("data"),
-                bulkhead_testbed::image_dir(),
-            ),
-        )?;
-        let exe = std::env::current_exe()?;
-        let bin = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("bulkheadd"))
-            .ok_or_else(|| anyhow::anyhow!("no target directory"))?;
-        let mut child = Command::new(&bin)
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn,bulkhead_manager::server=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{} (cargo build --release first): {e}", bin.display()))?;
-        let err = child.stderr.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                match tx.take() {
-                    Some(t) if l.contains("API listening") => {
-                        let _ = t.send(());
-                    }
-                    t => {
-                        tx = t;
-                        if !l.contains("INFO") {
-                            eprintln!("bulkheadd: {l}");
-                        }
-                    }
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .map_err(|_| anyhow::anyhow!("bulkheadd did not start"))?;
-        Ok(Daemon {
-            child,
-            socket,
-            bridge,
-            _dir: dir,
-        })
-    }
-
-    fn client(&self) -> Client {
-        Client::unix(&self.socket)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = bulkhead_hostnet::delete_link(&self.bridge, None);
-    }
-}
 
 /// Times one POST that must succeed.
 async fn timed(c: &Client, path: &str, body: serde_json::Value) -> anyhow::Result<Duration> {
@@ -133,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Some(s) if !s.is_empty() => s.iter().map(|m| m.parse()).collect::<Result<_, _>>()?,
         _ => vec![256, 1024],
     };
-    let d = Daemon::start()?;
+    let d = Daemon::start("hib", "10.236.0.0/24", "")?;
     let c = d.client();
     let dir = tempfile::tempdir()?;
     for mib in sizes {

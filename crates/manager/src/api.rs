@@ -286,6 +286,8 @@ pub enum ApiRequest {
         name: String,
         opts: ResumeOptions,
     },
+    /// The shared port's routes (issue 15, `crate::expose`).
+    Expose(crate::expose::ExposeCommand),
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -466,6 +468,7 @@ pub enum ApiReply {
     GuestReply(bulkhead_grant::reply::GuestReply),
     HibernateProgress(HibernateProgress),
     ClusterHosts(Vec<crate::cluster::ClusterHost>),
+    Expose(crate::expose::ExposeReply),
     /// The answer of the host that carried the request out, unchanged.
     Forwarded(Forwarded),
 }
@@ -670,7 +673,7 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
             S::Unavailable { .. } => Self::Unavailable(e.to_string()),
             S::LuNotFound(_) => Self::NoDevice(e.to_string()),
-            S::LuExists(_) | S::Locked(_) => Self::Conflict(e.to_string()),
+            S::LuExists(_) | S::Locked(_) | S::RouteTaken { .. } => Self::Conflict(e.to_string()),
             S::Forbidden(m) => Self::Forbidden(m),
             other => Self::Internal(other.to_string()),
         }

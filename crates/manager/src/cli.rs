@@ -301,6 +301,10 @@ pub enum PartitionCommand {
     Hibernate(NameArgs),
     /// Restore a hibernated partition from its image and run it.
     Resume(ResumeArgs),
+    /// Serve it on the shared port by domain (HTTP Host, TLS SNI).
+    Expose(crate::expose_cli::ExposeArgs),
+    /// Remove its routes on the shared port (one domain's, or all).
+    Unexpose(crate::expose_cli::UnexposeArgs),
 }
 
 /// `90s`, `10m`, `2h`, `1d` or plain seconds.
@@ -511,6 +515,8 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
             let rec = hibernate_with_progress(&client, &a.name).await?;
             print_record(&rec, a.json)?;
         }
+        PartitionCommand::Expose(a) => crate::expose_cli::expose(a).await?,
+        PartitionCommand::Unexpose(a) => crate::expose_cli::unexpose(a).await?,
         PartitionCommand::Resume(a) => {
             let opts = crate::api::ResumeOptions { host: a.host };
             let rec = a.api.client()?.resume_with(&a.name, &opts).await?;

@@ -24,6 +24,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub grants: GrantsConfig,
+    pub portshare: crate::expose::PortshareConfig,
 }
 
 /// `[grants]`: the grant table's bounds and the unmap deadlines (docs/grants.md).
@@ -248,6 +249,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             grants: GrantsConfig::default(),
+            portshare: Default::default(),
         }
     }
 }

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod expose;
+pub mod expose_cli;
 pub mod grant_cli;
 pub mod grants;
 pub mod host_id;

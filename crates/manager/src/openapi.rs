@@ -34,7 +34,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
         openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
         stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume,
         grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list,
-        lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu
+        lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu,
+        crate::expose::openapi::expose, crate::expose::openapi::unexpose,
+        crate::expose::openapi::route_list
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),

@@ -383,6 +383,7 @@ fn query_number(query: &str, key: &str, default: u64, max: u64) -> Result<u64, A
 
 /// Method and path to a typed request. Pure, so it is tested without a server.
 pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRequest, ApiError> {
+    use crate::expose::ExposeCommand;
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let name = |s: &str| s.to_string();
     let r = match (method, segs.as_slice()) {
@@ -468,6 +469,19 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             req: body_required(b)?,
         },
         (&Method::POST, ["v1", "lu-requests"]) => ApiRequest::LuRequest(body_required(b)?),
+        (&Method::GET, ["v1", "routes"]) => ApiRequest::Expose(ExposeCommand::List),
+        (&Method::POST, ["v1", "partitions", n, "routes"]) => {
+            ApiRequest::Expose(ExposeCommand::Expose {
+                name: name(n),
+                req: body_required(b)?,
+            })
+        }
+        (&Method::DELETE, ["v1", "partitions", n, "routes"]) => {
+            ApiRequest::Expose(ExposeCommand::Unexpose {
+                name: name(n),
+                domain: query_param(query, "domain").map(str::to_string),
+            })
+        }
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -523,6 +537,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/lus/{name}", &["GET", "DELETE"]),
     ("/v1/lus/{name}/resize", &["POST"]),
     ("/v1/lu-requests", &["POST"]),
+    ("/v1/routes", &["GET"]),
+    ("/v1/partitions/{name}/routes", &["POST", "DELETE"]),
 ];
 
 /// The methods a known path takes, for a 405's `Allow`.

@@ -19,6 +19,7 @@ mod grants;
 mod hosts;
 mod keys;
 mod lus;
+mod routes;
 
 use bulkhead_store::{
     now_ms, Admission, Event, GrantLogEntry, GrantTableDoc, LuLock, LuRecord, PartitionRecord,
@@ -648,5 +649,20 @@ impl Store for EtcdStore {
     }
     async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
         self.etcd_lu_unlock(partition, adapter).await
+    }
+
+    // --- exposed routes (issue 15) --- (in routes.rs)
+    async fn route_put(&self, route: &bulkhead_store::ExposedRoute) -> Result<()> {
+        self.etcd_route_put(route).await
+    }
+    async fn route_remove(
+        &self,
+        partition: &str,
+        domain: Option<&str>,
+    ) -> Result<Vec<bulkhead_store::ExposedRoute>> {
+        self.etcd_route_remove(partition, domain).await
+    }
+    async fn routes(&self) -> Result<Vec<bulkhead_store::ExposedRoute>> {
+        self.etcd_routes().await
     }
 }

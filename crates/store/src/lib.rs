@@ -15,6 +15,7 @@ mod hosts;
 mod lus;
 mod migrations;
 mod record;
+mod routes;
 mod sqlite;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, NetRecord, PartitionRecord,
     PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
 };
+pub use routes::ExposedRoute;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Nothing was written when one is returned.
@@ -75,6 +77,14 @@ pub enum StoreError {
     /// The LU is locked by an attachment that excludes the one asked for.
     #[error("{0}")]
     Locked(String),
+    // --- exposed routes (issue 15) ---
+    /// Another partition holds this (listener, domain).
+    #[error("domain {domain} on {listener} is routed to partition {holder:?}")]
+    RouteTaken {
+        listener: String,
+        domain: String,
+        holder: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -220,6 +230,31 @@ pub trait Store: Send + Sync {
     async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
         let _ = (partition, adapter);
         Err(unsupported("lu_unlock"))
+    }
+
+    // --- exposed routes (issue 15) ---
+    // Defaults answer "not supported", as for LUs; both backends implement them.
+
+    /// Adds `route`, or replaces the row of the same (listener, domain) if
+    /// the same partition holds it; [`StoreError::RouteTaken`] naming the
+    /// holder otherwise. Decided in the write's own transaction.
+    async fn route_put(&self, route: &ExposedRoute) -> Result<()> {
+        let _ = route;
+        Err(routes::unsupported("route_put"))
+    }
+    /// Removes `partition`'s routes (those of `domain` on every listener, or
+    /// all); returns what was removed.
+    async fn route_remove(
+        &self,
+        partition: &str,
+        domain: Option<&str>,
+    ) -> Result<Vec<ExposedRoute>> {
+        let _ = (partition, domain);
+        Err(routes::unsupported("route_remove"))
+    }
+    /// Every route, ordered by listener then domain.
+    async fn routes(&self) -> Result<Vec<ExposedRoute>> {
+        Err(routes::unsupported("routes"))
     }
 }
 

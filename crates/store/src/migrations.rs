@@ -73,4 +73,14 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (lu, partition, adapter)
     );
     CREATE INDEX lu_locks_partition ON lu_locks(partition);",
+    // 8: routes of the shared port (issue 15): (listener, domain) is held by
+    // one partition; the record is JSON as elsewhere.
+    "CREATE TABLE exposed_routes (
+        listener  TEXT NOT NULL,
+        domain    TEXT NOT NULL,
+        partition TEXT NOT NULL,
+        record    TEXT NOT NULL,
+        PRIMARY KEY (listener, domain)
+    );
+    CREATE INDEX exposed_routes_partition ON exposed_routes(partition);",
 ];

@@ -2,6 +2,7 @@
 //! several daemons may share one file, SQLite's locks serialise their writes).
 
 mod grants;
+mod routes;
 
 use crate::migrations::MIGRATIONS;
 use crate::{
@@ -486,6 +487,21 @@ impl Store for SqliteStore {
     }
     async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
         self.sql_lu_unlock(partition, adapter).await
+    }
+
+    // --- exposed routes (issue 15) --- (in sqlite/routes.rs)
+    async fn route_put(&self, route: &crate::ExposedRoute) -> Result<()> {
+        self.sql_route_put(route).await
+    }
+    async fn route_remove(
+        &self,
+        partition: &str,
+        domain: Option<&str>,
+    ) -> Result<Vec<crate::ExposedRoute>> {
+        self.sql_route_remove(partition, domain).await
+    }
+    async fn routes(&self) -> Result<Vec<crate::ExposedRoute>> {
+        self.sql_routes().await
     }
 }
 

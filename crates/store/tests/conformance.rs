@@ -132,6 +132,20 @@ impl Store for TwoConnections {
     async fn lu_unlock(&self, partition: &str, adapter: Option<&str>) -> Result<usize> {
         self.next().lu_unlock(partition, adapter).await
     }
+    // --- exposed routes (issue 15) ---
+    async fn route_put(&self, r: &bulkhead_store::ExposedRoute) -> Result<()> {
+        self.next().route_put(r).await
+    }
+    async fn route_remove(
+        &self,
+        partition: &str,
+        domain: Option<&str>,
+    ) -> Result<Vec<bulkhead_store::ExposedRoute>> {
+        self.next().route_remove(partition, domain).await
+    }
+    async fn routes(&self) -> Result<Vec<bulkhead_store::ExposedRoute>> {
+        self.next().routes().await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -63,6 +63,8 @@ pub struct Manager {
     hibernations: Mutex<HashMap<String, watch::Receiver<bulkhead_engine::snapshot::SaveProgress>>>,
     /// The grant table and what it plugged where (`crate::grants`).
     pub(crate) grants: Arc<crate::grants::Grants>,
+    /// The shared port (issue 15, `crate::expose`).
+    pub(crate) expose: crate::expose::Exposer,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -137,8 +139,10 @@ impl Manager {
         .await?;
         let grants = crate::grants::Grants::open(&cfg, store.clone(), &host).await?;
         grants.housekeeping().await;
+        let expose = crate::expose::Exposer::start(&cfg.portshare).await?;
         let m = Arc::new(Self {
             grants: grants.clone(),
+            expose,
             cfg,
             store,
             host,
@@ -155,6 +159,7 @@ impl Manager {
         });
         m.recover().await?;
         m.watch_idleness();
+        crate::expose::spawn_sync(&m);
         // Once every running partition is adopted: the table and the devices
         // are made to agree before any request is served.
         m.grants_reconcile().await;
@@ -268,6 +273,7 @@ impl Manager {
             }
             ApiRequest::LuDelete { name } => R::LuDeleted(self.lu_delete(&name).await?),
             ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
+            ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
         })
     }
 
