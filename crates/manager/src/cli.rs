@@ -133,6 +133,14 @@ pub struct CreateArgs {
     /// An LU of the client to attach: NAME[:ro]; repeatable.
     #[arg(long)]
     pub lu: Vec<String>,
+    /// A host serial line (tty or PTY) the partition owns, the guest's
+    /// /dev/ttyS1 (the next one /dev/ttyS2...); repeatable.
+    #[arg(long = "serial-device", value_name = "PATH")]
+    pub serial_device: Vec<String>,
+    /// Start the L2TP resource server in the partition on its serial lines,
+    /// with this profile (TOML: secret, directory...; docs/l2tp.md).
+    #[arg(long, value_name = "FILE", requires = "serial_device")]
+    pub l2tp_server: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -405,6 +413,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|l| crate::lu::cli::parse_lu_attach(l))
                     .collect(),
+                devices: crate::devices::cli_devices(&a.serial_device, a.l2tp_server.as_deref())?,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -815,6 +824,19 @@ pub fn show_text(v: &PartitionView) -> String {
             opt(r.hibernate_idle_secs.map(|s| format!("{s} s"))),
         ),
     ];
+    for (i, d) in r.devices.serial.iter().enumerate() {
+        rows.push(("serial device", format!("{d} (guest /dev/ttyS{})", i + 1)));
+    }
+    if let Some(l) = &r.devices.l2tp_server {
+        rows.push((
+            "l2tp server",
+            format!(
+                "UDP port {} on the VLAN address, {} directory names",
+                l.port.unwrap_or(crate::devices::L2TP_PORT),
+                l.directory.len()
+            ),
+        ));
+    }
     if let Some(h) = &r.hibernation {
         rows.push((
             "hibernation",

@@ -66,6 +66,7 @@ fn create(name: &str, host: Option<&str>) -> CreatePartition {
         hibernate_idle_secs: None,
         client: None,
         lus: vec![],
+        devices: Default::default(),
     }
 }
 

@@ -1,0 +1,234 @@
+//! L2TP across partitions (issue 15), with real partitions: the modem model
+//! on a host PTY is given to partition M as its serial line; M's agent
+//! starts the resource server on M's VLAN address; a client in partition C
+//! dials PRIMARY_ISP through it to a TCP echo far end, then arms answer
+//! mode (AICRQ) and an outside TCP call that rings the modem reaches C.
+//! Another partition cannot take M's line until M is destroyed.
+
+mod common;
+
+use common::{Daemon, Opts};
+use hyper::Method;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "m0dem-s3cret";
+const NUMBER: &str = "5551234";
+const CONTROL: &str = "/run/l2tp-client.sock";
+
+/// The modem model, killed on drop.
+struct Modem(Child);
+
+impl Drop for Modem {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP echo service: the far end a dial reaches.
+async fn echo() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until `cond` holds.
+async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `cmd` in partition `p`; asserts it succeeded; returns stdout.
+async fn must(d: &Daemon, p: &str, cmd: &str) -> String {
+    let r = d.exec(p, cmd).await;
+    assert_eq!(r["code"], 0, "{p}: {cmd}: {r:#}");
+    r["stdout"].as_str().unwrap().to_string()
+}
+
+/// A shell loop waiting (bounded, about 30 s) for `cond` in the guest.
+fn guest_until(cond: &str) -> String {
+    format!("i=0; until {cond}; do i=$((i+1)); [ $i -gt 300 ] && exit 1; sleep 0.1; done")
+}
+
+async fn create_with_line(d: &Daemon, name: &str, line: &Path) -> Result<Value, String> {
+    d.client()
+        .post(
+            "/v1/partitions",
+            &json!({ "name": name, "memory_mib": 160, "cpu_percent": 30, "net": true,
+                     "devices": { "serial": [line] } }),
+        )
+        .await
+        .map_err(|e| format!("{:?} {e}", e.code()))
+}
+
+#[tokio::test]
+async fn a_client_partition_dials_and_answers_through_the_modem_partition() {
+    let d = Daemon::start(Opts::default());
+    let far_end = echo().await;
+    let ring_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyM0");
+    let modem = Modem(
+        Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(["modem", "emulate", "--link"])
+            .arg(&link)
+            .args(["--phonebook", &format!("{NUMBER}={far_end}")])
+            .args(["--listen", &format!("127.0.0.1:{ring_port}")])
+            .args(["--ring-interval-ms", "300"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    until("the modem model's PTY", Duration::from_secs(30), || {
+        link.exists()
+    })
+    .await;
+    let pty: PathBuf = std::fs::canonicalize(&link).unwrap();
+
+    // M owns the line (named by the symlink) and shares it.
+    d.create(
+        "m",
+        30,
+        160,
+        json!({ "net": true, "devices": {
+            "serial": [link],
+            "l2tp_server": { "secret": SECRET, "directory": { "PRIMARY_ISP": NUMBER } },
+        }}),
+    )
+    .await;
+    let rec = d.show("m").await;
+    assert_eq!(
+        rec["devices"]["serial"],
+        json!([pty]),
+        "recorded by canonical path"
+    );
+    d.create("c", 30, 160, json!({ "net": true })).await;
+
+    // Nobody else takes M's line, by either name; nothing is created.
+    for name in [link.as_path(), pty.as_path()] {
+        let e = create_with_line(&d, "x", name).await.unwrap_err();
+        assert!(
+            e.contains("conflict") && e.contains("held by partition \"m\""),
+            "{e}"
+        );
+    }
+    let e = d.client().get("/v1/partitions/x").await.unwrap_err();
+    assert_eq!(e.code(), Some("not_found"), "{e}");
+    // Not a serial line at all.
+    let e = create_with_line(&d, "x", Path::new("/dev/null"))
+        .await
+        .unwrap_err();
+    assert!(e.contains("not a terminal"), "{e}");
+
+    tokio::join!(d.start_wait("m"), d.start_wait("c"));
+    let m_ip = common::vlan_ip(&d.show("m").await);
+    let events: Vec<Value> = d.show("m").await["events"].as_array().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == format!("L2TP server listening on {m_ip}:1701")),
+        "{events:#?}"
+    );
+    // It listens on the VLAN address only.
+    let udp = must(&d, "m", "cat /proc/net/udp").await;
+    let port_1701: Vec<&str> = udp.lines().filter(|l| l.contains(":06A5 ")).collect();
+    assert_eq!(port_1701.len(), 1, "{udp}");
+    assert!(!port_1701[0].contains("00000000:06A5"), "{udp}");
+
+    // The client daemon in C.
+    let profile = format!(
+        "outgoing = \"{m_ip}:1701\"\nincoming = \"{m_ip}:1701\"\nsecret = \"{SECRET}\"\ncontrol = \"{CONTROL}\"\n"
+    );
+    must(
+        &d,
+        "c",
+        &format!(
+            "printf '{profile}' > /tmp/client.toml && \
+             (bulkhead-l2tp client --profile /tmp/client.toml > /tmp/client.log 2>&1 &) && {}",
+            guest_until(&format!("[ -S {CONTROL} ]"))
+        ),
+    )
+    .await;
+
+    // Outgoing: a dial by directory name reaches the echo far end.
+    let out = must(
+        &d,
+        "c",
+        &format!("printf 'ping-through-m\\n' | bulkhead-l2tp dial PRIMARY_ISP --control {CONTROL} --stdio"),
+    )
+    .await;
+    assert!(out.contains("ping-through-m"), "{out}");
+
+    // Incoming: C arms answer mode; an outside call rings the modem.
+    must(
+        &d,
+        "c",
+        &format!(
+            "(printf 'hello-from-c\\n' | bulkhead-l2tp answer --control {CONTROL} --stdio \
+               > /tmp/answer.out 2> /tmp/answer.err &) && {}",
+            guest_until("grep -q armed /tmp/answer.err")
+        ),
+    )
+    .await;
+    let mut call = tokio::net::TcpStream::connect(("127.0.0.1", ring_port))
+        .await
+        .unwrap();
+    call.write_all(b"from-outside\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains("hello-from-c") {
+            let n = call.read(&mut buf).await.unwrap();
+            assert!(n > 0, "call ended: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "no answer from C: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    must(
+        &d,
+        "c",
+        &guest_until("grep -q from-outside /tmp/answer.out"),
+    )
+    .await;
+    drop(call);
+
+    // Destroyed, M releases its line: another partition may take it.
+    d.client()
+        .call(Method::DELETE, "/v1/partitions/m?force=true", None)
+        .await
+        .unwrap();
+    let x = create_with_line(&d, "x", &pty).await.unwrap();
+    assert_eq!(x["devices"]["serial"], json!([pty]));
+    drop(modem);
+}
