@@ -133,14 +133,8 @@ pub struct CreateArgs {
     /// An LU of the client to attach: NAME[:ro]; repeatable.
     #[arg(long)]
     pub lu: Vec<String>,
-    /// A host serial line (tty or PTY) the partition owns, the guest's
-    /// /dev/ttyS1 (the next one /dev/ttyS2...); repeatable.
-    #[arg(long = "serial-device", value_name = "PATH")]
-    pub serial_device: Vec<String>,
-    /// Start the L2TP resource server in the partition on its serial lines,
-    /// with this profile (TOML: secret, directory...; docs/l2tp.md).
-    #[arg(long, value_name = "FILE", requires = "serial_device")]
-    pub l2tp_server: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -278,11 +272,24 @@ pub struct ExecArgs {
     pub argv: Vec<String>,
 }
 
+/// Host devices of `partition create` (issue 15).
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// A host serial line (tty or PTY) the partition owns, the guest's
+    /// /dev/ttyS1 (the next one /dev/ttyS2...); repeatable.
+    #[arg(long = "serial-device", value_name = "PATH")]
+    pub serial_device: Vec<String>,
+    /// Start the L2TP resource server in the partition on its serial lines,
+    /// with this profile (TOML: secret, directory...; docs/l2tp.md).
+    #[arg(long, value_name = "FILE", requires = "serial_device")]
+    pub l2tp_server: Option<std::path::PathBuf>,
+}
+
 /// The partition commands served by bulkheadd.
 #[derive(Debug, clap::Subcommand)]
 pub enum PartitionCommand {
     /// Define a partition.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a partition.
     Start(StartArgs),
     /// Stop a partition (graceful through the agent, forced after a timeout).
@@ -413,7 +420,10 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|l| crate::lu::cli::parse_lu_attach(l))
                     .collect(),
-                devices: crate::devices::cli_devices(&a.serial_device, a.l2tp_server.as_deref())?,
+                devices: crate::devices::cli_devices(
+                    &a.devices.serial_device,
+                    a.devices.l2tp_server.as_deref(),
+                )?,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;

@@ -207,14 +207,15 @@ mod tests {
     fn a_line_is_held_by_one_partition_of_its_host() {
         let m = rec("m", "h1", &["/dev/pts/7"]);
         let other_host = rec("x", "h2", &["/dev/pts/7"]);
-        let e = check_claim(&[m.clone()], &rec("c", "h1", &["/dev/pts/7"])).unwrap_err();
+        let e =
+            check_claim(std::slice::from_ref(&m), &rec("c", "h1", &["/dev/pts/7"])).unwrap_err();
         assert_eq!(e, "serial device /dev/pts/7 is held by partition \"m\"");
         assert!(is_held(&e));
         // Another host's /dev/pts/7 is another line.
         check_claim(&[other_host], &rec("c", "h1", &["/dev/pts/7"])).unwrap();
-        check_claim(&[m.clone()], &rec("c", "h1", &["/dev/pts/8"])).unwrap();
+        check_claim(std::slice::from_ref(&m), &rec("c", "h1", &["/dev/pts/8"])).unwrap();
         // A record re-admitted (an update) does not hold against itself.
-        check_claim(&[m.clone()], &m).unwrap();
+        check_claim(std::slice::from_ref(&m), &m).unwrap();
     }
 
     #[test]
@@ -225,7 +226,7 @@ mod tests {
         };
         let d = PartitionDevices {
             serial: vec![],
-            l2tp_server: Some(l.clone()),
+            l2tp_server: Some(Box::new(l.clone())),
         };
         assert!(check(&d, true)
             .unwrap_err()

@@ -226,7 +226,7 @@ pub struct PartitionDevices {
     /// The L2TP resource server the agent starts at boot, sharing the
     /// modems on `serial` with partitions on the VLAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub l2tp_server: Option<L2tpServerRecord>,
+    pub l2tp_server: Option<Box<L2tpServerRecord>>,
 }
 
 impl PartitionDevices {
