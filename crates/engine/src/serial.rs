@@ -148,19 +148,8 @@ pub fn qemu_args(fds: &[i32]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn consoles_and_non_ttys_are_refused() {
-        let e = check_device(Path::new("/dev/null")).unwrap_err();
-        assert!(e.contains("not a terminal"), "{e}");
-        let e = check_device(Path::new("/etc/hostname")).unwrap_err();
-        assert!(e.contains("not a character device"), "{e}");
-        let e = check_device(Path::new("/dev/tty")).unwrap_err();
-        assert!(e.contains("console"), "{e}");
-        assert!(check_device(Path::new("/no/such/tty")).is_err());
-    }
-
-    #[test]
-    fn a_sessions_terminal_is_refused() {
+    /// A new PTY: (master, slave, the slave's path).
+    fn pty() -> (i32, i32, PathBuf) {
         let (mut master, mut slave) = (0, 0);
         // SAFETY: both out-pointers are valid; name, termios and size may be null.
         let rc = unsafe {
@@ -174,6 +163,31 @@ mod tests {
         };
         assert_eq!(rc, 0);
         let name = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+        (master, slave, name)
+    }
+
+    fn close(master: i32, slave: i32) {
+        // SAFETY: both descriptors are the test's own and closed once.
+        unsafe {
+            libc::close(master);
+            libc::close(slave);
+        }
+    }
+
+    #[test]
+    fn consoles_and_non_ttys_are_refused() {
+        let e = check_device(Path::new("/dev/null")).unwrap_err();
+        assert!(e.contains("not a terminal"), "{e}");
+        let e = check_device(Path::new("/etc/hostname")).unwrap_err();
+        assert!(e.contains("not a character device"), "{e}");
+        let e = check_device(Path::new("/dev/tty")).unwrap_err();
+        assert!(e.contains("console"), "{e}");
+        assert!(check_device(Path::new("/no/such/tty")).is_err());
+    }
+
+    #[test]
+    fn a_sessions_terminal_is_refused() {
+        let (master, slave, name) = pty();
         // A shell in its own session with the PTY as controlling terminal.
         let mut sh = std::process::Command::new("setsid")
             .args(["-c", "sh", "-c", "read x"])
@@ -200,37 +214,17 @@ mod tests {
         assert!(e.contains("controlling terminal"), "{e}");
         let _ = sh.kill();
         let _ = sh.wait();
-        // SAFETY: both descriptors are ours and closed once.
-        unsafe {
-            libc::close(master);
-            libc::close(slave);
-        }
+        close(master, slave);
     }
 
     #[test]
     fn a_pty_is_accepted_by_its_canonical_path() {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: both out-pointers are valid; name, termios and size may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
-        let name = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+        let (master, slave, name) = pty();
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("ttyM0");
         std::os::unix::fs::symlink(&name, &link).unwrap();
         assert_eq!(check_device(&link).unwrap(), name);
-        // SAFETY: both descriptors are ours and closed once.
-        unsafe {
-            libc::close(master);
-            libc::close(slave);
-        }
+        close(master, slave);
     }
 
     #[test]

@@ -47,14 +47,6 @@ async fn echo() -> std::net::SocketAddr {
     addr
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Waits (bounded) until `cond` holds.
 async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -91,7 +83,7 @@ async fn create_with_line(d: &Daemon, name: &str, line: &Path) -> Result<Value, 
 async fn a_client_partition_dials_and_answers_through_the_modem_partition() {
     let d = Daemon::start(Opts::default());
     let far_end = echo().await;
-    let ring_port = free_port();
+    let ring_port = common::free_tcp_port();
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyM0");
     let modem = Modem(
