@@ -36,10 +36,10 @@ impl Manager {
                 let t0 = std::time::Instant::now();
                 let ready = match partition.wait_ready(timeout).await {
                     // The partition serves once what its devices need runs.
-                    Ok(info) => match m.start_device_services(&name, &partition).await {
-                        Ok(()) => Ok(info),
-                        Err(e) => Err(e),
-                    },
+                    Ok(info) => m
+                        .start_device_services(&name, &partition)
+                        .await
+                        .map(|()| info),
                     Err(e) => Err(e.to_string()),
                 };
                 match ready {
