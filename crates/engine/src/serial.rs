@@ -60,6 +60,13 @@ pub fn check_device(path: &Path) -> Result<PathBuf, String> {
             canon.display()
         ));
     }
+    let active = std::fs::read_to_string(ACTIVE_CONSOLES).unwrap_or_default();
+    if is_active_console(&canon, &active) {
+        return Err(format!(
+            "{} is the host's kernel console ({ACTIVE_CONSOLES}), not a free serial line",
+            canon.display()
+        ));
+    }
     if let Some((pid, comm)) = controlling_process(m.rdev()) {
         return Err(format!(
             "{} is the controlling terminal of process {pid} ({comm}), a login or a shell: not a free serial line",
@@ -72,6 +79,16 @@ pub fn check_device(path: &Path) -> Result<PathBuf, String> {
         return Err(format!("{} is not a terminal", canon.display()));
     }
     Ok(canon)
+}
+
+/// The ttys the kernel prints its console on (`console=`), e.g. `ttyS0`.
+const ACTIVE_CONSOLES: &str = "/sys/class/tty/console/active";
+
+/// Whether `dev` is one of the consoles `active` (that file's text) names.
+fn is_active_console(dev: &Path, active: &str) -> bool {
+    active
+        .split_whitespace()
+        .any(|name| Path::new("/dev").join(name) == dev)
 }
 
 /// A process whose controlling terminal is the device `rdev` (from
@@ -215,6 +232,13 @@ mod tests {
         let _ = sh.kill();
         let _ = sh.wait();
         close(master, slave);
+    }
+
+    #[test]
+    fn the_hosts_kernel_console_is_refused() {
+        assert!(is_active_console(Path::new("/dev/ttyS0"), "tty0 ttyS0\n"));
+        assert!(!is_active_console(Path::new("/dev/ttyS1"), "tty0 ttyS0\n"));
+        assert!(!is_active_console(Path::new("/dev/ttyS0"), ""));
     }
 
     #[test]
