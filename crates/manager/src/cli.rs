@@ -945,6 +945,56 @@ mod tests {
     }
 
     #[test]
+    fn serial_device_and_l2tp_server_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("m.toml");
+        std::fs::write(
+            &profile,
+            "secret = \"s\"\n[directory]\nPRIMARY_ISP = \"5551234\"\n",
+        )
+        .unwrap();
+        let p = profile.to_str().unwrap();
+        let c = parse(&[
+            "create",
+            "m",
+            "--memory",
+            "160M",
+            "--cpu",
+            "30%",
+            "--serial-device",
+            "/tmp/ttyM0",
+            "--l2tp-server",
+            p,
+        ])
+        .unwrap();
+        let PartitionCommand::Create(a) = c else {
+            panic!("not create")
+        };
+        let d =
+            crate::devices::cli_devices(&a.devices.serial_device, a.devices.l2tp_server.as_deref())
+                .unwrap();
+        assert_eq!(d.serial, ["/tmp/ttyM0"]);
+        let l = d.l2tp_server.unwrap();
+        assert_eq!(l.secret.as_deref(), Some("s"));
+        assert_eq!(l.directory["PRIMARY_ISP"], "5551234");
+        // A server needs a line; a profile with an unknown key is refused.
+        assert!(parse(&[
+            "create",
+            "m",
+            "--memory",
+            "160M",
+            "--cpu",
+            "30%",
+            "--l2tp-server",
+            p
+        ])
+        .is_err());
+        std::fs::write(&profile, "secert = \"typo\"\n").unwrap();
+        let e = crate::devices::cli_devices(&[], Some(&profile)).unwrap_err();
+        assert!(format!("{e:#}").contains("secert"), "{e:#}");
+    }
+
+    #[test]
     fn hotplug_and_cpu_model_arguments() {
         let c = parse(&[
             "create",
