@@ -954,19 +954,9 @@ mod tests {
         )
         .unwrap();
         let p = profile.to_str().unwrap();
-        let c = parse(&[
-            "create",
-            "m",
-            "--memory",
-            "160M",
-            "--cpu",
-            "30%",
-            "--serial-device",
-            "/tmp/ttyM0",
-            "--l2tp-server",
-            p,
-        ])
-        .unwrap();
+        let base = ["create", "m", "--memory", "160M", "--cpu", "30%"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let c = with(&["--serial-device", "/tmp/ttyM0", "--l2tp-server", p]).unwrap();
         let PartitionCommand::Create(a) = c else {
             panic!("not create")
         };
@@ -978,17 +968,7 @@ mod tests {
         assert_eq!(l.secret.as_deref(), Some("s"));
         assert_eq!(l.directory["PRIMARY_ISP"], "5551234");
         // A server needs a line; a profile with an unknown key is refused.
-        assert!(parse(&[
-            "create",
-            "m",
-            "--memory",
-            "160M",
-            "--cpu",
-            "30%",
-            "--l2tp-server",
-            p
-        ])
-        .is_err());
+        assert!(with(&["--l2tp-server", p]).is_err());
         std::fs::write(&profile, "secert = \"typo\"\n").unwrap();
         let e = crate::devices::cli_devices(&[], Some(&profile)).unwrap_err();
         assert!(format!("{e:#}").contains("secert"), "{e:#}");
