@@ -224,3 +224,87 @@ async fn a_client_partition_dials_and_answers_through_the_modem_partition() {
     assert_eq!(x["devices"]["serial"], json!([pty]));
     drop(modem);
 }
+
+/// A partition whose L2TP server cannot start (its image lacks the binary)
+/// does not come up half-configured: the start fails with why, the
+/// partition is failed with no QEMU left, and it still holds its line until
+/// destroyed.
+#[tokio::test]
+async fn a_server_that_cannot_start_fails_the_start() {
+    let d = Daemon::start(Opts::default());
+    // The image in use, rebuilt without bulkhead-l2tp into a storage root.
+    let img = common::image_dir();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(img.join("manifest.json")).unwrap()).unwrap();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let agent = workspace.join(manifest["agent"]["path"].as_str().unwrap());
+    let bare = d.storage_root().join("no-l2tp");
+    let out = Command::new(bulkhead_testbed::bulkhead_bin())
+        .args(["image", "build", "--out"])
+        .arg(&bare)
+        .arg("--agent")
+        .arg(&agent)
+        .arg("--kernel-deb")
+        .arg(manifest["kernel_deb"]["path"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Any PTY is a line; the server never gets to use it.
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: both out-pointers are valid; name, termios and size may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0);
+    let pty = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+    d.create(
+        "n",
+        30,
+        160,
+        json!({ "net": true, "image": bare, "devices": {
+            "serial": [pty], "l2tp_server": { "directory": { "PRIMARY_ISP": NUMBER } },
+        }}),
+    )
+    .await;
+    let e = tokio::time::timeout(
+        common::BOOT,
+        d.client()
+            .post("/v1/partitions/n/start", &json!({ "wait": true })),
+    )
+    .await
+    .expect("start --wait timed out")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("this image carries no L2TP resource server"),
+        "{e}"
+    );
+    let v = d.wait_state("n", &["failed"], common::BOOT).await;
+    assert!(v["pid"].is_null(), "{v:#}");
+    assert!(
+        v["last_exit"]
+            .as_str()
+            .unwrap()
+            .contains("no L2TP resource server"),
+        "{v:#}"
+    );
+    let e = create_with_line(&d, "x", &pty).await.unwrap_err();
+    assert!(e.contains("held by partition \"n\""), "{e}");
+    d.client()
+        .call(Method::DELETE, "/v1/partitions/n", None)
+        .await
+        .unwrap();
+    create_with_line(&d, "x", &pty).await.unwrap();
+    // SAFETY: both descriptors are the test's own and closed once.
+    unsafe {
+        libc::close(master);
+        libc::close(slave);
+    }
+}
