@@ -165,31 +165,7 @@ pub fn qemu_args(fds: &[i32]) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// A new PTY: (master, slave, the slave's path).
-    fn pty() -> (i32, i32, PathBuf) {
-        let (mut master, mut slave) = (0, 0);
-        // SAFETY: both out-pointers are valid; name, termios and size may be null.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0);
-        let name = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
-        (master, slave, name)
-    }
-
-    fn close(master: i32, slave: i32) {
-        // SAFETY: both descriptors are the test's own and closed once.
-        unsafe {
-            libc::close(master);
-            libc::close(slave);
-        }
-    }
+    use bulkhead_testbed::pty;
 
     #[test]
     fn consoles_and_non_ttys_are_refused() {
@@ -204,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_sessions_terminal_is_refused() {
-        let (master, slave, name) = pty();
+        let (_master, _slave, name) = pty();
         // A shell in its own session with the PTY as controlling terminal.
         let mut sh = std::process::Command::new("setsid")
             .args(["-c", "sh", "-c", "read x"])
@@ -231,7 +207,6 @@ mod tests {
         assert!(e.contains("controlling terminal"), "{e}");
         let _ = sh.kill();
         let _ = sh.wait();
-        close(master, slave);
     }
 
     #[test]
@@ -243,12 +218,11 @@ mod tests {
 
     #[test]
     fn a_pty_is_accepted_by_its_canonical_path() {
-        let (master, slave, name) = pty();
+        let (_master, _slave, name) = pty();
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("ttyM0");
         std::os::unix::fs::symlink(&name, &link).unwrap();
         assert_eq!(check_device(&link).unwrap(), name);
-        close(master, slave);
     }
 
     #[test]

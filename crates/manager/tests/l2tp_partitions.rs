@@ -251,19 +251,7 @@ async fn a_server_that_cannot_start_fails_the_start() {
     assert!(out.status.success(), "{out:?}");
 
     // Any PTY is a line; the server never gets to use it.
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: both out-pointers are valid; name, termios and size may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0);
-    let pty = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+    let (_master, _slave, pty) = bulkhead_testbed::pty();
     d.create(
         "n",
         30,
@@ -302,9 +290,4 @@ async fn a_server_that_cannot_start_fails_the_start() {
         .await
         .unwrap();
     create_with_line(&d, "x", &pty).await.unwrap();
-    // SAFETY: both descriptors are the test's own and closed once.
-    unsafe {
-        libc::close(master);
-        libc::close(slave);
-    }
 }
