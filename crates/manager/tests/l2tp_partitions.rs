@@ -63,9 +63,10 @@ async fn must(d: &Daemon, p: &str, cmd: &str) -> String {
     r["stdout"].as_str().unwrap().to_string()
 }
 
-/// A shell loop waiting (bounded, about 30 s) for `cond` in the guest.
+/// A shell loop waiting (bounded, about 45 s: within the exec's 60 s) for
+/// `cond` in the guest.
 fn guest_until(cond: &str) -> String {
-    format!("i=0; until {cond}; do i=$((i+1)); [ $i -gt 300 ] && exit 1; sleep 0.1; done")
+    format!("i=0; until {cond}; do i=$((i+1)); [ $i -gt 450 ] && exit 1; sleep 0.1; done")
 }
 
 async fn create_with_line(d: &Daemon, name: &str, line: &Path) -> Result<Value, String> {
