@@ -5,6 +5,8 @@ HOST_TRIPLE := x86_64-unknown-linux-gnu
 # The guest image is cached outside the checkout so fresh clones on this machine reuse it.
 IMAGE_DIR ?= $(HOME)/.cache/bulkhead/image
 AGENT := target/$(HOST_TRIPLE)/release/bulkhead-agent
+# The L2TP commands, static as the agent, for partitions that own a modem (docs/l2tp.md).
+L2TP := target/$(HOST_TRIPLE)/release/bulkhead-l2tp
 BULKHEAD := target/debug/bulkhead
 
 export BULKHEAD_IMAGE_DIR := $(abspath $(IMAGE_DIR))
@@ -25,11 +27,13 @@ build:
 	$(CARGO) build --workspace --bins
 
 # The agent runs as the guest's /init: a static binary (glibc, crt-static), no libc in the guest.
+# bulkhead-l2tp is built the same way; the image carries it as /usr/sbin/bulkhead-l2tp
+# (its hash is part of the image's cache key, so a changed binary rebuilds the image).
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p bulkhead-agent --target $(HOST_TRIPLE)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p bulkhead-agent -p bulkhead-l2tp-share --bin bulkhead-agent --bin bulkhead-l2tp --target $(HOST_TRIPLE)
 
 image: bootstrap build agent
-	$(BULKHEAD) image build --out $(IMAGE_DIR) --agent $(AGENT)
+	$(BULKHEAD) image build --out $(IMAGE_DIR) --agent $(AGENT) --l2tp $(L2TP)
 	$(BULKHEAD) image rootfs --prefetch
 
 run: image

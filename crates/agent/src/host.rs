@@ -492,6 +492,23 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Starts the image's L2TP resource server with `profile` (TOML) and
+    /// returns once it listens on UDP `listen` (at most `wait`).
+    pub async fn l2tp_server(
+        &self,
+        profile: &str,
+        listen: std::net::SocketAddr,
+        wait: Duration,
+    ) -> Result<crate::proto::ServiceStarted, AgentError> {
+        let body = RequestBody::L2tpServer {
+            profile: profile.into(),
+            listen,
+            wait_ms: wait.as_millis().min(u64::MAX as u128) as u64,
+        };
+        let v = self.call(body, "l2tp_server", wait + QUICK_TIMEOUT).await?;
+        Self::decode(v, "l2tp_server")
+    }
+
     /// The shared-memory regions the guest sees.
     pub async fn region_list(&self) -> Result<Vec<RegionInfo>, AgentError> {
         let v = self

@@ -97,6 +97,23 @@ pub enum RequestBody {
     /// Cuts every mapping in the guest off the region (memory decoding off);
     /// answered with [`RegionUnmapped`].
     RegionUnmap { name: String },
+    /// Starts the image's L2TP resource server with this profile (TOML)
+    /// and waits up to `wait_ms` until it listens on UDP `listen`;
+    /// answered with [`ServiceStarted`] (issue 15).
+    L2tpServer {
+        profile: String,
+        listen: std::net::SocketAddr,
+        #[serde(default)]
+        wait_ms: u64,
+    },
+}
+
+/// Reply to `l2tp_server`: the server runs and listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStarted {
+    pub pid: u32,
+    /// Its log (stdout and stderr) in the guest.
+    pub log: String,
 }
 
 /// One shared-memory region (ivshmem device) as the guest sees it.

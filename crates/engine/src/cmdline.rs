@@ -24,6 +24,8 @@ pub struct Resolved {
     pub qmp_fd: i32,
     pub agent_fd: i32,
     pub console_fd: i32,
+    /// Inherited descriptors of the spec's serial lines, in spec order.
+    pub serial_fds: Vec<i32>,
     pub console_log: PathBuf,
     pub pidfile: PathBuf,
     /// TAP name per net adapter, in adapter order.
@@ -205,6 +207,9 @@ pub fn qemu_args(spec: &PartitionSpec, r: &Resolved) -> Vec<String> {
         "chardev:con0",
     ]);
 
+    a.extend(crate::serial::qemu_args(&r.serial_fds));
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+
     let v = m.virtio();
     let slot = |n: u32| format!(",addr={n:#x}");
     let q35 = m == ResolvedMachine::Q35;
@@ -366,6 +371,7 @@ mod tests {
             qmp_fd: 3,
             agent_fd: 4,
             console_fd: 5,
+            serial_fds: Vec::new(),
             console_log: "/run/p/console.log".into(),
             pidfile: "/run/p/qemu.pid".into(),
             taps: vec!["tap0".into()],

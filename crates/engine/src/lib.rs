@@ -7,6 +7,7 @@ pub mod host;
 pub mod jail;
 mod partition;
 mod pdeath;
+pub mod serial;
 pub mod snapshot;
 pub mod spec;
 

@@ -330,6 +330,14 @@ impl Partition {
         ] {
             let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
         }
+        // Opened here, privileged, and inherited: the jailed QEMU could not
+        // open the device itself (see `serial`).
+        let serials = spec
+            .serials
+            .iter()
+            .map(|s| crate::serial::open(&s.path))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(EngineError::InvalidSpec)?;
         let mut resolved = cmdline::Resolved {
             machine,
             kvm,
@@ -337,6 +345,7 @@ impl Partition {
             qmp_fd: l.qmp.as_raw_fd(),
             agent_fd: l.agent.as_raw_fd(),
             console_fd: l.console.as_raw_fd(),
+            serial_fds: serials.iter().map(|f| f.as_raw_fd()).collect(),
             console_log: opts.console_log(),
             pidfile: opts.pidfile(),
             taps: taps.to_vec(),
@@ -366,11 +375,12 @@ impl Partition {
             .try_clone()
             .map_err(|e| EngineError::Host(format!("dup of QEMU log: {e}")))?;
 
-        let inherit = [
+        let mut inherit = vec![
             l.qmp.as_raw_fd(),
             l.agent.as_raw_fd(),
             l.console.as_raw_fd(),
         ];
+        inherit.extend(serials.iter().map(|f| f.as_raw_fd()));
         let netns = match &opts.netns {
             Some(ns) => {
                 let path = Path::new("/run/netns").join(ns);
@@ -406,7 +416,7 @@ impl Partition {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                for fd in inherit {
+                for &fd in &inherit {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -444,6 +454,7 @@ impl Partition {
         // instead of waiting on a listener nobody serves.
         drop(l);
         drop(netns);
+        drop(serials);
         Ok((pid, child))
     }
 

@@ -49,6 +49,10 @@ pub struct PartitionSpec {
     /// restored copy is told it is a new generation.
     #[serde(default)]
     pub vmgenid: bool,
+    /// Host serial lines the partition owns (issue 15), the guest's
+    /// /dev/ttyS1 onwards: see [`crate::serial`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serials: Vec<crate::serial::SerialSpec>,
 }
 
 /// A file holding guest RAM (`memory-backend-file`).
@@ -294,6 +298,7 @@ impl PartitionSpec {
             cpu_model: CpuModel::default(),
             memory_file: None,
             vmgenid: false,
+            serials: Vec::new(),
         }
     }
 
@@ -402,6 +407,13 @@ impl PartitionSpec {
         }
         if let Some(m) = &self.memory_file {
             check_memory_file(m, self.memory_mib)?;
+        }
+        if self.serials.len() > crate::serial::MAX_SERIALS {
+            return bad(format!(
+                "at most {} serial devices, got {}",
+                crate::serial::MAX_SERIALS,
+                self.serials.len()
+            ));
         }
         for o in &self.machine_options {
             if o.contains(',') || !o.contains('=') {

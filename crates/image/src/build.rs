@@ -29,6 +29,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ext4",
 ];
 
+/// Guest path of the L2TP commands (`--l2tp`), which the agent runs as the
+/// partition's resource server (docs/l2tp.md, "Partitions").
+pub const L2TP_GUEST_PATH: &str = "/usr/sbin/bulkhead-l2tp";
+
 /// Guest path of the module load list the agent reads.
 pub const LOAD_LIST: &str = "lib/modules/load.list";
 
@@ -70,6 +74,9 @@ impl std::str::FromStr for AddSpec {
 pub struct BuildOptions {
     pub out: PathBuf,
     pub agent: PathBuf,
+    /// The static `bulkhead-l2tp` binary, installed (stripped, as the
+    /// agent) at [`L2TP_GUEST_PATH`].
+    pub l2tp: Option<PathBuf>,
     pub adds: Vec<AddSpec>,
     /// A kernel .deb to use instead of resolving and downloading Debian's.
     pub kernel_deb: Option<PathBuf>,
@@ -85,6 +92,7 @@ impl BuildOptions {
         BuildOptions {
             out: out.into(),
             agent: PathBuf::from(crate::DEFAULT_AGENT),
+            l2tp: None,
             adds: Vec::new(),
             kernel_deb: None,
             extra_modules: Vec::new(),
@@ -210,6 +218,9 @@ fn file_size(p: &Path) -> Option<u64> {
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcome, Error> {
     // Validate cheap inputs first so a typo fails fast.
     check_static_elf(&opts.agent)?;
+    if let Some(l) = &opts.l2tp {
+        check_static_elf(l)?;
+    }
     if !opts.busybox.is_file() {
         return Err(Error::Tool(format!(
             "{} not found (install busybox-static with scripts/bootstrap)",
@@ -277,6 +288,16 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
             Input {
                 path: PathBuf::from(target),
                 sha256: String::new(),
+            },
+        ));
+    }
+    // Hashed as an added file: a changed binary rebuilds the image.
+    if let Some(l) = &opts.l2tp {
+        added_inputs.push((
+            format!("{L2TP_GUEST_PATH} 755 static"),
+            Input {
+                path: l.clone(),
+                sha256: sha256_file(l)?,
             },
         ));
     }
@@ -449,6 +470,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Outc
             })?;
     }
 
+    if let Some(l) = &opts.l2tp {
+        let data = stripped(l)?;
+        ar.insert(L2TP_GUEST_PATH, Entry::File { mode: 0o755, data })
+            .map_err(|reason| Error::Agent(format!("{}: {reason}", l.display())))?;
+    }
+
     for (dest, target) in &user_links {
         ar.insert(
             dest,
@@ -571,7 +598,7 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>, String> {
     Ok(libs)
 }
 
-/// The agent without debug sections (smaller initramfs, faster boot), when
+/// A static program without debug sections (smaller initramfs, faster boot), when
 /// binutils' `strip` is available; else as is.
 fn stripped(agent: &Path) -> Result<Vec<u8>, Error> {
     let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::io(Path::new("/tmp"), e))?;

@@ -31,6 +31,10 @@ pub struct BuildArgs {
     /// The static bulkhead-agent binary (built by `make agent`).
     #[arg(long, default_value = crate::DEFAULT_AGENT)]
     pub agent: PathBuf,
+    /// The static bulkhead-l2tp binary (built by `make agent`), installed as
+    /// /usr/sbin/bulkhead-l2tp: the L2TP resource server and client in partitions.
+    #[arg(long, value_name = "PATH")]
+    pub l2tp: Option<PathBuf>,
     /// Put a host file or directory into the image: SRC:DEST (DEST absolute). Repeatable.
     #[arg(long = "add", value_name = "SRC:DEST", value_parser = parse_add)]
     pub adds: Vec<AddSpec>,
@@ -99,6 +103,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         ImageCommand::Build(a) => {
             let mut opts = BuildOptions::new(a.out);
             opts.agent = a.agent;
+            opts.l2tp = a.l2tp;
             opts.adds = a.adds;
             opts.kernel_deb = a.kernel_deb;
             opts.extra_modules = a.modules;

@@ -168,3 +168,48 @@ fn bad_inputs_are_clear_errors_and_write_nothing() {
 
     assert!("nocolon".parse::<AddSpec>().is_err());
 }
+
+/// `--l2tp`: the static L2TP binary lands at its guest path, and it is part
+/// of the cache key (an image built without it is rebuilt with it, and the
+/// other way round); a dynamic one is refused.
+#[test]
+fn the_l2tp_binary_is_installed_and_part_of_the_cache_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("img");
+    let l2tp = dir.path().join("bulkhead-l2tp");
+    // busybox-static stands in: any static ELF will do.
+    std::fs::copy("/bin/busybox", &l2tp).unwrap();
+    let mut opts = options(&out);
+    let without = build::build(&opts, &mut quiet()).unwrap();
+    assert!(matches!(without, Outcome::Built(_)));
+    let guest = build::L2TP_GUEST_PATH.trim_start_matches('/');
+    assert!(!unpack(&out).iter().any(|e| e.0 == guest));
+
+    opts.l2tp = Some(l2tp.clone());
+    let with = build::build(&opts, &mut quiet()).unwrap();
+    assert!(matches!(with, Outcome::Built(_)), "a new input rebuilds");
+    let entries = unpack(&out);
+    let e = entries
+        .iter()
+        .find(|e| e.0 == guest)
+        .expect("bulkhead-l2tp in the image");
+    assert_eq!(e.1 & 0o170777, 0o100755);
+    assert!(e.2.starts_with(b"\x7fELF"));
+    assert!(matches!(
+        build::build(&opts, &mut quiet()).unwrap(),
+        Outcome::UpToDate(_)
+    ));
+
+    // A changed binary is a new input.
+    let mut data = std::fs::read(&l2tp).unwrap();
+    data.extend_from_slice(b"v2");
+    std::fs::write(&l2tp, data).unwrap();
+    assert!(matches!(
+        build::build(&opts, &mut quiet()).unwrap(),
+        Outcome::Built(_)
+    ));
+
+    opts.l2tp = Some(PathBuf::from("/bin/ls"));
+    let e = build::build(&opts, &mut quiet()).unwrap_err().to_string();
+    assert!(e.contains("dynamically linked"), "{e}");
+}

@@ -63,6 +63,14 @@ pub struct CreatePartition {
     /// partition's client; locked in the store while it runs.
     #[serde(default)]
     pub lus: Vec<crate::lu::types::LuAttach>,
+    /// Host serial lines the partition owns, and the L2TP resource server
+    /// its agent starts on them (docs/l2tp.md). A line another partition
+    /// of this host holds is refused (409).
+    #[serde(
+        default,
+        skip_serializing_if = "bulkhead_store::PartitionDevices::is_empty"
+    )]
+    pub devices: bulkhead_store::PartitionDevices,
 }
 
 fn one() -> u32 {
@@ -88,6 +96,7 @@ impl CreatePartition {
             hibernate_idle_secs: None,
             client: None,
             lus: vec![],
+            devices: Default::default(),
         }
     }
 }

@@ -133,6 +133,8 @@ pub struct CreateArgs {
     /// An LU of the client to attach: NAME[:ro]; repeatable.
     #[arg(long)]
     pub lu: Vec<String>,
+    #[command(flatten)]
+    pub devices: DeviceArgs,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -270,11 +272,24 @@ pub struct ExecArgs {
     pub argv: Vec<String>,
 }
 
+/// Host devices of `partition create` (issue 15).
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// A host serial line (tty or PTY) the partition owns, the guest's
+    /// /dev/ttyS1 (the next one /dev/ttyS2...); repeatable.
+    #[arg(long = "serial-device", value_name = "PATH")]
+    pub serial_device: Vec<String>,
+    /// Start the L2TP resource server in the partition on its serial lines,
+    /// with this profile (TOML: secret, directory...; docs/l2tp.md).
+    #[arg(long, value_name = "FILE", requires = "serial_device")]
+    pub l2tp_server: Option<std::path::PathBuf>,
+}
+
 /// The partition commands served by bulkheadd.
 #[derive(Debug, clap::Subcommand)]
 pub enum PartitionCommand {
     /// Define a partition.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a partition.
     Start(StartArgs),
     /// Stop a partition (graceful through the agent, forced after a timeout).
@@ -409,6 +424,10 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|l| crate::lu::cli::parse_lu_attach(l))
                     .collect(),
+                devices: crate::devices::cli_devices(
+                    &a.devices.serial_device,
+                    a.devices.l2tp_server.as_deref(),
+                )?,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -842,6 +861,19 @@ pub fn show_text(v: &PartitionView, hosts: &[crate::cluster::ClusterHost]) -> St
             opt(r.hibernate_idle_secs.map(|s| format!("{s} s"))),
         ),
     ];
+    for (i, d) in r.devices.serial.iter().enumerate() {
+        rows.push(("serial device", format!("{d} (guest /dev/ttyS{})", i + 1)));
+    }
+    if let Some(l) = &r.devices.l2tp_server {
+        rows.push((
+            "l2tp server",
+            format!(
+                "UDP port {} on the VLAN address, {} directory names",
+                l.port.unwrap_or(crate::devices::L2TP_PORT),
+                l.directory.len()
+            ),
+        ));
+    }
     if let Some(h) = &r.hibernation {
         rows.push((
             "hibernation",
@@ -937,6 +969,36 @@ mod tests {
             ("/x/a.qcow2", "qcow2")
         );
         assert!(d.readonly);
+    }
+
+    #[test]
+    fn serial_device_and_l2tp_server_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("m.toml");
+        std::fs::write(
+            &profile,
+            "secret = \"s\"\n[directory]\nPRIMARY_ISP = \"5551234\"\n",
+        )
+        .unwrap();
+        let p = profile.to_str().unwrap();
+        let base = ["create", "m", "--memory", "160M", "--cpu", "30%"];
+        let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+        let c = with(&["--serial-device", "/tmp/ttyM0", "--l2tp-server", p]).unwrap();
+        let PartitionCommand::Create(a) = c else {
+            panic!("not create")
+        };
+        let d =
+            crate::devices::cli_devices(&a.devices.serial_device, a.devices.l2tp_server.as_deref())
+                .unwrap();
+        assert_eq!(d.serial, ["/tmp/ttyM0"]);
+        let l = d.l2tp_server.unwrap();
+        assert_eq!(l.secret.as_deref(), Some("s"));
+        assert_eq!(l.directory["PRIMARY_ISP"], "5551234");
+        // A server needs a line; a profile with an unknown key is refused.
+        assert!(with(&["--l2tp-server", p]).is_err());
+        std::fs::write(&profile, "secert = \"typo\"\n").unwrap();
+        let e = crate::devices::cli_devices(&[], Some(&profile)).unwrap_err();
+        assert!(format!("{e:#}").contains("secert"), "{e:#}");
     }
 
     #[test]

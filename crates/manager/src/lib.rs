@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod devices;
 pub mod expose;
 pub mod expose_cli;
 pub mod grant_cli;

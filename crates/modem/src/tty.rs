@@ -62,7 +62,10 @@ impl AsyncTty {
     pub fn drop_dtr(&self) -> io::Result<termios::Termios> {
         let saved = termios::tcgetattr(self)?;
         let mut t = saved.clone();
-        termios::cfsetospeed(&mut t, termios::BaudRate::B0)?;
+        // B0 is the speed bits of the control modes all clear. Set here, not
+        // with cfsetospeed: libc binds that to a versioned glibc symbol that
+        // a static link (the guest image's bulkhead-l2tp) cannot resolve.
+        t.control_flags.remove(termios::ControlFlags::CBAUD);
         termios::tcsetattr(self, SetArg::TCSANOW, &t)?;
         Ok(saved)
     }
@@ -76,7 +79,8 @@ impl AsyncTty {
 /// Whether the terminal's DTE has dropped DTR (output speed B0).
 pub fn dtr_dropped(fd: &impl AsFd) -> io::Result<bool> {
     let t = termios::tcgetattr(fd)?;
-    Ok(termios::cfgetospeed(&t) == termios::BaudRate::B0)
+    // As in `drop_dtr`: B0 read from the control modes, not cfgetospeed.
+    Ok(!t.control_flags.intersects(termios::ControlFlags::CBAUD))
 }
 
 /// Puts a terminal into raw mode.

@@ -70,6 +70,7 @@ pub fn record(name: &str) -> PartitionRecord {
         restarts: 0,
         hibernate_idle_secs: None,
         hibernation: None,
+        devices: Default::default(),
         client_name: String::new(),
         client_id: 0,
         adapter_ids: Default::default(),

@@ -24,8 +24,8 @@ pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
 pub use lus::{check_lock, LockMode, LuLock, LuRecord};
 pub use record::{
-    now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, NetRecord, PartitionRecord,
-    PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
+    now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
+    PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
 };
 pub use routes::ExposedRoute;
 pub use sqlite::SqliteStore;

@@ -207,6 +207,57 @@ pub struct PartitionRecord {
     /// The image a hibernated partition resumes from (issue 14).
     #[serde(default)]
     pub hibernation: Option<HibernationRecord>,
+    /// Host devices the partition owns (issue 15).
+    #[serde(default, skip_serializing_if = "PartitionDevices::is_empty")]
+    pub devices: PartitionDevices,
+}
+
+/// Host devices a partition owns, and what its agent starts to share them
+/// (issue 15).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionDevices {
+    /// Host serial lines (ttys or PTYs) by canonical path, the guest's
+    /// /dev/ttyS1 onwards. A line is held by one partition of its host at a
+    /// time, from create to destroy.
+    #[serde(default)]
+    pub serial: Vec<String>,
+    /// The L2TP resource server the agent starts at boot, sharing the
+    /// modems on `serial` with partitions on the VLAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2tp_server: Option<Box<L2tpServerRecord>>,
+}
+
+impl PartitionDevices {
+    pub fn is_empty(&self) -> bool {
+        self.serial.is_empty() && self.l2tp_server.is_none()
+    }
+}
+
+/// A partition's L2TP resource server: its profile and directory. It
+/// listens on the partition's VLAN address only, and drives every serial
+/// line of the partition as a modem (`modem0` on /dev/ttyS1, ...).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2tpServerRecord {
+    /// UDP port on the VLAN address (1701 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Host Name AVP (the partition's name when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Tunnel secret (Challenge/Response, hidden AVPs); none: no tunnel
+    /// authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Secrets by the peer's Host Name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secrets: std::collections::BTreeMap<String, String>,
+    /// Directory: a name such as `PRIMARY_ISP` → the number dialled.
+    #[serde(default)]
+    pub directory: std::collections::BTreeMap<String, String>,
 }
 
 impl PartitionRecord {

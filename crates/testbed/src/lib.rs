@@ -267,3 +267,34 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<Uni
         }
     }
 }
+
+/// A new PTY: (master, slave, the slave's path), closed when dropped. A
+/// stand-in serial line for tests of devices given to partitions.
+pub fn pty() -> (
+    std::os::fd::OwnedFd,
+    std::os::fd::OwnedFd,
+    std::path::PathBuf,
+) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: both out-pointers are valid; name, termios and size may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    let name = std::fs::read_link(format!("/proc/self/fd/{slave}")).expect("the PTY's name");
+    // SAFETY: openpty returned two new descriptors that nothing else owns.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+            name,
+        )
+    }
+}

@@ -15,6 +15,7 @@ pub mod procfs;
 pub mod region;
 pub mod relay;
 pub mod serve;
+pub mod service;
 pub mod sys;
 pub mod tool;
 

@@ -355,6 +355,22 @@ fn dispatch(
             });
             None
         }
+        RequestBody::L2tpServer {
+            profile,
+            listen,
+            wait_ms,
+        } => {
+            let (children, tx, wake) = (children.clone(), tx.clone(), wake.clone());
+            std::thread::spawn(move || {
+                let wait = Duration::from_millis(wait_ms);
+                let r = match super::service::start_l2tp(&children, &profile, listen, wait) {
+                    Ok(started) => Response::ok(id, &started),
+                    Err((kind, m)) => Response::err(id, kind, m),
+                };
+                reply_from_worker(&tx, &wake, Out::Reply(proto::encode_line(&r)));
+            });
+            None
+        }
         RequestBody::RegionList => Some(match region::list(Path::new(region::PCI_DEVICES)) {
             Ok(all) => Response::ok(id, &all),
             Err(e) => Response::err(id, e.kind(), e.to_string()),

@@ -297,6 +297,7 @@ mod tests {
                 hibernate_idle_secs: Some(600),
                 client: Some("tenant".into()),
                 lus: vec![],
+                devices: Default::default(),
             }),
             ApiRequest::Start {
                 name: "p".into(),

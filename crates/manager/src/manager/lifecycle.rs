@@ -81,6 +81,7 @@ impl Manager {
 
     pub(super) async fn create(&self, c: CreatePartition) -> Result<PartitionRecord, ApiError> {
         self.validate(&c)?;
+        let devices = self.checked_devices(&c).await?;
         let client = c.client.clone().unwrap_or_else(|| c.name.clone());
         let mut disks = c.disks.clone();
         disks.extend(self.lu_disks(&client, &c.lus).await?);
@@ -112,6 +113,7 @@ impl Manager {
             restarts: 0,
             hibernate_idle_secs: c.hibernate_idle_secs,
             hibernation: None,
+            devices,
             client_name: client,
             client_id: 0,
             adapter_ids: Default::default(),
@@ -122,9 +124,13 @@ impl Manager {
         // daemon sharing the store sees this one or is seen by it.
         let rec = self
             .store
-            .admit(&rec, "created", lus::with_ids(self.admission(false, c.net)))
+            .admit(
+                &rec,
+                "created",
+                devices::with_claims(lus::with_ids(self.admission(false, c.net))),
+            )
             .await
-            .map_err(refused_is_capacity)?;
+            .map_err(devices::refused)?;
         tracing::info!(partition = %rec.name, cpu = rec.cpu_percent, memory_mib = rec.memory_mib, "created");
         Ok(rec)
     }
@@ -152,6 +158,12 @@ impl Manager {
                 backing: None,
             }));
         }
+        spec.serials = rec
+            .devices
+            .serial
+            .iter()
+            .map(|p| bulkhead_engine::serial::SerialSpec { path: p.into() })
+            .collect();
         if let Some(n) = &rec.net {
             spec.adapters.push(AdapterSpec::Net(NetSpec {
                 id: "net0".into(),
@@ -192,6 +204,7 @@ impl Manager {
             d.path = checked.path;
             d.backing = checked.backing;
         }
+        self.check_serials(rec, &mut spec)?;
         spec.validate()
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         Ok(spec)

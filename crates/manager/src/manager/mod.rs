@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+mod devices;
 mod disks;
 mod hibernate;
 pub(crate) use disks::disk_format;

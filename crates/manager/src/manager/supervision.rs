@@ -34,7 +34,15 @@ impl Manager {
             if wait_ready {
                 let timeout = Duration::from_secs(m.cfg.partitions.ready_timeout_secs);
                 let t0 = std::time::Instant::now();
-                match partition.wait_ready(timeout).await {
+                let ready = match partition.wait_ready(timeout).await {
+                    // The partition serves once what its devices need runs.
+                    Ok(info) => m
+                        .start_device_services(&name, &partition)
+                        .await
+                        .map(|()| info),
+                    Err(e) => Err(e.to_string()),
+                };
+                match ready {
                     Ok(info) => {
                         tracing::info!(partition = %name, ready_ms = t0.elapsed().as_millis() as u64, guest_boot_ms = info.boot_ms, "agent ready");
                         let ev = format!("running (guest boot {} ms)", info.boot_ms);
@@ -58,7 +66,7 @@ impl Manager {
                     Err(e) => {
                         tracing::warn!(partition = %name, error = %e, "start failed");
                         let _ = partition.kill().await;
-                        start_error = Some(e.to_string());
+                        start_error = Some(e);
                     }
                 }
             }

@@ -157,6 +157,7 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
 }
 
+/// A TCP port free on loopback right now.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
