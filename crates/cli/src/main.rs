@@ -37,6 +37,9 @@ enum Command {
     /// LUs: thin disks of the repository, owned by a client.
     #[command(subcommand)]
     Lu(bulkhead_manager::lu::cli::LuCommand),
+    /// Service pools: partitions pre-started with a program, handed out per session.
+    #[command(subcommand)]
+    Pool(bulkhead_manager::pools::cli::PoolCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -66,6 +69,7 @@ fn main() -> anyhow::Result<()> {
             partition::runtime()?.block_on(bulkhead_manager::grant_cli::run_region(c))
         }
         Command::Lu(c) => partition::runtime()?.block_on(bulkhead_manager::lu::cli::run(c)),
+        Command::Pool(c) => partition::runtime()?.block_on(bulkhead_manager::pools::cli::run(c)),
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

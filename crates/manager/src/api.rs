@@ -263,6 +263,8 @@ pub enum ApiRequest {
         name: String,
         opts: ResumeOptions,
     },
+    /// Service pools and their users (issue 17; `crate::pools::api`).
+    Pool(crate::pools::api::PoolRequest),
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -445,6 +447,8 @@ pub enum ApiReply {
     ClusterHosts(Vec<crate::cluster::ClusterHost>),
     /// The answer of the host that carried the request out, unchanged.
     Forwarded(Forwarded),
+    /// Service pools (issue 17).
+    Pool(crate::pools::api::PoolReply),
 }
 
 /// A reply another host gave to a forwarded request: sent on as it came.
@@ -465,6 +469,7 @@ impl ApiReply {
         match self {
             Self::Created(_) | Self::LuCreated(_) => 201,
             Self::Forwarded(f) => f.status,
+            Self::Pool(p) => p.status(),
             _ => 200,
         }
     }

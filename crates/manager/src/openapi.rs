@@ -34,7 +34,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         openapi_json, ping, host, cluster_hosts, list, create, show, destroy, start, stop, restart, exec,
         stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume,
         grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list,
-        lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu
+        lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu,
+        crate::pools::api::pool_list, crate::pools::api::pool_create,
+        crate::pools::api::pool_show, crate::pools::api::pool_destroy,
+        crate::pools::api::pool_resize, crate::pools::api::pool_user_list,
+        crate::pools::api::pool_user_add, crate::pools::api::pool_user_remove
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub mod grants;
+pub mod pools;
 
 /// Runs every case, each on a fresh store from `make`.
 pub async fn run_all<F, Fut>(make: F)
@@ -38,6 +39,7 @@ where
     lus(&*make().await).await;
     lu_locks(&*make().await).await;
     lu_write_attach_race_has_one_winner(make().await).await;
+    pools::run_all(&make).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";

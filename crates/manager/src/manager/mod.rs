@@ -63,6 +63,8 @@ pub struct Manager {
     hibernations: Mutex<HashMap<String, watch::Receiver<bulkhead_engine::snapshot::SaveProgress>>>,
     /// The grant table and what it plugged where (`crate::grants`).
     pub(crate) grants: Arc<crate::grants::Grants>,
+    /// Service pools (issue 17): the allocator and the statements.
+    pub(crate) pools: crate::pools::Pools,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -152,12 +154,14 @@ impl Manager {
             op_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashSet::new()),
             hibernations: Mutex::default(),
+            pools: Default::default(),
         });
         m.recover().await?;
         m.watch_idleness();
         // Once every running partition is adopted: the table and the devices
         // are made to agree before any request is served.
         m.grants_reconcile().await;
+        m.pools_recover().await;
         tokio::spawn(crate::grants::expiry_task(Arc::downgrade(&m), grants));
         Ok(m)
     }
@@ -268,6 +272,7 @@ impl Manager {
             }
             ApiRequest::LuDelete { name } => R::LuDeleted(self.lu_delete(&name).await?),
             ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
+            ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
         })
     }
 

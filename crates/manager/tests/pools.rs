@@ -1,0 +1,343 @@
+//! Service pools through a real bulkheadd (issue 17): the pool statement
+//! expanded into real partitions running a real program (busybox `nc -ll -e`
+//! serving a shell script the app command writes), idle only once the
+//! program answers on its port over the VLAN; `pool show/list/resize/destroy`;
+//! re-adoption after a daemon restart; pool users with tokens the store only
+//! hashes. Partitions boot in parallel.
+
+mod common;
+
+use bulkhead_manager::pools::types::*;
+use bulkhead_store::{PoolKind, SqliteStore, Store};
+use common::{Daemon, Opts};
+use std::io::{BufRead, BufReader, Write};
+use std::process::Command;
+use std::time::Duration;
+
+const PORT: u16 = 7000;
+
+/// The program: prints who it serves (from the session line) and echoes.
+fn echo_app(program: &str) -> String {
+    format!(
+        "printf '%s\\n' 'read -r _ _ s p u' 'echo \"{program} $p $s $u\"' 'cat' > /tmp/echo.sh; \
+         exec nc -ll -p {PORT} -e /bin/sh /tmp/echo.sh"
+    )
+}
+
+fn bulkhead(d: &Daemon, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bulkhead_testbed::bulkhead_bin())
+        .arg("pool")
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .env_remove("BULKHEAD_API")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(d: &Daemon, args: &[&str]) -> String {
+    let (success, out, err) = bulkhead(d, args);
+    assert!(success, "bulkhead pool {args:?}: {out}{err}");
+    out
+}
+
+/// Waits (bounded) until every partition of the pool is in `state`.
+async fn wait_pool(d: &Daemon, pool: &str, n: usize, state: &str) -> PoolView {
+    let deadline = tokio::time::Instant::now() + common::BOOT * 2;
+    loop {
+        let v = d.client().pool_show(pool).await.unwrap();
+        if v.partitions.len() == n && v.partitions.iter().all(|p| p.state == state) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pool} never had {n} partitions {state}: {v:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Talks to the program of a partition as the gateway will: session line first.
+fn converse(ip: &str, user: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect((ip, PORT)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("BULKHEAD-SESSION 1 000000000000002a echo {user}\nping\n").as_bytes())
+        .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    r.read_line(&mut first).unwrap();
+    r.read_line(&mut second).unwrap();
+    (first, second)
+}
+
+async fn ip_of(d: &Daemon, partition: &str) -> String {
+    common::vlan_ip(&d.show(partition).await)
+}
+
+fn statement(name: &str, program: &str, size: u32) -> CreatePool {
+    CreatePool {
+        name: name.into(),
+        program: program.into(),
+        size,
+        max: None,
+        vcpus: 1,
+        memory_mib: 128,
+        cpu_percent: 20,
+        image: None,
+        app: echo_app(program),
+        port: PORT,
+        cleanup: Some("rm -f /tmp/scratch".into()),
+        recycle_after: None,
+        untrusted: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_of_partitions_running_the_program_survives_a_daemon_restart() {
+    let mut d = Daemon::start(Opts::default());
+    let c = d.client();
+
+    // A partition that takes a name the pool would use: refused, nothing made.
+    d.create("taken-1", 20, 128, serde_json::json!({})).await;
+    let e = c
+        .pool_create(&statement("taken", "echo", 1))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("taken-1"), "{e}");
+    assert!(c.pool_list().await.unwrap().is_empty());
+    // Bad statements: 400, nothing stored.
+    for bad in [
+        CreatePool {
+            size: 0,
+            ..statement("p", "echo", 1)
+        },
+        CreatePool {
+            max: Some(1),
+            ..statement("p", "echo", 2)
+        },
+        CreatePool {
+            name: "Bad_Name".into(),
+            ..statement("p", "echo", 1)
+        },
+        CreatePool {
+            program: "no/slash".into(),
+            ..statement("p", "echo", 1)
+        },
+        CreatePool {
+            port: 0,
+            ..statement("p", "echo", 1)
+        },
+        CreatePool {
+            recycle_after: Some(0),
+            ..statement("p", "echo", 1)
+        },
+    ] {
+        let e = c.pool_create(&bad).await.unwrap_err();
+        let m = e.to_string();
+        assert!(m.contains("need") || m.contains("must"), "{m}");
+    }
+    assert!(c.pool_list().await.unwrap().is_empty());
+
+    // The statement, through the CLI: two partitions, each running the program.
+    let out = ok(
+        &d,
+        &[
+            "create",
+            "echo",
+            "--program",
+            "echo",
+            "--size",
+            "2",
+            "--max",
+            "3",
+            "--memory",
+            "128M",
+            "--cpu",
+            "20%",
+            "--app",
+            &echo_app("echo"),
+            "--port",
+            "7000",
+            "--cleanup",
+            "rm -f /tmp/scratch",
+            "--wait",
+            "--json",
+        ],
+    );
+    let v: PoolView = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = v.partitions.iter().map(|p| p.primary_id.as_str()).collect();
+    assert_eq!(ids, ["echo-1", "echo-2"]);
+    assert!(v.partitions.iter().all(|p| p.state == "idle"), "{v:#?}");
+    assert!(v.partitions.iter().all(|p| p.alternate_id.is_none()));
+
+    // Idle means the program answers: it reads the session line and echoes.
+    for id in ids {
+        let ip = ip_of(&d, id).await;
+        let (first, second) = converse(&ip, "alice");
+        assert_eq!(first.trim(), "echo echo 000000000000002a alice", "{id}");
+        assert_eq!(second.trim(), "ping");
+        // The administrator reaches it by its primary id as any partition.
+        let r = d
+            .exec(
+                id,
+                "echo admin-here; test -s /tmp/echo.sh && echo script-there",
+            )
+            .await;
+        assert_eq!(r["stdout"], "admin-here\nscript-there\n", "{r}");
+    }
+    // A second pool with the same name: refused, the first unchanged.
+    let e = c
+        .pool_create(&statement("echo", "other", 1))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    let text = ok(&d, &["show", "echo"]);
+    assert!(text.contains("echo-1") && text.contains("idle"), "{text}");
+    let list = ok(&d, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("echo ") && l.contains(" 2 ")),
+        "{list}"
+    );
+
+    // Grow to three, back to two (the highest index goes).
+    c.pool_resize(
+        "echo",
+        &ResizePool {
+            size: 3,
+            max: Some(3),
+        },
+    )
+    .await
+    .unwrap();
+    wait_pool(&d, "echo", 3, "idle").await;
+    let pid2 = d.show("echo-2").await["pid"].clone();
+    c.pool_resize(
+        "echo",
+        &ResizePool {
+            size: 2,
+            max: Some(2),
+        },
+    )
+    .await
+    .unwrap();
+    wait_pool(&d, "echo", 2, "idle").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while c.get("/v1/partitions/echo-3").await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "echo-3 never went");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A daemon crash: the pool is re-adopted with the same QEMUs, not rebooted.
+    d.kill9();
+    d.spawn();
+    let v = wait_pool(&d, "echo", 2, "idle").await;
+    assert_eq!(v.statement.max, Some(2), "the resized statement was stored");
+    assert_eq!(
+        d.show("echo-2").await["pid"],
+        pid2,
+        "echo-2 adopted, not rebooted"
+    );
+    let (first, _) = converse(&ip_of(&d, "echo-1").await, "bob");
+    assert_eq!(first.trim(), "echo echo 000000000000002a bob");
+
+    // Destroy: the partitions go with it; the name is free again.
+    let gone: PoolDestroyed =
+        serde_json::from_str(&ok(&d, &["destroy", "echo", "--json"])).unwrap();
+    assert_eq!(gone.partitions.len(), 2, "{gone:?}");
+    for id in ["echo-1", "echo-2"] {
+        assert!(
+            d.client()
+                .get(&format!("/v1/partitions/{id}"))
+                .await
+                .is_err(),
+            "{id} remains"
+        );
+    }
+    assert!(c.pool_list().await.unwrap().is_empty());
+    let (success, _, err) = bulkhead(&d, &["show", "echo"]);
+    assert!(!success && err.contains("not found"), "{err}");
+    // A restart does not bring a destroyed pool back.
+    d.kill9();
+    d.spawn();
+    assert!(d.client().pool_list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn users_get_a_token_once_and_the_store_keeps_its_hash() {
+    let d = Daemon::start(Opts::default());
+    let out = ok(
+        &d,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--programs",
+            "echo,db",
+            "--max-sessions",
+            "2",
+        ],
+    );
+    let token = out.lines().last().unwrap().to_string();
+    assert!(token.starts_with("bhp_") && !token.contains(' '), "{out}");
+    // Another user gets another token.
+    let bob = ok(&d, &["user", "add", "bob", "--programs", "echo"]);
+    assert_ne!(bob.lines().last().unwrap(), token);
+
+    let listed = ok(&d, &["user", "list", "--json"]);
+    assert!(!listed.contains(&token), "a listing never shows a token");
+    let users: Vec<PoolUserView> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(users.len(), 2);
+    assert_eq!(users[0].name, "alice");
+    assert_eq!(users[0].programs, ["db", "echo"]);
+    assert_eq!((users[0].max_sessions, users[1].max_sessions), (2, 1));
+
+    // The store holds the hash, which the pool crate's check accepts.
+    let store = SqliteStore::open(&d.dir.path().join("data").join("state.db"), "h").unwrap();
+    let docs = store.pool_doc_list(PoolKind::User).await.unwrap();
+    assert_eq!(docs.len(), 2);
+    assert!(docs.iter().all(|doc| !doc.body.contains(&token)));
+    let alice: bulkhead_pool::User = serde_json::from_str(&docs[0].body).unwrap();
+    assert!(alice.token_hash.matches(&token));
+    assert!(!alice.token_hash.matches("bhp_wrong"));
+
+    // Refusals change nothing.
+    for (args, why) in [
+        (vec!["user", "add", "alice", "--programs", "echo"], "exists"),
+        (
+            vec!["user", "add", "a b", "--programs", "echo"],
+            "valid name",
+        ),
+        (
+            vec!["user", "add", "carol", "--programs", "x/y"],
+            "valid name",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "carol",
+                "--programs",
+                "echo",
+                "--max-sessions",
+                "0",
+            ],
+            "at least 1",
+        ),
+    ] {
+        let (success, _, err) = bulkhead(&d, &args);
+        assert!(!success && err.contains(why), "{args:?}: {err}");
+    }
+    let after = store.pool_doc_list(PoolKind::User).await.unwrap();
+    assert_eq!(after, docs);
+
+    ok(&d, &["user", "remove", "bob"]);
+    let (success, _, err) = bulkhead(&d, &["user", "remove", "bob"]);
+    assert!(!success && err.contains("not found"), "{err}");
+    assert_eq!(store.pool_doc_list(PoolKind::User).await.unwrap().len(), 1);
+}
