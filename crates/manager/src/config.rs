@@ -24,6 +24,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub cluster: ClusterConfig,
     pub grants: GrantsConfig,
+    /// `[pool]`: the service pools' gateway (issue 17).
+    pub pool: crate::pools::PoolConfig,
 }
 
 /// `[grants]`: the grant table's bounds and the unmap deadlines (docs/grants.md).
@@ -248,6 +250,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
             grants: GrantsConfig::default(),
+            pool: Default::default(),
         }
     }
 }

@@ -92,6 +92,13 @@ pub async fn serve(
         Arc::new(move |io, activity| Box::pin(serve_http(m.clone(), None, io, activity, limits)))
     };
     tasks.spawn(listen::unix_loop(unix, limits, serve));
+    if let Some(addr) = cfg.pool.gateway {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the pool gateway on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "pool gateway bound");
+        tasks.spawn(crate::pools::gateway::serve(manager.clone(), l));
+    }
     // A member once it can be reached; a name another host holds stops the start.
     match crate::cluster::membership::start(manager.clone(), fingerprint).await {
         Ok(renew) => {

@@ -8,9 +8,11 @@
 mod common;
 
 use bulkhead_manager::pools::types::*;
+use bulkhead_pool_proto::client::{Client as Gateway, ClientError as GwError};
+use bulkhead_pool_proto::{Allocate, Decoder, Frame, RefuseReason, SessionId};
 use bulkhead_store::{PoolKind, SqliteStore, Store};
 use common::{Daemon, Opts};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -340,4 +342,328 @@ async fn users_get_a_token_once_and_the_store_keeps_its_hash() {
     let (success, _, err) = bulkhead(&d, &["user", "remove", "bob"]);
     assert!(!success && err.contains("not found"), "{err}");
     assert_eq!(store.pool_doc_list(PoolKind::User).await.unwrap().len(), 1);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Adds a user through the CLI and returns its token (the last line).
+fn add_user(d: &Daemon, name: &str, programs: &str, max: u32) -> String {
+    let out = ok(
+        d,
+        &[
+            "user",
+            "add",
+            name,
+            "--programs",
+            programs,
+            "--max-sessions",
+            &max.to_string(),
+        ],
+    );
+    out.lines().last().unwrap().to_string()
+}
+
+fn req(program: &str, user: &str, token: &str, wait_ms: u32) -> Allocate {
+    Allocate {
+        program: program.into(),
+        user: user.into(),
+        credential: token.into(),
+        wait_ms,
+    }
+}
+
+/// Reads from the session until `n` lines came (the program answers in pieces).
+async fn lines(c: &mut Gateway<tokio::net::TcpStream>, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.iter().filter(|b| **b == b'\n').count() < n {
+        let d = tokio::time::timeout(Duration::from_secs(30), c.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.extend_from_slice(&d);
+    }
+    String::from_utf8(got)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn partition_of(v: &PoolView, session: SessionId) -> PoolPartitionView {
+    v.partitions
+        .iter()
+        .find(|p| p.session == Some(session.0))
+        .cloned()
+        .unwrap_or_else(|| panic!("no partition holds {session}: {v:#?}"))
+}
+
+/// Sends raw bytes after a HELLO and returns the first frame after WELCOME.
+fn raw_exchange(gw: &str, bytes: &[u8]) -> Frame {
+    let mut s = std::net::TcpStream::connect(gw).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut hello = Vec::new();
+    Frame::Hello {
+        min_version: 1,
+        max_version: 1,
+    }
+    .encode(&mut hello)
+    .unwrap();
+    s.write_all(&hello).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut dec = Decoder::new();
+    let mut frames = Vec::new();
+    let mut buf = [0u8; 4096];
+    while frames.len() < 2 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {frames:?}");
+        let mut input = &buf[..n];
+        while let Some(f) = dec.decode(&mut input).unwrap() {
+            frames.push(f);
+        }
+    }
+    // The gateway closes a connection that broke the protocol.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    frames.remove(1)
+}
+
+fn refusal(e: GwError) -> RefuseReason {
+    match e {
+        GwError::Refused { reason, .. } => reason,
+        e => panic!("not a refusal: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_cleanup() {
+    let gw = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(Opts {
+        extra: format!("[pool]\ngateway = {gw:?}\n"),
+        ..Default::default()
+    });
+    let c = d.client();
+    let alice = add_user(&d, "alice", "echo,nope", 6);
+    let bob = add_user(&d, "bob", "db", 1);
+    // Two pools, two programs; the partitions of both boot in parallel.
+    c.pool_create(&statement("echo", "echo", 2)).await.unwrap();
+    c.pool_create(&statement("db", "db", 1)).await.unwrap();
+    let idle = wait_pool(&d, "echo", 2, "idle").await;
+    wait_pool(&d, "db", 1, "idle").await;
+
+    // Refusals, each with its own reason, nothing changed.
+    let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    for (r, want) in [
+        (req("echo", "mallory", &alice, 0), RefuseReason::UnknownUser),
+        (
+            req("echo", "alice", "bhp_wrong", 0),
+            RefuseReason::BadCredential,
+        ),
+        (req("db", "alice", &alice, 0), RefuseReason::NotPermitted),
+        (
+            req("nope", "alice", &alice, 0),
+            RefuseReason::UnknownProgram,
+        ),
+    ] {
+        assert_eq!(refusal(g.allocate(r).await.unwrap_err()), want);
+    }
+    assert_eq!(
+        c.pool_show("echo").await.unwrap(),
+        idle,
+        "refusals changed the pool"
+    );
+    // A frame out of place and one over the size limit: refused, connection closed.
+    let mut dealloc = Vec::new();
+    Frame::Deallocate { confirm: true }
+        .encode(&mut dealloc)
+        .unwrap();
+    match raw_exchange(&gw, &dealloc) {
+        Frame::Refused { reason, .. } => assert_eq!(reason, RefuseReason::Malformed),
+        f => panic!("{f:?}"),
+    }
+    match raw_exchange(&gw, &[0x00, 0x10, 0x00, 0x00, 0x20]) {
+        Frame::Refused { reason, .. } => assert_eq!(reason, RefuseReason::TooLarge),
+        f => panic!("{f:?}"),
+    }
+    assert_eq!(c.pool_show("echo").await.unwrap(), idle);
+
+    // alice's session: the program sees her alternate id first, then her bytes.
+    let s = g
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    g.send(b"ping\n").await.unwrap();
+    let got = lines(&mut g, 2).await;
+    assert_eq!(got, [format!("echo echo {s} alice"), "ping".to_string()]);
+    let v = c.pool_show("echo").await.unwrap();
+    let p = partition_of(&v, s);
+    assert_eq!(
+        (p.state.as_str(), p.alternate_id.as_deref()),
+        ("in-session", Some("alice"))
+    );
+    // The administrator reaches it by primary id meanwhile; the file is the
+    // session's, for the cleanup to remove.
+    let r = d
+        .exec(&p.primary_id, "touch /tmp/scratch && echo made")
+        .await;
+    assert_eq!(r["stdout"], "made\n");
+    // bob lands on the other program's pool.
+    let mut gb = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let sb = gb.allocate(req("db", "bob", &bob, 5_000)).await.unwrap();
+    assert_eq!(lines(&mut gb, 1).await, [format!("db db {sb} bob")]);
+    assert_eq!(
+        partition_of(&c.pool_show("db").await.unwrap(), sb).primary_id,
+        "db-1"
+    );
+    // bob's limit is one session.
+    let mut gb2 = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    assert_eq!(
+        refusal(gb2.allocate(req("db", "bob", &bob, 0)).await.unwrap_err()),
+        RefuseReason::UserLimit
+    );
+
+    // DEALLOCATE with confirm: CONFIRMED once the cleanup ran.
+    g.deallocate().await.unwrap();
+    let after = c.pool_show("echo").await.unwrap();
+    let q = after
+        .partitions
+        .iter()
+        .find(|x| x.primary_id == p.primary_id)
+        .unwrap();
+    assert_eq!(
+        (
+            q.state.as_str(),
+            q.alternate_id.as_deref(),
+            q.sessions_served
+        ),
+        ("idle", None, 1)
+    );
+    let r = d
+        .exec(
+            &p.primary_id,
+            "test -e /tmp/scratch && echo left || echo gone",
+        )
+        .await;
+    assert_eq!(r["stdout"], "gone\n", "the cleanup ran before CONFIRMED");
+    gb.deallocate().await.unwrap();
+
+    // The connection holds another session; both partitions busy, then six
+    // concurrent requests on the pool of two are all served, none twice.
+    let s2 = g
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    let mut g3 = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let s3 = g3
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    assert_ne!(
+        partition_of(&c.pool_show("echo").await.unwrap(), s2).primary_id,
+        partition_of(&c.pool_show("echo").await.unwrap(), s3).primary_id
+    );
+    let mut g4 = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    assert_eq!(
+        refusal(
+            g4.allocate(req("echo", "alice", &alice, 300))
+                .await
+                .unwrap_err()
+        ),
+        RefuseReason::PoolExhausted
+    );
+    g.deallocate().await.unwrap();
+    g3.deallocate().await.unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let (gw, alice) = (gw.clone(), alice.clone());
+            tokio::spawn(async move {
+                let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+                let s = g
+                    .allocate(req("echo", "alice", &alice, 120_000))
+                    .await
+                    .unwrap();
+                g.send(format!("n{i}\n").as_bytes()).await.unwrap();
+                let got = lines(&mut g, 2).await;
+                assert_eq!(got[1], format!("n{i}"));
+                g.deallocate().await.unwrap();
+                s
+            })
+        })
+        .collect();
+    let mut served = Vec::new();
+    for t in tasks {
+        served.push(t.await.unwrap());
+    }
+    served.sort();
+    served.dedup();
+    assert_eq!(served.len(), 6, "each request got its own session");
+    let v = c.pool_show("echo").await.unwrap();
+    let total: u64 = v.partitions.iter().map(|p| p.sessions_served).sum();
+    assert_eq!(total, 1 + 2 + 6);
+
+    // A client that vanishes: its session ends, the partition is cleaned and idle.
+    let mut gv = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let sv = gv
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    let vanished = partition_of(&c.pool_show("echo").await.unwrap(), sv).primary_id;
+    drop(gv);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = c.pool_show("echo").await.unwrap();
+        let p = v
+            .partitions
+            .iter()
+            .find(|p| p.primary_id == vanished)
+            .unwrap();
+        if p.state == "idle" {
+            assert_eq!(p.alternate_id, None);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `bulkhead pool connect` over standard input and output.
+    let mut child = Command::new(bulkhead_testbed::bulkhead_bin())
+        .args([
+            "pool",
+            "connect",
+            "echo",
+            "--user",
+            "alice",
+            "--gateway",
+            &gw,
+        ])
+        .env("BULKHEAD_POOL_TOKEN", &alice)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l: Vec<&str> = text.lines().collect();
+    assert!(
+        l.len() == 2 && l[0].starts_with("echo echo ") && l[0].ends_with(" alice"),
+        "{text}"
+    );
+    assert_eq!(l[1], "hello from stdin");
 }

@@ -3,6 +3,7 @@
 use super::types::*;
 use crate::cli::{parse_percent, print_json, ApiArgs, ListArgs, NameArgs};
 use crate::client::{encode_segment, Client, ClientError};
+use anyhow::Context;
 use hyper::Method;
 use std::time::Duration;
 
@@ -22,6 +23,32 @@ pub enum PoolCommand {
     /// Users who may allocate.
     #[command(subcommand)]
     User(UserCommand),
+    /// Hold a conversation with PROGRAM through the gateway: standard input
+    /// to the program, its output to standard output; at end of input,
+    /// deallocate with confirmation.
+    Connect(ConnectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    pub program: String,
+    /// Your pool user name: the session's alternate id.
+    #[arg(long)]
+    pub user: String,
+    /// Your token (`pool user add` printed it).
+    #[arg(
+        long,
+        env = "BULKHEAD_POOL_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub token: String,
+    /// The gateway's ADDR:PORT (bulkheadd's `[pool] gateway`).
+    #[arg(long, env = "BULKHEAD_POOL_GATEWAY", default_value = "127.0.0.1:7400")]
+    pub gateway: String,
+    /// How long to wait for a partition when none is idle, milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub wait_ms: u32,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -337,6 +364,7 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
                 );
             }
         }
+        PoolCommand::Connect(a) => connect(a).await?,
         PoolCommand::User(UserCommand::Remove(a)) => {
             let r = a.api.client()?.pool_user_remove(&a.name).await?;
             if a.json {
@@ -345,5 +373,52 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
             println!("removed pool user {}", r.removed);
         }
     }
+    Ok(())
+}
+
+/// `pool connect`: stdin to the program, the program to stdout.
+async fn connect(a: ConnectArgs) -> anyhow::Result<()> {
+    use bulkhead_pool_proto::client::Client as Gateway;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Gateway::connect_tcp(a.gateway.as_str())
+        .await
+        .with_context(|| format!("gateway {}", a.gateway))?;
+    let session = c
+        .allocate(bulkhead_pool_proto::Allocate {
+            program: a.program,
+            user: a.user,
+            credential: a.token,
+            wait_ms: a.wait_ms,
+        })
+        .await?;
+    tracing::debug!(%session, "allocated");
+    // Standard input is read by its own task: a channel's receive is
+    // cancel-safe in the select below, a read of stdin need not be.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = stdin.read(&mut buf).await {
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = tokio::io::stdout();
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(b) => c.send(&b).await?,
+                None => break,
+            },
+            d = c.recv() => {
+                out.write_all(&d?).await?;
+                out.flush().await?;
+            }
+        }
+    }
+    let tail = c.deallocate().await?;
+    out.write_all(&tail).await?;
+    out.flush().await?;
     Ok(())
 }

@@ -30,7 +30,7 @@ const CLEANUP_TIMEOUT_SECS: u64 = 120;
 type Step<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Carries out `actions` in the background.
-pub(super) fn carry_out(m: &Arc<Manager>, actions: Vec<Action>) {
+pub(crate) fn carry_out(m: &Arc<Manager>, actions: Vec<Action>) {
     for a in actions {
         tokio::spawn(act(m.clone(), a));
     }
@@ -78,9 +78,17 @@ fn act(m: Arc<Manager>, a: Action) -> Step<Option<String>> {
                 cleanup(&m, &partition, session).await;
                 None
             }
-            // The answers to users are the gateway's (not wired up yet).
-            a @ (Action::Answer { .. } | Action::Confirmed { .. } | Action::EndSession { .. }) => {
-                tracing::debug!(action = ?a, "no gateway to tell");
+            // The answers to users go to the gateway's connections.
+            Action::Answer { request, result } => {
+                m.pools.waiting.answer(request, result);
+                None
+            }
+            Action::Confirmed { session } => {
+                m.pools.waiting.end(session, None);
+                None
+            }
+            Action::EndSession { session, code } => {
+                m.pools.waiting.end(session, Some(code));
                 None
             }
         }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cli;
 mod driver;
+pub mod gateway;
 pub mod types;
 mod users;
 
@@ -21,10 +22,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use types::*;
 
+/// `[pool]` of bulkheadd's configuration.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Where the gateway listens (`ADDR:PORT`); no gateway when absent.
+    pub gateway: Option<std::net::SocketAddr>,
+}
+
 /// The pools of this daemon: the allocator and the statements it was given.
 #[derive(Default)]
 pub struct Pools {
     alloc: Mutex<Allocator>,
+    /// The gateway's connections waiting for answers and holding sessions.
+    pub(crate) waiting: gateway::Waiting,
     statements: Mutex<HashMap<String, Stored>>,
     /// One action at a time per partition (a boot and a destroy of one
     /// primary id never interleave).

@@ -81,4 +81,17 @@ impl Manager {
             removed: name.to_string(),
         })
     }
+
+    /// The user table as the gateway checks it (`Users::authorize`).
+    pub(crate) async fn pool_users(&self) -> Result<Users, ApiError> {
+        let docs = self.store().pool_doc_list(PoolKind::User).await?;
+        let mut map = serde_json::Map::new();
+        for d in &docs {
+            let v: serde_json::Value = serde_json::from_str(&d.body)
+                .map_err(|e| ApiError::Internal(format!("corrupt pool user {:?}: {e}", d.name)))?;
+            map.insert(d.name.clone(), v);
+        }
+        serde_json::from_value(serde_json::json!({ "users": map }))
+            .map_err(|e| ApiError::Internal(format!("pool users: {e}")))
+    }
 }
