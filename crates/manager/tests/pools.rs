@@ -9,7 +9,7 @@ mod common;
 
 use bulkhead_manager::pools::types::*;
 use bulkhead_pool_proto::client::{Client as Gateway, ClientError as GwError};
-use bulkhead_pool_proto::{Allocate, Decoder, Frame, RefuseReason, SessionId};
+use bulkhead_pool_proto::{Allocate, Decoder, ErrorCode, Frame, RefuseReason, SessionId};
 use bulkhead_store::{PoolKind, SqliteStore, Store};
 use common::{Daemon, Opts};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -666,4 +666,36 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         "{text}"
     );
     assert_eq!(l[1], "hello from stdin");
+
+    // The program dies mid-session: ERROR program-died, the partition is
+    // replaced by a fresh one (another QEMU) under the same primary id.
+    let mut gd = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let sd = gd
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(lines(&mut gd, 1).await.len(), 1);
+    let victim = partition_of(&c.pool_show("echo").await.unwrap(), sd).primary_id;
+    let old_pid = d.show(&victim).await["pid"].clone();
+    // The exec may not get its answer: the partition is replaced at once.
+    let _ = c
+        .post(
+            &format!("/v1/partitions/{victim}/exec"),
+            &serde_json::json!({ "argv": ["killall", "cat"] }),
+        )
+        .await;
+    match tokio::time::timeout(Duration::from_secs(30), gd.recv())
+        .await
+        .unwrap()
+    {
+        Err(GwError::SessionEnded { code, .. }) => assert_eq!(code, ErrorCode::ProgramDied),
+        other => panic!("{other:?}"),
+    }
+    wait_pool(&d, "echo", 2, "idle").await;
+    let new_pid = d.show(&victim).await["pid"].clone();
+    assert_ne!(new_pid, old_pid, "{victim} was replaced");
+    assert_eq!(
+        converse(&ip_of(&d, &victim).await, "carol").0.trim(),
+        "echo echo 000000000000002a carol"
+    );
 }
