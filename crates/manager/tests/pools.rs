@@ -448,13 +448,20 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         ..Default::default()
     });
     let c = d.client();
-    let alice = add_user(&d, "alice", "echo,nope", 6);
+    let alice = add_user(&d, "alice", "echo,nope,fresh", 6);
     let bob = add_user(&d, "bob", "db", 1);
     // Two pools, two programs; the partitions of both boot in parallel.
     c.pool_create(&statement("echo", "echo", 2)).await.unwrap();
     c.pool_create(&statement("db", "db", 1)).await.unwrap();
+    // Untrusted users: a fresh partition for every session.
+    let fresh = CreatePool {
+        untrusted: true,
+        ..statement("fresh", "fresh", 1)
+    };
+    c.pool_create(&fresh).await.unwrap();
     let idle = wait_pool(&d, "echo", 2, "idle").await;
     wait_pool(&d, "db", 1, "idle").await;
+    wait_pool(&d, "fresh", 1, "idle").await;
 
     // Refusals, each with its own reason, nothing changed.
     let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
@@ -666,6 +673,37 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         "{text}"
     );
     assert_eq!(l[1], "hello from stdin");
+
+    // One user's data never reaches the next: with --untrusted the partition
+    // alice used is replaced before bob's session.
+    let mut ga = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let sa = ga
+        .allocate(req("fresh", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(lines(&mut ga, 1).await, [format!("fresh fresh {sa} alice")]);
+    let first_pid = d.show("fresh-1").await["pid"].clone();
+    d.exec("fresh-1", "echo secret > /tmp/alice-data").await;
+    ga.deallocate().await.unwrap();
+    let v = wait_pool(&d, "fresh", 1, "idle").await;
+    assert_eq!(v.partitions[0].alternate_id, None);
+    let carol = add_user(&d, "carol", "fresh", 1);
+    let mut gc = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let sc = gc
+        .allocate(req("fresh", "carol", &carol, 60_000))
+        .await
+        .unwrap();
+    assert_eq!(lines(&mut gc, 1).await, [format!("fresh fresh {sc} carol")]);
+    assert_ne!(
+        d.show("fresh-1").await["pid"],
+        first_pid,
+        "a fresh partition"
+    );
+    let r = d
+        .exec("fresh-1", "cat /tmp/alice-data 2>/dev/null || echo none")
+        .await;
+    assert_eq!(r["stdout"], "none\n");
+    gc.deallocate().await.unwrap();
 
     // The program dies mid-session: ERROR program-died, the partition is
     // replaced by a fresh one (another QEMU) under the same primary id.
