@@ -737,3 +737,47 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         "echo echo 000000000000002a carol"
     );
 }
+
+#[tokio::test]
+async fn a_silent_session_ends_after_the_idle_timeout_and_is_cleaned() {
+    let gw = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(Opts {
+        extra: format!("[pool]\ngateway = {gw:?}\nidle_timeout_ms = 1500\n"),
+        ..Default::default()
+    });
+    let alice = add_user(&d, "alice", "quiet", 1);
+    d.client()
+        .pool_create(&statement("quiet", "quiet", 1))
+        .await
+        .unwrap();
+    wait_pool(&d, "quiet", 1, "idle").await;
+    // Made before the session (a silent one may end any moment): only the
+    // cleanup at its end removes it.
+    d.exec("quiet-1", "touch /tmp/scratch").await;
+    let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let s = g
+        .allocate(req("quiet", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(lines(&mut g, 1).await, [format!("quiet quiet {s} alice")]);
+    // Nothing more either way: the gateway ends the session.
+    match tokio::time::timeout(Duration::from_secs(30), g.recv())
+        .await
+        .unwrap()
+    {
+        Err(GwError::SessionEnded { code, .. }) => assert_eq!(code, ErrorCode::IdleTimeout),
+        other => panic!("{other:?}"),
+    }
+    let v = wait_pool(&d, "quiet", 1, "idle").await;
+    assert_eq!(
+        (
+            v.partitions[0].alternate_id.as_deref(),
+            v.partitions[0].sessions_served
+        ),
+        (None, 1)
+    );
+    let r = d
+        .exec("quiet-1", "test -e /tmp/scratch && echo left || echo gone")
+        .await;
+    assert_eq!(r["stdout"], "gone\n", "the cleanup ran");
+}

@@ -342,11 +342,15 @@ async fn relay(
     let (mut prd, mut pwr) = prog.into_split();
     let mut pbuf = vec![0u8; MAX_DATA_LEN];
     let (mut deallocating, mut prog_open) = (false, true);
+    let limit = Duration::from_millis(m.config().pool.idle_timeout_ms.max(1));
+    let idle = tokio::time::sleep(limit);
+    tokio::pin!(idle);
     loop {
         // Frames already read (they may follow ALLOCATE in one segment).
         while let Some(f) = p.frames.pop_front() {
             match f {
                 Frame::Data(d) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limit);
                     // A program that stopped reading shows on its read side.
                     let _ = pwr.write_all(&d).await;
                 }
@@ -371,6 +375,7 @@ async fn relay(
             }
             n = prd.read(&mut pbuf), if prog_open => match n {
                 Ok(n) if n > 0 => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limit);
                     if !p.send(Frame::Data(pbuf[..n].to_vec())).await {
                         end_now(m, a.session);
                         return false;
@@ -385,6 +390,12 @@ async fn relay(
                     }
                 }
             },
+            _ = &mut idle, if !deallocating => {
+                let code = ErrorCode::IdleTimeout;
+                p.send(Frame::Error { code, message: format!("no data for {limit:?}") }).await;
+                end_now(m, a.session);
+                return false;
+            }
             e = &mut ended => {
                 return match e {
                     Ok(None) => {

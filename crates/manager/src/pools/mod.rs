@@ -23,11 +23,23 @@ use std::sync::{Arc, Mutex};
 use types::*;
 
 /// `[pool]` of bulkheadd's configuration.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
     /// Where the gateway listens (`ADDR:PORT`); no gateway when absent.
     pub gateway: Option<std::net::SocketAddr>,
+    /// A session with no DATA either way for this long ends (ERROR
+    /// `idle-timeout`; the cleanup runs).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            gateway: None,
+            idle_timeout_ms: 600_000,
+        }
+    }
 }
 
 /// The pools of this daemon: the allocator and the statements it was given.
