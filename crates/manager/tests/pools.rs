@@ -235,7 +235,9 @@ async fn a_pool_of_partitions_running_the_program_survives_a_daemon_restart() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // A daemon crash: the pool is re-adopted with the same QEMUs, not rebooted.
+    // A daemon crash: the pool is re-adopted with the same QEMUs, not rebooted,
+    // each cleaned first (a session may have left data in it).
+    d.exec("echo-2", "touch /tmp/scratch").await;
     d.kill9();
     d.spawn();
     let v = wait_pool(&d, "echo", 2, "idle").await;
@@ -244,6 +246,13 @@ async fn a_pool_of_partitions_running_the_program_survives_a_daemon_restart() {
         d.show("echo-2").await["pid"],
         pid2,
         "echo-2 adopted, not rebooted"
+    );
+    let r = d
+        .exec("echo-2", "test -e /tmp/scratch && echo left || echo gone")
+        .await;
+    assert_eq!(
+        r["stdout"], "gone\n",
+        "the cleanup ran before echo-2 was idle again"
     );
     let (first, _) = converse(&ip_of(&d, "echo-1").await, "bob");
     assert_eq!(first.trim(), "echo echo 000000000000002a bob");

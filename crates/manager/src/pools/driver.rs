@@ -142,6 +142,16 @@ fn prepare(m: &Arc<Manager>, c: &CreatePool, id: &str, fresh: bool) -> Step<Resu
             destroy(&m, &id).await?;
         }
         let rec = match m.store().get(&id).await? {
+            // Already there: a restarted daemon re-adopting its pool. A session
+            // may have used it since its last cleanup, so nothing of it may reach
+            // the next user: a pool of fresh partitions gets a new one, any
+            // other runs its cleanup first (a failed cleanup: a new one).
+            Some(r) if r.state == PartitionState::Running => {
+                if super::spec_of(&c).recycle_after == Some(1) || !adopt_clean(&m, &c, &id).await {
+                    return prepare(&m, &c, &id, true).await;
+                }
+                r
+            }
             Some(r) => r,
             None => {
                 let r = m.handle(ApiRequest::Create(partition_of(&c, &id))).await?;
@@ -193,6 +203,19 @@ fn prepare(m: &Arc<Manager>, c: &CreatePool, id: &str, fresh: bool) -> Step<Resu
         }
         Ok(())
     })
+}
+
+/// Runs the pool's cleanup in an adopted partition; true when it exited 0
+/// (or the pool has none).
+async fn adopt_clean(m: &Arc<Manager>, c: &CreatePool, id: &str) -> bool {
+    let Some(cmd) = &c.cleanup else { return true };
+    match exec(m, id, cmd, CLEANUP_TIMEOUT_SECS).await {
+        Ok((0, _)) => true,
+        other => {
+            tracing::warn!(partition = %id, outcome = ?other, "cleanup of an adopted pool partition failed; replacing it");
+            false
+        }
+    }
 }
 
 fn created(r: ApiReply) -> Result<bulkhead_store::PartitionRecord, ApiError> {
