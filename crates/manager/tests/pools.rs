@@ -790,3 +790,32 @@ async fn a_silent_session_ends_after_the_idle_timeout_and_is_cleaned() {
         .await;
     assert_eq!(r["stdout"], "gone\n", "the cleanup ran");
 }
+
+#[tokio::test]
+async fn an_idle_pool_partition_that_dies_is_replaced() {
+    let d = Daemon::start(Opts::default());
+    d.client()
+        .pool_create(&statement("solo", "solo", 1))
+        .await
+        .unwrap();
+    wait_pool(&d, "solo", 1, "idle").await;
+    let pid = d.show("solo-1").await["pid"].as_u64().expect("a pid");
+    // The partition's QEMU is killed, as a crash would.
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = tokio::time::Instant::now() + common::BOOT;
+    loop {
+        let v = d.client().pool_show("solo").await.unwrap();
+        let rec = d.show("solo-1").await;
+        if v.partitions[0].state == "idle" && rec["pid"].as_u64().is_some_and(|p| p != pid) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v:#?} {rec}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (first, _) = converse(&ip_of(&d, "solo-1").await, "alice");
+    assert_eq!(first.trim(), "solo echo 000000000000002a alice");
+}

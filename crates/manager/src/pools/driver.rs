@@ -331,6 +331,55 @@ async fn cleanup(m: &Arc<Manager>, id: &str, session: SessionId) {
     }
 }
 
+/// How often idle pool partitions are checked for having died.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// Replaces idle pool partitions that stopped running (QEMU died, or an
+/// administrator stopped one): a session or busy partition notices by itself
+/// (its program's connection ends), an idle one only here.
+pub(super) fn watch(m: &Arc<Manager>) {
+    let weak = Arc::downgrade(m);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        loop {
+            tick.tick().await;
+            let Some(m) = weak.upgrade() else { return };
+            let idle: Vec<String> = {
+                let alloc = m.pools.alloc.lock().unwrap();
+                let pools: Vec<String> = alloc.pools().map(|p| p.name.clone()).collect();
+                pools
+                    .iter()
+                    .flat_map(|p| alloc.partitions_of(p))
+                    .filter(|p| p.state == bulkhead_pool::PartitionState::Idle)
+                    .map(|p| p.primary_id.clone())
+                    .collect()
+            };
+            for id in idle {
+                // Store errors say nothing about the partition: only a record
+                // read as not running (or gone) counts.
+                match m.store().get(&id).await {
+                    Ok(Some(r)) if r.state == PartitionState::Running => continue,
+                    Err(_) => continue,
+                    _ => {}
+                }
+                let still_idle = m
+                    .pools
+                    .alloc
+                    .lock()
+                    .unwrap()
+                    .partition(&id)
+                    .map(|p| p.state)
+                    == Some(bulkhead_pool::PartitionState::Idle);
+                if still_idle {
+                    tracing::warn!(partition = %id, "idle pool partition is not running; replacing it");
+                    let actions = m.pools.alloc.lock().unwrap().partition_failed(&id);
+                    carry_out(&m, actions.unwrap_or_default());
+                }
+            }
+        }
+    });
+}
+
 /// `s` as one single-quoted shell word.
 pub(super) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

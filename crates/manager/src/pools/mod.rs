@@ -217,8 +217,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Re-adopts the pools in the store (after the partitions were recovered).
+    /// Re-adopts the pools in the store (after the partitions were recovered)
+    /// and starts watching their idle partitions.
     pub(crate) async fn pools_recover(self: &Arc<Self>) {
+        driver::watch(self);
         let docs = match self.store().pool_doc_list(PoolKind::Pool).await {
             Ok(d) => d,
             Err(e) => {
