@@ -219,7 +219,7 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
         (id, actions)
     };
     carry_out(m, actions);
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut deadline = tokio::time::Instant::now() + wait;
     let answer = loop {
         tokio::select! {
             r = &mut rx => break r.ok(),
@@ -227,6 +227,9 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
                 // Refuses every request whose time has come, this one among them.
                 let actions = m.pools.alloc.lock().unwrap().tick(Instant::now());
                 carry_out(m, actions);
+                // Not due yet by the allocator's clock: look again shortly
+                // rather than spin on an elapsed timer.
+                deadline = tokio::time::Instant::now() + Duration::from_millis(20);
             }
             n = p.rd.read(&mut p.buf) => {
                 // Nothing is valid from the client while it waits: gone either way.
