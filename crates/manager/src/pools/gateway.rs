@@ -192,7 +192,7 @@ fn refused(reason: RefuseReason, message: impl Into<String>) -> Frame {
 
 /// One ALLOCATE to its end; false when the connection is over.
 async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
-    let user = match m.pool_users().await {
+    let user = match m.pool_user_table(&a.user).await {
         Ok(users) => match users.authorize(&a.user, &a.credential, &a.program) {
             Ok(u) => u.clone(),
             Err(r) => return p.send(refused(r, r.as_str())).await,

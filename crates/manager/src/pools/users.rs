@@ -82,14 +82,15 @@ impl Manager {
         })
     }
 
-    /// The user table as the gateway checks it (`Users::authorize`).
-    pub(crate) async fn pool_users(&self) -> Result<Users, ApiError> {
-        let docs = self.store().pool_doc_list(PoolKind::User).await?;
+    /// The user table the gateway checks one ALLOCATE against
+    /// (`Users::authorize`): the one user it names, if there is one (one
+    /// store read, whatever the number of users).
+    pub(crate) async fn pool_user_table(&self, name: &str) -> Result<Users, ApiError> {
         let mut map = serde_json::Map::new();
-        for d in &docs {
+        if let Some(d) = self.store().pool_doc_get(PoolKind::User, name).await? {
             let v: serde_json::Value = serde_json::from_str(&d.body)
                 .map_err(|e| ApiError::Internal(format!("corrupt pool user {:?}: {e}", d.name)))?;
-            map.insert(d.name.clone(), v);
+            map.insert(d.name, v);
         }
         serde_json::from_value(serde_json::json!({ "users": map }))
             .map_err(|e| ApiError::Internal(format!("pool users: {e}")))
