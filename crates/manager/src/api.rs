@@ -297,6 +297,8 @@ pub enum ApiRequest {
     },
     /// The shared port's routes (issue 15, `crate::expose`).
     Expose(crate::expose::ExposeCommand),
+    /// Service pools and their users (issue 17; `crate::pools::api`).
+    Pool(crate::pools::api::PoolRequest),
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -480,6 +482,8 @@ pub enum ApiReply {
     Expose(crate::expose::ExposeReply),
     /// The answer of the host that carried the request out, unchanged.
     Forwarded(Forwarded),
+    /// Service pools (issue 17).
+    Pool(crate::pools::api::PoolReply),
 }
 
 /// A reply another host gave to a forwarded request: sent on as it came.
@@ -500,6 +504,7 @@ impl ApiReply {
         match self {
             Self::Created(_) | Self::LuCreated(_) => 201,
             Self::Forwarded(f) => f.status,
+            Self::Pool(p) => p.status(),
             _ => 200,
         }
     }

@@ -25,6 +25,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub grants: GrantsConfig,
     pub portshare: crate::expose::PortshareConfig,
+    /// `[pool]`: the service pools' gateway (issue 17).
+    pub pool: crate::pools::PoolConfig,
 }
 
 /// `[grants]`: the grant table's bounds and the unmap deadlines (docs/grants.md).
@@ -250,6 +252,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             grants: GrantsConfig::default(),
             portshare: Default::default(),
+            pool: Default::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod lu;
 pub mod manager;
 pub mod net;
 pub mod openapi;
+pub mod pools;
 pub mod server;
 pub mod storage;
 pub mod tls;

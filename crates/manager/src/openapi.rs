@@ -36,7 +36,11 @@ use utoipa::{Modify, OpenApi, ToSchema};
         grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list,
         lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu,
         crate::expose::openapi::expose, crate::expose::openapi::unexpose,
-        crate::expose::openapi::route_list
+        crate::expose::openapi::route_list,
+        crate::pools::api::pool_list, crate::pools::api::pool_create,
+        crate::pools::api::pool_show, crate::pools::api::pool_destroy,
+        crate::pools::api::pool_resize, crate::pools::api::pool_user_list,
+        crate::pools::api::pool_user_add, crate::pools::api::pool_user_remove
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),

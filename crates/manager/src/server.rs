@@ -92,6 +92,13 @@ pub async fn serve(
         Arc::new(move |io, activity| Box::pin(serve_http(m.clone(), None, io, activity, limits)))
     };
     tasks.spawn(listen::unix_loop(unix, limits, serve));
+    if let Some(addr) = cfg.pool.gateway {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the pool gateway on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "pool gateway bound");
+        tasks.spawn(crate::pools::gateway::serve(manager.clone(), l));
+    }
     // A member once it can be reached; a name another host holds stops the start.
     match crate::cluster::membership::start(manager.clone(), fingerprint).await {
         Ok(renew) => {
@@ -482,6 +489,9 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
                 domain: query_param(query, "domain").map(str::to_string),
             })
         }
+        (m, ["v1", "pools" | "pool-users", ..]) => {
+            ApiRequest::Pool(pool_route(m, &segs, query, b)?)
+        }
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -539,7 +549,50 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/lu-requests", &["POST"]),
     ("/v1/routes", &["GET"]),
     ("/v1/partitions/{name}/routes", &["POST", "DELETE"]),
+    ("/v1/pools", &["GET", "POST"]),
+    ("/v1/pools/{name}", &["GET", "DELETE"]),
+    ("/v1/pools/{name}/resize", &["POST"]),
+    ("/v1/pool-users", &["GET", "POST"]),
+    ("/v1/pool-users/{name}", &["DELETE"]),
 ];
+
+/// The pool routes (issue 17): `/v1/pools...` and `/v1/pool-users...`.
+fn pool_route(
+    method: &Method,
+    segs: &[&str],
+    query: &str,
+    b: &[u8],
+) -> Result<crate::pools::api::PoolRequest, ApiError> {
+    use crate::pools::api::PoolRequest as P;
+    let name = |s: &str| s.to_string();
+    Ok(match (method, segs) {
+        (&Method::GET, ["v1", "pools"]) => P::List,
+        (&Method::POST, ["v1", "pools"]) => P::Create(body_required(b)?),
+        (&Method::GET, ["v1", "pools", n]) => P::Show { name: name(n) },
+        (&Method::DELETE, ["v1", "pools", n]) => P::Destroy {
+            name: name(n),
+            force: query_bool(query, "force")?,
+        },
+        (&Method::POST, ["v1", "pools", n, "resize"]) => P::Resize {
+            name: name(n),
+            req: body_required(b)?,
+        },
+        (&Method::GET, ["v1", "pool-users"]) => P::UserList,
+        (&Method::POST, ["v1", "pool-users"]) => P::UserAdd(body_required(b)?),
+        (&Method::DELETE, ["v1", "pool-users", n]) => P::UserRemove { name: name(n) },
+        _ => {
+            let path = format!("/{}", segs.join("/"));
+            return Err(match allowed_methods(segs) {
+                Some(allow) => ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path,
+                    allow,
+                },
+                None => ApiError::NoRoute(format!("{method} {path}")),
+            });
+        }
+    })
+}
 
 /// The methods a known path takes, for a 405's `Allow`.
 fn allowed_methods(segs: &[&str]) -> Option<&'static [&'static str]> {

@@ -83,7 +83,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
                 }
                 continue;
             }
+            // Both reset before the read: a recv cancelled during it must not
+            // find the frames already returned still marked unread.
             self.start = 0;
+            self.end = 0;
             self.end = self.io.read(&mut self.buf).await?;
             if self.end == 0 {
                 return Err(ClientError::UnexpectedEof);
@@ -188,5 +191,37 @@ fn unexpected(f: Frame) -> ClientError {
         Frame::Refused { reason, message } => ClientError::Refused { reason, message },
         Frame::Error { code, message } => ClientError::SessionEnded { code, message },
         other => ClientError::Unexpected(Box::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_recv_cancelled_while_waiting_replays_nothing() {
+        let (near, mut far) = tokio::io::duplex(4096);
+        let mut t = Transport::new(near, Connection::client());
+        t.flush().await.unwrap();
+        let mut out = Vec::new();
+        Frame::Welcome { version: 1 }.encode(&mut out).unwrap();
+        far.write_all(&out).await.unwrap();
+        assert!(matches!(t.recv().await.unwrap(), Frame::Welcome { .. }));
+        // Polled once (no bytes: it waits in the read), then dropped.
+        tokio::select! {
+            biased;
+            f = t.recv() => panic!("nothing was sent: {f:?}"),
+            _ = std::future::ready(()) => {}
+        }
+        let mut out = Vec::new();
+        Frame::Error {
+            code: ErrorCode::Shutdown,
+            message: "bye".into(),
+        }
+        .encode(&mut out)
+        .unwrap();
+        far.write_all(&out).await.unwrap();
+        // The next frame is the new one, not WELCOME again.
+        assert!(matches!(t.recv().await.unwrap(), Frame::Error { .. }));
     }
 }

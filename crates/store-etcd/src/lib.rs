@@ -19,6 +19,7 @@ mod grants;
 mod hosts;
 mod keys;
 mod lus;
+mod pools;
 mod routes;
 
 use bulkhead_store::{
@@ -664,5 +665,36 @@ impl Store for EtcdStore {
     }
     async fn routes(&self) -> Result<Vec<bulkhead_store::ExposedRoute>> {
         self.etcd_routes().await
+    }
+    // --- service pools (issue 17) --- (in pools.rs)
+    async fn pool_doc_put(
+        &self,
+        kind: bulkhead_store::PoolKind,
+        name: &str,
+        expected: u64,
+        body: &str,
+    ) -> Result<u64> {
+        self.etcd_pool_doc_put(kind, name, expected, body).await
+    }
+    async fn pool_doc_get(
+        &self,
+        kind: bulkhead_store::PoolKind,
+        name: &str,
+    ) -> Result<Option<bulkhead_store::PoolDoc>> {
+        self.etcd_pool_doc_get(kind, name).await
+    }
+    async fn pool_doc_list(
+        &self,
+        kind: bulkhead_store::PoolKind,
+    ) -> Result<Vec<bulkhead_store::PoolDoc>> {
+        self.etcd_pool_doc_list(kind).await
+    }
+    async fn pool_doc_delete(
+        &self,
+        kind: bulkhead_store::PoolKind,
+        name: &str,
+        revision: u64,
+    ) -> Result<()> {
+        self.etcd_pool_doc_delete(kind, name, revision).await
     }
 }

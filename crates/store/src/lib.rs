@@ -14,6 +14,7 @@ mod grants;
 mod hosts;
 mod lus;
 mod migrations;
+mod pools;
 mod record;
 mod routes;
 mod sqlite;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
 pub use lus::{check_lock, LockMode, LuLock, LuRecord};
+pub use pools::{PoolDoc, PoolKind};
 pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
     PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
@@ -256,6 +258,39 @@ pub trait Store: Send + Sync {
     async fn routes(&self) -> Result<Vec<ExposedRoute>> {
         Err(routes::unsupported("routes"))
     }
+    // --- service pools (issue 17) ---
+    // Pool statements and pool users, each a JSON body the manager owns
+    // (`PoolDoc`), keyed by kind and name. Defaults answer "not supported"
+    // so test doubles still build; both backends implement every one.
+
+    /// Writes `body` under `kind`/`name` if the stored revision is still
+    /// `expected` (0: none stored yet). Returns the new revision. A mismatch
+    /// is `StoreError::Conflict { name: "<kind>/<name>", .. }` and writes nothing.
+    async fn pool_doc_put(
+        &self,
+        kind: PoolKind,
+        name: &str,
+        expected: u64,
+        body: &str,
+    ) -> Result<u64> {
+        let _ = (kind, name, expected, body);
+        Err(no_pools("pool_doc_put"))
+    }
+    async fn pool_doc_get(&self, kind: PoolKind, name: &str) -> Result<Option<PoolDoc>> {
+        let _ = (kind, name);
+        Err(no_pools("pool_doc_get"))
+    }
+    /// Every document of `kind`, ordered by name.
+    async fn pool_doc_list(&self, kind: PoolKind) -> Result<Vec<PoolDoc>> {
+        let _ = kind;
+        Err(no_pools("pool_doc_list"))
+    }
+    /// Removes the document if its revision is still `revision` (a
+    /// `Conflict` otherwise, with `found` 0 when it is absent).
+    async fn pool_doc_delete(&self, kind: PoolKind, name: &str, revision: u64) -> Result<()> {
+        let _ = (kind, name, revision);
+        Err(no_pools("pool_doc_delete"))
+    }
 }
 
 /// What a store without membership (a test wrapper) answers.
@@ -263,6 +298,13 @@ fn no_membership(op: &'static str) -> StoreError {
     StoreError::Backend {
         op,
         message: "this store keeps no cluster membership".into(),
+    }
+}
+
+fn no_pools(op: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        message: "this store keeps no service pools".into(),
     }
 }
 

@@ -83,4 +83,13 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (listener, domain)
     );
     CREATE INDEX exposed_routes_partition ON exposed_routes(partition);",
+    // 9: service pools (issue 17): pool statements and pool users, each a
+    // JSON body the manager owns, keyed by kind ('pools', 'pool-users') and name.
+    "CREATE TABLE pool_docs (
+        kind     TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        body     TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;",
 ];

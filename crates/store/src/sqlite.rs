@@ -2,6 +2,7 @@
 //! several daemons may share one file, SQLite's locks serialise their writes).
 
 mod grants;
+mod pools;
 mod routes;
 
 use crate::migrations::MIGRATIONS;
@@ -502,6 +503,34 @@ impl Store for SqliteStore {
     }
     async fn routes(&self) -> Result<Vec<crate::ExposedRoute>> {
         self.sql_routes().await
+    }
+    // --- service pools (issue 17) --- (in sqlite/pools.rs)
+    async fn pool_doc_put(
+        &self,
+        kind: crate::PoolKind,
+        name: &str,
+        expected: u64,
+        body: &str,
+    ) -> Result<u64> {
+        self.sql_pool_doc_put(kind, name, expected, body).await
+    }
+    async fn pool_doc_get(
+        &self,
+        kind: crate::PoolKind,
+        name: &str,
+    ) -> Result<Option<crate::PoolDoc>> {
+        self.sql_pool_doc_get(kind, name).await
+    }
+    async fn pool_doc_list(&self, kind: crate::PoolKind) -> Result<Vec<crate::PoolDoc>> {
+        self.sql_pool_doc_list(kind).await
+    }
+    async fn pool_doc_delete(
+        &self,
+        kind: crate::PoolKind,
+        name: &str,
+        revision: u64,
+    ) -> Result<()> {
+        self.sql_pool_doc_delete(kind, name, revision).await
     }
 }
 

@@ -3,7 +3,7 @@
 
 use bulkhead_store::{
     conformance, Admission, Event, GrantLogEntry, GrantTableDoc, HostRecord, HostStatus, LuLock,
-    LuRecord, PartitionRecord, Result, Scope, SqliteStore, Store,
+    LuRecord, PartitionRecord, PoolDoc, PoolKind, Result, Scope, SqliteStore, Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -145,6 +145,25 @@ impl Store for TwoConnections {
     }
     async fn routes(&self) -> Result<Vec<bulkhead_store::ExposedRoute>> {
         self.next().routes().await
+    }
+    // --- service pools (issue 17) ---
+    async fn pool_doc_put(
+        &self,
+        k: PoolKind,
+        name: &str,
+        expected: u64,
+        body: &str,
+    ) -> Result<u64> {
+        self.next().pool_doc_put(k, name, expected, body).await
+    }
+    async fn pool_doc_get(&self, k: PoolKind, name: &str) -> Result<Option<PoolDoc>> {
+        self.next().pool_doc_get(k, name).await
+    }
+    async fn pool_doc_list(&self, k: PoolKind) -> Result<Vec<PoolDoc>> {
+        self.next().pool_doc_list(k).await
+    }
+    async fn pool_doc_delete(&self, k: PoolKind, name: &str, revision: u64) -> Result<()> {
+        self.next().pool_doc_delete(k, name, revision).await
     }
 }
 

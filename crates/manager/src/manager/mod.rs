@@ -66,6 +66,8 @@ pub struct Manager {
     pub(crate) grants: Arc<crate::grants::Grants>,
     /// The shared port (issue 15, `crate::expose`).
     pub(crate) expose: crate::expose::Exposer,
+    /// Service pools (issue 17): the allocator and the statements.
+    pub(crate) pools: crate::pools::Pools,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -157,6 +159,7 @@ impl Manager {
             op_locks: Mutex::new(HashMap::new()),
             consoles: Mutex::new(HashSet::new()),
             hibernations: Mutex::default(),
+            pools: Default::default(),
         });
         m.recover().await?;
         m.watch_idleness();
@@ -164,6 +167,7 @@ impl Manager {
         // Once every running partition is adopted: the table and the devices
         // are made to agree before any request is served.
         m.grants_reconcile().await;
+        m.pools_recover().await;
         tokio::spawn(crate::grants::expiry_task(Arc::downgrade(&m), grants));
         Ok(m)
     }
@@ -275,6 +279,7 @@ impl Manager {
             ApiRequest::LuDelete { name } => R::LuDeleted(self.lu_delete(&name).await?),
             ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
             ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
+            ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
         })
     }
 
