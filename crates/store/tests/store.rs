@@ -65,7 +65,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 8
+                supported: 9
             }
         ),
         "{e}"
