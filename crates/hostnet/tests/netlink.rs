@@ -16,7 +16,11 @@ impl NetNs {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let name = format!("bhnl{}-{nanos:x}", std::process::id());
+        // The counter tells apart tests of this process that read the same
+        // clock value (parallel tests collided once in CI).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bhnl{}-{n}-{nanos:x}", std::process::id());
         run(&["ip", "netns", "add", &name]);
         NetNs(name)
     }
