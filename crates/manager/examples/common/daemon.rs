@@ -35,7 +35,8 @@ impl Daemon {
 
     /// A daemon of its own beside others: `tag` names its bridge and
     /// cgroups, `octet` its subnet 10.<octet>.0.0/24; `extra` is appended
-    /// to its configuration (a `[cluster]` section, for instance).
+    /// to its configuration right after `[capacity]`'s lines (so it may add
+    /// to that table, then open others such as `[cluster]`).
     pub fn start_with(tag: &str, octet: u8, extra: &str) -> Daemon {
         let bridge = format!("bh{tag}0");
         let dir = tempfile::Builder::new()
@@ -53,8 +54,9 @@ impl Daemon {
             &cfg,
             format!(
                 "data_dir = {:?}\nsocket = {:?}\nimage_dir = {:?}\n[network]\nbridge = {bridge:?}\nsubnet = \"10.{octet}.0.0/24\"\n\
-                 [capacity]\ncpu_overcommit = 20.0\n[cgroup]\ninstance = {tag:?}\n\
-                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n{extra}",
+                 [cgroup]\ninstance = {tag:?}\n\
+                 [api]\ntcp = {tcp:?}\ntoken = {TOKEN:?}\n\
+                 [capacity]\ncpu_overcommit = 20.0\n{extra}",
                 dir.path().join("data"),
                 socket,
                 image()
