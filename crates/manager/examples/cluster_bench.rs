@@ -18,7 +18,7 @@ mod bench_util;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use bench_util::{abba, ms, pair, pct};
+use bench_util::{abba, pair, pair_to};
 use bulkhead_manager::api::{
     CreatePartition, ExecRequest, ResumeOptions, StartOptions, StopOptions,
 };
@@ -36,18 +36,6 @@ fn spec(name: &str, memory_mib: u64, host: Option<&str>) -> CreatePartition {
         host: host.map(str::to_string),
         ..CreatePartition::new(name, 1, memory_mib, cpu)
     }
-}
-
-/// As [`pair`], to a hundredth of a millisecond (store calls take about one).
-fn pair_fine(label_a: &str, a: &mut [Duration], label_b: &str, b: &mut [Duration]) {
-    let (a50, a90, b50, b90) = (pct(a, 0.5), pct(a, 0.9), pct(b, 0.5), pct(b, 0.9));
-    println!("  {label_a:<38} {:>10.2} {:>10.2}", ms(a50), ms(a90));
-    println!("  {label_b:<38} {:>10.2} {:>10.2}", ms(b50), ms(b90));
-    println!(
-        "  ratio: median {:.3}, p90 {:.3}",
-        ms(a50) / ms(b50),
-        ms(a90) / ms(b90)
-    );
 }
 
 /// The whole `bulkhead partition list` command against `socket`, timed.
@@ -93,7 +81,7 @@ async fn store(partitions: usize, reps: usize) -> anyhow::Result<()> {
     )
     .await?;
     println!("partition create (API)                 median        p90");
-    pair_fine("etcd", &mut e, "SQLite", &mut s);
+    pair_to(2, "etcd", &mut e, "SQLite", &mut s);
 
     let list = |c: &Client| {
         let c = c.clone();
@@ -106,7 +94,7 @@ async fn store(partitions: usize, reps: usize) -> anyhow::Result<()> {
     };
     let (mut e, mut s) = abba(reps, |_| list(&ce), |_| list(&cs)).await?;
     println!("partition list (API)");
-    pair_fine("etcd", &mut e, "SQLite", &mut s);
+    pair_to(2, "etcd", &mut e, "SQLite", &mut s);
 
     let (se, ss) = (on_etcd.socket.clone(), on_sqlite.socket.clone());
     let (mut e, mut s) = abba(
@@ -116,7 +104,7 @@ async fn store(partitions: usize, reps: usize) -> anyhow::Result<()> {
     )
     .await?;
     println!("bulkhead partition list (whole command)");
-    pair_fine("etcd", &mut e, "SQLite", &mut s);
+    pair_to(2, "etcd", &mut e, "SQLite", &mut s);
     Ok(())
 }
 

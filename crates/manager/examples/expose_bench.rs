@@ -6,12 +6,13 @@
 //! `cargo run --release -p bulkhead-manager --example expose_bench -- [RUNS]`
 //! (bulkheadd built with `cargo build --release` first; bench/expose/run does both).
 
-mod bench_daemon;
 #[path = "../../engine/examples/bench_util/mod.rs"]
 mod bench_util;
+#[path = "common/daemon.rs"]
+mod daemon;
 
-use bench_daemon::Daemon;
 use bench_util::pair;
+use daemon::Daemon;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -44,11 +45,11 @@ async fn main() -> anyhow::Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
     };
-    let d = Daemon::start(
+    let d = Daemon::start_with(
         "exp",
-        "10.237.0.0/24",
+        237,
         &format!("[portshare]\nlisteners = [\"{shared}\"]\nrefresh_ms = 50\n"),
-    )?;
+    );
     let c = d.client();
     let name = "web";
     c.post(
@@ -117,5 +118,7 @@ async fn main() -> anyhow::Result<()> {
         "GET, running",
         &mut warm,
     );
+    // QEMU outlives its daemon by design (a restarted one re-adopts it).
+    c.destroy(name, true).await?;
     Ok(())
 }

@@ -6,14 +6,15 @@
 //! `cargo run --release -p bulkhead-manager --example hibernate_bench -- [RUNS] [MEMORY_MIB...]`
 //! (bulkheadd built with `cargo build --release` first; bench/hibernate/run does both).
 
-mod bench_daemon;
 #[path = "../../engine/examples/bench_util/mod.rs"]
 mod bench_util;
+#[path = "common/daemon.rs"]
+mod daemon;
 
-use bench_daemon::Daemon;
 use bench_util::plain::plain_run;
 use bench_util::{abba, pair};
 use bulkhead_manager::client::Client;
+use daemon::Daemon;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         Some(s) if !s.is_empty() => s.iter().map(|m| m.parse()).collect::<Result<_, _>>()?,
         _ => vec![256, 1024],
     };
-    let d = Daemon::start("hib", "10.236.0.0/24", "")?;
+    let d = Daemon::start_with("hib", 236, "");
     let c = d.client();
     let dir = tempfile::tempdir()?;
     for mib in sizes {

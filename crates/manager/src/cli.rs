@@ -384,8 +384,21 @@ pub fn exit_on_error(r: anyhow::Result<()>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `v` as JSON with `--json`, else as `text` renders it (a table, a show).
+pub fn print_view<T: Serialize + ?Sized>(
+    v: &T,
+    json: bool,
+    text: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(v);
+    }
+    print!("{}", text(v));
+    Ok(())
+}
+
 /// `--json`: the typed reply, pretty.
-pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+pub fn print_json<T: Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }

@@ -31,12 +31,24 @@ where
     Ok((va, vb))
 }
 
-/// One row per side and their ratio, medians and p90s.
+/// One row per side and their ratio, medians and p90s, in whole milliseconds.
 pub fn pair(label_a: &str, a: &mut [Duration], label_b: &str, b: &mut [Duration]) {
+    pair_to(0, label_a, a, label_b, b)
+}
+
+/// [`pair`] with `decimals` digits of milliseconds (for sub-millisecond calls).
+pub fn pair_to(
+    decimals: usize,
+    label_a: &str,
+    a: &mut [Duration],
+    label_b: &str,
+    b: &mut [Duration],
+) {
     let (a50, a90) = (pct(a, 0.5), pct(a, 0.9));
     let (b50, b90) = (pct(b, 0.5), pct(b, 0.9));
-    println!("  {:<38} {:>10.0} {:>10.0}", label_a, ms(a50), ms(a90));
-    println!("  {:<38} {:>10.0} {:>10.0}", label_b, ms(b50), ms(b90));
+    let d = decimals;
+    println!("  {:<38} {:>10.d$} {:>10.d$}", label_a, ms(a50), ms(a90));
+    println!("  {:<38} {:>10.d$} {:>10.d$}", label_b, ms(b50), ms(b90));
     println!(
         "  ratio: median {:.3}, p90 {:.3}",
         ms(a50) / ms(b50),

@@ -1,7 +1,7 @@
 //! `bulkhead lu ...`: the LU commands, and the API client's LU calls.
 
 use super::types::*;
-use crate::cli::{ApiArgs, ListArgs, NameArgs};
+use crate::cli::{print_json, print_view, ApiArgs, ListArgs, NameArgs};
 use crate::client::{encode_segment, Client, ClientError};
 use anyhow::Context;
 use hyper::Method;
@@ -206,11 +206,6 @@ pub fn show_text(v: &LuView) -> String {
     out
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 /// Runs one LU command; a failure prints one line and exits non-zero.
 pub async fn run(cmd: LuCommand) -> anyhow::Result<()> {
     if let Err(e) = run_inner(cmd).await {
@@ -230,34 +225,22 @@ async fn run_inner(cmd: LuCommand) -> anyhow::Result<()> {
                 purpose: a.purpose,
             };
             let v = a.api.client()?.lu_create(&req).await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         LuCommand::List(a) => {
             let v = a.api.client()?.lu_list().await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", list_table(&v));
+            print_view(v.as_slice(), a.json, list_table)?;
         }
         LuCommand::Show(a) => {
             let v = a.api.client()?.lu_show(&a.name).await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         LuCommand::Resize(a) => {
             let req = ResizeLu {
                 size_bytes: parse_bytes(&a.size)?,
             };
             let v = a.api.client()?.lu_resize(&a.name, &req).await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         LuCommand::Delete(a) => {
             let d = a.api.client()?.lu_delete(&a.name).await?;

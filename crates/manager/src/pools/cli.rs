@@ -1,7 +1,7 @@
 //! `bulkhead pool ...`: the pool commands, and the API client's pool calls.
 
 use super::types::*;
-use crate::cli::{parse_percent, print_json, ApiArgs, ListArgs, NameArgs};
+use crate::cli::{parse_percent, print_json, print_view, ApiArgs, ListArgs, NameArgs};
 use crate::client::{encode_segment, Client, ClientError};
 use anyhow::Context;
 use hyper::Method;
@@ -288,24 +288,15 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 v = c.pool_show(&req.name).await?;
             }
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         PoolCommand::List(a) => {
             let v = a.api.client()?.pool_list().await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", list_table(&v));
+            print_view(v.as_slice(), a.json, list_table)?;
         }
         PoolCommand::Show(a) => {
             let v = a.api.client()?.pool_show(&a.name).await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         PoolCommand::Resize(a) => {
             let req = ResizePool {
@@ -313,10 +304,7 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
                 max: a.max,
             };
             let v = a.api.client()?.pool_resize(&a.name, &req).await?;
-            if a.json {
-                return print_json(&v);
-            }
-            print!("{}", show_text(&v));
+            print_view(&v, a.json, show_text)?;
         }
         PoolCommand::Destroy(a) => {
             let d = a.api.client()?.pool_destroy(&a.name, a.force).await?;

@@ -95,19 +95,18 @@ fn act(m: Arc<Manager>, a: Action) -> Step<Option<String>> {
     })
 }
 
+/// The statement of the pool partition `id` belongs to; `None` once the pool is gone.
+fn statement_of(m: &Manager, id: &str) -> Option<CreatePool> {
+    let pool = m.pools.alloc.lock().unwrap().partition(id)?.pool.clone();
+    m.pools.statement(&pool)
+}
+
 /// Starts a partition of a pool (fresh: destroyed first) and reports whether
 /// its program answers.
 async fn start(m: &Arc<Manager>, id: &str, fresh: bool) {
     let lock = m.pools.lock_of(id);
     let _g = lock.lock().await;
-    let pool = m
-        .pools
-        .alloc
-        .lock()
-        .unwrap()
-        .partition(id)
-        .map(|p| p.pool.clone());
-    let Some(statement) = pool.and_then(|p| m.pools.statement(&p)) else {
+    let Some(statement) = statement_of(m, id) else {
         return; // the pool went meanwhile
     };
     let outcome = prepare(m, &statement, id, fresh).await;
@@ -288,16 +287,7 @@ fn destroy(m: &Arc<Manager>, id: &str) -> Step<Result<(), ApiError>> {
 async fn cleanup(m: &Arc<Manager>, id: &str, session: SessionId) {
     let lock = m.pools.lock_of(id);
     let _g = lock.lock().await;
-    let pool = m
-        .pools
-        .alloc
-        .lock()
-        .unwrap()
-        .partition(id)
-        .map(|p| p.pool.clone());
-    let command = pool
-        .and_then(|p| m.pools.statement(&p))
-        .and_then(|c| c.cleanup);
+    let command = statement_of(m, id).and_then(|c| c.cleanup);
     let ok = match command {
         None => true,
         Some(cmd) => match exec(m, id, &cmd, CLEANUP_TIMEOUT_SECS).await {
