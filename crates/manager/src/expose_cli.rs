@@ -94,11 +94,6 @@ pub fn list_table(routes: &[RouteView]) -> String {
     out
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
 pub async fn expose(a: ExposeArgs) -> anyhow::Result<()> {
     let req = ExposeRequest {
         domains: a.domains,
@@ -108,7 +103,7 @@ pub async fn expose(a: ExposeArgs) -> anyhow::Result<()> {
     };
     let r = a.api.client()?.expose(&a.name, &req).await?;
     if a.json {
-        return print_json(&r);
+        return crate::cli::print_json(&r);
     }
     for x in &r.routes {
         println!(
@@ -126,7 +121,7 @@ pub async fn unexpose(a: UnexposeArgs) -> anyhow::Result<()> {
         .unexpose(&a.name, a.domain.as_deref())
         .await?;
     if a.json {
-        return print_json(&r);
+        return crate::cli::print_json(&r);
     }
     for x in &r.removed {
         println!("removed {} on {}", x.domain, x.listener);
@@ -139,18 +134,10 @@ pub async fn run(cmd: ExposeCommand) -> anyhow::Result<()> {
     let ExposeCommand::List(a) = cmd;
     let r = async {
         let v = a.api.client()?.routes().await?;
-        if a.json {
-            return print_json(&v);
-        }
-        print!("{}", list_table(&v));
-        Ok(())
+        crate::cli::print_view(v.as_slice(), a.json, list_table)
     }
     .await;
-    if let Err(e) = r {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    crate::cli::exit_on_error(r)
 }
 
 #[cfg(test)]

@@ -22,11 +22,7 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     let r = match cmd {
         ClusterCommand::Hosts(a) => hosts(a).await,
     };
-    if let Err(e) = r {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    crate::cli::exit_on_error(r)
 }
 
 async fn hosts(a: HostsArgs) -> anyhow::Result<()> {

@@ -208,11 +208,7 @@ pub fn show_text(v: &LuView) -> String {
 
 /// Runs one LU command; a failure prints one line and exits non-zero.
 pub async fn run(cmd: LuCommand) -> anyhow::Result<()> {
-    if let Err(e) = run_inner(cmd).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    crate::cli::exit_on_error(run_inner(cmd).await)
 }
 
 async fn run_inner(cmd: LuCommand) -> anyhow::Result<()> {

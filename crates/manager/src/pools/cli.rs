@@ -252,11 +252,7 @@ pub fn show_text(v: &PoolView) -> String {
 
 /// Runs one pool command; a failure prints one line and exits non-zero.
 pub async fn run(cmd: PoolCommand) -> anyhow::Result<()> {
-    if let Err(e) = run_inner(cmd).await {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
-    Ok(())
+    crate::cli::exit_on_error(run_inner(cmd).await)
 }
 
 async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
