@@ -667,6 +667,7 @@ pub fn down(name: &str) {
         let _ = ip(&["netns", "del", ns]);
     }
     let _ = ip(&["link", "del", &names.bridge()]);
+    crate::unmount_under(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -48,6 +48,28 @@ pub fn qcow2(path: &Path, size: &str, backing: Option<&Path>) {
 /// The built `bulkhead` binary: `BULKHEAD_BIN`, else the workspace's debug
 /// build. A missing one fails the test: `make test` builds every binary
 /// before running the tests.
+/// Detaches every mount at or under `dir`, deepest first. A daemon killed
+/// with -9 leaves its partitions' share directories bound (its restart would
+/// release them); a test tearing its directory down releases them itself.
+pub fn unmount_under(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Field 5 is the mount point, octal-escaped by the kernel.
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
+        // SAFETY: umount2 on a NUL-terminated path; failure is harmless here.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 pub fn bulkhead_bin() -> PathBuf {
     let p = std::env::var_os("BULKHEAD_BIN")
         .map(PathBuf::from)

@@ -478,5 +478,6 @@ impl Drop for Daemon {
                 &format!("bulkhead-{}", self.instance),
             ])
             .status();
+        bulkhead_testbed::unmount_under(self.dir.path());
     }
 }
