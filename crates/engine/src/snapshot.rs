@@ -298,6 +298,69 @@ impl Partition {
             }
         }
     }
+    /// Restores a clone of the template saved in `dir` onto `spec`: the
+    /// caller's own machine for it (its name, TAP, MAC and addresses, as a
+    /// manager names them). Everything else the guest can tell apart must
+    /// equal the template's; the clone maps the template's memory file
+    /// copy-on-write whatever `spec` says of it, and is re-identified as
+    /// [`Partition::restore_clone`] does.
+    pub async fn restore_clone_onto(
+        dir: &Path,
+        spec: PartitionSpec,
+        opts: LaunchOptions,
+        ready_timeout: Duration,
+    ) -> Result<Partition, EngineError> {
+        let mut m = read_manifest(dir)?;
+        let Some(mem) = m
+            .spec
+            .memory_file
+            .as_mut()
+            .filter(|_| m.ram_in_memory_file.is_some())
+        else {
+            return Err(err(
+                "not a template: its RAM is in the state, not in a shared memory file",
+            ));
+        };
+        // The template may have moved since its save (built aside, then
+        // renamed into place): its memory file is where `spec` says, and
+        // is checked there against the stamp saved.
+        let mut spec = spec;
+        if let Some(f) = &spec.memory_file {
+            mem.path = f.path.clone();
+        }
+        spec.memory_file = Some(crate::spec::MemoryFile {
+            path: mem.path.clone(),
+            share: false,
+        });
+        same_machine_but_identity(&m.spec, &spec).map_err(err)?;
+        let mut renames = Vec::new();
+        for a in &spec.adapters {
+            let AdapterSpec::Net(n) = a else { continue };
+            let Some(AdapterSpec::Net(old)) = m
+                .spec
+                .adapters
+                .iter()
+                .find(|o| matches!(o, AdapterSpec::Net(o) if o.id == n.id))
+            else {
+                continue; // same_machine_but_identity refused this already
+            };
+            let new_ip = (n.ip != old.ip).then(|| n.ip.clone()).flatten();
+            renames.push((
+                cmdline::mac_for(&m.spec.name, old),
+                cmdline::mac_for(&spec.name, n),
+                new_ip,
+                n.gateway.clone(),
+            ));
+        }
+        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        match reidentify(&p, &renames).await {
+            Ok(()) => Ok(p),
+            Err(e) => {
+                let _ = p.kill().await;
+                Err(e)
+            }
+        }
+    }
 }
 
 /// What the guest sees of a machine, host-local names left out: a saved
@@ -336,6 +399,26 @@ fn same_machine(saved: &PartitionSpec, local: &PartitionSpec) -> Result<(), Stri
         "the image was saved from another machine ({} differ): it cannot be restored onto this one",
         differ.join(", ")
     ))
+}
+
+/// [`same_machine`] for a clone: its name and each adapter's MAC and
+/// address are its own.
+fn same_machine_but_identity(
+    template: &PartitionSpec,
+    clone: &PartitionSpec,
+) -> Result<(), String> {
+    let plain = |s: &PartitionSpec| {
+        let mut s = s.clone();
+        s.name = template.name.clone();
+        for a in s.adapters.iter_mut() {
+            if let AdapterSpec::Net(n) = a {
+                n.mac = None;
+                n.ip = None;
+            }
+        }
+        s
+    };
+    same_machine(&plain(template), &plain(clone))
 }
 
 /// ivshmem (grants) blocks migration; say so before pausing anything.
@@ -802,6 +885,37 @@ mod tests {
         };
         std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
         m
+    }
+
+    #[test]
+    fn a_clone_differs_from_its_template_only_in_identity() {
+        let net = |ip: &str, mac: Option<&str>| {
+            AdapterSpec::Net(crate::spec::NetSpec {
+                id: "net0".into(),
+                bridge: "br0".into(),
+                mac: mac.map(str::to_string),
+                tap: Some("tap-x".into()),
+                ip: Some(ip.into()),
+                gateway: None,
+            })
+        };
+        let mut tpl = PartitionSpec::new("web-tpl", "/k".into(), "/i".into());
+        tpl.adapters.push(net("10.0.0.2/24", None));
+        let mut clone = PartitionSpec::new("web-3", "/k".into(), "/i".into());
+        clone
+            .adapters
+            .push(net("10.0.0.9/24", Some("52:54:00:00:00:09")));
+        assert_eq!(same_machine_but_identity(&tpl, &clone), Ok(()));
+        // What the guest could tell apart is refused, with what differs.
+        let mut bigger = clone.clone();
+        bigger.memory_mib *= 2;
+        let e = same_machine_but_identity(&tpl, &bigger).unwrap_err();
+        assert!(e.contains("memory_mib"), "{e}");
+        let mut no_net = clone.clone();
+        no_net.adapters.clear();
+        assert!(same_machine_but_identity(&tpl, &no_net).is_err());
+        // And a plain restore still refuses another identity.
+        assert!(same_machine(&tpl, &clone).is_err());
     }
 
     #[tokio::test]

@@ -645,6 +645,7 @@ mod tests {
             hibernate_idle_secs: None,
             hibernation: None,
             devices: Default::default(),
+            template: None,
             client_name: String::new(),
             client_id: 0,
             adapter_ids: Default::default(),

@@ -472,6 +472,43 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
     wait_pool(&d, "db", 1, "idle").await;
     wait_pool(&d, "fresh", 1, "idle").await;
 
+    // The two partitions of `echo` are clones of one saved template, each
+    // its own machine: hostname, MAC and address its record's, and RNGs
+    // that differ (the fresh generation id reseeds each guest's).
+    let mut seen = Vec::new();
+    for id in ["echo-1", "echo-2"] {
+        let shown = d.show(id).await;
+        assert_eq!(
+            shown["template"],
+            serde_json::json!({"clone": "echo"}),
+            "{shown:#}"
+        );
+        let guest = d
+            .exec(
+                id,
+                "hostname; cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | \
+                 awk '{print $4}'; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'",
+            )
+            .await;
+        let out = guest["stdout"].as_str().unwrap().to_string();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], id, "{out}");
+        assert_eq!(lines[1], shown["net"]["mac"], "{out}");
+        assert_eq!(lines[2], shown["net"]["ip"], "{out}");
+        seen.push(lines.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+    }
+    for i in 1..4 {
+        assert_ne!(
+            seen[0][i], seen[1][i],
+            "two clones share line {i}: {seen:?}"
+        );
+    }
+    // The template's source partition was only needed to save it.
+    assert!(
+        c.show("echo-tpl").await.is_err(),
+        "the template source is left"
+    );
+
     // Refusals, each with its own reason, nothing changed.
     let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
     for (r, want) in [
@@ -703,10 +740,34 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         .await
         .unwrap();
     assert_eq!(lines(&mut gc, 1).await, [format!("fresh fresh {sc} carol")]);
-    assert_ne!(
-        d.show("fresh-1").await["pid"],
-        first_pid,
-        "a fresh partition"
+    let shown = d.show("fresh-1").await;
+    assert_ne!(shown["pid"], first_pid, "a fresh partition");
+    // Restored from the pool's template, not booted: its record says so,
+    // and the guest's uptime runs on from the template's boot, longer than
+    // this partition has existed (a booted guest's is always shorter).
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restored from the template of pool fresh"))),
+        "{shown:#}"
+    );
+    let up = d.exec("fresh-1", "cut -d' ' -f1 /proc/uptime").await;
+    let up_ms = (up["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse::<f64>()
+        .unwrap()
+        * 1000.0) as u64;
+    let started = shown["started_at"].as_u64().unwrap();
+    let lived_ms = bulkhead_store::now_ms() - started;
+    assert!(
+        up_ms > lived_ms,
+        "uptime {up_ms} ms, started {lived_ms} ms ago: booted, not restored"
     );
     let r = d
         .exec("fresh-1", "cat /tmp/alice-data 2>/dev/null || echo none")

@@ -73,6 +73,7 @@ pub fn record(name: &str) -> PartitionRecord {
         hibernate_idle_secs: None,
         hibernation: None,
         devices: Default::default(),
+        template: None,
         client_name: String::new(),
         client_id: 0,
         adapter_ids: Default::default(),

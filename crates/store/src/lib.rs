@@ -27,7 +27,8 @@ pub use lus::{check_lock, LockMode, LuLock, LuRecord};
 pub use pools::{PoolDoc, PoolKind};
 pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
-    PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
+    PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, TemplateLink,
+    DEFAULT_CPU_MODEL,
 };
 pub use routes::ExposedRoute;
 pub use sqlite::SqliteStore;

@@ -210,6 +210,22 @@ pub struct PartitionRecord {
     /// Host devices the partition owns (issue 15).
     #[serde(default, skip_serializing_if = "PartitionDevices::is_empty")]
     pub devices: PartitionDevices,
+    /// A service pool's saved template this partition makes or comes from
+    /// (issue 17). Set by the daemon only, never through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateLink>,
+}
+
+/// How a pool partition relates to its pool's saved template.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateLink {
+    /// Booted with its RAM in the template's memory file, to be saved as
+    /// the template of the pool named.
+    Source(String),
+    /// Restored from the template of the pool named, not booted.
+    Clone(String),
 }
 
 /// Host devices a partition owns, and what its agent starts to share them

@@ -80,6 +80,16 @@ impl Manager {
     }
 
     pub(super) async fn create(&self, c: CreatePartition) -> Result<PartitionRecord, ApiError> {
+        self.create_linked(c, None).await
+    }
+
+    /// A create that links the partition to a pool's template (the pool
+    /// driver's; the API cannot set a link).
+    pub(crate) async fn create_linked(
+        &self,
+        c: CreatePartition,
+        template: Option<TemplateLink>,
+    ) -> Result<PartitionRecord, ApiError> {
         self.validate(&c)?;
         let devices = self.checked_devices(&c).await?;
         let client = c.client.clone().unwrap_or_else(|| c.name.clone());
@@ -114,6 +124,7 @@ impl Manager {
             hibernate_idle_secs: c.hibernate_idle_secs,
             hibernation: None,
             devices,
+            template,
             client_name: client,
             client_id: 0,
             adapter_ids: Default::default(),
@@ -173,6 +184,15 @@ impl Manager {
                 ip: Some(n.ip.clone()),
                 gateway: Some(self.subnet.gateway().to_string()),
             }));
+        }
+        if let Some(link) = &rec.template {
+            // A template's RAM is a file its clones map; each clone gets a
+            // fresh generation id (the guest reseeds its RNG on it).
+            spec.memory_file = Some(bulkhead_engine::spec::MemoryFile {
+                path: self.template_memory(link),
+                share: matches!(link, TemplateLink::Source(_)),
+            });
+            spec.vmgenid = true;
         }
         spec
     }
@@ -319,6 +339,26 @@ impl Manager {
         }
         let opts = self.launch_options(name);
         let t_launch = std::time::Instant::now();
+        if let Some(TemplateLink::Clone(pool)) = &rec.template {
+            // Restored, not booted: its agent answers when this returns.
+            let partition = match self.restore_clone(pool, spec, opts).await {
+                Ok(p) => p,
+                Err(e) => {
+                    undo.disarm();
+                    return Err(self.start_failed(name, e).await);
+                }
+            };
+            let pid = partition.pid();
+            self.supervise(name, partition, false);
+            undo.disarm();
+            let ev = format!(
+                "running (restored from the template of pool {pool} in {} ms)",
+                t_launch.elapsed().as_millis()
+            );
+            return self
+                .set_state(name, PartitionState::Running, &ev, |r| r.pid = Some(pid))
+                .await;
+        }
         let partition = match Partition::launch(spec, opts).await {
             Ok(p) => Arc::new(p),
             Err(e) => {

@@ -13,7 +13,7 @@ use bulkhead_engine::{
 };
 use bulkhead_store::{
     now_ms, Admission, DiskRecord, HibernateReason, NetRecord, PartitionRecord, PartitionState,
-    RestartPolicy, Scope, Store, StoreError,
+    RestartPolicy, Scope, Store, StoreError, TemplateLink,
 };
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ mod lifecycle;
 mod lus;
 mod recovery;
 mod supervision;
+mod templates;
 
 /// A partition whose QEMU this daemon watches.
 struct Live {

@@ -5,12 +5,13 @@
 //! its outcome back to the allocator (`partition_ready`, `partition_failed`,
 //! `cleanup_done`), whose new actions are carried out in turn.
 
+use super::template;
 use super::types::CreatePool;
 use crate::api::{ApiError, ApiReply, ApiRequest, CreatePartition, ExecRequest, StartOptions};
 use crate::manager::Manager;
 use bulkhead_pool::{Action, AllocError};
 use bulkhead_pool_proto::SessionId;
-use bulkhead_store::PartitionState;
+use bulkhead_store::{PartitionState, TemplateLink};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -133,7 +134,9 @@ async fn start(m: &Arc<Manager>, id: &str, fresh: bool) {
 }
 
 /// Creates (unless it exists), starts (unless it runs) and starts the
-/// program in (unless it answers) partition `id`; Ok once it answers.
+/// program in (unless it answers) partition `id`; Ok once it answers. A new
+/// partition is restored from the pool's template when it has one (the
+/// program already runs in it), booted cold otherwise.
 fn prepare(m: &Arc<Manager>, c: &CreatePool, id: &str, fresh: bool) -> Step<Result<(), ApiError>> {
     let (m, c, id) = (m.clone(), c.clone(), id.to_string());
     Box::pin(async move {
@@ -153,55 +156,85 @@ fn prepare(m: &Arc<Manager>, c: &CreatePool, id: &str, fresh: bool) -> Step<Resu
             }
             Some(r) => r,
             None => {
-                let r = m.handle(ApiRequest::Create(partition_of(&c, &id))).await?;
-                created(r)?
+                let link = template::ensure(&m, &c)
+                    .await
+                    .then(|| TemplateLink::Clone(c.name.clone()));
+                m.create_linked(partition_of(&c, &id), link).await?
             }
         };
         if rec.state != PartitionState::Running {
-            m.handle(ApiRequest::Start {
-                name: id.clone(),
-                opts: StartOptions { wait: true },
-            })
-            .await?;
-        }
-        let rec = m
-            .store()
-            .get(&id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(id.clone()))?;
-        let ip = rec
-            .net
-            .as_ref()
-            .and_then(|n| n.ip.split('/').next().map(str::to_string))
-            .ok_or_else(|| ApiError::Internal(format!("{id} has no VLAN address")))?;
-        let addr = format!("{ip}:{}", c.port);
-        if answers(&addr).await {
-            return Ok(()); // adopted: its program already serves
-        }
-        let run = format!(
-            "setsid /bin/sh -c {} </dev/null >/tmp/bulkhead-pool-app.log 2>&1 &",
-            shell_quote(&c.app)
-        );
-        exec(&m, &id, &run, 30).await.and_then(|(code, err)| {
-            if code == 0 {
-                Ok(())
-            } else {
-                Err(ApiError::Engine(format!(
-                    "starting the program exited {code}: {err}"
-                )))
+            let started = m
+                .handle(ApiRequest::Start {
+                    name: id.clone(),
+                    opts: StartOptions { wait: true },
+                })
+                .await;
+            match started {
+                Ok(_) => {}
+                // A template that no longer restores: built again for the
+                // next partition; this one boots cold now.
+                Err(ApiError::Engine(e)) if rec.template.is_some() => {
+                    tracing::warn!(partition = %id, error = %e, "restoring from the pool's template failed; booting cold");
+                    m.discard_template(&c.name);
+                    destroy(&m, &id).await?;
+                    m.create_linked(partition_of(&c, &id), None).await?;
+                    m.handle(ApiRequest::Start {
+                        name: id.clone(),
+                        opts: StartOptions { wait: true },
+                    })
+                    .await?;
+                }
+                Err(e) => return Err(e),
             }
-        })?;
-        let deadline = tokio::time::Instant::now() + APP_READY;
-        while !answers(&addr).await {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::Engine(format!(
-                    "the program of {id} did not answer on {addr} within {APP_READY:?}"
-                )));
-            }
-            tokio::time::sleep(PROBE_PAUSE).await;
         }
-        Ok(())
+        start_program(&m, &c, &id).await
     })
+}
+
+/// Starts the pool's program in running partition `id` unless it already
+/// answers on its port; Ok once it answers.
+pub(super) async fn start_program(
+    m: &Arc<Manager>,
+    c: &CreatePool,
+    id: &str,
+) -> Result<(), ApiError> {
+    let rec = m
+        .store()
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    let ip = rec
+        .net
+        .as_ref()
+        .and_then(|n| n.ip.split('/').next().map(str::to_string))
+        .ok_or_else(|| ApiError::Internal(format!("{id} has no VLAN address")))?;
+    let addr = format!("{ip}:{}", c.port);
+    if answers(&addr).await {
+        return Ok(()); // adopted or restored: its program already serves
+    }
+    let run = format!(
+        "setsid /bin/sh -c {} </dev/null >/tmp/bulkhead-pool-app.log 2>&1 &",
+        shell_quote(&c.app)
+    );
+    exec(m, id, &run, 30).await.and_then(|(code, err)| {
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(ApiError::Engine(format!(
+                "starting the program exited {code}: {err}"
+            )))
+        }
+    })?;
+    let deadline = tokio::time::Instant::now() + APP_READY;
+    while !answers(&addr).await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::Engine(format!(
+                "the program of {id} did not answer on {addr} within {APP_READY:?}"
+            )));
+        }
+        tokio::time::sleep(PROBE_PAUSE).await;
+    }
+    Ok(())
 }
 
 /// Runs the pool's cleanup in an adopted partition; true when it exited 0
@@ -217,15 +250,8 @@ async fn adopt_clean(m: &Arc<Manager>, c: &CreatePool, id: &str) -> bool {
     }
 }
 
-fn created(r: ApiReply) -> Result<bulkhead_store::PartitionRecord, ApiError> {
-    match r {
-        ApiReply::Created(rec) | ApiReply::Partition(rec) => Ok(rec),
-        other => Err(ApiError::Internal(format!("create answered {other:?}"))),
-    }
-}
-
 /// The partition a pool's statement makes under `id`: on the internal VLAN.
-fn partition_of(c: &CreatePool, id: &str) -> CreatePartition {
+pub(super) fn partition_of(c: &CreatePool, id: &str) -> CreatePartition {
     CreatePartition {
         image: c.image.clone(),
         net: true,
@@ -267,7 +293,7 @@ fn exec(
 }
 
 /// Destroys partition `id`; one that does not exist is already gone.
-fn destroy(m: &Arc<Manager>, id: &str) -> Step<Result<(), ApiError>> {
+pub(super) fn destroy(m: &Arc<Manager>, id: &str) -> Step<Result<(), ApiError>> {
     let (m, id) = (m.clone(), id.to_string());
     Box::pin(async move {
         match m

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 mod driver;
 pub mod gateway;
+mod template;
 pub mod types;
 mod users;
 
@@ -337,6 +338,7 @@ impl Manager {
             .remove_pool(name)
             .map_err(|_| not_found(name))?;
         let partitions = driver::carry_out_now(self, actions).await;
+        template::discard(self, name).await;
         Ok(PoolDestroyed {
             destroyed: name.to_string(),
             partitions,
