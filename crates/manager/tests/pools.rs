@@ -101,7 +101,11 @@ fn statement(name: &str, program: &str, size: u32) -> CreatePool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_of_partitions_running_the_program_survives_a_daemon_restart() {
-    let mut d = Daemon::start(Opts::default());
+    let gw = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start(Opts {
+        extra: format!("[pool]\ngateway = {gw:?}\n"),
+        ..Default::default()
+    });
     let c = d.client();
 
     // A partition that takes a name the pool would use: refused, nothing made.
@@ -235,12 +239,37 @@ async fn a_pool_of_partitions_running_the_program_survives_a_daemon_restart() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // A daemon crash: the pool is re-adopted with the same QEMUs, not rebooted,
-    // each cleaned first (a session may have left data in it).
+    // A daemon crash with a session open: the session ends with the daemon
+    // (its connection closes), the pool is re-adopted with the same QEMUs, not
+    // rebooted, each cleaned first (the session left data in its partition).
+    let dora = add_user(&d, "dora", "echo", 1);
+    let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    let s = g.allocate(req("echo", "dora", &dora, 5_000)).await.unwrap();
+    let holder = partition_of(&c.pool_show("echo").await.unwrap(), s).primary_id;
+    d.exec(&holder, "touch /tmp/scratch").await;
     d.exec("echo-2", "touch /tmp/scratch").await;
     d.kill9();
     d.spawn();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if g.recv().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the session outlived its daemon");
     let v = wait_pool(&d, "echo", 2, "idle").await;
+    assert!(
+        v.partitions
+            .iter()
+            .all(|p| p.session.is_none() && p.alternate_id.is_none()),
+        "{v:#?}"
+    );
+    let r = d
+        .exec(&holder, "test -e /tmp/scratch && echo left || echo gone")
+        .await;
+    assert_eq!(r["stdout"], "gone\n", "dora's data outlived her session");
     assert_eq!(v.statement.max, Some(2), "the resized statement was stored");
     assert_eq!(
         d.show("echo-2").await["pid"],
