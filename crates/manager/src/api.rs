@@ -500,6 +500,22 @@ impl Serialize for Forwarded {
 }
 
 impl ApiReply {
+    /// The reply as it goes on the wire: records without their secrets.
+    pub fn redacted(self) -> ApiReply {
+        match self {
+            Self::Partitions(v) => {
+                Self::Partitions(v.into_iter().map(PartitionRecord::redacted).collect())
+            }
+            Self::Created(r) => Self::Created(r.redacted()),
+            Self::Partition(r) => Self::Partition(r.redacted()),
+            Self::View(mut v) => {
+                v.record = v.record.redacted();
+                Self::View(v)
+            }
+            other => other,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Self::Created(_) | Self::LuCreated(_) => 201,

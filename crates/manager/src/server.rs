@@ -282,7 +282,10 @@ async fn dispatch(
         )))
     });
     match r {
-        Ok(v) => json_response(v.status(), &v),
+        Ok(v) => {
+            let v = v.redacted();
+            json_response(v.status(), &v)
+        }
         Err(e) => {
             tracing::debug!(%method, %path, error = %e, "API error");
             error_response(&e)

@@ -121,6 +121,10 @@ async fn a_client_partition_dials_and_answers_through_the_modem_partition() {
         json!([pty]),
         "recorded by canonical path"
     );
+    // The tunnel secret reaches M's agent, never a reader of the API.
+    assert_eq!(rec["devices"]["l2tp_server"]["secret"], "(redacted)");
+    let listed = d.client().get("/v1/partitions").await.unwrap();
+    assert!(!listed.to_string().contains(SECRET), "{listed}");
     d.create("c", 30, 160, json!({ "net": true })).await;
 
     // Nobody else takes M's line, by either name; nothing is created.

@@ -251,6 +251,26 @@ impl PartitionDevices {
     }
 }
 
+/// What API answers show in place of a secret the store keeps.
+pub const REDACTED: &str = "(redacted)";
+
+impl PartitionRecord {
+    /// The record as API answers show it: the L2TP server's tunnel secrets
+    /// replaced by [`REDACTED`] (they reach the partition's agent, not readers
+    /// of the API).
+    pub fn redacted(mut self) -> PartitionRecord {
+        if let Some(s) = self.devices.l2tp_server.as_mut() {
+            if s.secret.is_some() {
+                s.secret = Some(REDACTED.into());
+            }
+            for v in s.secrets.values_mut() {
+                *v = REDACTED.into();
+            }
+        }
+        self
+    }
+}
+
 /// A partition's L2TP resource server: its profile and directory. It
 /// listens on the partition's VLAN address only, and drives every serial
 /// line of the partition as a modem (`modem0` on /dev/ttyS1, ...).
