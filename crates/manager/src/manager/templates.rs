@@ -54,7 +54,14 @@ impl Manager {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(internal(e)),
         }
-        std::fs::create_dir_all(&dir).map_err(internal)
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        // The memory file is QEMU's user's from the start: the source and
+        // every clone open it as theirs, and no partition's end hands it
+        // back to root while another clone is opening it.
+        let mem = dir.join(MEMORY_FILE);
+        std::fs::File::create(&mem).map_err(internal)?;
+        let user = bulkhead_engine::jail::lookup_user(&self.cfg.qemu.user).map_err(engine_err)?;
+        std::os::unix::fs::chown(&mem, Some(user.uid), Some(user.gid)).map_err(internal)
     }
 
     /// Removes `pool`'s template and any build of it (the pool is gone).
