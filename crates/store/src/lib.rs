@@ -29,7 +29,7 @@ pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
     PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, DEFAULT_CPU_MODEL,
 };
-pub use routes::ExposedRoute;
+pub use routes::{ExposedRoute, PoolTarget};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Nothing was written when one is returned.
