@@ -5,41 +5,19 @@
 //! between the hosts' network namespaces) and exchanges bytes with a TCP
 //! echo far end.
 
+mod common;
+
 use bulkhead_manager::client::Client;
 use bulkhead_testbed::cluster::{self, Guard, Options};
+use common::l2tp::{echo, Modem};
+use common::BOOT;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "m0dem-s3cret";
 const NUMBER: &str = "5551234";
 const CONTROL: &str = "/run/l2tp-client.sock";
-const BOOT: Duration = Duration::from_secs(300);
-
-struct Modem(Child);
-
-impl Drop for Modem {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A TCP echo service on the root namespace's loopback (where the modem
-/// model dials it).
-async fn echo() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 async fn must(c: &Client, p: &str, cmd: &str) -> String {
     let r = c
