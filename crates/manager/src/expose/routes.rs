@@ -435,4 +435,37 @@ mod tests {
         let off = requested_routes(&[], "web", &req(&["a.b"], 80, None)).unwrap_err();
         assert_eq!(off.status(), 409);
     }
+
+    #[test]
+    fn a_pool_route_is_checked_and_held_by_its_program() {
+        let l: Vec<SocketAddr> = vec!["127.0.0.1:8080".parse().unwrap()];
+        let req = |user: &str, wait_ms| ExposePoolRequest {
+            domains: vec!["Hello.example.org".into()],
+            user: user.into(),
+            wait_ms,
+            listener: None,
+        };
+        let rows = requested_pool_routes(&l, "hello", &req("web", 1000)).unwrap();
+        assert_eq!(rows[0].partition, "pool:hello");
+        assert_eq!(rows[0].domain, "hello.example.org");
+        assert_eq!(
+            rows[0]
+                .pool
+                .as_ref()
+                .map(|p| (&p.program[..], &p.user[..], p.wait_ms)),
+            Some(("hello", "web", 1000))
+        );
+        for (program, user, wait, why) in [
+            ("he/llo", "web", 0, "program"),
+            ("", "web", 0, "program"),
+            ("-x", "web", 0, "program"),
+            ("hello", "a b", 0, "user"),
+            ("hello", &"u".repeat(65), 0, "user"),
+            ("hello", "web", MAX_POOL_WAIT_MS + 1, "wait_ms"),
+        ] {
+            let e = requested_pool_routes(&l, program, &req(user, wait)).unwrap_err();
+            assert_eq!(e.status(), 400, "{program} {user} {wait}");
+            assert!(e.to_string().contains(why), "{e} / {why}");
+        }
+    }
 }
