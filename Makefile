@@ -29,8 +29,11 @@ build:
 # The agent runs as the guest's /init: a static binary (glibc, crt-static), no libc in the guest.
 # bulkhead-l2tp is built the same way; the image carries it as /usr/sbin/bulkhead-l2tp
 # (its hash is part of the image's cache key, so a changed binary rebuilds the image).
+# bulkhead-tls-serve too, on its own (its features do not change the agent's): tests put it
+# into an image of their own (the guest image has no TLS server).
 agent:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p bulkhead-agent -p bulkhead-l2tp-share --bin bulkhead-agent --bin bulkhead-l2tp --target $(HOST_TRIPLE)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p bulkhead-tls-serve --bin bulkhead-tls-serve --target $(HOST_TRIPLE)
 
 image: bootstrap build agent
 	$(BULKHEAD) image build --out $(IMAGE_DIR) --agent $(AGENT) --l2tp $(L2TP)

@@ -3,7 +3,7 @@
 
 use crate::cli::{ApiArgs, ListArgs};
 use crate::client::{partition_path, Client, ClientError};
-use crate::expose::{ExposeRequest, Exposed, RouteView, Unexposed};
+use crate::expose::{ExposePoolRequest, ExposeRequest, Exposed, RouteView, Unexposed};
 use hyper::Method;
 
 #[derive(Debug, clap::Args)]
@@ -39,6 +39,39 @@ pub struct UnexposeArgs {
     pub api: ApiArgs,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PoolExposeArgs {
+    pub program: String,
+    /// A host name, *.suffix or *; repeatable.
+    #[arg(long = "domain", required = true)]
+    pub domains: Vec<String>,
+    /// The pool user each connection is allocated under (its alternate id).
+    #[arg(long)]
+    pub user: String,
+    /// How long a connection waits for an idle partition, then 503.
+    #[arg(long, default_value_t = crate::expose::DEFAULT_POOL_WAIT_MS)]
+    pub wait_ms: u32,
+    /// One of bulkheadd's [portshare] listeners (the first when absent).
+    #[arg(long)]
+    pub listener: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PoolUnexposeArgs {
+    pub program: String,
+    /// Remove only this domain's routes (all of the program's when absent).
+    #[arg(long)]
+    pub domain: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
 /// `bulkhead expose`.
 #[derive(Debug, clap::Subcommand)]
 pub enum ExposeCommand {
@@ -48,6 +81,28 @@ pub enum ExposeCommand {
 
 fn routes_path(name: &str) -> Result<String, ClientError> {
     Ok(format!("{}/routes", partition_path(name)?))
+}
+
+fn program_routes_path(program: &str) -> Result<String, ClientError> {
+    // Only a program's characters reach the path (the daemon checks them too).
+    if program.is_empty()
+        || !program
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(&c))
+    {
+        return Err(ClientError::Request(format!(
+            "program {program:?} must be of A-Z a-z 0-9 . _ @ -"
+        )));
+    }
+    Ok(format!("/v1/programs/{program}/routes"))
+}
+
+/// `?domain=D` for a removal of one domain's routes.
+fn with_domain(path: String, domain: Option<&str>) -> Result<String, ClientError> {
+    let Some(d) = domain else { return Ok(path) };
+    // The daemon checks it; only characters a domain may hold pass.
+    let d = crate::expose::normalize_domain(d).map_err(|e| ClientError::Request(e.to_string()))?;
+    Ok(format!("{path}?domain={d}"))
 }
 
 impl Client {
@@ -60,13 +115,23 @@ impl Client {
         name: &str,
         domain: Option<&str>,
     ) -> Result<Unexposed, ClientError> {
-        let mut path = routes_path(name)?;
-        if let Some(d) = domain {
-            // The daemon checks it; only characters a domain may hold pass.
-            let d = crate::expose::normalize_domain(d)
-                .map_err(|e| ClientError::Request(e.to_string()))?;
-            path = format!("{path}?domain={d}");
-        }
+        let path = with_domain(routes_path(name)?, domain)?;
+        self.send::<(), _>(Method::DELETE, &path, None).await
+    }
+    pub async fn expose_pool(
+        &self,
+        program: &str,
+        req: &ExposePoolRequest,
+    ) -> Result<Exposed, ClientError> {
+        self.send(Method::POST, &program_routes_path(program)?, Some(req))
+            .await
+    }
+    pub async fn unexpose_pool(
+        &self,
+        program: &str,
+        domain: Option<&str>,
+    ) -> Result<Unexposed, ClientError> {
+        let path = with_domain(program_routes_path(program)?, domain)?;
         self.send::<(), _>(Method::DELETE, &path, None).await
     }
     pub async fn routes(&self) -> Result<Vec<RouteView>, ClientError> {
@@ -102,16 +167,56 @@ pub async fn expose(a: ExposeArgs) -> anyhow::Result<()> {
         proxy_protocol: a.proxy_protocol,
     };
     let r = a.api.client()?.expose(&a.name, &req).await?;
-    if a.json {
-        return crate::cli::print_json(&r);
+    print_exposed(&r, a.json)
+}
+
+fn print_exposed(r: &Exposed, json: bool) -> anyhow::Result<()> {
+    if json {
+        return crate::cli::print_json(r);
     }
     for x in &r.routes {
-        println!(
-            "{} on {} -> {}:{}",
-            x.domain, x.listener, x.partition, x.port
-        );
+        match &x.pool {
+            Some(p) => println!(
+                "{} on {} -> program {} as {}",
+                x.domain, x.listener, p.program, p.user
+            ),
+            None => println!(
+                "{} on {} -> {}:{}",
+                x.domain, x.listener, x.partition, x.port
+            ),
+        }
     }
     Ok(())
+}
+
+fn print_unexposed(r: &Unexposed, json: bool) -> anyhow::Result<()> {
+    if json {
+        return crate::cli::print_json(r);
+    }
+    for x in &r.removed {
+        println!("removed {} on {}", x.domain, x.listener);
+    }
+    Ok(())
+}
+
+pub async fn pool_expose(a: PoolExposeArgs) -> anyhow::Result<()> {
+    let req = ExposePoolRequest {
+        domains: a.domains,
+        user: a.user,
+        wait_ms: a.wait_ms,
+        listener: a.listener,
+    };
+    let r = a.api.client()?.expose_pool(&a.program, &req).await?;
+    print_exposed(&r, a.json)
+}
+
+pub async fn pool_unexpose(a: PoolUnexposeArgs) -> anyhow::Result<()> {
+    let r = a
+        .api
+        .client()?
+        .unexpose_pool(&a.program, a.domain.as_deref())
+        .await?;
+    print_unexposed(&r, a.json)
 }
 
 pub async fn unexpose(a: UnexposeArgs) -> anyhow::Result<()> {
@@ -120,13 +225,7 @@ pub async fn unexpose(a: UnexposeArgs) -> anyhow::Result<()> {
         .client()?
         .unexpose(&a.name, a.domain.as_deref())
         .await?;
-    if a.json {
-        return crate::cli::print_json(&r);
-    }
-    for x in &r.removed {
-        println!("removed {} on {}", x.domain, x.listener);
-    }
-    Ok(())
+    print_unexposed(&r, a.json)
 }
 
 /// Runs `bulkhead expose ...`; a failure prints one line and exits non-zero.
@@ -199,6 +298,7 @@ mod tests {
                 partition: "web".into(),
                 port: 8080,
                 proxy_protocol: false,
+                pool: None,
             },
             state: crate::expose::RouteState::Stopped,
             target: None,

@@ -492,6 +492,18 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
                 domain: query_param(query, "domain").map(str::to_string),
             })
         }
+        (&Method::POST, ["v1", "programs", p, "routes"]) => {
+            ApiRequest::Expose(ExposeCommand::ExposePool {
+                program: name(p),
+                req: body_required(b)?,
+            })
+        }
+        (&Method::DELETE, ["v1", "programs", p, "routes"]) => {
+            ApiRequest::Expose(ExposeCommand::UnexposePool {
+                program: name(p),
+                domain: query_param(query, "domain").map(str::to_string),
+            })
+        }
         (m, ["v1", "pools" | "pool-users", ..]) => {
             ApiRequest::Pool(pool_route(m, &segs, query, b)?)
         }
@@ -552,6 +564,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/lu-requests", &["POST"]),
     ("/v1/routes", &["GET"]),
     ("/v1/partitions/{name}/routes", &["POST", "DELETE"]),
+    ("/v1/programs/{program}/routes", &["POST", "DELETE"]),
     ("/v1/pools", &["GET", "POST"]),
     ("/v1/pools/{name}", &["GET", "DELETE"]),
     ("/v1/pools/{name}/resize", &["POST"]),

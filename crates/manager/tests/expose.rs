@@ -1,8 +1,8 @@
 //! The shared port driven by bulkheadd (issue 15) through a real daemon and
 //! real TCG partitions: busybox httpd on port 8080 in each, reached by Host
-//! on the daemon's shared listener; SNI routing of a ClientHello (the image
-//! has no TLS server: the bytes reach a guest `nc`, which answers after
-//! reading all of them); keep-alive across two domains; a 302 naming the
+//! on the daemon's shared listener; SNI routing of a ClientHello (the bytes
+//! reach a guest `nc`, which answers after reading all of them; real
+//! handshakes with a TLS server per partition are tests/expose_tls.rs); keep-alive across two domains; a 302 naming the
 //! virtual port mapped back; stop → 502, start → served with the same
 //! route; destroy → 421; route changes under load drop nothing; a
 //! hibernated partition resumed by a request.

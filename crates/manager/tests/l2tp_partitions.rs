@@ -7,45 +7,18 @@
 
 mod common;
 
+use common::l2tp::{echo, Modem};
 use common::{Daemon, Opts};
 use hyper::Method;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "m0dem-s3cret";
 const NUMBER: &str = "5551234";
 const CONTROL: &str = "/run/l2tp-client.sock";
-
-/// The modem model, killed on drop.
-struct Modem(Child);
-
-impl Drop for Modem {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A TCP echo service: the far end a dial reaches.
-async fn echo() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
 
 /// Waits (bounded) until `cond` holds.
 async fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

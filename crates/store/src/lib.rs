@@ -30,7 +30,7 @@ pub use record::{
     PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, TemplateLink,
     DEFAULT_CPU_MODEL,
 };
-pub use routes::ExposedRoute;
+pub use routes::{ExposedRoute, PoolTarget};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed. Nothing was written when one is returned.

@@ -2,7 +2,8 @@
 //! (partition, virtual port)` that the manager turns into the portshare
 //! table while the partition runs. One partition may hold many rows; a
 //! `(listener, domain)` pair belongs to at most one partition, decided in
-//! the write's own transaction by every backend.
+//! the write's own transaction by every backend. A row may instead target a
+//! service pool's program (`pool`): its holder is then `pool:PROGRAM`.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,25 @@ pub struct ExposedRoute {
     /// Send a PROXY v2 header first, so the server sees the real client.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// A service pool's program instead of one partition: each connection
+    /// is one allocation under `user`. `partition` is then `pool:PROGRAM`
+    /// (no partition name holds a `:`) and `port` is unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolTarget>,
+}
+
+/// Where a pool route's connections go (see [`ExposedRoute::pool`]).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTarget {
+    /// The program a pool serves.
+    pub program: String,
+    /// The pool user each connection's allocation is made under (its
+    /// alternate id); no token is asked: the route's creator vouches.
+    pub user: String,
+    /// How long a connection waits for an idle partition, then 503.
+    pub wait_ms: u32,
 }
 
 impl ExposedRoute {

@@ -8,12 +8,17 @@
 //! that restarts, gets a new address or resumes on another host is followed
 //! by every daemon on its next refresh, with nothing sent between hosts.
 
+mod doors;
 pub(crate) mod openapi;
+mod pool_route;
 mod routes;
 mod sync;
 mod wake;
 
-pub use routes::{ExposeRequest, Exposed, RouteState, RouteView, Unexposed};
+pub use routes::{
+    ExposePoolRequest, ExposeRequest, Exposed, RouteState, RouteView, Unexposed,
+    DEFAULT_POOL_WAIT_MS,
+};
 
 use bulkhead_portshare::{ListenerConfig, Server};
 use serde::Deserialize;
@@ -60,6 +65,16 @@ pub enum ExposeCommand {
         name: String,
         domain: Option<String>,
     },
+    /// `POST /v1/programs/{program}/routes`.
+    ExposePool {
+        program: String,
+        req: ExposePoolRequest,
+    },
+    /// `DELETE /v1/programs/{program}/routes[?domain=D]`.
+    UnexposePool {
+        program: String,
+        domain: Option<String>,
+    },
     /// `GET /v1/routes`.
     List,
 }
@@ -84,6 +99,7 @@ pub struct Exposer {
     /// a connect timeout towards an address no guest holds.
     refuse: Option<(tokio::net::TcpSocket, SocketAddr)>,
     wakers: wake::Wakers,
+    pool_doors: pool_route::PoolDoors,
 }
 
 impl Exposer {
@@ -99,6 +115,7 @@ impl Exposer {
             kick: Arc::new(Notify::new()),
             refuse: None,
             wakers,
+            pool_doors: Default::default(),
         };
         if cfg.listeners.is_empty() {
             return Ok(me);
@@ -138,5 +155,6 @@ impl Exposer {
     }
 }
 
+pub(crate) use doors::http_error;
 pub use routes::{handle, normalize_domain};
 pub use sync::spawn as spawn_sync;

@@ -33,6 +33,40 @@ pub struct ExposeRequest {
     pub proxy_protocol: bool,
 }
 
+/// Body of `POST /v1/programs/{program}/routes`: a service pool's program
+/// behind the shared port, one allocation per connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExposePoolRequest {
+    /// As for a partition's routes.
+    #[schema(min_items = 1, max_items = 64)]
+    pub domains: Vec<String>,
+    /// The pool user every connection is allocated under (its alternate
+    /// id); it must exist and may run the program.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+    pub user: String,
+    /// How long a connection waits for an idle partition before a 503.
+    #[serde(default = "default_wait_ms")]
+    #[schema(minimum = 0, maximum = 300000, default = 5000)]
+    pub wait_ms: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+}
+
+/// A pool route's wait for an idle partition when not given.
+pub const DEFAULT_POOL_WAIT_MS: u32 = 5_000;
+/// The pool protocol's bound on `wait_ms` (docs/pool-protocol.md).
+pub const MAX_POOL_WAIT_MS: u32 = 300_000;
+
+fn default_wait_ms() -> u32 {
+    DEFAULT_POOL_WAIT_MS
+}
+
+/// The holder name of a pool route (no partition name holds a `:`).
+pub fn pool_holder(program: &str) -> String {
+    format!("pool:{program}")
+}
+
 /// Reply of `POST /v1/partitions/{name}/routes`: the rows written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Exposed {
@@ -55,6 +89,8 @@ pub enum RouteState {
     Waking,
     /// Not running: 502.
     Stopped,
+    /// A pool's program: each connection is one allocation.
+    Pool,
 }
 
 /// One row of `GET /v1/routes`.
@@ -113,28 +149,88 @@ pub fn requested_routes(
     if req.port == 0 {
         return Err(ApiError::BadRequest("port must be 1-65535".into()));
     }
-    if req.domains.is_empty() || req.domains.len() > MAX_DOMAINS {
+    rows(
+        configured,
+        &req.domains,
+        req.listener.as_deref(),
+        |listener, domain| ExposedRoute {
+            listener,
+            domain,
+            partition: name.to_string(),
+            port: req.port,
+            proxy_protocol: req.proxy_protocol,
+            pool: None,
+        },
+    )
+}
+
+/// A pool program's or user's name (docs/pool-protocol.md), or 400.
+fn check_pool_name(what: &str, n: &str) -> Result<(), ApiError> {
+    let ok = (1..=64).contains(&n.len())
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._@-".contains(&c));
+    ok.then_some(()).ok_or_else(|| {
+        ApiError::BadRequest(format!("{what} {n:?} must be 1-64 of A-Z a-z 0-9 . _ @ -"))
+    })
+}
+
+/// The rows of a pool route, every field checked; nothing is written here.
+pub fn requested_pool_routes(
+    configured: &[SocketAddr],
+    program: &str,
+    req: &ExposePoolRequest,
+) -> Result<Vec<ExposedRoute>, ApiError> {
+    check_pool_name("program", program)?;
+    check_pool_name("user", &req.user)?;
+    if req.wait_ms > MAX_POOL_WAIT_MS {
         return Err(ApiError::BadRequest(format!(
-            "give 1 to {MAX_DOMAINS} domains, got {}",
-            req.domains.len()
+            "wait_ms must be at most {MAX_POOL_WAIT_MS}"
         )));
     }
-    let listener = pick_listener(configured, req.listener.as_deref())?.to_string();
+    let target = bulkhead_store::PoolTarget {
+        program: program.to_string(),
+        user: req.user.clone(),
+        wait_ms: req.wait_ms,
+    };
+    rows(
+        configured,
+        &req.domains,
+        req.listener.as_deref(),
+        |listener, domain| ExposedRoute {
+            listener,
+            domain,
+            partition: pool_holder(program),
+            port: 0,
+            proxy_protocol: false,
+            pool: Some(target.clone()),
+        },
+    )
+}
+
+/// One row per domain on the listener asked for, each domain checked.
+fn rows(
+    configured: &[SocketAddr],
+    domains: &[String],
+    listener: Option<&str>,
+    row: impl Fn(String, String) -> ExposedRoute,
+) -> Result<Vec<ExposedRoute>, ApiError> {
+    if domains.is_empty() || domains.len() > MAX_DOMAINS {
+        return Err(ApiError::BadRequest(format!(
+            "give 1 to {MAX_DOMAINS} domains, got {}",
+            domains.len()
+        )));
+    }
+    let listener = pick_listener(configured, listener)?.to_string();
     let mut out: Vec<ExposedRoute> = Vec::new();
-    for d in &req.domains {
+    for d in domains {
         let domain = normalize_domain(d)?;
         if out.iter().any(|r| r.domain == domain) {
             return Err(ApiError::BadRequest(format!(
                 "domain {domain} is given twice"
             )));
         }
-        out.push(ExposedRoute {
-            listener: listener.clone(),
-            domain,
-            partition: name.to_string(),
-            port: req.port,
-            proxy_protocol: req.proxy_protocol,
-        });
+        out.push(row(listener.clone(), domain));
     }
     Ok(out)
 }
@@ -173,19 +269,44 @@ pub async fn handle(m: &Arc<Manager>, cmd: ExposeCommand) -> Result<ExposeReply,
             ex.kick();
             ExposeReply::Exposed(Exposed { routes: rows })
         }
+        ExposeCommand::ExposePool { program, req } => {
+            let rows = requested_pool_routes(&ex.config().listeners, &program, &req)?;
+            let users = m.pool_user_table(&req.user).await?;
+            match users.get(&req.user) {
+                None => {
+                    return Err(ApiError::NotFound(format!(
+                        "pool user {:?} not found",
+                        req.user
+                    )))
+                }
+                Some(u) if !u.programs.contains(&program) => {
+                    return Err(ApiError::Conflict(format!(
+                        "pool user {:?} may not run {program:?}",
+                        req.user
+                    )))
+                }
+                Some(_) => {}
+            }
+            write_all(m, &rows).await?;
+            ex.kick();
+            ExposeReply::Exposed(Exposed { routes: rows })
+        }
         ExposeCommand::Unexpose { name, domain } => {
             check_name(&name)?;
-            let domain = domain.as_deref().map(normalize_domain).transpose()?;
-            let removed = m.store().route_remove(&name, domain.as_deref()).await?;
+            let removed = unexpose(m, &name, domain.as_deref()).await?;
             if removed.is_empty() {
                 // Which 404: the partition, or its domain.
                 m.get(&name).await?;
-                return Err(ApiError::NotFound(match domain {
-                    Some(d) => format!("partition {name:?} has no route for {d}"),
-                    None => format!("partition {name:?} has no routes"),
-                }));
+                return Err(no_route(&format!("partition {name:?}"), domain));
             }
-            ex.kick();
+            ExposeReply::Unexposed(Unexposed { removed })
+        }
+        ExposeCommand::UnexposePool { program, domain } => {
+            check_pool_name("program", &program)?;
+            let removed = unexpose(m, &pool_holder(&program), domain.as_deref()).await?;
+            if removed.is_empty() {
+                return Err(no_route(&format!("program {program:?}"), domain));
+            }
             ExposeReply::Unexposed(Unexposed { removed })
         }
         ExposeCommand::List => {
@@ -197,7 +318,11 @@ pub async fn handle(m: &Arc<Manager>, cmd: ExposeCommand) -> Result<ExposeReply,
                 .into_iter()
                 .map(|route| {
                     let rec = recs.iter().find(|r| r.name == route.partition);
-                    let (state, ip) = rec.map_or((RouteState::Stopped, None), route_state);
+                    let (state, ip) = match rec {
+                        _ if route.pool.is_some() => (RouteState::Pool, None),
+                        Some(rec) => route_state(rec),
+                        None => (RouteState::Stopped, None),
+                    };
                     let target = ip.map(|ip| SocketAddr::new(ip, route.port).to_string());
                     RouteView {
                         route,
@@ -208,6 +333,27 @@ pub async fn handle(m: &Arc<Manager>, cmd: ExposeCommand) -> Result<ExposeReply,
                 .collect();
             ExposeReply::Routes(views)
         }
+    })
+}
+
+/// Removes `holder`'s rows (of `domain` only, when given).
+async fn unexpose(
+    m: &Manager,
+    holder: &str,
+    domain: Option<&str>,
+) -> Result<Vec<ExposedRoute>, ApiError> {
+    let domain = domain.map(normalize_domain).transpose()?;
+    let removed = m.store().route_remove(holder, domain.as_deref()).await?;
+    if !removed.is_empty() {
+        m.expose.kick();
+    }
+    Ok(removed)
+}
+
+fn no_route(holder: &str, domain: Option<String>) -> ApiError {
+    ApiError::NotFound(match domain {
+        Some(d) => format!("{holder} has no route for {d}"),
+        None => format!("{holder} has no routes"),
     })
 }
 
@@ -288,5 +434,38 @@ mod tests {
         assert!(requested_routes(&l, "Bad!", &req(&["a.b"], 80, None)).is_err());
         let off = requested_routes(&[], "web", &req(&["a.b"], 80, None)).unwrap_err();
         assert_eq!(off.status(), 409);
+    }
+
+    #[test]
+    fn a_pool_route_is_checked_and_held_by_its_program() {
+        let l: Vec<SocketAddr> = vec!["127.0.0.1:8080".parse().unwrap()];
+        let req = |user: &str, wait_ms| ExposePoolRequest {
+            domains: vec!["Hello.example.org".into()],
+            user: user.into(),
+            wait_ms,
+            listener: None,
+        };
+        let rows = requested_pool_routes(&l, "hello", &req("web", 1000)).unwrap();
+        assert_eq!(rows[0].partition, "pool:hello");
+        assert_eq!(rows[0].domain, "hello.example.org");
+        assert_eq!(
+            rows[0]
+                .pool
+                .as_ref()
+                .map(|p| (&p.program[..], &p.user[..], p.wait_ms)),
+            Some(("hello", "web", 1000))
+        );
+        for (program, user, wait, why) in [
+            ("he/llo", "web", 0, "program"),
+            ("", "web", 0, "program"),
+            ("-x", "web", 0, "program"),
+            ("hello", "a b", 0, "user"),
+            ("hello", &"u".repeat(65), 0, "user"),
+            ("hello", "web", MAX_POOL_WAIT_MS + 1, "wait_ms"),
+        ] {
+            let e = requested_pool_routes(&l, program, &req(user, wait)).unwrap_err();
+            assert_eq!(e.status(), 400, "{program} {user} {wait}");
+            assert!(e.to_string().contains(why), "{e} / {why}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use super::routes::{route_state, RouteState};
 use crate::manager::Manager;
 use bulkhead_portshare::proxy_protocol::Version;
 use bulkhead_portshare::{Config, ListenerConfig, RouteConfig};
-use bulkhead_store::{ExposedRoute, PartitionRecord, Scope};
+use bulkhead_store::{ExposedRoute, PartitionRecord, PoolTarget, Scope};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,15 +17,17 @@ use tracing::{info, warn};
 
 /// The table the proxy should hold. A running partition's rows reach its
 /// VLAN address; a hibernated one's reach `wake` (which resumes it); any
-/// other state's reach `refuse` (502 at once). Rows of partitions that no
-/// longer exist are left out (421, or the listener's default row) and
-/// returned, to be removed from the store.
+/// other state's reach `refuse` (502 at once); a pool route's reach `door`
+/// (one allocation per connection). Rows of partitions that no longer
+/// exist are left out (421, or the listener's default row) and returned,
+/// to be removed from the store.
 pub fn desired(
     listeners: &[SocketAddr],
     routes: &[ExposedRoute],
     recs: &[PartitionRecord],
     refuse: SocketAddr,
     mut wake: impl FnMut(&ExposedRoute, IpAddr) -> Option<SocketAddr>,
+    mut door: impl FnMut(&PoolTarget) -> Option<SocketAddr>,
 ) -> (Config, Vec<String>) {
     let mut gone = Vec::new();
     let mut rows = Vec::new();
@@ -35,6 +37,18 @@ pub fn desired(
         };
         // Another daemon's listener: its table, not this one's.
         if !listeners.contains(&listen) {
+            continue;
+        }
+        if let Some(t) = &r.pool {
+            // A PROXY header ties the door's connection to one client: the
+            // proxy then never hands it to another (one allocation each).
+            rows.push(RouteConfig {
+                listen,
+                domain: r.domain.clone(),
+                target: door(t).unwrap_or(refuse).to_string(),
+                proxy_protocol: Some(Version::V2),
+                max_connections: None,
+            });
             continue;
         }
         let Some(rec) = recs.iter().find(|p| p.name == r.partition) else {
@@ -104,15 +118,24 @@ async fn once(m: &Arc<Manager>, applied: &mut Option<Config>) -> anyhow::Result<
         m.store().list(Scope::All).await?
     };
     let weak = Arc::downgrade(m);
-    let mut waking = HashSet::new();
-    let (config, gone) = desired(&ex.cfg.listeners, &routes, &recs, *refuse, |r, ip| {
+    let (mut waking, mut doors) = (HashSet::new(), HashSet::new());
+    let wake = |r: &ExposedRoute, ip| {
         waking.insert((r.partition.clone(), r.port));
         ex.wakers
             .target(&weak, &r.partition, ip, r.port)
             .map_err(|e| warn!(partition = %r.partition, error = %e, "no waker; 502 until it runs"))
             .ok()
-    });
+    };
+    let door = |t: &PoolTarget| {
+        doors.insert(t.clone());
+        ex.pool_doors
+            .target(&weak, t)
+            .map_err(|e| warn!(program = %t.program, error = %e, "no pool door; 502"))
+            .ok()
+    };
+    let (config, gone) = desired(&ex.cfg.listeners, &routes, &recs, *refuse, wake, door);
     ex.wakers.retain(&waking);
+    ex.pool_doors.retain(&doors);
     for p in gone {
         let removed = m.store().route_remove(&p, None).await?;
         info!(partition = %p, routes = removed.len(), "destroyed partition's routes removed");
@@ -144,6 +167,16 @@ mod tests {
         bulkhead_store::conformance::routes::route(l, d, p, 8080)
     }
 
+    fn pool_route() -> ExposedRoute {
+        let mut r = route("127.0.0.1:8000", "pool.example.org", "pool:echo");
+        r.pool = Some(PoolTarget {
+            program: "echo".into(),
+            user: "alice".into(),
+            wait_ms: 100,
+        });
+        r
+    }
+
     #[test]
     fn rows_follow_the_partitions_state() {
         let l: SocketAddr = "127.0.0.1:8000".parse().unwrap();
@@ -155,6 +188,7 @@ mod tests {
             route("127.0.0.1:8000", "h.example.org", "h"),
             route("127.0.0.1:8000", "gone.example.org", "gone"),
             route("127.0.0.1:7000", "other.example.org", "a"),
+            pool_route(),
         ];
         let recs = [
             rec("a", PartitionState::Running, Some("10.1.0.2")),
@@ -162,10 +196,22 @@ mod tests {
             rec("h", PartitionState::Hibernated, Some("10.1.0.4")),
         ];
         let mut woken = Vec::new();
-        let (cfg, gone) = desired(&[l], &routes, &recs, refuse, |r, ip| {
-            woken.push((r.partition.clone(), ip));
-            Some(waker)
-        });
+        let door: SocketAddr = "127.0.0.1:11".parse().unwrap();
+        let mut doors = Vec::new();
+        let (cfg, gone) = desired(
+            &[l],
+            &routes,
+            &recs,
+            refuse,
+            |r, ip| {
+                woken.push((r.partition.clone(), ip));
+                Some(waker)
+            },
+            |t| {
+                doors.push(t.clone());
+                Some(door)
+            },
+        );
         let t: Vec<(&str, &str)> = cfg
             .routes
             .iter()
@@ -177,9 +223,15 @@ mod tests {
                 ("a.example.org", "10.1.0.2:8080"),
                 ("b.example.org", "127.0.0.1:9"),
                 ("h.example.org", "127.0.0.1:10"),
+                ("pool.example.org", "127.0.0.1:11"),
             ]
         );
+        // A pool route is no partition: never "gone"; its door gets a
+        // PROXY header (so the proxy never shares its connections).
         assert_eq!(gone, ["gone"]);
+        assert_eq!(doors, [routes[5].pool.clone().unwrap()]);
+        assert_eq!(cfg.routes[3].proxy_protocol, Some(Version::V2));
+        assert_eq!(cfg.routes[0].proxy_protocol, None);
         assert_eq!(woken, [("h".to_string(), "10.1.0.4".parse().unwrap())]);
         assert_eq!(cfg.listeners.len(), 1);
         // The table portshare builds from it is valid.

@@ -4,37 +4,24 @@
 //! partition's server accepts on its virtual port, and is then spliced to
 //! it. Once the partition runs, the table reaches it directly again.
 
+use super::doors::{http_error, Doors};
 use crate::api::{ApiRequest, ResumeOptions};
 use crate::manager::Manager;
 use bulkhead_store::PartitionState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// How often a held connection looks at the partition again.
 const POLL: Duration = Duration::from_millis(100);
 
-struct Waker {
-    addr: SocketAddr,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for Waker {
-    fn drop(&mut self) {
-        // Stops accepting; connections already held finish on their own.
-        self.accept.abort();
-    }
-}
-
 pub(super) struct Wakers {
-    by_route: Mutex<HashMap<(String, u16), Waker>>,
+    doors: Doors<(String, u16)>,
     held: Arc<Semaphore>,
     hold: Duration,
 }
@@ -42,7 +29,7 @@ pub(super) struct Wakers {
 impl Wakers {
     pub fn new(max_held: usize, hold: Duration) -> Self {
         Self {
-            by_route: Mutex::default(),
+            doors: Doors::default(),
             held: Arc::new(Semaphore::new(max_held)),
             hold,
         }
@@ -56,33 +43,22 @@ impl Wakers {
         ip: IpAddr,
         port: u16,
     ) -> std::io::Result<SocketAddr> {
-        let mut map = self.by_route.lock().unwrap();
         let key = (partition.to_string(), port);
-        if let Some(w) = map.get(&key) {
-            return Ok(w.addr);
-        }
-        let std = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-        std.set_nonblocking(true)?;
-        let l = TcpListener::from_std(std)?;
-        let addr = l.local_addr()?;
-        let ctx = Held {
-            m: m.clone(),
-            name: partition.to_string(),
-            fallback: SocketAddr::new(ip, port),
-            hold: self.hold,
-            resuming: Arc::default(),
-        };
-        let accept = tokio::spawn(accept_loop(l, Arc::new(ctx), self.held.clone()));
-        map.insert(key, Waker { addr, accept });
-        Ok(addr)
+        self.doors.target(&key, |l| {
+            let ctx = Held {
+                m: m.clone(),
+                name: partition.to_string(),
+                fallback: SocketAddr::new(ip, port),
+                hold: self.hold,
+                resuming: Arc::default(),
+            };
+            tokio::spawn(accept_loop(l, Arc::new(ctx), self.held.clone()))
+        })
     }
 
     /// Drops the wakers of rows no longer waking.
     pub fn retain(&self, keep: &HashSet<(String, u16)>) {
-        self.by_route
-            .lock()
-            .unwrap()
-            .retain(|k, _| keep.contains(k));
+        self.doors.retain(keep);
     }
 }
 
@@ -108,22 +84,10 @@ async fn accept_loop(l: TcpListener, ctx: Arc<Held>, held: Arc<Semaphore>) {
             }
             Err(_) => {
                 warn!(partition = %ctx.name, "waking: too many connections held, 503");
-                tokio::spawn(async move { refuse(&mut s, 503, "too many waiting").await });
+                tokio::spawn(async move { http_error(&mut s, 503, "too many waiting").await });
             }
         }
     }
-}
-
-async fn refuse(s: &mut TcpStream, status: u16, why: &str) {
-    let reason = if status == 503 {
-        "Service Unavailable"
-    } else {
-        "Bad Gateway"
-    };
-    let body = format!("{why}\n");
-    let r = bulkhead_portshare::http::simple_response(status, reason, &body, true);
-    let _ = s.write_all(&r).await;
-    let _ = s.shutdown().await;
 }
 
 async fn serve(mut client: TcpStream, _permit: OwnedSemaphorePermit, ctx: Arc<Held>) {
@@ -132,12 +96,12 @@ async fn serve(mut client: TcpStream, _permit: OwnedSemaphorePermit, ctx: Arc<He
     let mut up = loop {
         if tokio::time::Instant::now() >= deadline {
             warn!(partition = %ctx.name, "waking: server not answering in time, 503");
-            return refuse(&mut client, 503, "the partition is still waking up").await;
+            return http_error(&mut client, 503, "the partition is still waking up").await;
         }
         let Some(m) = ctx.m.upgrade() else { return };
         let rec = match m.store().get(&ctx.name).await {
             Ok(Some(r)) => r,
-            Ok(None) => return refuse(&mut client, 502, "the partition is gone").await,
+            Ok(None) => return http_error(&mut client, 502, "the partition is gone").await,
             Err(e) => {
                 debug!(error = %e, "waking: store not answering; again");
                 tokio::time::sleep(POLL).await;
@@ -155,7 +119,7 @@ async fn serve(mut client: TcpStream, _permit: OwnedSemaphorePermit, ctx: Arc<He
                 }
             }
             PartitionState::Hibernating | PartitionState::Resuming | PartitionState::Starting => {}
-            _ => return refuse(&mut client, 502, "the partition is not running").await,
+            _ => return http_error(&mut client, 502, "the partition is not running").await,
         }
         drop(m);
         tokio::time::sleep(POLL).await;

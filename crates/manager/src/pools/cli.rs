@@ -27,6 +27,11 @@ pub enum PoolCommand {
     /// to the program, its output to standard output; at end of input,
     /// deallocate with confirmation.
     Connect(ConnectArgs),
+    /// Serve PROGRAM on the shared port by domain: each connection is one
+    /// allocation under --user, relayed to the program (docs/portshare.md).
+    Expose(crate::expose_cli::PoolExposeArgs),
+    /// Remove PROGRAM's routes on the shared port (one domain's, or all).
+    Unexpose(crate::expose_cli::PoolUnexposeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -349,6 +354,8 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
             }
         }
         PoolCommand::Connect(a) => connect(a).await?,
+        PoolCommand::Expose(a) => crate::expose_cli::pool_expose(a).await?,
+        PoolCommand::Unexpose(a) => crate::expose_cli::pool_unexpose(a).await?,
         PoolCommand::User(UserCommand::Remove(a)) => {
             let r = a.api.client()?.pool_user_remove(&a.name).await?;
             if a.json {

@@ -32,7 +32,7 @@ type End = Option<ErrorCode>;
 /// Where the allocator's answers reach the connections waiting for them.
 #[derive(Default)]
 pub(crate) struct Waiting {
-    answers: Mutex<HashMap<RequestId, oneshot::Sender<Answer>>>,
+    pub(super) answers: Mutex<HashMap<RequestId, oneshot::Sender<Answer>>>,
     sessions: Mutex<HashMap<SessionId, EndSlot>>,
 }
 
@@ -61,7 +61,7 @@ impl Waiting {
         }
     }
 
-    fn listen(&self, s: SessionId) -> oneshot::Receiver<End> {
+    pub(super) fn listen(&self, s: SessionId) -> oneshot::Receiver<End> {
         let (tx, rx) = oneshot::channel();
         let mut map = self.sessions.lock().unwrap();
         match map.remove(&s) {
@@ -296,7 +296,7 @@ fn end_now(m: &Arc<Manager>, s: SessionId) {
 }
 
 /// Connects to the session's program and sends it the session line.
-async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<TcpStream> {
+pub(super) async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<TcpStream> {
     let pool = m
         .pools
         .alloc

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cli;
+pub(crate) mod door;
 mod driver;
 pub mod gateway;
 mod template;

@@ -28,6 +28,7 @@ pub fn route(listener: &str, domain: &str, partition: &str, port: u16) -> Expose
         partition: partition.into(),
         port,
         proxy_protocol: false,
+        pool: None,
     }
 }
 
@@ -37,16 +38,23 @@ pub async fn routes_round_trip(s: &dyn Store) {
     let a = route(L1, "a.example.org", "pa", 8080);
     let mut w = route(L2, "*.example.org", "pa", 8443);
     w.proxy_protocol = true;
-    for r in [&b, &a, &w] {
+    // A pool's program as the target keeps its user and wait bound.
+    let mut p = route(L2, "pool.example.org", "pool:echo", 0);
+    p.pool = Some(crate::PoolTarget {
+        program: "echo".into(),
+        user: "alice".into(),
+        wait_ms: 1500,
+    });
+    for r in [&b, &a, &w, &p] {
         s.route_put(r).await.unwrap();
     }
-    assert_eq!(s.routes().await.unwrap(), vec![a.clone(), b, w.clone()]);
+    assert_eq!(s.routes().await.unwrap(), vec![a.clone(), b, w.clone(), p]);
     // The holder may change its own row (a new port) in place.
     let mut a2 = a.clone();
     a2.port = 9090;
     s.route_put(&a2).await.unwrap();
     let got = s.routes().await.unwrap();
-    assert_eq!(got.len(), 3);
+    assert_eq!(got.len(), 4);
     assert!(got.contains(&a2) && !got.contains(&a), "{got:?}");
 }
 
