@@ -99,6 +99,13 @@ pub async fn serve(
         tracing::info!(addr = %l.local_addr()?, "pool gateway bound");
         tasks.spawn(crate::pools::gateway::serve(manager.clone(), l));
     }
+    if let Some(addr) = cfg.metrics.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "metrics endpoint bound (GET /metrics)");
+        tasks.spawn(crate::metrics::serve(manager.clone(), l));
+    }
     // A member once it can be reached; a name another host holds stops the start.
     match crate::cluster::membership::start(manager.clone(), fingerprint).await {
         Ok(renew) => {

@@ -104,6 +104,7 @@ struct Peer {
     conn: Connection,
     frames: VecDeque<Frame>,
     buf: Vec<u8>,
+    metrics: super::metrics::PoolMetrics,
 }
 
 /// What the client's socket gave.
@@ -123,6 +124,16 @@ impl Peer {
         self.conn.send(&f).is_ok() && self.flush().await
     }
 
+    /// Sends REFUSED, counted in the metrics.
+    async fn refuse(&mut self, reason: RefuseReason, message: &str) -> bool {
+        self.metrics.refused(reason);
+        self.send(Frame::Refused {
+            reason,
+            message: message.into(),
+        })
+        .await
+    }
+
     /// Feeds bytes read from the client to the state machine.
     async fn take(&mut self, n: std::io::Result<usize>) -> Input {
         let n = match n {
@@ -136,6 +147,9 @@ impl Peer {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "gateway client broke the protocol");
+                    if let Some(r) = e.refusal() {
+                        self.metrics.refused(r);
+                    }
                     self.flush().await;
                     return Input::Gone;
                 }
@@ -171,6 +185,7 @@ async fn conversation(m: Arc<Manager>, s: TcpStream) {
         conn: Connection::server(),
         frames: VecDeque::new(),
         buf: vec![0; 64 * 1024],
+        metrics: m.pools.metrics.clone(),
     };
     // Out of place frames are the state machine's to refuse; only ALLOCATE
     // reaches here in the ready state.
@@ -183,24 +198,17 @@ async fn conversation(m: Arc<Manager>, s: TcpStream) {
     }
 }
 
-fn refused(reason: RefuseReason, message: impl Into<String>) -> Frame {
-    Frame::Refused {
-        reason,
-        message: message.into(),
-    }
-}
-
 /// One ALLOCATE to its end; false when the connection is over.
 async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
+    let received = Instant::now();
     let user = match m.pool_user_table(&a.user).await {
         Ok(users) => match users.authorize(&a.user, &a.credential, &a.program) {
             Ok(u) => u.clone(),
-            Err(r) => return p.send(refused(r, r.as_str())).await,
+            Err(r) => return p.refuse(r, r.as_str()).await,
         },
         Err(e) => {
             tracing::warn!(error = %e, "gateway reading pool users");
-            p.send(refused(RefuseReason::Internal, "the gateway failed"))
-                .await;
+            p.refuse(RefuseReason::Internal, "the gateway failed").await;
             return false;
         }
     };
@@ -249,16 +257,15 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
     };
     let alloc = match answer {
         Some(Ok(a)) => a,
-        Some(Err(r)) => return p.send(refused(r, r.as_str())).await,
+        Some(Err(r)) => return p.refuse(r, r.as_str()).await,
         None => {
-            p.send(refused(RefuseReason::Internal, "the gateway failed"))
-                .await;
+            p.refuse(RefuseReason::Internal, "the gateway failed").await;
             return false;
         }
     };
     let ended = m.pools.waiting.listen(alloc.session);
     match program(m, &alloc).await {
-        Ok(prog) => {
+        Ok((pool, prog)) => {
             if !p
                 .send(Frame::Allocated {
                     session: alloc.session,
@@ -268,6 +275,7 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
                 end_now(m, alloc.session);
                 return false;
             }
+            p.metrics.allocated(&pool, &alloc.program, received);
             relay(m, p, &alloc, prog, ended).await
         }
         Err(e) => {
@@ -279,11 +287,8 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
                 .unwrap()
                 .partition_failed(&alloc.partition);
             carry_out(m, actions.unwrap_or_default());
-            p.send(refused(
-                RefuseReason::Internal,
-                "the program could not be reached",
-            ))
-            .await;
+            p.refuse(RefuseReason::Internal, "the program could not be reached")
+                .await;
             false
         }
     }
@@ -295,8 +300,9 @@ fn end_now(m: &Arc<Manager>, s: SessionId) {
     carry_out(m, actions.unwrap_or_default());
 }
 
-/// Connects to the session's program and sends it the session line.
-async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<TcpStream> {
+/// Connects to the session's program and sends it the session line; the
+/// partition's pool and the connection.
+async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<(String, TcpStream)> {
     let pool = m
         .pools
         .alloc
@@ -330,7 +336,7 @@ async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<TcpStream> 
     }
     .encode()?;
     s.write_all(line.as_bytes()).await?;
-    Ok(s)
+    Ok((pool, s))
 }
 
 /// Relays DATA both ways until the session ends; true when the connection

@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 mod driver;
 pub mod gateway;
+pub(crate) mod metrics;
 pub mod types;
 mod users;
 
@@ -52,6 +53,8 @@ pub struct Pools {
     /// One action at a time per partition (a boot and a destroy of one
     /// primary id never interleave).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counted by the gateway, exported by `crate::metrics`.
+    pub(crate) metrics: metrics::PoolMetrics,
 }
 
 /// A statement and the store revision it was read or written at.
@@ -73,6 +76,11 @@ pub const MAX_POOL_NAME: usize = 40;
 pub const MAX_POOL_SIZE: u32 = 64;
 
 impl Pools {
+    /// Sets the metrics' gauges from the allocator (at each scrape).
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(&self.alloc.lock().unwrap());
+    }
+
     fn statement(&self, pool: &str) -> Option<CreatePool> {
         self.statements
             .lock()

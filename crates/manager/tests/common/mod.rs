@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod grants;
+pub mod pools;
 
 use bulkhead_manager::cgroup::Layout;
 use bulkhead_manager::client::{Client, Endpoint};
