@@ -1,9 +1,11 @@
 //! The pool gateway's surroundings through a real bulkheadd (issue 17): the
-//! daemon's Prometheus endpoint moving as the gateway allocates and refuses.
+//! daemon's Prometheus endpoint moving as the gateway allocates and refuses;
+//! the gateway over TLS (a CA and certificate made here with rcgen).
 
 mod common;
 
-use bulkhead_pool_proto::client::Client as Gateway;
+use bulkhead_manager::tls::{file_fingerprint, server_name, Trust};
+use bulkhead_pool_proto::client::{Client as Gateway, ClientError as GwError};
 use bulkhead_pool_proto::{Frame, RefuseReason};
 use common::pools::*;
 use common::{Daemon, Opts};
@@ -172,4 +174,118 @@ async fn the_metrics_move_as_the_gateway_allocates_queues_and_refuses() {
     assert_eq!(count(&t4, ALLOCATIONS) - count(&t0, ALLOCATIONS), 2.0);
     assert_eq!(count(&t4, LATENCY_COUNT) - count(&t0, LATENCY_COUNT), 2.0);
     assert_eq!((gauge(&t4, IN_SESSION), gauge(&t4, IDLE)), (0.0, 1.0));
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, as PEM files in `dir`:
+/// (ca, cert, key).
+fn ca_and_cert(dir: &std::path::Path, tag: &str) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("test CA {tag}"));
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let paths = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(format!("{tag}-{f}")));
+    std::fs::write(&paths[0], ca.pem()).unwrap();
+    std::fs::write(&paths[1], leaf.pem()).unwrap();
+    std::fs::write(&paths[2], key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_gateway_speaks_tls_and_refuses_plain_text_and_strangers() {
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = ca_and_cert(certs.path(), "gw");
+    let [other_ca, ..] = ca_and_cert(certs.path(), "other");
+    let gw = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(Opts {
+        extra: format!(
+            "[pool]\ngateway = {gw:?}\ngateway_cert = {cert:?}\ngateway_key = {key:?}\n"
+        ),
+        ..Default::default()
+    });
+    let alice = add_user(&d, "alice", "echo", 1);
+    d.client()
+        .pool_create(&statement("t", "echo", 1))
+        .await
+        .unwrap();
+    let idle = wait_pool(&d, "t", 1, "idle").await;
+    let tls = |trust: Trust| trust.client_config().unwrap();
+
+    // Plain text to a TLS gateway: one plain REFUSED that says so.
+    match Gateway::connect_tcp(gw.as_str()).await {
+        Err(GwError::Refused { reason, message }) => {
+            assert_eq!(reason, RefuseReason::Malformed);
+            assert!(message.contains("TLS"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // A certificate the client does not trust: the handshake fails.
+    match Gateway::connect_tls(gw.as_str(), tls(Trust::CaFile(other_ca)), server_name(&gw)).await {
+        Err(GwError::Io(e)) => assert!(e.to_string().contains("certificate"), "{e}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert_eq!(
+        d.client().pool_show("t").await.unwrap(),
+        idle,
+        "refused clients changed the pool"
+    );
+
+    // A conversation over TLS, trusting the CA.
+    let mut g = Gateway::connect_tls(
+        gw.as_str(),
+        tls(Trust::CaFile(ca.clone())),
+        server_name(&gw),
+    )
+    .await
+    .unwrap();
+    let s = g
+        .allocate(req("echo", "alice", &alice, 5_000))
+        .await
+        .unwrap();
+    g.send(b"over tls\n").await.unwrap();
+    assert_eq!(
+        lines(&mut g, 2).await,
+        [format!("echo echo {s} alice"), "over tls".to_string()]
+    );
+    g.deallocate().await.unwrap();
+
+    // The CLI, pinning the certificate's fingerprint.
+    let fp = file_fingerprint(&cert).unwrap();
+    let out = std::process::Command::new(bulkhead_testbed::bulkhead_bin())
+        .args([
+            "pool",
+            "connect",
+            "echo",
+            "--user",
+            "alice",
+            "--gateway",
+            &gw,
+        ])
+        .args(["--tls-fingerprint", &fp])
+        .env("BULKHEAD_POOL_TOKEN", &alice)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"from the cli\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.lines().nth(1), Some("from the cli"), "{text}");
+    let v = wait_pool(&d, "t", 1, "idle").await;
+    assert_eq!(v.partitions[0].sessions_served, 2);
 }

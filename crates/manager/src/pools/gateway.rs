@@ -15,10 +15,10 @@ use bulkhead_pool_proto::{
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 /// How long reaching a partition's program may take.
 const PROGRAM_CONNECT: Duration = Duration::from_secs(5);
@@ -76,16 +76,19 @@ impl Waiting {
     }
 }
 
-/// Serves the gateway on `l` until the task is dropped.
-pub async fn serve(m: Arc<Manager>, l: TcpListener) {
+/// Serves the gateway on `l` (over TLS when `tls` is given) until the task
+/// is dropped.
+pub async fn serve(m: Arc<Manager>, l: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         match l.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                let m = m.clone();
+                let (m, tls) = (m.clone(), tls.clone());
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "gateway connection");
-                    conversation(m, s).await;
+                    if let Some(io) = super::tls::accept(s, tls.as_ref(), &m.pools.metrics).await {
+                        conversation(m, io).await;
+                    }
                 });
             }
             Err(e) => {
@@ -99,8 +102,8 @@ pub async fn serve(m: Arc<Manager>, l: TcpListener) {
 /// The client's side of one connection: its reader, its writer and the
 /// protocol state both share.
 struct Peer {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Box<dyn AsyncRead + Send + Unpin>,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
     conn: Connection,
     frames: VecDeque<Frame>,
     buf: Vec<u8>,
@@ -177,8 +180,7 @@ impl Peer {
     }
 }
 
-async fn conversation(m: Arc<Manager>, s: TcpStream) {
-    let (rd, wr) = s.into_split();
+async fn conversation(m: Arc<Manager>, (rd, wr): super::tls::Halves) {
     let mut p = Peer {
         rd,
         wr,

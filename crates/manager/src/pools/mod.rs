@@ -12,6 +12,7 @@ pub mod cli;
 mod driver;
 pub mod gateway;
 pub(crate) mod metrics;
+pub(crate) mod tls;
 pub mod types;
 mod users;
 
@@ -29,6 +30,9 @@ use types::*;
 pub struct PoolConfig {
     /// Where the gateway listens (`ADDR:PORT`); no gateway when absent.
     pub gateway: Option<std::net::SocketAddr>,
+    /// PEM certificate chain and key: with both the gateway speaks TLS.
+    pub gateway_cert: Option<std::path::PathBuf>,
+    pub gateway_key: Option<std::path::PathBuf>,
     /// A session with no DATA either way for this long ends (ERROR
     /// `idle-timeout`; the cleanup runs).
     pub idle_timeout_ms: u64,
@@ -38,6 +42,8 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             gateway: None,
+            gateway_cert: None,
+            gateway_key: None,
             idle_timeout_ms: 600_000,
         }
     }
