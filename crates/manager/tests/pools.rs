@@ -350,6 +350,9 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         .exec(&p.primary_id, "touch /tmp/scratch && echo made")
         .await;
     assert_eq!(r["stdout"], "made\n");
+    // Its agent knows the session: `bulkhead-guest session` in the partition.
+    let r = d.exec(&p.primary_id, "bulkhead-guest session").await;
+    assert_eq!(r["stdout"], format!("{s} echo alice\n"), "{r}");
     // bob lands on the other program's pool.
     let mut gb = Gateway::connect_tcp(gw.as_str()).await.unwrap();
     let sb = gb.allocate(req("db", "bob", &bob, 5_000)).await.unwrap();
@@ -388,6 +391,15 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
         )
         .await;
     assert_eq!(r["stdout"], "gone\n", "the cleanup ran before CONFIRMED");
+    // ...and the agent forgot the session.
+    let r = d
+        .exec(&p.primary_id, "bulkhead-guest session; echo exit=$?")
+        .await;
+    assert_eq!(r["stdout"], "exit=1\n", "{r}");
+    assert!(
+        r["stderr"].as_str().unwrap().contains("no pool session"),
+        "{r}"
+    );
     gb.deallocate().await.unwrap();
 
     // The connection holds another session; both partitions busy, then six

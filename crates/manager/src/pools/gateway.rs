@@ -266,6 +266,8 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
         }
     };
     let ended = m.pools.waiting.listen(alloc.session);
+    // The agent knows the session before the program hears of it.
+    super::session::opened(m, &alloc).await;
     match program(m, &alloc).await {
         Ok((pool, prog)) => {
             if !p

@@ -12,6 +12,7 @@ pub mod cli;
 mod driver;
 pub mod gateway;
 pub(crate) mod metrics;
+mod session;
 pub(crate) mod tls;
 pub mod types;
 mod users;
