@@ -258,33 +258,7 @@ async fn the_gateway_speaks_tls_and_refuses_plain_text_and_strangers() {
 
     // The CLI, pinning the certificate's fingerprint.
     let fp = file_fingerprint(&cert).unwrap();
-    let out = std::process::Command::new(bulkhead_testbed::bulkhead_bin())
-        .args([
-            "pool",
-            "connect",
-            "echo",
-            "--user",
-            "alice",
-            "--gateway",
-            &gw,
-        ])
-        .args(["--tls-fingerprint", &fp])
-        .env("BULKHEAD_POOL_TOKEN", &alice)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(b"from the cli\n")?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pool_connect(&gw, &alice, &["--tls-fingerprint", &fp], b"from the cli\n");
     assert_eq!(text.lines().nth(1), Some("from the cli"), "{text}");
     let v = wait_pool(&d, "t", 1, "idle").await;
     assert_eq!(v.partitions[0].sessions_served, 2);

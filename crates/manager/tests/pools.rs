@@ -13,7 +13,6 @@ use bulkhead_pool_proto::{ErrorCode, Frame, RefuseReason};
 use bulkhead_store::{PoolKind, SqliteStore, Store};
 use common::pools::*;
 use common::{Daemon, Opts};
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -481,35 +480,7 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
     }
 
     // `bulkhead pool connect` over standard input and output.
-    let mut child = Command::new(bulkhead_testbed::bulkhead_bin())
-        .args([
-            "pool",
-            "connect",
-            "echo",
-            "--user",
-            "alice",
-            "--gateway",
-            &gw,
-        ])
-        .env("BULKHEAD_POOL_TOKEN", &alice)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hello from stdin\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = pool_connect(&gw, &alice, &[], b"hello from stdin\n");
     let l: Vec<&str> = text.lines().collect();
     assert!(
         l.len() == 2 && l[0].starts_with("echo echo ") && l[0].ends_with(" alice"),

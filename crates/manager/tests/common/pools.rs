@@ -188,3 +188,34 @@ pub fn refusal(e: GwError) -> RefuseReason {
         e => panic!("not a refusal: {e}"),
     }
 }
+
+/// `bulkhead pool connect echo` as alice through `gw` with `extra` options:
+/// `input` on its standard input; its standard output (it must succeed).
+pub fn pool_connect(gw: &str, token: &str, extra: &[&str], input: &[u8]) -> String {
+    let mut child = Command::new(bulkhead_testbed::bulkhead_bin())
+        .args([
+            "pool",
+            "connect",
+            "echo",
+            "--user",
+            "alice",
+            "--gateway",
+            gw,
+        ])
+        .args(extra)
+        .env("BULKHEAD_POOL_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
