@@ -509,6 +509,17 @@ impl AgentClient {
         Self::decode(v, "l2tp_server")
     }
 
+    /// Tells the agent the pool session the partition now serves (None:
+    /// the session ended); `bulkhead-guest session` prints it.
+    pub async fn set_session(
+        &self,
+        session: Option<crate::proto::PoolSession>,
+    ) -> Result<(), AgentError> {
+        let body = RequestBody::SetSession { session };
+        self.call(body, "set_session", QUICK_TIMEOUT).await?;
+        Ok(())
+    }
+
     /// The shared-memory regions the guest sees.
     pub async fn region_list(&self) -> Result<Vec<RegionInfo>, AgentError> {
         let v = self

@@ -106,6 +106,52 @@ pub enum RequestBody {
         #[serde(default)]
         wait_ms: u64,
     },
+    /// The pool session this partition now serves, or none (issue 17):
+    /// what `bulkhead-guest session` prints. Only the host sets it.
+    /// Answered with an empty object.
+    SetSession { session: Option<PoolSession> },
+}
+
+/// A pool session as the partition's agent knows it (`set_session`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSession {
+    /// The session id, 16 lowercase hex digits (as in the session line).
+    pub session: String,
+    /// The program (transaction program name).
+    pub program: String,
+    /// The user the session serves.
+    pub alternate_id: String,
+}
+
+impl PoolSession {
+    /// Longest program or alternate id (the gateway's bound).
+    pub const MAX_NAME: usize = 64;
+
+    /// Each field one non-empty word of printable ASCII, so the line
+    /// `bulkhead-guest session` prints splits into exactly three.
+    pub fn check(&self) -> Result<(), String> {
+        let word = |s: &str| {
+            !s.is_empty() && s.len() <= Self::MAX_NAME && s.bytes().all(|b| b.is_ascii_graphic())
+        };
+        let hex = self.session.len() == 16
+            && self
+                .session
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(format!("session {:?} is not 16 hex digits", self.session));
+        }
+        if !word(&self.program) || !word(&self.alternate_id) {
+            return Err("program and alternate id must be 1-64 printable characters".into());
+        }
+        Ok(())
+    }
+
+    /// `SESSION_ID PROGRAM ALTERNATE_ID`.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.session, self.program, self.alternate_id)
+    }
 }
 
 /// Reply to `l2tp_server`: the server runs and listens.

@@ -27,6 +27,8 @@ pub struct Config {
     pub portshare: crate::expose::PortshareConfig,
     /// `[pool]`: the service pools' gateway (issue 17).
     pub pool: crate::pools::PoolConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 /// `[grants]`: the grant table's bounds and the unmap deadlines (docs/grants.md).
@@ -253,6 +255,7 @@ impl Default for Config {
             grants: GrantsConfig::default(),
             portshare: Default::default(),
             pool: Default::default(),
+            metrics: Default::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod idle;
 pub mod listen;
 pub mod lu;
 pub mod manager;
+pub mod metrics;
 pub mod net;
 pub mod openapi;
 pub mod pools;

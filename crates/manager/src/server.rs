@@ -93,11 +93,20 @@ pub async fn serve(
     };
     tasks.spawn(listen::unix_loop(unix, limits, serve));
     if let Some(addr) = cfg.pool.gateway {
+        let tls = crate::pools::tls::acceptor(&cfg.pool, &cfg.data_dir)
+            .context("the pool gateway's certificate")?;
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the pool gateway on {addr}"))?;
-        tracing::info!(addr = %l.local_addr()?, "pool gateway bound");
-        tasks.spawn(crate::pools::gateway::serve(manager.clone(), l));
+        tracing::info!(addr = %l.local_addr()?, tls = tls.is_some(), "pool gateway bound");
+        tasks.spawn(crate::pools::gateway::serve(manager.clone(), l, tls));
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "metrics endpoint bound (GET /metrics)");
+        tasks.spawn(crate::metrics::serve(manager.clone(), l));
     }
     // A member once it can be reached; a name another host holds stops the start.
     match crate::cluster::membership::start(manager.clone(), fingerprint).await {

@@ -113,6 +113,28 @@ impl Client<TcpStream> {
     }
 }
 
+#[cfg(feature = "tls")]
+impl Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    /// Connects to a gateway that speaks TLS. `config` says whom to trust (a
+    /// CA, a pinned certificate); `server_name` is what the certificate must
+    /// name. The protocol's ALPN name is offered. A failed handshake is an
+    /// `Io` error and nothing was sent.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+    ) -> Result<Self, ClientError> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![crate::ALPN.to_vec()];
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(server_name, s)
+            .await?;
+        Self::connect(tls).await
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Says HELLO over `io` and waits for the version the gateway picks.
     pub async fn connect(io: S) -> Result<Self, ClientError> {

@@ -46,6 +46,18 @@ pub enum ConnError {
     Closed,
 }
 
+impl ConnError {
+    /// The refusal a server sends for this error (None: nothing is sent).
+    pub fn refusal(&self) -> Option<RefuseReason> {
+        match self {
+            Self::Decode(e) if e.is_too_large() => Some(RefuseReason::TooLarge),
+            Self::Decode(_) | Self::Unexpected { .. } => Some(RefuseReason::Malformed),
+            Self::Version { .. } => Some(RefuseReason::Version),
+            Self::Encode(_) | Self::Closed => None,
+        }
+    }
+}
+
 /// The next state after `from` sends `frame` in `state`, or `None` if it may not.
 fn transition(state: State, from: Role, frame: &Frame) -> Option<State> {
     use Role::{Client as C, Server as S};
@@ -162,13 +174,9 @@ impl Connection {
             Ok(Some(f)) => f,
             Ok(None) => return Ok(None),
             Err(e) => {
-                let reason = if e.is_too_large() {
-                    RefuseReason::TooLarge
-                } else {
-                    RefuseReason::Malformed
-                };
-                self.fail(reason, &e.to_string());
-                return Err(e.into());
+                let e = ConnError::from(e);
+                self.fail(&e);
+                return Err(e);
             }
         };
         let Some(next) = transition(self.state, self.peer(), &frame) else {
@@ -177,7 +185,7 @@ impl Connection {
                 frame: frame.frame_type(),
                 from: self.peer(),
             };
-            self.fail(RefuseReason::Malformed, &e.to_string());
+            self.fail(&e);
             return Err(e);
         };
         self.state = next;
@@ -194,7 +202,7 @@ impl Connection {
                     min: *min_version,
                     max: *max_version,
                 };
-                self.fail(RefuseReason::Version, &e.to_string());
+                self.fail(&e);
                 return Err(e);
             }
             self.send(&Frame::Welcome { version: VERSION })?;
@@ -203,11 +211,11 @@ impl Connection {
     }
 
     /// Ends the connection; a server first queues a fatal refusal saying why.
-    fn fail(&mut self, reason: RefuseReason, message: &str) {
-        if self.role == Role::Server {
+    fn fail(&mut self, e: &ConnError) {
+        if let (Role::Server, Some(reason)) = (self.role, e.refusal()) {
             let refusal = Frame::Refused {
                 reason,
-                message: message.to_owned(),
+                message: e.to_string(),
             };
             // Valid in every open state (fatal refusals always are).
             let _ = self.send(&refusal);

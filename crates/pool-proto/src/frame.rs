@@ -8,6 +8,8 @@ use std::fmt;
 pub const VERSION: u16 = 1;
 /// First bytes of HELLO: a stray client (HTTP, TLS to a plain port) is told apart at once.
 pub const MAGIC: [u8; 4] = *b"BHPL";
+/// The ALPN protocol name of the gateway over TLS.
+pub const ALPN: &[u8] = b"bulkhead-pool/1";
 /// Length prefix (u32, big-endian) that precedes every frame.
 pub const HEADER_LEN: usize = 4;
 /// Largest frame (type byte + payload) either side may send.

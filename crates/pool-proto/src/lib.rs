@@ -17,8 +17,8 @@ pub mod client;
 pub use conn::{ConnError, Connection, Role, State};
 pub use decode::{DecodeError, Decoder};
 pub use frame::{
-    check_name, Allocate, ErrorCode, Frame, FrameType, RefuseReason, SessionId, HEADER_LEN, MAGIC,
-    MAX_CREDENTIAL_LEN, MAX_DATA_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN, MAX_WAIT_MS,
-    VERSION,
+    check_name, Allocate, ErrorCode, Frame, FrameType, RefuseReason, SessionId, ALPN, HEADER_LEN,
+    MAGIC, MAX_CREDENTIAL_LEN, MAX_DATA_LEN, MAX_FRAME_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN,
+    MAX_WAIT_MS, VERSION,
 };
 pub use session_line::{SessionLine, SessionLineError, MAX_SESSION_LINE_LEN};

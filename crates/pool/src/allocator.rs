@@ -100,6 +100,11 @@ impl Allocator {
         self.queue.len()
     }
 
+    /// The program each queued request waits for, in queue order (metrics).
+    pub fn queued_programs(&self) -> impl Iterator<Item = &str> {
+        self.queue.iter().map(|w| w.program.as_str())
+    }
+
     /// When `tick` next has work (the earliest queued deadline).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.queue.iter().map(|w| w.deadline).min()

@@ -38,6 +38,16 @@ pub enum PartitionState {
 }
 
 impl PartitionState {
+    /// Every `as_str` name, in life-cycle order (metrics report each, zero too).
+    pub const NAMES: [&'static str; 6] = [
+        "booting",
+        "idle",
+        "in-session",
+        "cleaning",
+        "recycling",
+        "failed",
+    ];
+
     pub fn session(&self) -> Option<SessionId> {
         match self {
             Self::InSession(s) | Self::Cleaning(s) => Some(*s),
@@ -155,4 +165,24 @@ pub enum AllocError {
     NotStarting(String),
     #[error("partition {0} has not failed")]
     NotFailed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_name_is_listed() {
+        let s = SessionId(1);
+        for st in [
+            PartitionState::Booting,
+            PartitionState::Idle,
+            PartitionState::InSession(s),
+            PartitionState::Cleaning(s),
+            PartitionState::Recycling,
+            PartitionState::Failed,
+        ] {
+            assert!(PartitionState::NAMES.contains(&st.as_str()), "{st:?}");
+        }
+    }
 }

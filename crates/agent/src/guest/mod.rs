@@ -16,6 +16,7 @@ pub mod region;
 pub mod relay;
 pub mod serve;
 pub mod service;
+pub mod session;
 pub mod sys;
 pub mod tool;
 

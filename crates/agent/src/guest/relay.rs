@@ -165,10 +165,14 @@ fn serve(relay: Arc<Relay>, listener: UnixListener) {
 fn handle(relay: &Relay, mut conn: UnixStream) {
     let _ = conn.set_read_timeout(Some(READ_TIMEOUT));
     let answer = match read_request(&mut conn) {
-        Ok(req) => relay.call(&req),
-        Err(e) => Err(e),
+        // `bulkhead-guest session` is answered here, from the agent's memory.
+        Ok(req) => match super::session::answer_local(&req) {
+            Some(local) => local,
+            None => CallAnswer::new(0, relay.call(&req)),
+        },
+        Err(e) => CallAnswer::new(0, Err(e)),
     };
-    let _ = conn.write_all(&proto::encode_line(&CallAnswer::new(0, answer)));
+    let _ = conn.write_all(&proto::encode_line(&answer));
 }
 
 /// Reads one request: up to the first newline, or to end of stream.

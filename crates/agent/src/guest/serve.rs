@@ -371,6 +371,10 @@ fn dispatch(
             });
             None
         }
+        RequestBody::SetSession { session } => Some(match super::session::set(session) {
+            Ok(()) => Response::ok(id, &serde_json::json!({})),
+            Err(e) => Response::err(id, "bad_request", e),
+        }),
         RequestBody::RegionList => Some(match region::list(Path::new(region::PCI_DEVICES)) {
             Ok(all) => Response::ok(id, &all),
             Err(e) => Response::err(id, e.kind(), e.to_string()),

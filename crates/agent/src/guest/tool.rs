@@ -17,7 +17,8 @@ use bulkhead_grant::{Cookie, GrantId, PartitionId, RegionSize, ResourceKind, Res
 use super::grants::{self, ToolError};
 use super::region::{self, Mapping};
 
-const USAGE: &str = "usage: bulkhead-guest region create NAME --size SIZE [--json]
+const USAGE: &str = "usage: bulkhead-guest session
+       bulkhead-guest region create NAME --size SIZE [--json]
        bulkhead-guest grant NAME --to PARTITION [--read-only] [--expires D] [--disk] [--json]
        bulkhead-guest grant --regrant GRANT_ID --to PARTITION [--read-only] [--expires D] [--json]
        bulkhead-guest accept COOKIE [--json]
@@ -35,7 +36,8 @@ const USAGE: &str = "usage: bulkhead-guest region create NAME --size SIZE [--jso
        bulkhead-guest region hold ADDR
 SIZE: bytes, or with K, M or G (16M); D: with s, m, h or d (10m).
 ADDR is the PCI address of a region device or of its port (region list).
-Exit: 0 done, 1 refused, 2 usage, 3 manager unreachable or no answer.";
+`session` prints SESSION_ID PROGRAM ALTERNATE_ID of the pool session open here.
+Exit: 0 done, 1 refused (session: none open), 2 usage, 3 manager unreachable or no answer.";
 
 /// Longest `read`: its hex goes through exec output.
 pub const MAX_READ: usize = 1 << 20;
@@ -527,6 +529,9 @@ pub fn main(args: &[String]) -> i32 {
     if matches!(args.first().map(String::as_str), Some("--help" | "help")) {
         println!("{USAGE}");
         return 0;
+    }
+    if args == ["session"] {
+        return super::session::main(Path::new(super::relay::SOCKET));
     }
     let json = args.iter().any(|a| a == "--json");
     let result = parse(args)

@@ -54,6 +54,13 @@ pub struct ConnectArgs {
     /// How long to wait for a partition when none is idle, milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u32,
+    /// The gateway speaks TLS: trust its certificate if it chains to this
+    /// PEM CA file and names the --gateway host.
+    #[arg(long, visible_alias = "tls-ca", env = "BULKHEAD_POOL_CA")]
+    pub ca: Option<std::path::PathBuf>,
+    /// The gateway speaks TLS: trust the certificate with this SHA-256.
+    #[arg(long, env = "BULKHEAD_POOL_TLS_FINGERPRINT", conflicts_with = "ca")]
+    pub tls_fingerprint: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -369,11 +376,40 @@ async fn run_inner(cmd: PoolCommand) -> anyhow::Result<()> {
 
 /// `pool connect`: stdin to the program, the program to stdout.
 async fn connect(a: ConnectArgs) -> anyhow::Result<()> {
+    use crate::tls::Trust;
     use bulkhead_pool_proto::client::Client as Gateway;
+    let trust = match (&a.tls_fingerprint, &a.ca) {
+        (Some(f), _) => Some(Trust::Fingerprint(f.clone())),
+        (None, Some(ca)) => Some(Trust::CaFile(ca.clone())),
+        (None, None) => None,
+    };
+    let at = || format!("gateway {}", a.gateway);
+    match trust {
+        None => {
+            let c = Gateway::connect_tcp(a.gateway.as_str())
+                .await
+                .with_context(at)?;
+            converse(c, a).await
+        }
+        Some(t) => {
+            let name = crate::tls::server_name(&a.gateway);
+            let c = Gateway::connect_tls(a.gateway.as_str(), t.client_config()?, name)
+                .await
+                .with_context(at)?;
+            converse(c, a).await
+        }
+    }
+}
+
+/// One session over a connected client, until the end of standard input.
+async fn converse<S>(
+    mut c: bulkhead_pool_proto::client::Client<S>,
+    a: ConnectArgs,
+) -> anyhow::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = Gateway::connect_tcp(a.gateway.as_str())
-        .await
-        .with_context(|| format!("gateway {}", a.gateway))?;
     let session = c
         .allocate(bulkhead_pool_proto::Allocate {
             program: a.program,

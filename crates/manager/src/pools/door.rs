@@ -31,6 +31,7 @@ pub(crate) async fn serve(m: Arc<Manager>, mut client: TcpStream, t: PoolTarget)
     let Some((peer, early)) = proxy_header(&mut client).await else {
         return;
     };
+    let asked = Instant::now();
     let alloc = match allocate(&m, &t).await {
         Ok(a) => a,
         Err(why) => {
@@ -40,8 +41,13 @@ pub(crate) async fn serve(m: Arc<Manager>, mut client: TcpStream, t: PoolTarget)
     };
     let session = alloc.session;
     let ended = m.pools.waiting.listen(session);
+    // The agent knows the session before the program hears of it.
+    super::session::opened(&m, &alloc).await;
     let mut prog = match gateway::program(&m, &alloc).await {
-        Ok(p) => p,
+        Ok((pool, p)) => {
+            m.pools.metrics.allocated(&pool, &alloc.program, asked);
+            p
+        }
         Err(e) => {
             warn!(partition = %alloc.partition, error = %e, "pool route cannot reach the program");
             let actions = m

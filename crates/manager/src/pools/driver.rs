@@ -240,6 +240,7 @@ pub(super) async fn start_program(
 /// Runs the pool's cleanup in an adopted partition; true when it exited 0
 /// (or the pool has none).
 async fn adopt_clean(m: &Arc<Manager>, c: &CreatePool, id: &str) -> bool {
+    super::session::closed(m, id).await; // its session ended with the old daemon
     let Some(cmd) = &c.cleanup else { return true };
     match exec(m, id, cmd, CLEANUP_TIMEOUT_SECS).await {
         Ok((0, _)) => true,
@@ -328,6 +329,7 @@ async fn cleanup(m: &Arc<Manager>, id: &str, session: SessionId) {
             }
         },
     };
+    super::session::closed(m, id).await;
     let done = m.pools.alloc.lock().unwrap().cleanup_done(session, ok);
     match done {
         Ok(actions) => carry_out(m, actions),

@@ -15,10 +15,10 @@ use bulkhead_pool_proto::{
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsAcceptor;
 
 /// How long reaching a partition's program may take.
 const PROGRAM_CONNECT: Duration = Duration::from_secs(5);
@@ -76,16 +76,19 @@ impl Waiting {
     }
 }
 
-/// Serves the gateway on `l` until the task is dropped.
-pub async fn serve(m: Arc<Manager>, l: TcpListener) {
+/// Serves the gateway on `l` (over TLS when `tls` is given) until the task
+/// is dropped.
+pub async fn serve(m: Arc<Manager>, l: TcpListener, tls: Option<TlsAcceptor>) {
     loop {
         match l.accept().await {
             Ok((s, peer)) => {
                 let _ = s.set_nodelay(true);
-                let m = m.clone();
+                let (m, tls) = (m.clone(), tls.clone());
                 tokio::spawn(async move {
                     tracing::debug!(%peer, "gateway connection");
-                    conversation(m, s).await;
+                    if let Some(io) = super::tls::accept(s, tls.as_ref(), &m.pools.metrics).await {
+                        conversation(m, io).await;
+                    }
                 });
             }
             Err(e) => {
@@ -99,11 +102,12 @@ pub async fn serve(m: Arc<Manager>, l: TcpListener) {
 /// The client's side of one connection: its reader, its writer and the
 /// protocol state both share.
 struct Peer {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: Box<dyn AsyncRead + Send + Unpin>,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
     conn: Connection,
     frames: VecDeque<Frame>,
     buf: Vec<u8>,
+    metrics: super::metrics::PoolMetrics,
 }
 
 /// What the client's socket gave.
@@ -123,6 +127,16 @@ impl Peer {
         self.conn.send(&f).is_ok() && self.flush().await
     }
 
+    /// Sends REFUSED, counted in the metrics.
+    async fn refuse(&mut self, reason: RefuseReason, message: &str) -> bool {
+        self.metrics.refused(reason);
+        self.send(Frame::Refused {
+            reason,
+            message: message.into(),
+        })
+        .await
+    }
+
     /// Feeds bytes read from the client to the state machine.
     async fn take(&mut self, n: std::io::Result<usize>) -> Input {
         let n = match n {
@@ -136,6 +150,9 @@ impl Peer {
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "gateway client broke the protocol");
+                    if let Some(r) = e.refusal() {
+                        self.metrics.refused(r);
+                    }
                     self.flush().await;
                     return Input::Gone;
                 }
@@ -163,14 +180,14 @@ impl Peer {
     }
 }
 
-async fn conversation(m: Arc<Manager>, s: TcpStream) {
-    let (rd, wr) = s.into_split();
+async fn conversation(m: Arc<Manager>, (rd, wr): super::tls::Halves) {
     let mut p = Peer {
         rd,
         wr,
         conn: Connection::server(),
         frames: VecDeque::new(),
         buf: vec![0; 64 * 1024],
+        metrics: m.pools.metrics.clone(),
     };
     // Out of place frames are the state machine's to refuse; only ALLOCATE
     // reaches here in the ready state.
@@ -183,24 +200,17 @@ async fn conversation(m: Arc<Manager>, s: TcpStream) {
     }
 }
 
-fn refused(reason: RefuseReason, message: impl Into<String>) -> Frame {
-    Frame::Refused {
-        reason,
-        message: message.into(),
-    }
-}
-
 /// One ALLOCATE to its end; false when the connection is over.
 async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
+    let received = Instant::now();
     let user = match m.pool_user_table(&a.user).await {
         Ok(users) => match users.authorize(&a.user, &a.credential, &a.program) {
             Ok(u) => u.clone(),
-            Err(r) => return p.send(refused(r, r.as_str())).await,
+            Err(r) => return p.refuse(r, r.as_str()).await,
         },
         Err(e) => {
             tracing::warn!(error = %e, "gateway reading pool users");
-            p.send(refused(RefuseReason::Internal, "the gateway failed"))
-                .await;
+            p.refuse(RefuseReason::Internal, "the gateway failed").await;
             return false;
         }
     };
@@ -249,16 +259,17 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
     };
     let alloc = match answer {
         Some(Ok(a)) => a,
-        Some(Err(r)) => return p.send(refused(r, r.as_str())).await,
+        Some(Err(r)) => return p.refuse(r, r.as_str()).await,
         None => {
-            p.send(refused(RefuseReason::Internal, "the gateway failed"))
-                .await;
+            p.refuse(RefuseReason::Internal, "the gateway failed").await;
             return false;
         }
     };
     let ended = m.pools.waiting.listen(alloc.session);
+    // The agent knows the session before the program hears of it.
+    super::session::opened(m, &alloc).await;
     match program(m, &alloc).await {
-        Ok(prog) => {
+        Ok((pool, prog)) => {
             if !p
                 .send(Frame::Allocated {
                     session: alloc.session,
@@ -268,6 +279,7 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
                 end_now(m, alloc.session);
                 return false;
             }
+            p.metrics.allocated(&pool, &alloc.program, received);
             relay(m, p, &alloc, prog, ended).await
         }
         Err(e) => {
@@ -279,11 +291,8 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
                 .unwrap()
                 .partition_failed(&alloc.partition);
             carry_out(m, actions.unwrap_or_default());
-            p.send(refused(
-                RefuseReason::Internal,
-                "the program could not be reached",
-            ))
-            .await;
+            p.refuse(RefuseReason::Internal, "the program could not be reached")
+                .await;
             false
         }
     }
@@ -295,8 +304,12 @@ fn end_now(m: &Arc<Manager>, s: SessionId) {
     carry_out(m, actions.unwrap_or_default());
 }
 
-/// Connects to the session's program and sends it the session line.
-pub(super) async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<TcpStream> {
+/// Connects to the session's program and sends it the session line; the
+/// partition's pool and the connection.
+pub(super) async fn program(
+    m: &Arc<Manager>,
+    a: &Allocation,
+) -> anyhow::Result<(String, TcpStream)> {
     let pool = m
         .pools
         .alloc
@@ -330,7 +343,7 @@ pub(super) async fn program(m: &Arc<Manager>, a: &Allocation) -> anyhow::Result<
     }
     .encode()?;
     s.write_all(line.as_bytes()).await?;
-    Ok(s)
+    Ok((pool, s))
 }
 
 /// Relays DATA both ways until the session ends; true when the connection

@@ -12,7 +12,10 @@ pub mod cli;
 pub(crate) mod door;
 mod driver;
 pub mod gateway;
+pub(crate) mod metrics;
+mod session;
 mod template;
+pub(crate) mod tls;
 pub mod types;
 mod users;
 
@@ -30,6 +33,9 @@ use types::*;
 pub struct PoolConfig {
     /// Where the gateway listens (`ADDR:PORT`); no gateway when absent.
     pub gateway: Option<std::net::SocketAddr>,
+    /// PEM certificate chain and key: with both the gateway speaks TLS.
+    pub gateway_cert: Option<std::path::PathBuf>,
+    pub gateway_key: Option<std::path::PathBuf>,
     /// A session with no DATA either way for this long ends (ERROR
     /// `idle-timeout`; the cleanup runs).
     pub idle_timeout_ms: u64,
@@ -39,6 +45,8 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             gateway: None,
+            gateway_cert: None,
+            gateway_key: None,
             idle_timeout_ms: 600_000,
         }
     }
@@ -54,6 +62,8 @@ pub struct Pools {
     /// One action at a time per partition (a boot and a destroy of one
     /// primary id never interleave).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counted by the gateway, exported by `crate::metrics`.
+    pub(crate) metrics: metrics::PoolMetrics,
 }
 
 /// A statement and the store revision it was read or written at.
@@ -75,6 +85,11 @@ pub const MAX_POOL_NAME: usize = 40;
 pub const MAX_POOL_SIZE: u32 = 64;
 
 impl Pools {
+    /// Sets the metrics' gauges from the allocator (at each scrape).
+    pub(crate) fn refresh_metrics(&self) {
+        self.metrics.refresh(&self.alloc.lock().unwrap());
+    }
+
     fn statement(&self, pool: &str) -> Option<CreatePool> {
         self.statements
             .lock()

@@ -6,6 +6,7 @@
 
 pub mod grants;
 pub mod l2tp;
+pub mod pools;
 
 use bulkhead_manager::cgroup::Layout;
 use bulkhead_manager::client::{Client, Endpoint};
