@@ -44,15 +44,28 @@ pub fn pair_to(
     label_b: &str,
     b: &mut [Duration],
 ) {
-    let (a50, a90) = (pct(a, 0.5), pct(a, 0.9));
-    let (b50, b90) = (pct(b, 0.5), pct(b, 0.9));
+    pair_at(decimals, 0.9, label_a, a, label_b, b)
+}
+
+/// [`pair_to`] with the median and the `hi` quantile (0.99: p99).
+pub fn pair_at(
+    decimals: usize,
+    hi: f64,
+    label_a: &str,
+    a: &mut [Duration],
+    label_b: &str,
+    b: &mut [Duration],
+) {
+    let (a50, ahi) = (pct(a, 0.5), pct(a, hi));
+    let (b50, bhi) = (pct(b, 0.5), pct(b, hi));
     let d = decimals;
-    println!("  {:<38} {:>10.d$} {:>10.d$}", label_a, ms(a50), ms(a90));
-    println!("  {:<38} {:>10.d$} {:>10.d$}", label_b, ms(b50), ms(b90));
+    println!("  {:<38} {:>10.d$} {:>10.d$}", label_a, ms(a50), ms(ahi));
+    println!("  {:<38} {:>10.d$} {:>10.d$}", label_b, ms(b50), ms(bhi));
     println!(
-        "  ratio: median {:.3}, p90 {:.3}",
+        "  ratio: median {:.3}, p{:.0} {:.3}",
         ms(a50) / ms(b50),
-        ms(a90) / ms(b90)
+        hi * 100.0,
+        ms(ahi) / ms(bhi)
     );
 }
 

@@ -41,8 +41,6 @@ pub(crate) async fn serve(m: Arc<Manager>, mut client: TcpStream, t: PoolTarget)
     };
     let session = alloc.session;
     let ended = m.pools.waiting.listen(session);
-    // The agent knows the session before the program hears of it.
-    super::session::opened(&m, &alloc).await;
     let mut prog = match gateway::program(&m, &alloc).await {
         Ok((pool, p)) => {
             m.pools.metrics.allocated(&pool, &alloc.program, asked);

@@ -266,8 +266,6 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
         }
     };
     let ended = m.pools.waiting.listen(alloc.session);
-    // The agent knows the session before the program hears of it.
-    super::session::opened(m, &alloc).await;
     match program(m, &alloc).await {
         Ok((pool, prog)) => {
             if !p
@@ -304,8 +302,9 @@ fn end_now(m: &Arc<Manager>, s: SessionId) {
     carry_out(m, actions.unwrap_or_default());
 }
 
-/// Connects to the session's program and sends it the session line; the
-/// partition's pool and the connection.
+/// Tells the partition's agent the session, connects to the session's
+/// program and sends it the session line; the partition's pool and the
+/// connection.
 pub(super) async fn program(
     m: &Arc<Manager>,
     a: &Allocation,
@@ -333,8 +332,11 @@ pub(super) async fn program(
         .as_ref()
         .and_then(|n| n.ip.split('/').next().map(str::to_string))
         .ok_or_else(|| anyhow::anyhow!("{} has no VLAN address", a.partition))?;
-    let mut s =
-        tokio::time::timeout(PROGRAM_CONNECT, TcpStream::connect((ip.as_str(), port))).await??;
+    // The agent learns the session while the connection is made; the
+    // program hears of it only after both.
+    let connect = tokio::time::timeout(PROGRAM_CONNECT, TcpStream::connect((ip.as_str(), port)));
+    let (connected, ()) = tokio::join!(connect, super::session::opened(m, a));
+    let mut s = connected??;
     s.set_nodelay(true)?;
     let line = SessionLine {
         session: a.session,
