@@ -520,6 +520,13 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Gives a restored clone its own identity (host name, clock, NICs).
+    pub async fn reidentify(&self, r: crate::proto::Reidentity) -> Result<(), AgentError> {
+        self.call(RequestBody::Reidentify(r), "reidentify", QUICK_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
     /// The shared-memory regions the guest sees.
     pub async fn region_list(&self) -> Result<Vec<RegionInfo>, AgentError> {
         let v = self

@@ -110,6 +110,36 @@ pub enum RequestBody {
     /// what `bulkhead-guest session` prints. Only the host sets it.
     /// Answered with an empty object.
     SetSession { session: Option<PoolSession> },
+    /// A restored clone takes its own identity (issue 17): its host name,
+    /// the host's clock, and per NIC (found by the template's MAC) its own
+    /// MAC, address and default route. One request, no process started.
+    /// Answered with an empty object.
+    Reidentify(Reidentity),
+}
+
+/// What a clone changes of its template's identity (`reidentify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reidentity {
+    pub hostname: String,
+    /// The host's clock, Unix milliseconds.
+    pub clock_unix_ms: u64,
+    #[serde(default)]
+    pub nics: Vec<NicIdentity>,
+}
+
+/// One NIC of a clone: found by the MAC it had in the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicIdentity {
+    pub old_mac: String,
+    pub new_mac: String,
+    /// Its own address (CIDR); the template's stays when absent.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// The default route's gateway, set again after the address changed.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// A pool session as the partition's agent knows it (`set_session`).
@@ -620,6 +650,16 @@ mod tests {
             RequestBody::Shutdown {
                 action: PowerAction::Reboot,
             },
+            RequestBody::Reidentify(Reidentity {
+                hostname: "web-3".into(),
+                clock_unix_ms: 1_700_000_000_123,
+                nics: vec![NicIdentity {
+                    old_mac: "52:54:00:00:00:01".into(),
+                    new_mac: "52:54:00:0a:0b:0c".into(),
+                    ip: Some("10.1.2.3/24".into()),
+                    gateway: Some("10.1.2.1".into()),
+                }],
+            }),
         ];
         for (i, body) in reqs.into_iter().enumerate() {
             let req = Request { id: i as u64, body };

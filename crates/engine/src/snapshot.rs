@@ -226,7 +226,7 @@ impl Partition {
     ) -> Result<(Partition, Manifest), EngineError> {
         let m = read_manifest(dir)?;
         let spec = m.spec.clone();
-        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        let p = restore_as(dir, &m, spec, opts, ready_timeout, true).await?;
         Ok((p, m))
     }
 
@@ -244,7 +244,7 @@ impl Partition {
     ) -> Result<(Partition, Manifest), EngineError> {
         let m = read_manifest(dir)?;
         same_machine(&m.spec, &spec).map_err(err)?;
-        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        let p = restore_as(dir, &m, spec, opts, ready_timeout, true).await?;
         Ok((p, m))
     }
 
@@ -289,7 +289,7 @@ impl Partition {
             let mac = cmdline::mac_for(&spec.name, n);
             renames.push((old, mac, new_ip.cloned(), n.gateway.clone()));
         }
-        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        let p = restore_as(dir, &m, spec, opts, ready_timeout, false).await?;
         match reidentify(&p, &renames).await {
             Ok(()) => Ok(p),
             Err(e) => {
@@ -352,7 +352,7 @@ impl Partition {
                 n.gateway.clone(),
             ));
         }
-        let p = restore_as(dir, &m, spec, opts, ready_timeout).await?;
+        let p = restore_as(dir, &m, spec, opts, ready_timeout, false).await?;
         match reidentify(&p, &renames).await {
             Ok(()) => Ok(p),
             Err(e) => {
@@ -670,6 +670,8 @@ async fn restore_as(
     spec: PartitionSpec,
     opts: LaunchOptions,
     ready_timeout: Duration,
+    // Set the guest clock (a clone gets it with its identity instead).
+    clock: bool,
 ) -> Result<Partition, EngineError> {
     let state = check_files(dir, m)?;
     // Hashed while QEMU starts and loads it, off the restore's path; the
@@ -685,7 +687,7 @@ async fn restore_as(
     let done = match (hashed, loaded) {
         // Corruption first: it may be why QEMU could not load the state.
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(())) => resume(&p, ready_timeout).await,
+        (Ok(()), Ok(())) => resume(&p, ready_timeout, clock).await,
     };
     match done {
         Ok(()) => Ok(p),
@@ -749,13 +751,16 @@ async fn load(
 }
 
 /// Runs the loaded guest, waits for its agent, sets its clock.
-async fn resume(p: &Partition, ready_timeout: Duration) -> Result<(), EngineError> {
+async fn resume(p: &Partition, ready_timeout: Duration, clock: bool) -> Result<(), EngineError> {
     p.qmp().cont().await?;
     p.agent()
         .wait_ready(ready_timeout)
         .await
         .map_err(|e| EngineError::Agent(format!("after restore: {e}")))?;
-    set_guest_clock(p).await
+    if clock {
+        set_guest_clock(p).await?;
+    }
+    Ok(())
 }
 
 /// Calls `step` every [`POLL`] until it gives a value, fails, QEMU ends or
@@ -828,12 +833,47 @@ async fn set_guest_clock(p: &Partition) -> Result<(), EngineError> {
     guest_run(p, "setting the guest clock", &argv).await
 }
 
-/// Gives a clone its own hostname, MACs and addresses inside the guest.
-/// `renames`: (template MAC, clone MAC, new address, gateway) per NIC.
+/// Gives a clone its own hostname, MACs and addresses inside the guest, and
+/// the host's clock: one agent request. `renames`: (template MAC, clone MAC,
+/// new address, gateway) per NIC.
 async fn reidentify(
     p: &Partition,
     renames: &[(String, String, Option<String>, Option<String>)],
 ) -> Result<(), EngineError> {
+    let r = bulkhead_agent::proto::Reidentity {
+        hostname: p.spec().name.clone(),
+        clock_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        nics: renames
+            .iter()
+            .map(|(old, new, ip, gw)| bulkhead_agent::proto::NicIdentity {
+                old_mac: old.clone(),
+                new_mac: new.clone(),
+                ip: ip.clone(),
+                gateway: ip.as_ref().and(gw.clone()),
+            })
+            .collect(),
+    };
+    match p.agent().reidentify(r).await {
+        Ok(()) => Ok(()),
+        // An image's agent older than the request: processes do it.
+        Err(bulkhead_agent::AgentError::Guest { kind, message })
+            if kind == "bad_request" && message.contains("reidentify") =>
+        {
+            reidentify_by_processes(p, renames).await
+        }
+        Err(e) => Err(EngineError::Agent(format!("re-identifying: {e}"))),
+    }
+}
+
+/// [`reidentify`] for agents without the request: `date`, then a shell.
+async fn reidentify_by_processes(
+    p: &Partition,
+    renames: &[(String, String, Option<String>, Option<String>)],
+) -> Result<(), EngineError> {
+    set_guest_clock(p).await?;
     let agent_err =
         |e: bulkhead_agent::AgentError| EngineError::Agent(format!("re-identifying: {e}"));
     p.agent()

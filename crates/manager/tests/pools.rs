@@ -620,10 +620,13 @@ async fn the_gateway_allocates_under_the_users_identity_and_confirms_after_clean
     let victim = partition_of(&c.pool_show("echo").await.unwrap(), sd).primary_id;
     let old_pid = d.show(&victim).await["pid"].clone();
     // The exec may not get its answer: the partition is replaced at once.
+    // The program's `cat` may not have started when its first line came:
+    // killed once it is there (bounded).
+    let kill = "i=0; until killall cat 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && exit 1; sleep 0.05; done";
     let _ = c
         .post(
             &format!("/v1/partitions/{victim}/exec"),
-            &serde_json::json!({ "argv": ["killall", "cat"] }),
+            &serde_json::json!({ "argv": ["/bin/sh", "-c", kill] }),
         )
         .await;
     match tokio::time::timeout(Duration::from_secs(30), gd.recv())

@@ -10,6 +10,7 @@
 pub mod children;
 pub mod console;
 pub mod grants;
+pub mod identity;
 pub mod power;
 pub mod procfs;
 pub mod region;

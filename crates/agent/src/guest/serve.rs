@@ -371,6 +371,10 @@ fn dispatch(
             });
             None
         }
+        RequestBody::Reidentify(r) => Some(match super::identity::apply(&r) {
+            Ok(()) => Response::ok(id, &serde_json::json!({})),
+            Err(e) => Response::err(id, "bad_request", e),
+        }),
         RequestBody::SetSession { session } => Some(match super::session::set(session) {
             Ok(()) => Response::ok(id, &serde_json::json!({})),
             Err(e) => Response::err(id, "bad_request", e),
