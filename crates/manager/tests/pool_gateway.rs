@@ -263,3 +263,42 @@ async fn the_gateway_speaks_tls_and_refuses_plain_text_and_strangers() {
     let v = wait_pool(&d, "t", 1, "idle").await;
     assert_eq!(v.partitions[0].sessions_served, 2);
 }
+
+/// DEALLOCATE with confirm ends the program's input; its answer to the last
+/// bytes, however late (within the drain bound), reaches the user before
+/// CONFIRMED, and the cleanup runs only after the program closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_programs_last_answer_reaches_the_user_before_confirmed() {
+    let gw = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start(Opts {
+        extra: format!("[pool]\ngateway = {gw:?}\n"),
+        ..Default::default()
+    });
+    // Answers only once its input ended, and slower than a cleanup.
+    let app = "printf '%s\\n' 'read -r _' 'cat > /tmp/in' 'sleep 3' \
+               'echo \"got $(wc -c < /tmp/in) bytes\"' 'touch /tmp/answered' > /tmp/late.sh; \
+               exec nc -ll -p 7000 -e /bin/sh /tmp/late.sh";
+    let c = d.client();
+    c.pool_create(&bulkhead_manager::pools::types::CreatePool {
+        app: app.into(),
+        cleanup: Some("test -e /tmp/answered && rm /tmp/answered".into()),
+        ..statement("late", "late", 1)
+    })
+    .await
+    .unwrap();
+    wait_pool(&d, "late", 1, "idle").await;
+    let token = add_user(&d, "erin", "late", 1);
+    let mut g = Gateway::connect_tcp(gw.as_str()).await.unwrap();
+    g.allocate(req("late", "erin", &token, 5_000))
+        .await
+        .unwrap();
+    g.send(b"abcd").await.unwrap();
+    // What came before CONFIRMED; the cleanup, which needs the program to
+    // have answered, succeeded (a failed one is an error here).
+    let tail = tokio::time::timeout(Duration::from_secs(60), g.deallocate())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&tail), "got 4 bytes\n");
+    wait_pool(&d, "late", 1, "idle").await;
+}

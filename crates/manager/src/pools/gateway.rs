@@ -22,8 +22,10 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long reaching a partition's program may take.
 const PROGRAM_CONNECT: Duration = Duration::from_secs(5);
-/// After the cleanup, how long the program's last output may take to arrive.
-const DRAIN: Duration = Duration::from_secs(2);
+/// After DEALLOCATE, how long the program may take to finish its answer and
+/// close (its output is relayed meanwhile) before its cleanup runs anyway;
+/// and after the cleanup, how long its last output may take to arrive.
+const DRAIN: Duration = Duration::from_secs(10);
 
 type Answer = Result<Allocation, RefuseReason>;
 /// How a session ended: `None` confirmed, else the ERROR code.
@@ -360,9 +362,21 @@ async fn relay(
     let (mut prd, mut pwr) = prog.into_split();
     let mut pbuf = vec![0u8; MAX_DATA_LEN];
     let (mut deallocating, mut prog_open) = (false, true);
+    // Whether the allocator was asked to end the session (cleanup, CONFIRMED).
+    let mut asked = false;
     let limit = Duration::from_millis(m.config().pool.idle_timeout_ms.max(1));
     let idle = tokio::time::sleep(limit);
     tokio::pin!(idle);
+    let drained = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drained);
+    // The cleanup runs once the program has answered (closed its side) or
+    // DRAIN after DEALLOCATE: nothing it still says is cut off.
+    let confirm_now = |asked: &mut bool| {
+        if !std::mem::replace(asked, true) {
+            let actions = m.pools.alloc.lock().unwrap().deallocate(a.session, true);
+            carry_out(m, actions.unwrap_or_default());
+        }
+    };
     loop {
         // Frames already read (they may follow ALLOCATE in one segment).
         while let Some(f) = p.frames.pop_front() {
@@ -374,12 +388,17 @@ async fn relay(
                 }
                 Frame::Deallocate { confirm } => {
                     let _ = pwr.shutdown().await; // the program's input ends
-                    let actions = m.pools.alloc.lock().unwrap().deallocate(a.session, confirm);
-                    carry_out(m, actions.unwrap_or_default());
                     if !confirm {
+                        let actions = m.pools.alloc.lock().unwrap().deallocate(a.session, false);
+                        carry_out(m, actions.unwrap_or_default());
                         return false;
                     }
                     deallocating = true;
+                    if prog_open {
+                        drained.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+                    } else {
+                        confirm_now(&mut asked);
+                    }
                 }
                 _ => {}
             }
@@ -401,13 +420,16 @@ async fn relay(
                 }
                 _ => {
                     prog_open = false;
-                    if !deallocating {
+                    if deallocating {
+                        confirm_now(&mut asked);
+                    } else {
                         // The program ended the conversation on its own: it died.
                         let actions = m.pools.alloc.lock().unwrap().partition_failed(&a.partition);
                         carry_out(m, actions.unwrap_or_default());
                     }
                 }
             },
+            _ = &mut drained, if deallocating && !asked => confirm_now(&mut asked),
             _ = &mut idle, if !deallocating => {
                 let code = ErrorCode::IdleTimeout;
                 p.send(Frame::Error { code, message: format!("no data for {limit:?}") }).await;
