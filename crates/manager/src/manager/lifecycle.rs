@@ -351,10 +351,9 @@ impl Manager {
             let pid = partition.pid();
             self.supervise(name, partition, false);
             undo.disarm();
-            let ev = format!(
-                "running (restored from the template of pool {pool} in {} ms)",
-                t_launch.elapsed().as_millis()
-            );
+            let ms = t_launch.elapsed().as_millis() as u64;
+            tracing::info!(partition = name, %pool, pid, ms, "restored from the pool's template");
+            let ev = format!("running (restored from the template of pool {pool} in {ms} ms)");
             return self
                 .set_state(name, PartitionState::Running, &ev, |r| r.pid = Some(pid))
                 .await;
