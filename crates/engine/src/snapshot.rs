@@ -260,44 +260,19 @@ impl Partition {
         ready_timeout: Duration,
     ) -> Result<Partition, EngineError> {
         let m = read_manifest(dir)?;
-        let Some(mem) = m
-            .spec
-            .memory_file
-            .clone()
-            .filter(|_| m.ram_in_memory_file.is_some())
-        else {
-            return Err(err(
-                "not a template: its RAM is in the state, not in a shared memory file",
-            ));
-        };
         let mut spec = m.spec.clone();
         spec.name = id.name.clone();
-        spec.memory_file = Some(crate::spec::MemoryFile {
-            path: mem.path,
-            share: false,
-        });
-        let mut renames = Vec::new();
         for a in spec.adapters.iter_mut() {
             let AdapterSpec::Net(n) = a else { continue };
-            let old = cmdline::mac_for(&m.spec.name, n);
             n.mac = None;
             n.tap = None;
-            let new_ip = id.ips.iter().find(|(k, _)| *k == n.id).map(|(_, v)| v);
-            if let Some(ip) = new_ip {
+            if let Some((_, ip)) = id.ips.iter().find(|(k, _)| *k == n.id) {
                 n.ip = Some(ip.clone());
             }
-            let mac = cmdline::mac_for(&spec.name, n);
-            renames.push((old, mac, new_ip.cloned(), n.gateway.clone()));
         }
-        let p = restore_as(dir, &m, spec, opts, ready_timeout, false).await?;
-        match reidentify(&p, &renames).await {
-            Ok(()) => Ok(p),
-            Err(e) => {
-                let _ = p.kill().await;
-                Err(e)
-            }
-        }
+        Self::restore_clone_onto(dir, spec, opts, ready_timeout).await
     }
+
     /// Restores a clone of the template saved in `dir` onto `spec`: the
     /// caller's own machine for it (its name, TAP, MAC and addresses, as a
     /// manager names them). Everything else the guest can tell apart must

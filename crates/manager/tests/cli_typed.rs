@@ -11,14 +11,7 @@ use common::{Daemon, Opts};
 use std::process::Command;
 
 fn bulkhead(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(bulkhead_testbed::bulkhead_bin())
-        .arg("partition")
-        .args(args)
-        .arg("--socket")
-        .arg(&d.socket)
-        .env_remove("BULKHEAD_API")
-        .output()
-        .unwrap();
+    let out = d.cli(&[&["partition"], args].concat());
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

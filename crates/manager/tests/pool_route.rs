@@ -11,7 +11,6 @@ mod common;
 use bulkhead_manager::pools::types::*;
 use common::{free_tcp_port, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -38,14 +37,7 @@ X
 exec nc -ll -p 7000 -e /bin/sh /tmp/http.sh"#;
 
 fn pool(d: &Daemon, args: &[&str]) -> (bool, String) {
-    let out = Command::new(bulkhead_testbed::bulkhead_bin())
-        .arg("pool")
-        .args(args)
-        .arg("--socket")
-        .arg(&d.socket)
-        .env_remove("BULKHEAD_API")
-        .output()
-        .unwrap();
+    let out = d.cli(&[&["pool"], args].concat());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

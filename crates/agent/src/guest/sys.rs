@@ -192,10 +192,8 @@ pub fn ensure_console_fds() {
 }
 
 /// Brings an interface up and, when given, sets its IPv4 address and netmask.
-pub fn ifconfig(
-    name: &str,
-    addr: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
-) -> io::Result<()> {
+/// A socket for interface ioctls and an `ifreq` naming interface `name`.
+fn ifreq_for(name: &str) -> io::Result<(OwnedFd, libc::ifreq)> {
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -214,6 +212,14 @@ pub fn ifconfig(
     for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = b as libc::c_char;
     }
+    Ok((sock, req))
+}
+
+pub fn ifconfig(
+    name: &str,
+    addr: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+) -> io::Result<()> {
+    let (sock, mut req) = ifreq_for(name)?;
     let set_sin = |req: &mut libc::ifreq, ip: std::net::Ipv4Addr| {
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
@@ -293,24 +299,7 @@ pub fn set_clock(unix_ms: u64) -> io::Result<()> {
 
 /// Sets the Ethernet address of interface `name` (virtio-net takes it live).
 pub fn set_mac(name: &str, mac: [u8; 6]) -> io::Result<()> {
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "interface name too long",
-        ));
-    }
-    // SAFETY: socket has no pointer arguments.
-    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if s < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: s is fresh and owned here; dropping closes it.
-    let sock = unsafe { OwnedFd::from_raw_fd(s) };
-    // SAFETY: ifreq is plain old data.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, b) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = b as libc::c_char;
-    }
+    let (sock, mut req) = ifreq_for(name)?;
     // SAFETY: writing the hwaddr member of the union, plain old data.
     unsafe {
         req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;

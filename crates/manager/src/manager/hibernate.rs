@@ -107,13 +107,7 @@ impl Manager {
             )));
         }
         let p = self.ready_partition(name).await?;
-        let (flag, mut done) = {
-            let map = self.live.lock().unwrap();
-            let l = map
-                .get(name)
-                .ok_or_else(|| ApiError::Conflict(format!("partition {name:?} is not running")))?;
-            (l.stop_requested.clone(), l.done.clone())
-        };
+        let (flag, mut done) = self.stop_handles(name)?;
         self.end_grants_before_save(name).await?;
         let dir = self.repository().hibernation_dir(rec.client(), name);
         let location = dir

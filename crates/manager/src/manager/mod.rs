@@ -332,6 +332,19 @@ impl Manager {
         Ok(p)
     }
 
+    /// A running partition's supervision handles for an exit the caller
+    /// asks for: the flag that makes it no failure, and the supervisor's end.
+    fn stop_handles(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<AtomicBool>, watch::Receiver<bool>), ApiError> {
+        let map = self.live.lock().unwrap();
+        let l = map
+            .get(name)
+            .ok_or_else(|| ApiError::Conflict(format!("partition {name:?} is not running")))?;
+        Ok((l.stop_requested.clone(), l.done.clone()))
+    }
+
     /// Names of the partitions whose QEMU this daemon watches.
     pub(crate) fn running_names(&self) -> Vec<String> {
         self.live.lock().unwrap().keys().cloned().collect()

@@ -83,13 +83,7 @@ impl Manager {
             )));
         };
         let p = self.ready_partition(name).await?;
-        let (flag, mut done) = {
-            let map = self.live.lock().unwrap();
-            let l = map
-                .get(name)
-                .ok_or_else(|| ApiError::Conflict(format!("partition {name:?} is not running")))?;
-            (l.stop_requested.clone(), l.done.clone())
-        };
+        let (flag, mut done) = self.stop_handles(name)?;
         let build = self.template_build_dir(&pool);
         let t0 = std::time::Instant::now();
         let saved = p.save(&build, SaveOptions::default()).await;

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 /// The proxy writes its PROXY header at once; a peer that does not is no
@@ -114,30 +113,20 @@ async fn allocate(m: &Arc<Manager>, t: &PoolTarget) -> Result<Allocation, &'stat
         .filter(|u| u.programs.contains(&t.program))
         .ok_or("the route's user may no longer run its program")?;
     let wait = Duration::from_millis(t.wait_ms.into());
-    let (tx, mut rx) = oneshot::channel();
-    let actions = {
-        let mut alloc = m.pools.alloc.lock().unwrap();
-        let req = Request {
+    let (_, mut rx) = gateway::enqueue(
+        m,
+        Request {
             program: t.program.clone(),
             user: user.name.clone(),
             max_sessions: user.max_sessions,
             wait,
-        };
-        let (id, actions) = alloc.request(req, Instant::now());
-        m.pools.waiting.answers.lock().unwrap().insert(id, tx);
-        actions
-    };
-    carry_out(m, actions);
+        },
+    );
     let mut deadline = tokio::time::Instant::now() + wait;
     let answer = loop {
         tokio::select! {
             r = &mut rx => break r,
-            _ = tokio::time::sleep_until(deadline) => {
-                // Refuses every request whose time has come, this one among them.
-                let actions = m.pools.alloc.lock().unwrap().tick(Instant::now());
-                carry_out(m, actions);
-                deadline = tokio::time::Instant::now() + Duration::from_millis(20);
-            }
+            _ = tokio::time::sleep_until(deadline) => deadline = gateway::tick(m),
         }
     };
     match answer {

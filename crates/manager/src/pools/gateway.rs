@@ -202,6 +202,28 @@ async fn conversation(m: Arc<Manager>, (rd, wr): super::tls::Halves) {
     }
 }
 
+/// Queues `req` with the allocator; its answer comes on the receiver.
+pub(super) fn enqueue(m: &Arc<Manager>, req: Request) -> (RequestId, oneshot::Receiver<Answer>) {
+    let (tx, rx) = oneshot::channel();
+    let (id, actions) = {
+        let mut alloc = m.pools.alloc.lock().unwrap();
+        let (id, actions) = alloc.request(req, Instant::now());
+        m.pools.waiting.answers.lock().unwrap().insert(id, tx);
+        (id, actions)
+    };
+    carry_out(m, actions);
+    (id, rx)
+}
+
+/// A waiting request's deadline passed: refuses every request whose time
+/// has come (that one among them); returns when to look again, since the
+/// allocator's clock may not have it due yet (no spin on an elapsed timer).
+pub(super) fn tick(m: &Arc<Manager>) -> tokio::time::Instant {
+    let actions = m.pools.alloc.lock().unwrap().tick(Instant::now());
+    carry_out(m, actions);
+    tokio::time::Instant::now() + Duration::from_millis(20)
+}
+
 /// One ALLOCATE to its end; false when the connection is over.
 async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
     let received = Instant::now();
@@ -216,33 +238,21 @@ async fn session(m: &Arc<Manager>, p: &mut Peer, a: Allocate) -> bool {
             return false;
         }
     };
-    let (tx, mut rx) = oneshot::channel();
     let wait = Duration::from_millis(a.wait_ms.into());
-    let (id, actions) = {
-        let mut alloc = m.pools.alloc.lock().unwrap();
-        let req = Request {
+    let (id, mut rx) = enqueue(
+        m,
+        Request {
             program: a.program.clone(),
             user: user.name.clone(),
             max_sessions: user.max_sessions,
             wait,
-        };
-        let (id, actions) = alloc.request(req, Instant::now());
-        m.pools.waiting.answers.lock().unwrap().insert(id, tx);
-        (id, actions)
-    };
-    carry_out(m, actions);
+        },
+    );
     let mut deadline = tokio::time::Instant::now() + wait;
     let answer = loop {
         tokio::select! {
             r = &mut rx => break r.ok(),
-            _ = tokio::time::sleep_until(deadline) => {
-                // Refuses every request whose time has come, this one among them.
-                let actions = m.pools.alloc.lock().unwrap().tick(Instant::now());
-                carry_out(m, actions);
-                // Not due yet by the allocator's clock: look again shortly
-                // rather than spin on an elapsed timer.
-                deadline = tokio::time::Instant::now() + Duration::from_millis(20);
-            }
+            _ = tokio::time::sleep_until(deadline) => deadline = tick(m),
             n = p.rd.read(&mut p.buf) => {
                 // Nothing is valid from the client while it waits: gone either way.
                 let _ = p.take(n).await;

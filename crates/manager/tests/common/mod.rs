@@ -301,6 +301,17 @@ impl Daemon {
         }
     }
 
+    /// Runs the `bulkhead` CLI with `args` against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bulkhead_testbed::bulkhead_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("BULKHEAD_API")
+            .output()
+            .unwrap()
+    }
+
     pub fn client(&self) -> Client {
         Client::unix(&self.socket)
     }

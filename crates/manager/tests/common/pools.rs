@@ -21,14 +21,7 @@ pub fn echo_app(program: &str) -> String {
 }
 
 pub fn bulkhead(d: &Daemon, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bulkhead_testbed::bulkhead_bin())
-        .arg("pool")
-        .args(args)
-        .arg("--socket")
-        .arg(&d.socket)
-        .env_remove("BULKHEAD_API")
-        .output()
-        .unwrap();
+    let out = d.cli(&[&["pool"], args].concat());
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
