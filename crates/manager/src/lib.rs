@@ -20,6 +20,7 @@ pub mod manager;
 pub mod net;
 pub mod openapi;
 pub mod pools;
+pub mod remote_restart;
 pub mod server;
 pub mod storage;
 pub mod tls;
