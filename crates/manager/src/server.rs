@@ -580,17 +580,7 @@ fn rr_route(
         (&Method::POST, ["v1", "remote-restarts", t, "stop-collect"]) => {
             C::StopCollect { token: token(t) }
         }
-        _ => {
-            let path = format!("/{}", segs.join("/"));
-            return Err(match allowed_methods(segs) {
-                Some(allow) => ApiError::MethodNotAllowed {
-                    method: method.to_string(),
-                    path,
-                    allow,
-                },
-                None => ApiError::NoRoute(format!("{method} {path}")),
-            });
-        }
+        _ => return Err(not_routed(method, segs)),
     })
 }
 
@@ -618,18 +608,21 @@ fn pool_route(
         (&Method::GET, ["v1", "pool-users"]) => P::UserList,
         (&Method::POST, ["v1", "pool-users"]) => P::UserAdd(body_required(b)?),
         (&Method::DELETE, ["v1", "pool-users", n]) => P::UserRemove { name: name(n) },
-        _ => {
-            let path = format!("/{}", segs.join("/"));
-            return Err(match allowed_methods(segs) {
-                Some(allow) => ApiError::MethodNotAllowed {
-                    method: method.to_string(),
-                    path,
-                    allow,
-                },
-                None => ApiError::NoRoute(format!("{method} {path}")),
-            });
-        }
+        _ => return Err(not_routed(method, segs)),
     })
+}
+
+/// A 405 (with `Allow`) for a known path, else a 404.
+fn not_routed(method: &Method, segs: &[&str]) -> ApiError {
+    let path = format!("/{}", segs.join("/"));
+    match allowed_methods(segs) {
+        Some(allow) => ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+            allow,
+        },
+        None => ApiError::NoRoute(format!("{method} {path}")),
+    }
 }
 
 /// The methods a known path takes, for a 405's `Allow`.

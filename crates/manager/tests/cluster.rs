@@ -12,7 +12,7 @@ use bulkhead_manager::api::{
 use bulkhead_manager::client::Client;
 use bulkhead_manager::cluster::ClusterHost;
 use bulkhead_store::{HostState, PartitionRecord, PartitionState};
-use bulkhead_testbed::cluster::{self, Cluster, Guard, Options};
+use bulkhead_testbed::cluster::{self, Cluster, Guard};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -20,20 +20,7 @@ const LEASE_MS: u64 = 3000;
 
 /// A cluster of three hosts, taken down when the guard drops.
 fn start_cluster(tag: &str) -> (Guard, Cluster) {
-    let name = format!("{tag}{}", std::process::id() % 100_000);
-    let bin_dir = bulkhead_testbed::bulkhead_bin()
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    let opts = Options {
-        hosts: 3,
-        lease_ms: LEASE_MS,
-        image_dir: bulkhead_testbed::image_dir(),
-        bin_dir,
-    };
-    let guard = Guard(name.clone());
-    let c = cluster::up(&name, &opts).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    (guard, c)
+    cluster::up_for_test(tag, 3, LEASE_MS)
 }
 
 fn client(c: &Cluster, host: &str) -> Client {

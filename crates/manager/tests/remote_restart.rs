@@ -13,7 +13,7 @@ use bulkhead_manager::lu::types::{CreateLu, LuAttach};
 use bulkhead_manager::remote_restart::api::StartRemoteRestart;
 use bulkhead_manager::remote_restart::{caps, OperationView, StopState};
 use bulkhead_store::{HostState, PartitionState};
-use bulkhead_testbed::cluster::{self, Cluster, Guard, Options};
+use bulkhead_testbed::cluster::{self, Cluster, Guard};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,21 +21,9 @@ const LEASE_MS: u64 = 3000;
 const PART: &str = "rp";
 const LU: &str = "rv";
 
+/// A cluster of three hosts, taken down when the guard drops.
 fn start_cluster(tag: &str) -> (Guard, Cluster) {
-    let name = format!("{tag}{}", std::process::id() % 100_000);
-    let bin_dir = bulkhead_testbed::bulkhead_bin()
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    let opts = Options {
-        hosts: 3,
-        lease_ms: LEASE_MS,
-        image_dir: bulkhead_testbed::image_dir(),
-        bin_dir,
-    };
-    let guard = Guard(name.clone());
-    let c = cluster::up(&name, &opts).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    (guard, c)
+    cluster::up_for_test(tag, 3, LEASE_MS)
 }
 
 fn client(c: &Cluster, host: &str) -> Client {
@@ -355,22 +343,49 @@ async fn target_killed_mid_restore(c: &Cluster, secret: &str, ids: (&str, &str))
     )
     .unwrap();
     wait_host(&a, "c", HostState::Up).await;
-    let asked = {
+    let ask = || {
         let a = a.clone();
         tokio::spawn(async move {
             a.remote_restart_start(&start_req("c", Some("op-kill")))
                 .await
         })
     };
+    let mut asked = ask();
     // Mid-restore: the operation restoring and the image claimed by c.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let op = a.remote_restart_show("op-kill").await;
         let rec = a.show(PART).await.unwrap().record;
-        if op.is_ok_and(|o| o.state == "restoring") && rec.state == PartitionState::Resuming {
+        if op.as_ref().is_ok_and(|o| o.state == "restoring")
+            && rec.state == PartitionState::Resuming
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "never mid-restore: {rec:?}");
+        if asked.is_finished() || Instant::now() > deadline {
+            let r = if asked.is_finished() {
+                Some((&mut asked).await.unwrap())
+            } else {
+                None
+            };
+            // c just restarted may not answer yet: a start refused before
+            // anything was recorded is asked again.
+            let unknown = op
+                .as_ref()
+                .is_err_and(|e| matches!(e, ClientError::Api { status: 403, .. }));
+            if unknown && Instant::now() < deadline {
+                eprintln!("start not taken ({r:?}); asking again");
+                asked = ask();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            let log = c.dir.join("c/bulkheadd.restarts.log");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "never mid-restore: {op:?}\n{r:?}\n{rec:?}\nc's log (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // QEMU is restored (its TAP made) before the failpoint holds it.
