@@ -40,6 +40,26 @@ fn netns(c: &Cluster, host: &str) -> String {
         .clone()
 }
 
+/// `bulkhead remote-restart ARGS --socket <host's socket>`: its output.
+fn bulkhead(c: &Cluster, host: &str, args: &[&str]) -> String {
+    let h = c.hosts.iter().find(|h| h.name == host).expect("host");
+    let out = Command::new(bulkhead_testbed::bulkhead_bin())
+        .arg("remote-restart")
+        .args(args)
+        .arg("--socket")
+        .arg(&h.socket)
+        .env_remove("BULKHEAD_API")
+        .output()
+        .expect("bulkhead");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bulkhead remote-restart {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn link_exists(c: &Cluster, host: &str, dev: &str) -> bool {
     Command::new("ip")
         .args(["-n", &netns(c, host), "link", "show", dev])
@@ -178,13 +198,26 @@ async fn remote_restart_on_three_hosts() {
     assert!(msg.contains("migration"), "{msg}");
     assert!(cc.remote_restart_list().await.unwrap().is_empty());
 
-    // start (asked on c, carried out by b) → stop succeeded → stop-collect.
-    let op = cc
-        .remote_restart_start(&start_req("b", None))
-        .await
-        .unwrap();
-    let token = op.token.clone();
-    assert!(token.starts_with("rr-"), "a generated token: {token}");
+    // start (the CLI, asked on c, carried out by b) → stop succeeded →
+    // stop-collect. Without --token the CLI prints the one made.
+    let out = bulkhead(
+        c,
+        "c",
+        &[
+            "start",
+            "--partition",
+            PART,
+            "--target",
+            "b",
+            "--detail",
+            "2",
+            "--capabilities",
+            "0x7",
+        ],
+    );
+    let token = out.lines().last().expect("the token").to_string();
+    assert!(token.starts_with("rr-"), "a generated token: {out}");
+    let op = cc.remote_restart_show(&token).await.unwrap();
     assert_eq!(
         (op.state.as_str(), op.source.as_str(), op.target.as_str()),
         ("restored", "a", "b")
@@ -294,6 +327,11 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
         .await
         .unwrap();
     assert_eq!(woke.host, a_id);
+    assert_eq!(
+        lu_holders(&a).await,
+        vec![a_id.to_string()],
+        "a resume locks its LU"
+    );
     memory_intact(&b, secret, a_id).await;
 }
 
@@ -446,7 +484,9 @@ async fn target_killed_mid_restore(c: &Cluster, secret: &str, ids: (&str, &str))
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     memory_intact(&a, secret, a_id).await;
-    let ops = a.remote_restart_list().await.unwrap();
+    let ops: Vec<OperationView> =
+        serde_json::from_str(&bulkhead(c, "b", &["list", "--json"])).unwrap();
+    assert_eq!(ops, a.remote_restart_list().await.unwrap());
     assert_eq!(ops.len(), 1, "one record per partition: {ops:?}");
     assert_eq!(ops[0].token, "op-retry");
 }

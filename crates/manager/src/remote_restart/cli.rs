@@ -7,18 +7,28 @@ use crate::client::{encode_segment, Client, ClientError};
 use hyper::Method;
 
 /// `bulkhead remote-restart`: restart a hibernated partition on another host
-/// under an operation token.
+/// under an operation token. `--token` is the operation's here, so the TCP
+/// API's bearer token is `--api-token` (or `BULKHEAD_TOKEN`).
 #[derive(Debug, clap::Subcommand)]
 pub enum RemoteRestartCommand {
     /// Lock, gather, create the target's adapters and restore there
     /// (carried out by the target). Prints the token when none is given.
+    #[command(mut_arg("token", api_token))]
     Start(StartArgs),
     /// End an operation on its target: unlock; `failed` also removes what it created.
+    #[command(mut_arg("token", api_token))]
     Stop(StopArgs),
     /// On the source: release its locks and stale adapters.
+    #[command(mut_arg("token", api_token))]
     StopCollect(TokenArgs),
+    #[command(mut_arg("token", api_token))]
     Show(TokenArgs),
     List(ListArgs),
+}
+
+/// `ApiArgs`' bearer token, renamed where `--token` is the operation's.
+fn api_token(a: clap::Arg) -> clap::Arg {
+    a.long("api-token")
 }
 
 #[derive(Debug, clap::Args)]
@@ -28,8 +38,9 @@ pub struct StartArgs {
     /// The host (by name) to restart it on.
     #[arg(long)]
     pub target: String,
-    #[arg(long)]
-    pub token: Option<String>,
+    /// The operation token; a random one is made (and printed) when absent.
+    #[arg(long = "token", id = "op_token", value_name = "TOKEN")]
+    pub op_token: Option<String>,
     /// Detail level of the operation's view: 0-2.
     #[arg(long, default_value_t = 0)]
     pub detail: u8,
@@ -47,8 +58,8 @@ pub struct StartArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
-    #[arg(long)]
-    pub token: String,
+    #[arg(long = "token", id = "op_token", value_name = "TOKEN")]
+    pub op_token: String,
     #[arg(long, value_enum)]
     pub state: StopState,
     #[arg(long)]
@@ -59,8 +70,8 @@ pub struct StopArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
-    #[arg(long)]
-    pub token: String,
+    #[arg(long = "token", id = "op_token", value_name = "TOKEN")]
+    pub op_token: String,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -110,11 +121,11 @@ async fn run_inner(cmd: RemoteRestartCommand) -> anyhow::Result<()> {
     use RemoteRestartCommand as C;
     match cmd {
         C::Start(a) => {
-            let given = a.token.is_some();
+            let given = a.op_token.is_some();
             let req = StartRemoteRestart {
                 partition: a.partition,
                 target: a.target,
-                token: a.token,
+                token: a.op_token,
                 detail: a.detail,
                 capabilities: a.capabilities,
                 timeout_secs: a.timeout_secs,
@@ -133,16 +144,16 @@ async fn run_inner(cmd: RemoteRestartCommand) -> anyhow::Result<()> {
             let v = a
                 .api
                 .client()?
-                .remote_restart_stop(&a.token, a.state)
+                .remote_restart_stop(&a.op_token, a.state)
                 .await?;
             print_view(&v, a.json, show_text)?;
         }
         C::StopCollect(a) => {
-            let v = a.api.client()?.remote_restart_collect(&a.token).await?;
+            let v = a.api.client()?.remote_restart_collect(&a.op_token).await?;
             print_view(&v, a.json, show_text)?;
         }
         C::Show(a) => {
-            let v = a.api.client()?.remote_restart_show(&a.token).await?;
+            let v = a.api.client()?.remote_restart_show(&a.op_token).await?;
             print_view(&v, a.json, show_text)?;
         }
         C::List(a) => {
@@ -194,4 +205,51 @@ pub fn list_text(v: &[OperationView]) -> String {
         ],
         &rows,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        c: RemoteRestartCommand,
+    }
+
+    /// `--token` is the operation's; the API's bearer token is `--api-token`.
+    #[test]
+    fn operation_and_api_tokens_are_apart() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "rr",
+            "start",
+            "--partition",
+            "p",
+            "--target",
+            "b",
+            "--token",
+            "op-1",
+            "--api-token",
+            "secret",
+            "--capabilities",
+            "0x7",
+        ])
+        .unwrap();
+        let RemoteRestartCommand::Start(a) = cli.c else {
+            panic!("not start")
+        };
+        assert_eq!(a.op_token.as_deref(), Some("op-1"));
+        assert_eq!(a.api.token.as_deref(), Some("secret"));
+        assert_eq!(a.capabilities, 7);
+        let cli = Cli::try_parse_from(["rr", "stop", "--token", "t", "--state", "failed"]).unwrap();
+        assert!(matches!(
+            cli.c,
+            RemoteRestartCommand::Stop(StopArgs {
+                state: StopState::Failed,
+                ..
+            })
+        ));
+    }
 }
