@@ -485,7 +485,8 @@ impl Manager {
     /// After a daemon restart: operations this host was the target of.
     /// One interrupted by the restart (starting, restoring) fails, with the
     /// partition hibernated on its source; a restored one gets its timer
-    /// again; a failed one's leftovers here (a target that was lost) go.
+    /// again. (What a failed one left here while this host was lost, its TAP
+    /// and cgroup, goes with the generic clean-up of what nobody owns.)
     pub(super) async fn recover_operations(self: &Arc<Self>) -> anyhow::Result<()> {
         for op in self.store.operation_list().await? {
             if op.target != self.host {
@@ -502,13 +503,6 @@ impl Manager {
                     self.put_op(&op).await?;
                 }
                 OperationState::Restored if runs_here => self.arm_timeout(&op),
-                OperationState::Failed if !runs_here => {
-                    if let Some(rec) = self.store.get(&name).await? {
-                        if !(rec.host == self.host && rec.state.is_active()) {
-                            self.cleanup(&rec).await;
-                        }
-                    }
-                }
                 _ => {}
             }
         }
