@@ -20,14 +20,17 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct StartRemoteRestart {
     /// The hibernated partition to restart.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
     pub partition: String,
     /// The host (by name) to restart it on; the request is carried out there.
     pub target: String,
     /// The operation token; a random one when absent (then printed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub token: Option<String>,
     /// Detail level of the operation's view, 0-2.
     #[serde(default)]
+    #[schema(maximum = 2)]
     pub detail: u8,
     /// Capability bits the target must have (docs/cluster.md); 0: none asked.
     #[serde(default)]
@@ -35,6 +38,7 @@ pub struct StartRemoteRestart {
     /// Seconds the target waits for a `stop` before it unlocks by itself;
     /// the target's `[cluster] remote_restart_timeout_secs` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
     pub timeout_secs: Option<u64>,
 }
 
@@ -162,7 +166,7 @@ pub fn remote_restart_list() {}
 pub fn remote_restart_start() {}
 
 #[utoipa::path(get, path = "/v1/remote-restarts/{token}", tag = "remote-restart", operation_id = "remote_restart_show",
-    params(("token" = String, Path, description = "operation token")),
+    params(("token" = String, Path, description = "operation token", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "the operation", body = OperationView),
         (status = 403, description = "no operation has this token", body = ErrorBody),
@@ -170,7 +174,7 @@ pub fn remote_restart_start() {}
 pub fn remote_restart_show() {}
 
 #[utoipa::path(post, path = "/v1/remote-restarts/{token}/stop", tag = "remote-restart", operation_id = "remote_restart_stop",
-    params(("token" = String, Path, description = "operation token")),
+    params(("token" = String, Path, description = "operation token", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = StopRemoteRestart,
     responses(
         (status = 200, description = "unlocked; on failed, every adapter the operation created is gone and the partition is hibernated on its source", body = OperationView),
@@ -182,7 +186,7 @@ pub fn remote_restart_show() {}
 pub fn remote_restart_stop() {}
 
 #[utoipa::path(post, path = "/v1/remote-restarts/{token}/stop-collect", tag = "remote-restart", operation_id = "remote_restart_stop_collect",
-    params(("token" = String, Path, description = "operation token")),
+    params(("token" = String, Path, description = "operation token", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "the source's locks and stale adapters released", body = OperationView),
         (status = 403, description = "no operation has this token", body = ErrorBody),
