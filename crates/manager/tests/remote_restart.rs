@@ -7,13 +7,16 @@
 //! target was killed mid-restore (failed, cleaned up, retried elsewhere);
 //! and wrong tokens refused at every command with nothing changed.
 
-use bulkhead_manager::api::{CreatePartition, ExecRequest, ResumeOptions, StartOptions};
+mod cluster_common;
+
+use bulkhead_manager::api::{CreatePartition, ResumeOptions, StartOptions};
 use bulkhead_manager::client::{Client, ClientError};
 use bulkhead_manager::lu::types::{CreateLu, LuAttach};
 use bulkhead_manager::remote_restart::api::StartRemoteRestart;
 use bulkhead_manager::remote_restart::{caps, OperationView, StopState};
 use bulkhead_store::{HostState, PartitionState};
 use bulkhead_testbed::cluster::{self, Cluster, Guard};
+use cluster_common::{client, exec};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -24,11 +27,6 @@ const LU: &str = "rv";
 /// A cluster of three hosts, taken down when the guard drops.
 fn start_cluster(tag: &str) -> (Guard, Cluster) {
     cluster::up_for_test(tag, 3, LEASE_MS)
-}
-
-fn client(c: &Cluster, host: &str) -> Client {
-    let h = c.hosts.iter().find(|h| h.name == host).expect("host");
-    Client::unix(&h.socket)
 }
 
 fn netns(c: &Cluster, host: &str) -> String {
@@ -67,20 +65,6 @@ fn link_exists(c: &Cluster, host: &str, dev: &str) -> bool {
         .expect("ip")
         .status
         .success()
-}
-
-async fn exec(cl: &Client, name: &str, script: &str) -> (i32, String) {
-    let r = cl
-        .exec(
-            name,
-            &ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), script.into()],
-                timeout_secs: Some(60),
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?} in {name}: {e}"));
-    (r.code, format!("{}{}", r.stdout, r.stderr))
 }
 
 /// The status and message of a refused call.
