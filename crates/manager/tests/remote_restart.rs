@@ -267,6 +267,7 @@ async fn remote_restart_on_three_hosts() {
     stopped_failed(c, &secret, (&a_id, &b_id, &c_id)).await;
     timed_out(c, &secret, &b_id).await;
     target_killed_mid_restore(c, &secret, (&a_id, &b_id)).await;
+    target_lost_after_restore(c, &secret, (&a_id, &b_id)).await;
 }
 
 /// Running on b: hibernated, restarted on c, stopped `failed`: c's TAP and
@@ -468,9 +469,63 @@ async fn target_killed_mid_restore(c: &Cluster, secret: &str, ids: (&str, &str))
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     memory_intact(&a, secret, a_id).await;
+}
+
+/// Running on a: hibernated, restarted on c, which is then lost with its
+/// QEMUs after the restore. A stop `failed` is refused while c is lost (its
+/// guest may run on; only fencing could say it does not) and changes
+/// nothing; c, back, finds the partition gone and puts it back on a with its
+/// data, from where it resumes on b intact.
+async fn target_lost_after_restore(c: &Cluster, secret: &str, ids: (&str, &str)) {
+    let (a_id, b_id) = ids;
+    let a = client(c, "a");
+    a.hibernate(PART).await.unwrap();
+    let op = a
+        .remote_restart_start(&start_req("c", Some("op-lost")))
+        .await
+        .unwrap();
+    assert_eq!(op.state, "restored");
+    cluster::kill_host_all(c, "c").unwrap();
+    wait_host(&a, "c", HostState::Lost).await;
+    let (status, msg) = refused(a.remote_restart_stop("op-lost", StopState::Failed).await);
+    assert_eq!(status, 409, "{msg}");
+    assert!(msg.contains("may still run"), "{msg}");
+    assert_eq!(
+        a.remote_restart_show("op-lost").await.unwrap().state,
+        "restored"
+    );
+
+    cluster::restart_host(c, "c", &[]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let op = a.remote_restart_show("op-lost").await.unwrap();
+        if op.state == "failed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not failed after c's restart: {op:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rec = a.show(PART).await.unwrap().record;
+    assert_eq!(
+        (rec.state, rec.host.as_str(), rec.hibernation.is_some()),
+        (PartitionState::Hibernated, a_id, true)
+    );
+    assert!(lu_holders(&a).await.is_empty(), "c's LU lock released");
+    a.resume_with(
+        PART,
+        &ResumeOptions {
+            host: Some("b".into()),
+        },
+    )
+    .await
+    .unwrap();
+    memory_intact(&a, secret, b_id).await;
     let ops: Vec<OperationView> =
         serde_json::from_str(&bulkhead(c, "b", &["list", "--json"])).unwrap();
     assert_eq!(ops, a.remote_restart_list().await.unwrap());
     assert_eq!(ops.len(), 1, "one record per partition: {ops:?}");
-    assert_eq!(ops[0].token, "op-retry");
+    assert_eq!(ops[0].token, "op-lost");
 }

@@ -360,6 +360,13 @@ impl Manager {
                 op.message = Some("succeeded: the partition runs on the target".into());
             }
             StopState::Failed => {
+                if !here && op.state == OperationState::Restored {
+                    // Its guest ran there and may run on: only the host-loss
+                    // recovery with fencing may decide it is gone.
+                    return Err(ApiError::Conflict(format!(
+                        "remote-restart operation {token} restored the partition on its target, which is now lost; it may still run there, so it is not put back (nothing was changed)"
+                    )));
+                }
                 self.undo(&op, here).await?;
                 op.message = Some(match here {
                     true => "failed: what the operation created is removed; hibernated on the source".into(),
@@ -402,11 +409,9 @@ impl Manager {
                 "partition {name:?} has no hibernation data any more; it cannot be put back"
             )));
         }
-        let moved = rec.host == op.target
-            && matches!(
-                rec.state,
-                PartitionState::Resuming | PartitionState::Running | PartitionState::Hibernated
-            );
+        // On the target in whatever state (resuming, running, or failed by
+        // a restart's recovery): it goes back.
+        let moved = rec.host == op.target;
         match (here, live) {
             (true, Some((p, flag, mut done))) => {
                 // Recorded hibernated first: the supervisor keeps that state.
@@ -485,27 +490,48 @@ impl Manager {
     /// After a daemon restart: operations this host was the target of.
     /// One interrupted by the restart (starting, restoring) fails, with the
     /// partition hibernated on its source; a restored one gets its timer
-    /// again. (What a failed one left here while this host was lost, its TAP
+    /// again if it still runs, else fails the same way. (What a failed one left here while this host was lost, its TAP
     /// and cgroup, goes with the generic clean-up of what nobody owns.)
     pub(super) async fn recover_operations(self: &Arc<Self>) -> anyhow::Result<()> {
         for op in self.store.operation_list().await? {
-            if op.target != self.host {
+            if op.target != self.host || !op.state.holds() {
                 continue;
             }
-            let name = op.partition.clone();
-            let runs_here = self.running(&name).is_some();
-            match op.state {
-                OperationState::Starting | OperationState::Restoring => {
-                    let mut op = op;
-                    self.undo(&op, true).await?;
-                    op.state = OperationState::Failed;
-                    op.message = Some("interrupted by a bulkheadd restart on the target".into());
-                    self.put_op(&op).await?;
+            let runs_here = self.running(&op.partition).is_some();
+            let why = match op.state {
+                OperationState::Restored if runs_here => {
+                    self.arm_timeout(&op);
+                    continue;
                 }
-                OperationState::Restored if runs_here => self.arm_timeout(&op),
-                _ => {}
+                OperationState::Restored => {
+                    "the partition ended on the target while its bulkheadd was down"
+                }
+                _ => "interrupted by a bulkheadd restart on the target",
+            };
+            // One operation that cannot be put right does not keep the
+            // daemon from starting: it stays held, and is logged.
+            if let Err(e) = self.fail_here(op.clone(), why).await {
+                tracing::warn!(partition = %op.partition, token = %op.token, error = %e,
+                    "remote restart left held after a restart");
             }
         }
+        Ok(())
+    }
+
+    /// Fails an operation this host is the target of: the partition back
+    /// on its source with its data, what was created here removed.
+    async fn fail_here(
+        self: &Arc<Self>,
+        mut op: OperationRecord,
+        why: &str,
+    ) -> Result<(), ApiError> {
+        let lock = self.op_lock(&op.partition);
+        let _g = lock.lock().await;
+        self.undo(&op, true).await?;
+        op.state = OperationState::Failed;
+        op.message = Some(why.to_string());
+        self.put_op(&op).await?;
+        tracing::info!(partition = %op.partition, token = %op.token, why, "remote restart failed");
         Ok(())
     }
 }
