@@ -43,6 +43,9 @@ enum Command {
     /// Service pools: partitions pre-started with a program, handed out per session.
     #[command(subcommand)]
     Pool(bulkhead_manager::pools::cli::PoolCommand),
+    /// Remote restart: a hibernated partition restarted on another host under a token.
+    #[command(subcommand)]
+    RemoteRestart(bulkhead_manager::remote_restart::cli::RemoteRestartCommand),
     /// Run bulkheadd, the partition manager daemon, in the foreground.
     Serve(bulkhead_manager::cli::ServeArgs),
     /// L2TP resource sharing: share modems with clients through L2TP tunnels.
@@ -74,6 +77,9 @@ fn main() -> anyhow::Result<()> {
         Command::Lu(c) => partition::runtime()?.block_on(bulkhead_manager::lu::cli::run(c)),
         Command::Expose(c) => partition::runtime()?.block_on(bulkhead_manager::expose_cli::run(c)),
         Command::Pool(c) => partition::runtime()?.block_on(bulkhead_manager::pools::cli::run(c)),
+        Command::RemoteRestart(c) => {
+            partition::runtime()?.block_on(bulkhead_manager::remote_restart::cli::run(c))
+        }
         Command::Serve(a) => partition::runtime()?.block_on(bulkhead_manager::cli::serve(a)),
         Command::L2tp(a) => bulkhead_l2tp_share::cli::run(a),
         Command::Modem(a) => bulkhead_modem::cli::run(a),

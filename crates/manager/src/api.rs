@@ -299,6 +299,8 @@ pub enum ApiRequest {
     Expose(crate::expose::ExposeCommand),
     /// Service pools and their users (issue 17; `crate::pools::api`).
     Pool(crate::pools::api::PoolRequest),
+    /// Remote restart (issue 12; `crate::remote_restart::api`).
+    RemoteRestart(crate::remote_restart::api::RemoteRestartCommand),
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -484,6 +486,8 @@ pub enum ApiReply {
     Forwarded(Forwarded),
     /// Service pools (issue 17).
     Pool(crate::pools::api::PoolReply),
+    /// Remote restart (issue 12).
+    RemoteRestart(crate::remote_restart::api::RemoteRestartReply),
 }
 
 /// A reply another host gave to a forwarded request: sent on as it came.
@@ -521,6 +525,7 @@ impl ApiReply {
             Self::Created(_) | Self::LuCreated(_) => 201,
             Self::Forwarded(f) => f.status,
             Self::Pool(p) => p.status(),
+            Self::RemoteRestart(r) => r.status(),
             _ => 200,
         }
     }

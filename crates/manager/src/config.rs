@@ -115,6 +115,9 @@ pub struct ClusterConfig {
     /// The repository of LUs, a directory every host mounts at the same
     /// path; `<data_dir>/repository` when absent (a single host).
     pub repository: Option<PathBuf>,
+    /// Seconds a remote restart's target waits for a `stop` before it
+    /// unlocks by itself (removing nothing); a `start` may give its own.
+    pub remote_restart_timeout_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -130,6 +133,7 @@ impl Default for ClusterConfig {
             vxlan_id: 7700,
             vxlan_port: 4789,
             repository: None,
+            remote_restart_timeout_secs: 600,
         }
     }
 }

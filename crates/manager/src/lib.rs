@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod net;
 pub mod openapi;
 pub mod pools;
+pub mod remote_restart;
 pub mod server;
 pub mod storage;
 pub mod tls;

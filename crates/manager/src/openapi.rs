@@ -41,7 +41,12 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::pools::api::pool_list, crate::pools::api::pool_create,
         crate::pools::api::pool_show, crate::pools::api::pool_destroy,
         crate::pools::api::pool_resize, crate::pools::api::pool_user_list,
-        crate::pools::api::pool_user_add, crate::pools::api::pool_user_remove
+        crate::pools::api::pool_user_add, crate::pools::api::pool_user_remove,
+        crate::remote_restart::api::remote_restart_list,
+        crate::remote_restart::api::remote_restart_start,
+        crate::remote_restart::api::remote_restart_show,
+        crate::remote_restart::api::remote_restart_stop,
+        crate::remote_restart::api::remote_restart_stop_collect
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),

@@ -516,6 +516,7 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
         (m, ["v1", "pools" | "pool-users", ..]) => {
             ApiRequest::Pool(pool_route(m, &segs, query, b)?)
         }
+        (m, ["v1", "remote-restarts", ..]) => ApiRequest::RemoteRestart(rr_route(m, &segs, b)?),
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -579,7 +580,34 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/pools/{name}/resize", &["POST"]),
     ("/v1/pool-users", &["GET", "POST"]),
     ("/v1/pool-users/{name}", &["DELETE"]),
+    ("/v1/remote-restarts", &["GET", "POST"]),
+    ("/v1/remote-restarts/{token}", &["GET"]),
+    ("/v1/remote-restarts/{token}/stop", &["POST"]),
+    ("/v1/remote-restarts/{token}/stop-collect", &["POST"]),
 ];
+
+/// The remote-restart routes (issue 12): `/v1/remote-restarts...`.
+fn rr_route(
+    method: &Method,
+    segs: &[&str],
+    b: &[u8],
+) -> Result<crate::remote_restart::api::RemoteRestartCommand, ApiError> {
+    use crate::remote_restart::api::RemoteRestartCommand as C;
+    let token = |s: &str| s.to_string();
+    Ok(match (method, segs) {
+        (&Method::GET, ["v1", "remote-restarts"]) => C::List,
+        (&Method::POST, ["v1", "remote-restarts"]) => C::Start(body_required(b)?),
+        (&Method::GET, ["v1", "remote-restarts", t]) => C::Show { token: token(t) },
+        (&Method::POST, ["v1", "remote-restarts", t, "stop"]) => C::Stop {
+            token: token(t),
+            req: body_required(b)?,
+        },
+        (&Method::POST, ["v1", "remote-restarts", t, "stop-collect"]) => {
+            C::StopCollect { token: token(t) }
+        }
+        _ => return Err(not_routed(method, segs)),
+    })
+}
 
 /// The pool routes (issue 17): `/v1/pools...` and `/v1/pool-users...`.
 fn pool_route(
@@ -605,18 +633,21 @@ fn pool_route(
         (&Method::GET, ["v1", "pool-users"]) => P::UserList,
         (&Method::POST, ["v1", "pool-users"]) => P::UserAdd(body_required(b)?),
         (&Method::DELETE, ["v1", "pool-users", n]) => P::UserRemove { name: name(n) },
-        _ => {
-            let path = format!("/{}", segs.join("/"));
-            return Err(match allowed_methods(segs) {
-                Some(allow) => ApiError::MethodNotAllowed {
-                    method: method.to_string(),
-                    path,
-                    allow,
-                },
-                None => ApiError::NoRoute(format!("{method} {path}")),
-            });
-        }
+        _ => return Err(not_routed(method, segs)),
     })
+}
+
+/// A 405 (with `Allow`) for a known path, else a 404.
+fn not_routed(method: &Method, segs: &[&str]) -> ApiError {
+    let path = format!("/{}", segs.join("/"));
+    match allowed_methods(segs) {
+        Some(allow) => ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path,
+            allow,
+        },
+        None => ApiError::NoRoute(format!("{method} {path}")),
+    }
 }
 
 /// The methods a known path takes, for a 405's `Allow`.

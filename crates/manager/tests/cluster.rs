@@ -6,13 +6,15 @@
 //! VXLAN with the anti-spoofing filter holding across hosts; a partition
 //! hibernated on one host and resumed on another.
 
+mod cluster_common;
+
 use bulkhead_manager::api::{
     CreatePartition, ExecRequest, ResumeOptions, StartOptions, StopOptions,
 };
-use bulkhead_manager::client::Client;
 use bulkhead_manager::cluster::ClusterHost;
 use bulkhead_store::{HostState, PartitionRecord, PartitionState};
-use bulkhead_testbed::cluster::{self, Cluster, Guard, Options};
+use bulkhead_testbed::cluster::{self, Cluster, Guard};
+use cluster_common::{client, exec};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -20,25 +22,7 @@ const LEASE_MS: u64 = 3000;
 
 /// A cluster of three hosts, taken down when the guard drops.
 fn start_cluster(tag: &str) -> (Guard, Cluster) {
-    let name = format!("{tag}{}", std::process::id() % 100_000);
-    let bin_dir = bulkhead_testbed::bulkhead_bin()
-        .parent()
-        .expect("bin dir")
-        .to_path_buf();
-    let opts = Options {
-        hosts: 3,
-        lease_ms: LEASE_MS,
-        image_dir: bulkhead_testbed::image_dir(),
-        bin_dir,
-    };
-    let guard = Guard(name.clone());
-    let c = cluster::up(&name, &opts).unwrap_or_else(|e| panic!("cluster up: {e}"));
-    (guard, c)
-}
-
-fn client(c: &Cluster, host: &str) -> Client {
-    let h = c.hosts.iter().find(|h| h.name == host).expect("host");
-    Client::unix(&h.socket)
+    cluster::up_for_test(tag, 3, LEASE_MS)
 }
 
 fn daemon_pid(c: &Cluster, host: &str) -> i32 {
@@ -81,20 +65,6 @@ async fn wait_state(c: &Cluster, seen_from: &str, host: &str, want: HostState, w
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn exec(cl: &Client, name: &str, script: &str) -> (i32, String) {
-    let r = cl
-        .exec(
-            name,
-            &ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), script.into()],
-                timeout_secs: Some(60),
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec {script:?} in {name}: {e}"));
-    (r.code, format!("{}{}", r.stdout, r.stderr))
 }
 
 /// A partition's VLAN address without its prefix length.

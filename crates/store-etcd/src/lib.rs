@@ -20,6 +20,7 @@ mod hosts;
 mod keys;
 mod lus;
 mod pools;
+mod remote_restart;
 mod routes;
 
 use bulkhead_store::{
@@ -696,5 +697,21 @@ impl Store for EtcdStore {
         revision: u64,
     ) -> Result<()> {
         self.etcd_pool_doc_delete(kind, name, revision).await
+    }
+    // --- remote restart (issue 12) --- (in remote_restart.rs)
+    async fn operation_put(
+        &self,
+        op: &bulkhead_store::OperationRecord,
+    ) -> Result<bulkhead_store::OperationRecord> {
+        self.etcd_operation_put(op).await
+    }
+    async fn operation_get(
+        &self,
+        partition: &str,
+    ) -> Result<Option<bulkhead_store::OperationRecord>> {
+        self.etcd_operation_get(partition).await
+    }
+    async fn operation_list(&self) -> Result<Vec<bulkhead_store::OperationRecord>> {
+        self.etcd_operation_list().await
     }
 }

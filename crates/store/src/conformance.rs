@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 pub mod grants;
 pub mod pools;
+pub mod remote_restart;
 pub mod routes;
 
 /// Runs every case, each on a fresh store from `make`.
@@ -42,6 +43,7 @@ where
     lu_write_attach_race_has_one_winner(make().await).await;
     routes::run_all(&make).await;
     pools::run_all(&make).await;
+    remote_restart::run_all(&make).await;
 }
 
 const HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000a";

@@ -16,6 +16,7 @@ mod lus;
 mod migrations;
 mod pools;
 mod record;
+mod remote_restart;
 mod routes;
 mod sqlite;
 
@@ -30,6 +31,7 @@ pub use record::{
     PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, TemplateLink,
     DEFAULT_CPU_MODEL,
 };
+pub use remote_restart::{OperationRecord, OperationState};
 pub use routes::{ExposedRoute, PoolTarget};
 pub use sqlite::SqliteStore;
 
@@ -291,6 +293,32 @@ pub trait Store: Send + Sync {
     async fn pool_doc_delete(&self, kind: PoolKind, name: &str, revision: u64) -> Result<()> {
         let _ = (kind, name, revision);
         Err(no_pools("pool_doc_delete"))
+    }
+    // --- remote restart (issue 12) ---
+    // Operation records, one per partition. Defaults answer "not supported"
+    // so test doubles still build; both backends implement every one.
+
+    /// Writes `op` under its partition if the stored revision is still
+    /// `op.revision` (0: none stored yet); returns it as stored (revision + 1).
+    /// A mismatch is [`StoreError::operation_conflict`] and writes nothing.
+    async fn operation_put(&self, op: &OperationRecord) -> Result<OperationRecord> {
+        let _ = op;
+        Err(no_operations("operation_put"))
+    }
+    async fn operation_get(&self, partition: &str) -> Result<Option<OperationRecord>> {
+        let _ = partition;
+        Err(no_operations("operation_get"))
+    }
+    /// Every operation record, ordered by partition.
+    async fn operation_list(&self) -> Result<Vec<OperationRecord>> {
+        Err(no_operations("operation_list"))
+    }
+}
+
+fn no_operations(op: &'static str) -> StoreError {
+    StoreError::Backend {
+        op,
+        message: "this store keeps no remote-restart operations".into(),
     }
 }
 

@@ -92,4 +92,12 @@ pub const MIGRATIONS: &[&str] = &[
         body     TEXT NOT NULL,
         PRIMARY KEY (kind, name)
     ) WITHOUT ROWID;",
+    // 10: remote-restart operations (issue 12): one row per partition, the
+    // record JSON as elsewhere; the token is a column for lookups by token.
+    "CREATE TABLE rr_operations (
+        partition TEXT PRIMARY KEY,
+        token     TEXT NOT NULL,
+        revision  INTEGER NOT NULL,
+        record    TEXT NOT NULL
+    ) WITHOUT ROWID;",
 ];

@@ -3,6 +3,7 @@
 
 mod grants;
 mod pools;
+mod remote_restart;
 mod routes;
 
 use crate::migrations::MIGRATIONS;
@@ -531,6 +532,16 @@ impl Store for SqliteStore {
         revision: u64,
     ) -> Result<()> {
         self.sql_pool_doc_delete(kind, name, revision).await
+    }
+    // --- remote restart (issue 12) --- (in sqlite/remote_restart.rs)
+    async fn operation_put(&self, op: &crate::OperationRecord) -> Result<crate::OperationRecord> {
+        self.sql_operation_put(op).await
+    }
+    async fn operation_get(&self, partition: &str) -> Result<Option<crate::OperationRecord>> {
+        self.sql_operation_get(partition).await
+    }
+    async fn operation_list(&self) -> Result<Vec<crate::OperationRecord>> {
+        self.sql_operation_list().await
     }
 }
 

@@ -3,7 +3,8 @@
 
 use bulkhead_store::{
     conformance, Admission, Event, GrantLogEntry, GrantTableDoc, HostRecord, HostStatus, LuLock,
-    LuRecord, PartitionRecord, PoolDoc, PoolKind, Result, Scope, SqliteStore, Store,
+    LuRecord, OperationRecord, PartitionRecord, PoolDoc, PoolKind, Result, Scope, SqliteStore,
+    Store,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -164,6 +165,16 @@ impl Store for TwoConnections {
     }
     async fn pool_doc_delete(&self, k: PoolKind, name: &str, revision: u64) -> Result<()> {
         self.next().pool_doc_delete(k, name, revision).await
+    }
+    // --- remote restart (issue 12) ---
+    async fn operation_put(&self, op: &OperationRecord) -> Result<OperationRecord> {
+        self.next().operation_put(op).await
+    }
+    async fn operation_get(&self, partition: &str) -> Result<Option<OperationRecord>> {
+        self.next().operation_get(partition).await
+    }
+    async fn operation_list(&self) -> Result<Vec<OperationRecord>> {
+        self.next().operation_list().await
     }
 }
 

@@ -50,7 +50,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), 10);
     let old = s.get("old").await.unwrap().unwrap();
     s.update(&old, "migrated").await.unwrap();
     assert_eq!(s.events("old", 5).await.unwrap().len(), 1);
@@ -65,7 +65,7 @@ async fn migrates_an_old_database_and_refuses_a_newer_one() {
             e,
             StoreError::TooNew {
                 found: 99,
-                supported: 9
+                supported: 10
             }
         ),
         "{e}"
@@ -100,7 +100,7 @@ async fn migration_pins_hotplug_and_cpu_model_into_older_records() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "h").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), 10);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!(
         (old.hotplug_slots, old.cpu_model.as_str()),
@@ -184,7 +184,7 @@ async fn migration_gives_old_records_the_opening_host() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "host-a").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), 10);
     let old = s.get("old").await.unwrap().unwrap();
     assert_eq!((old.host.as_str(), old.revision), ("host-a", 4));
     assert_eq!(s.list(Scope::Host("host-a")).await.unwrap().len(), 1);
@@ -229,7 +229,7 @@ async fn schema_4_database_gains_grant_tables() {
         .unwrap();
     }
     let s = SqliteStore::open(&path, "host-b").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), 10);
     let got = s.get("old").await.unwrap().unwrap();
     assert_eq!((got.host.as_str(), got.revision), ("host-a", 3));
     assert_eq!(got.net.unwrap().ip, "10.0.0.7/24");
@@ -245,7 +245,7 @@ async fn schema_4_database_gains_grant_tables() {
     drop(s);
     // Reopening migrates nothing again and keeps the grants.
     let s = SqliteStore::open(&path, "host-a").unwrap();
-    assert_eq!(s.schema_version().unwrap(), 9);
+    assert_eq!(s.schema_version().unwrap(), 10);
     let t = s.grant_table("host-a").await.unwrap().unwrap();
     assert_eq!((t.body.as_slice(), t.revision), (&b"{}"[..], r));
     assert_eq!(s.grant_log("host-a", 0, 10).await.unwrap()[0].seq, 1);

@@ -70,6 +70,26 @@ impl Drop for Guard {
     }
 }
 
+/// A test's cluster: `hosts` hosts with membership lease `lease_ms`, named
+/// after `tag` and this process, on the built binaries and the guest image;
+/// taken down when the guard drops (even on a panic).
+pub fn up_for_test(tag: &str, hosts: usize, lease_ms: u64) -> (Guard, Cluster) {
+    let name = format!("{tag}{}", std::process::id() % 100_000);
+    let bin_dir = crate::bulkhead_bin()
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let opts = Options {
+        hosts,
+        lease_ms,
+        image_dir: crate::image_dir(),
+        bin_dir,
+    };
+    let guard = Guard(name.clone());
+    let c = up(&name, &opts).unwrap_or_else(|e| panic!("cluster up: {e}"));
+    (guard, c)
+}
+
 /// An exclusive lock on a file, held until dropped.
 struct Lock(#[allow(dead_code)] std::fs::File);
 

@@ -12,7 +12,7 @@ use bulkhead_store::{HostState, HostStatus};
 use hyper::Method;
 
 /// Which host a request must be carried out by, when not this one.
-enum Owner {
+pub(crate) enum Owner {
     Id(String),
     Name(String),
 }
@@ -47,6 +47,7 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         // Resume is carried out by the host it names, else by the host that
         // got it: that host claims the image.
         R::Resume { opts, .. } => return Ok(named(m, &opts.host)),
+        R::RemoteRestart(c) => return crate::remote_restart::api::carried_out_by(m, c).await,
         _ => return Ok(None),
     };
     // An unknown partition is answered here (404).
@@ -252,6 +253,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
             format!("{}/hibernate", path(name)?),
             Vec::new(),
         ),
+        R::RemoteRestart(c) => return crate::remote_restart::api::http_of(c),
         other => {
             return Err(ApiError::Internal(format!(
                 "{other:?} is answered by every host, never forwarded"
@@ -261,7 +263,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
 }
 
 /// Serialising the different body types through one closure.
-mod erased {
+pub(crate) mod erased {
     pub trait Json {
         fn bytes(&self) -> Vec<u8>;
     }
@@ -275,6 +277,7 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote_restart::api::RemoteRestartCommand as RR;
     use crate::server::route;
 
     /// Every forwarded request is parsed back by the router into itself.
@@ -356,6 +359,27 @@ mod tests {
                 name: "p".into(),
                 id: "hot1".into(),
             },
+            ApiRequest::RemoteRestart(RR::Start(crate::remote_restart::api::StartRemoteRestart {
+                partition: "p".into(),
+                target: "b".into(),
+                token: Some("op-1".into()),
+                detail: 2,
+                capabilities: 5,
+                timeout_secs: Some(30),
+            })),
+            ApiRequest::RemoteRestart(RR::Stop {
+                token: "op-1".into(),
+                req: crate::remote_restart::api::StopRemoteRestart {
+                    state: crate::remote_restart::StopState::Failed,
+                },
+            }),
+            ApiRequest::RemoteRestart(RR::StopCollect {
+                token: "op-1".into(),
+            }),
+            ApiRequest::RemoteRestart(RR::Show {
+                token: "op-1".into(),
+            }),
+            ApiRequest::RemoteRestart(RR::List),
         ];
         for r in reqs {
             let (method, path_query, body) = http_of(&r).unwrap();

@@ -35,7 +35,7 @@ use bulkhead_store::HibernationRecord;
 /// paused) or `hibernate-after-record` (store `hibernated`, QEMU alive).
 pub const FAILPOINT_ENV: &str = "BULKHEAD_FAILPOINT";
 
-fn failpoint(name: &str) {
+pub(super) fn failpoint(name: &str) {
     if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
         tracing::error!(failpoint = name, "failpoint reached: killing bulkheadd");
         // SAFETY: kill(2) of our own pid with a constant signal; no memory
@@ -50,7 +50,7 @@ impl Manager {
     /// The image directory of a record's hibernation. The location comes
     /// from the store (another host may have written it): only a plain
     /// relative path inside the repository is accepted.
-    fn image_dir_of(&self, h: &HibernationRecord) -> Result<PathBuf, ApiError> {
+    pub(super) fn image_dir_of(&self, h: &HibernationRecord) -> Result<PathBuf, ApiError> {
         let rel = Path::new(&h.location);
         let plain = rel
             .components()
@@ -230,9 +230,27 @@ impl Manager {
         let Some((rec, from)) = self.claim_image(name, wake).await? else {
             return self.get(name).await;
         };
+        self.run_claimed(&rec, &from, false).await
+    }
+
+    /// Restores a claimed image on this host and runs it; on failure the
+    /// partition is hibernated again on host `from`. `keep_image`: a remote
+    /// restart keeps the image (and the record's hibernation) until its
+    /// `stop`, so a failed one leaves the partition restartable; a resume
+    /// deletes it once the guest runs.
+    pub(super) async fn run_claimed(
+        self: &Arc<Self>,
+        rec: &PartitionRecord,
+        from: &str,
+        keep_image: bool,
+    ) -> Result<PartitionRecord, ApiError> {
+        let name = &rec.name;
         let t0 = std::time::Instant::now();
-        match self.restore_claimed(&rec).await {
+        match self.restore_claimed(rec).await {
             Ok(p) => {
+                if keep_image {
+                    super::remote_restart::failpoint_mid_restore().await;
+                }
                 let h = rec.hibernation.clone().expect("claimed with an image");
                 let pid = p.pid();
                 self.supervise(name, p, false);
@@ -244,26 +262,31 @@ impl Manager {
                 let rec = self
                     .set_state(name, PartitionState::Running, &ev, |r| {
                         r.pid = Some(pid);
-                        r.hibernation = None;
+                        if !keep_image {
+                            r.hibernation = None;
+                        }
                     })
                     .await?;
                 // The image is stale once the guest has run: deleted, so it
                 // can never be resumed twice.
-                if let Ok(dir) = self.image_dir_of(&h) {
-                    let _ = std::fs::remove_dir_all(dir);
+                if !keep_image {
+                    if let Ok(dir) = self.image_dir_of(&h) {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
                 }
                 tracing::info!(
-                    partition = name,
+                    partition = %name,
                     ms = t0.elapsed().as_millis() as u64,
                     "resumed"
                 );
                 Ok(rec)
             }
             Err(e) => {
-                self.cleanup(&rec).await;
+                self.cleanup(rec).await;
+                self.release_lus(name).await;
                 let msg = format!("resume failed: {e}");
                 self.set_state(name, PartitionState::Hibernated, &msg, |r| {
-                    r.host = from.clone();
+                    r.host = from.to_string();
                     r.pid = None;
                     r.last_exit = Some(msg.clone());
                 })
@@ -277,7 +300,7 @@ impl Manager {
     /// `resuming` on this host in one compare-and-swap, with the capacity
     /// admission. Returns the claimed record and the host it was on, or
     /// `None` when `wake` and the partition already runs.
-    async fn claim_image(
+    pub(super) async fn claim_image(
         &self,
         name: &str,
         wake: bool,
@@ -338,7 +361,9 @@ impl Manager {
                 dir.display()
             )));
         }
-        let spec = self.checked_spec(rec)?;
+        let mut spec = self.checked_spec(rec)?;
+        // The LU attachments, locked for this host after the ownership check.
+        self.lock_lus(rec, &mut spec).await?;
         self.cleanup(rec).await;
         self.prepare_host(rec).await?;
         let opts = self.launch_options(&rec.name);

@@ -29,6 +29,8 @@ pub(crate) use disks::disk_format;
 mod lifecycle;
 mod lus;
 mod recovery;
+mod remote_restart;
+pub use remote_restart::FAILPOINT_MID_RESTORE;
 mod supervision;
 mod templates;
 
@@ -163,6 +165,7 @@ impl Manager {
             pools: Default::default(),
         });
         m.recover().await?;
+        m.recover_operations().await?;
         m.watch_idleness();
         crate::expose::spawn_sync(&m);
         // Once every running partition is adopted: the table and the devices
@@ -202,6 +205,8 @@ impl Manager {
         if let Some(r) = crate::cluster::forward::elsewhere(self, &req).await? {
             return Ok(r);
         }
+        // A partition a remote-restart operation holds is the operation's.
+        self.operation_guard(&req).await?;
         Ok(match req {
             ApiRequest::OpenApi => R::OpenApi(ApiDocument(crate::openapi::document())),
             ApiRequest::Ping => R::Pong(Pong { ok: true }),
@@ -281,6 +286,7 @@ impl Manager {
             ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
             ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
             ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
+            ApiRequest::RemoteRestart(c) => R::RemoteRestart(self.remote_restart(c).await?),
         })
     }
 
