@@ -274,9 +274,11 @@ async fn the_programs_last_answer_reaches_the_user_before_confirmed() {
         extra: format!("[pool]\ngateway = {gw:?}\n"),
         ..Default::default()
     });
-    // Answers only once its input ended, and slower than a cleanup.
-    let app = "printf '%s\\n' 'read -r _' 'cat > /tmp/in' 'sleep 3' \
-               'echo \"got $(wc -c < /tmp/in) bytes\"' 'touch /tmp/answered' > /tmp/late.sh; \
+    // Answers only once its input ended, and slower than a cleanup. The
+    // readiness probe's connections (no session line) end at once, and each
+    // conversation keeps its bytes in a file of its own.
+    let app = "printf '%s\\n' 'read -r _ || exit 0' 'cat > /tmp/in.$$' 'sleep 3' \
+               'echo \"got $(wc -c < /tmp/in.$$) bytes\"' 'touch /tmp/answered' > /tmp/late.sh; \
                exec nc -ll -p 7000 -e /bin/sh /tmp/late.sh";
     let c = d.client();
     c.pool_create(&bulkhead_manager::pools::types::CreatePool {
