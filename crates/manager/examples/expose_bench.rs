@@ -54,24 +54,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let c = d.client();
     let name = "web";
-    c.post(
-        "/v1/partitions",
-        &json!({ "name": name, "memory_mib": 256, "cpu_percent": 100, "net": true }),
-    )
-    .await?;
-    let rec = c
-        .post(
-            &format!("/v1/partitions/{name}/start"),
-            &json!({ "wait": true }),
-        )
-        .await?;
-    let ip = rec["net"]["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let ip = daemon::boot_on_vlan(&c, name, 256).await?;
     let direct: SocketAddr = format!("{ip}:8080").parse()?;
     c.post(
         &format!("/v1/partitions/{name}/exec"),

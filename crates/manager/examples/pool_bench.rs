@@ -37,16 +37,6 @@ fn app() -> String {
     )
 }
 
-fn ip_of(rec: &serde_json::Value) -> String {
-    rec["net"]["ip"]
-        .as_str()
-        .unwrap_or_default()
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// A direct conversation with the program: connect, session line, first reply.
 async fn direct(addr: &str) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
@@ -84,17 +74,7 @@ async fn until_idle(c: &Client, n: usize) -> anyhow::Result<()> {
 
 /// A partition like the pool's, booted cold with the program started; returns its program's address.
 async fn cold(c: &Client, name: &str) -> anyhow::Result<String> {
-    c.post(
-        "/v1/partitions",
-        &json!({ "name": name, "memory_mib": MEMORY_MIB, "cpu_percent": 100, "net": true }),
-    )
-    .await?;
-    let rec = c
-        .post(
-            &format!("/v1/partitions/{name}/start"),
-            &json!({ "wait": true }),
-        )
-        .await?;
+    let ip = daemon::boot_on_vlan(c, name, MEMORY_MIB).await?;
     // The program, detached; it comes in as $0, so no quoting.
     let detach = "setsid /bin/sh -c \"$0\" </dev/null >/dev/null 2>&1 &";
     c.post(
@@ -102,7 +82,7 @@ async fn cold(c: &Client, name: &str) -> anyhow::Result<String> {
         &json!({ "argv": ["/bin/sh", "-c", detach, app()] }),
     )
     .await?;
-    let addr = format!("{}:{PORT}", ip_of(&rec));
+    let addr = format!("{ip}:{PORT}");
     until_answers(&addr).await?;
     Ok(addr)
 }
@@ -177,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         ms(t0.elapsed())
     );
     let first = c.get(&format!("/v1/partitions/{POOL}-1")).await?;
-    let target = format!("{}:{PORT}", ip_of(&first));
+    let target = format!("{}:{PORT}", daemon::vlan_ip(&first)?);
 
     // Allocate → first reply, against a direct conversation, interleaved.
     let mut g = Gateway::connect_tcp(gw.as_str()).await?;

@@ -123,3 +123,29 @@ impl Drop for Daemon {
         let _ = bulkhead_hostnet::delete_link(&self.bridge, None);
     }
 }
+
+/// Creates and starts partition `name` on the VLAN (1 vCPU, `memory_mib`,
+/// 100% CPU) and returns its VLAN address once its agent is ready.
+pub async fn boot_on_vlan(c: &Client, name: &str, memory_mib: u64) -> anyhow::Result<String> {
+    c.post(
+        "/v1/partitions",
+        &serde_json::json!({ "name": name, "memory_mib": memory_mib, "cpu_percent": 100, "net": true }),
+    )
+    .await?;
+    let rec = c
+        .post(
+            &format!("/v1/partitions/{name}/start"),
+            &serde_json::json!({ "wait": true }),
+        )
+        .await?;
+    vlan_ip(&rec)
+}
+
+/// The VLAN address (no prefix) of a partition record.
+pub fn vlan_ip(rec: &serde_json::Value) -> anyhow::Result<String> {
+    rec["net"]["ip"]
+        .as_str()
+        .and_then(|ip| ip.split('/').next())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no VLAN address in {rec}"))
+}

@@ -206,7 +206,7 @@ pub(super) async fn start_program(
     let ip = rec
         .net
         .as_ref()
-        .and_then(|n| n.ip.split('/').next().map(str::to_string))
+        .and_then(|n| crate::net::addr_of(&n.ip))
         .ok_or_else(|| ApiError::Internal(format!("{id} has no VLAN address")))?;
     let addr = format!("{ip}:{}", c.port);
     if answers(&addr).await {

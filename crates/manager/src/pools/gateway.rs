@@ -342,11 +342,11 @@ pub(super) async fn program(
     let ip = rec
         .net
         .as_ref()
-        .and_then(|n| n.ip.split('/').next().map(str::to_string))
+        .and_then(|n| crate::net::addr_of(&n.ip))
         .ok_or_else(|| anyhow::anyhow!("{} has no VLAN address", a.partition))?;
     // The agent learns the session while the connection is made; the
     // program hears of it only after both.
-    let connect = tokio::time::timeout(PROGRAM_CONNECT, TcpStream::connect((ip.as_str(), port)));
+    let connect = tokio::time::timeout(PROGRAM_CONNECT, TcpStream::connect((ip, port)));
     let (connected, ()) = tokio::join!(connect, super::session::opened(m, a));
     let mut s = connected??;
     s.set_nodelay(true)?;
