@@ -1,6 +1,7 @@
 //! The partition engine: a [`PartitionSpec`] becomes one QEMU process driven
 //! over QMP, with its agent. See the crate README.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod cmdline;
 pub mod host;

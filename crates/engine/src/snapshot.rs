@@ -31,8 +31,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// Version of the manifest layout; a restore refuses others.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// What a file being written is called until it is complete.
-const PARTIAL: &str = ".partial";
-const SAVE_FD: &str = "bulkhead-save";
+pub(crate) const PARTIAL: &str = ".partial";
+pub(crate) const SAVE_FD: &str = "bulkhead-save";
 const RESTORE_FD: &str = "bulkhead-restore";
 /// How often migration progress is read.
 const POLL: Duration = Duration::from_millis(20);
@@ -54,6 +54,11 @@ pub struct Manifest {
     /// The QEMU that saved it; an older QEMU cannot read its stream.
     pub qemu: QemuInfo,
     pub saved_at_unix_ms: u64,
+    /// A checkpoint's disk point: the internal snapshot of this name taken
+    /// in each writable qcow2 disk at the instant the memory was (the disks
+    /// are reverted to it before a restore; `crate::checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_point: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,11 +120,11 @@ pub struct CloneIdentity {
     pub ips: Vec<(String, String)>,
 }
 
-fn err(m: impl Into<String>) -> EngineError {
+pub(crate) fn err(m: impl Into<String>) -> EngineError {
     EngineError::Snapshot(m.into())
 }
 
-fn io_err(p: &Path, e: std::io::Error) -> EngineError {
+pub(crate) fn io_err(p: &Path, e: std::io::Error) -> EngineError {
     EngineError::Host(format!("{}: {e}", p.display()))
 }
 
@@ -149,7 +154,7 @@ impl Partition {
         let saved = self.migrate_out(&file, &opts, &follower).await;
         let hashed = follower.finish().await;
         let done = match (saved, hashed) {
-            (Ok(()), Ok(hashed)) => finish_image(self, dir, file, &partial, hashed).await,
+            (Ok(()), Ok(hashed)) => finish_image(self, dir, file, &partial, hashed, None).await,
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         if done.is_err() {
@@ -174,8 +179,12 @@ impl Partition {
         let shared = self.spec().memory_file.as_ref().is_some_and(|m| m.share);
         qmp.migrate_set_parameters(json!({ "max-bandwidth": opts.max_bandwidth }))
             .await?;
-        qmp.migrate_set_capabilities(&[("x-ignore-shared", shared)])
-            .await?;
+        // A checkpoint's switchover pause is off: nothing waits here.
+        qmp.migrate_set_capabilities(&[
+            ("x-ignore-shared", shared),
+            ("pause-before-switchover", false),
+        ])
+        .await?;
         // Paused first: one pass over RAM, no dirty-page rounds.
         qmp.stop().await?;
         let fd = file
@@ -397,7 +406,7 @@ fn same_machine_but_identity(
 }
 
 /// ivshmem (grants) blocks migration; say so before pausing anything.
-async fn refuse_unmigratable(p: &Partition) -> Result<(), EngineError> {
+pub(crate) async fn refuse_unmigratable(p: &Partition) -> Result<(), EngineError> {
     for path in ["/machine/peripheral", "/machine/peripheral-anon"] {
         for (name, ty) in p.qmp().qom_list(path).await? {
             if ty.contains("ivshmem") {
@@ -411,12 +420,13 @@ async fn refuse_unmigratable(p: &Partition) -> Result<(), EngineError> {
 }
 
 /// The state is complete: make it durable, then the manifest last.
-async fn finish_image(
+pub(crate) async fn finish_image(
     p: &Partition,
     dir: &Path,
     file: std::fs::File,
     partial: &Path,
     (len, sha256): (u64, String),
+    disk_point: Option<String>,
 ) -> Result<Manifest, EngineError> {
     file.sync_all().map_err(|e| io_err(partial, e))?;
     let written = file.metadata().map_err(|e| io_err(partial, e))?.len();
@@ -453,6 +463,7 @@ async fn finish_image(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64,
+        disk_point,
     };
     // A previous image stops being whole before its state is replaced.
     let manifest = dir.join(MANIFEST_FILE);
@@ -486,14 +497,14 @@ fn stamp(path: &Path) -> Result<FileStamp, EngineError> {
 /// that once QEMU is done only the tail is left: a second pass over the file
 /// (and a cold fsync) would cost about as much as the save itself. Reads
 /// through its own open file: a dup would move the offset QEMU writes at.
-struct Follower {
+pub(crate) struct Follower {
     /// A message: more has been written, catch up. Dropped: QEMU is done.
     more: std::sync::mpsc::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<(u64, String)>>,
 }
 
 impl Follower {
-    fn start(path: &Path) -> Result<Follower, EngineError> {
+    pub(crate) fn start(path: &Path) -> Result<Follower, EngineError> {
         let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
         let (more, rx) = std::sync::mpsc::channel::<()>();
         let task = tokio::task::spawn_blocking(move || {
@@ -531,13 +542,13 @@ impl Follower {
     }
 
     /// QEMU has written more: catch up.
-    fn nudge(&self) {
+    pub(crate) fn nudge(&self) {
         let _ = self.more.send(());
     }
 
     /// Call once QEMU has written everything (or given up): the length and
     /// hash of all that is in the file.
-    async fn finish(self) -> Result<(u64, String), EngineError> {
+    pub(crate) async fn finish(self) -> Result<(u64, String), EngineError> {
         drop(self.more);
         self.task
             .await
@@ -740,7 +751,7 @@ async fn resume(p: &Partition, ready_timeout: Duration, clock: bool) -> Result<(
 
 /// Calls `step` every [`POLL`] until it gives a value, fails, QEMU ends or
 /// `deadline` passes; `what` says when, in errors.
-async fn poll<T, F, Fut>(
+pub(crate) async fn poll<T, F, Fut>(
     p: &Partition,
     deadline: tokio::time::Instant,
     what: &str,
@@ -897,6 +908,7 @@ mod tests {
                 package: String::new(),
             },
             saved_at_unix_ms: 0,
+            disk_point: None,
         };
         std::fs::write(dir.join(MANIFEST_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
         m

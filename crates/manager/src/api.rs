@@ -55,6 +55,11 @@ pub struct CreatePartition {
     #[serde(default)]
     #[schema(minimum = 10, maximum = 2592000)]
     pub hibernate_idle_secs: Option<u64>,
+    /// Checkpoint the running partition this often, ms (5 s to 1 day;
+    /// docs/cluster.md, "Checkpoints"); never when absent or 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 86400000)]
+    pub checkpoint_every_ms: Option<u64>,
     /// The owning client (tenant); the partition's own name when absent.
     #[serde(default)]
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,47}$")]
@@ -94,6 +99,7 @@ impl CreatePartition {
             cpu_model: None,
             host: None,
             hibernate_idle_secs: None,
+            checkpoint_every_ms: None,
             client: None,
             lus: vec![],
             devices: Default::default(),
@@ -301,6 +307,8 @@ pub enum ApiRequest {
     Pool(crate::pools::api::PoolRequest),
     /// Remote restart (issue 12; `crate::remote_restart::api`).
     RemoteRestart(crate::remote_restart::api::RemoteRestartCommand),
+    /// Checkpoints (issue 12 item 3; `crate::checkpoint`).
+    Checkpoint(crate::checkpoint::CheckpointCommand),
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -352,8 +360,9 @@ impl ApiRequest {
                         "hibernate_idle_secs must be {MIN_IDLE_SECS}-{MAX_IDLE_SECS}, got {t}"
                     )))
                 }
-                _ => Ok(()),
+                _ => crate::checkpoint::check_every(c.checkpoint_every_ms),
             },
+            Self::Checkpoint(c) => c.check_ranges(),
             _ => Ok(()),
         }
     }

@@ -127,6 +127,10 @@ pub struct CreateArgs {
     /// Hibernate after this long idle, e.g. 90s, 10m, 2h (at least 10s).
     #[arg(long)]
     pub hibernate_idle: Option<String>,
+    /// Checkpoint it this often while it runs, e.g. 30s, 5m (at least 5s);
+    /// its writable disks must be qcow2 (docs/cluster.md, "Checkpoints").
+    #[arg(long)]
+    pub checkpoint_every: Option<String>,
     /// The owning client (tenant); the partition's own name by default.
     #[arg(long)]
     pub client: Option<String>,
@@ -316,6 +320,12 @@ pub enum PartitionCommand {
     Hibernate(NameArgs),
     /// Restore a hibernated partition from its image and run it.
     Resume(ResumeArgs),
+    /// Checkpoint a running partition now (it runs on), or with --every
+    /// set how often it is checkpointed (0: off).
+    Checkpoint(crate::checkpoint::CheckpointArgs),
+    /// Resume a stopped or failed partition from its last checkpoint (its
+    /// disks reverted to the checkpoint's point first).
+    RestoreCheckpoint(NameArgs),
     /// Serve it on the shared port by domain (HTTP Host, TLS SNI).
     Expose(crate::expose_cli::ExposeArgs),
     /// Remove its routes on the shared port (one domain's, or all).
@@ -431,6 +441,11 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .as_deref()
                     .map(parse_duration_secs)
                     .transpose()?,
+                checkpoint_every_ms: a
+                    .checkpoint_every
+                    .as_deref()
+                    .map(crate::checkpoint::parse_every)
+                    .transpose()?,
                 client: a.client,
                 lus: a
                     .lu
@@ -545,6 +560,11 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::Hibernate(a) => {
             let client = a.api.client()?;
             let rec = hibernate_with_progress(&client, &a.name).await?;
+            print_record(&rec, a.json)?;
+        }
+        PartitionCommand::Checkpoint(a) => crate::checkpoint::checkpoint_cli(a).await?,
+        PartitionCommand::RestoreCheckpoint(a) => {
+            let rec = a.api.client()?.restore_checkpoint(&a.name).await?;
             print_record(&rec, a.json)?;
         }
         PartitionCommand::Expose(a) => crate::expose_cli::expose(a).await?,
@@ -786,7 +806,7 @@ pub fn list_table(recs: &[PartitionRecord], hosts: &[crate::cluster::ClusterHost
     table(&header, &rows)
 }
 
-fn print_record(rec: &PartitionRecord, json: bool) -> anyhow::Result<()> {
+pub(crate) fn print_record(rec: &PartitionRecord, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(rec);
     }

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod capacity;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod cluster;

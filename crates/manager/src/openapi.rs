@@ -46,7 +46,9 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::remote_restart::api::remote_restart_start,
         crate::remote_restart::api::remote_restart_show,
         crate::remote_restart::api::remote_restart_stop,
-        crate::remote_restart::api::remote_restart_stop_collect
+        crate::remote_restart::api::remote_restart_stop_collect,
+        crate::checkpoint::checkpoint, crate::checkpoint::checkpoint_every,
+        crate::checkpoint::restore_checkpoint
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -650,6 +652,7 @@ mod tests {
             restarts: 0,
             hibernate_idle_secs: None,
             hibernation: None,
+            checkpoint_every_ms: Some(30_000),
             devices: Default::default(),
             template: None,
             client_name: String::new(),

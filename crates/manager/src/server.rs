@@ -517,6 +517,12 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             ApiRequest::Pool(pool_route(m, &segs, query, b)?)
         }
         (m, ["v1", "remote-restarts", ..]) => ApiRequest::RemoteRestart(rr_route(m, &segs, b)?),
+        (m, ["v1", "partitions", _, "checkpoint" | "checkpoint-every" | "restore-checkpoint"]) => {
+            match crate::checkpoint::route(m, &segs, b) {
+                Some(c) => ApiRequest::Checkpoint(c?),
+                None => return Err(not_routed(m, &segs)),
+            }
+        }
         (&Method::GET, ["v1", "partitions", n, "console"]) => ApiRequest::ConsoleLog {
             name: name(n),
             tail_lines: match query_param(query, "lines") {
@@ -561,6 +567,9 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
     ("/v1/partitions/{name}/hibernate", &["GET", "POST"]),
     ("/v1/partitions/{name}/resume", &["POST"]),
+    ("/v1/partitions/{name}/checkpoint", &["POST"]),
+    ("/v1/partitions/{name}/checkpoint-every", &["POST"]),
+    ("/v1/partitions/{name}/restore-checkpoint", &["POST"]),
     ("/v1/partitions/{name}/grant-requests", &["POST"]),
     ("/v1/grants", &["GET"]),
     ("/v1/grants/log", &["GET"]),

@@ -74,6 +74,7 @@ pub fn record(name: &str) -> PartitionRecord {
         restarts: 0,
         hibernate_idle_secs: None,
         hibernation: None,
+        checkpoint_every_ms: None,
         devices: Default::default(),
         template: None,
         client_name: String::new(),

@@ -204,9 +204,14 @@ pub struct PartitionRecord {
     /// Hibernate after this many seconds of idleness (issue 14); never when absent.
     #[serde(default)]
     pub hibernate_idle_secs: Option<u64>,
-    /// The image a hibernated partition resumes from (issue 14).
+    /// The image a hibernated partition resumes from (issue 14); while it
+    /// runs, its last checkpoint (reason `checkpoint`).
     #[serde(default)]
     pub hibernation: Option<HibernationRecord>,
+    /// Checkpoint the running partition this often, ms (issue 12); never
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every_ms: Option<u64>,
     /// Host devices the partition owns (issue 15).
     #[serde(default, skip_serializing_if = "PartitionDevices::is_empty")]
     pub devices: PartitionDevices,
@@ -316,6 +321,10 @@ pub enum HibernateReason {
     Manual,
     /// Idle for its `hibernate_idle_secs`.
     Idle,
+    /// A periodic or requested checkpoint of a partition that runs on: the
+    /// record stays `running`, and a resume first reverts its disks to the
+    /// point taken with the memory (docs/cluster.md, "Checkpoints").
+    Checkpoint,
 }
 
 impl fmt::Display for HibernateReason {
@@ -323,6 +332,7 @@ impl fmt::Display for HibernateReason {
         f.write_str(match self {
             Self::Manual => "manual",
             Self::Idle => "idle",
+            Self::Checkpoint => "checkpoint",
         })
     }
 }

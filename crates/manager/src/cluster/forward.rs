@@ -44,6 +44,7 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         | R::AttachLu { name, .. }
         | R::Hibernate { name }
         | R::HibernateProgress { name } => name,
+        R::Checkpoint(c) => c.name(),
         // Resume is carried out by the host it names, else by the host that
         // got it: that host claims the image.
         R::Resume { opts, .. } => return Ok(named(m, &opts.host)),
@@ -254,6 +255,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
             Vec::new(),
         ),
         R::RemoteRestart(c) => return crate::remote_restart::api::http_of(c),
+        R::Checkpoint(c) => return c.http_of(),
         other => {
             return Err(ApiError::Internal(format!(
                 "{other:?} is answered by every host, never forwarded"
@@ -298,6 +300,7 @@ mod tests {
                 cpu_model: None,
                 host: Some("b".into()),
                 hibernate_idle_secs: Some(600),
+                checkpoint_every_ms: None,
                 client: Some("tenant".into()),
                 lus: vec![],
                 devices: Default::default(),

@@ -168,18 +168,23 @@ impl Manager {
                 r.started_at = None;
             })
             .await;
-        if let Err(e) = recorded {
-            // Not recorded: the image is not the partition's; it runs on.
-            flag.store(false, Ordering::SeqCst);
-            let _ = std::fs::remove_dir_all(&dir);
-            let cont = p.resume().await;
-            let msg = format!("hibernate not recorded ({e}); running on");
-            let _ = self
-                .set_state(name, PartitionState::Running, &msg, |_| {})
-                .await;
-            cont.map_err(engine_err)?;
-            return Err(e);
-        }
+        let recorded = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                // Not recorded: the image is not the partition's; it runs on.
+                flag.store(false, Ordering::SeqCst);
+                let _ = std::fs::remove_dir_all(&dir);
+                let cont = p.resume().await;
+                let msg = format!("hibernate not recorded ({e}); running on");
+                let _ = self
+                    .set_state(name, PartitionState::Running, &msg, |_| {})
+                    .await;
+                cont.map_err(engine_err)?;
+                return Err(e);
+            }
+        };
+        // A checkpoint it had is superseded by this image.
+        self.discard_stray_checkpoints(&recorded);
         failpoint("hibernate-after-record");
         let recorded_ms = t0.elapsed().as_millis() as u64;
         p.kill().await.map_err(engine_err)?;
@@ -364,6 +369,8 @@ impl Manager {
         let mut spec = self.checked_spec(rec)?;
         // The LU attachments, locked for this host after the ownership check.
         self.lock_lus(rec, &mut spec).await?;
+        // Checkpoint data: the disks go back to the memory's instant first.
+        self.revert_to_checkpoint(h, &m, &spec).await?;
         self.cleanup(rec).await;
         self.prepare_host(rec).await?;
         let opts = self.launch_options(&rec.name);
@@ -387,8 +394,13 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes a destroyed partition's hibernation image, if it had one.
+    /// Removes a destroyed partition's hibernation image, if it had one,
+    /// and any checkpoint image of it.
     pub(super) fn discard_hibernation(&self, rec: &PartitionRecord) {
+        self.discard_stray_checkpoints(&PartitionRecord {
+            hibernation: None,
+            ..rec.clone()
+        });
         if let Some(dir) = rec
             .hibernation
             .as_ref()

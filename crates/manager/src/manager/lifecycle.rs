@@ -123,6 +123,7 @@ impl Manager {
             restarts: 0,
             hibernate_idle_secs: c.hibernate_idle_secs,
             hibernation: None,
+            checkpoint_every_ms: c.checkpoint_every_ms.filter(|ms| *ms > 0),
             devices,
             template,
             client_name: client,
@@ -130,6 +131,9 @@ impl Manager {
             adapter_ids: Default::default(),
             revision: 0,
         };
+        if rec.checkpoint_every_ms.is_some() {
+            self.check_checkpointable(&rec)?;
+        }
         // Capacity and the address are decided by the store inside the
         // insert's transaction: a concurrent create here or in another
         // daemon sharing the store sees this one or is seen by it.
@@ -310,14 +314,22 @@ impl Manager {
                 if !by_policy {
                     r.restarts = 0;
                 }
+                // A fresh boot: a checkpoint of an earlier run is stale.
+                if r.hibernation.as_ref().map(|h| h.reason) == Some(HibernateReason::Checkpoint) {
+                    r.hibernation = None;
+                }
             },
             Some(&lus::with_ids(self.admission(true, false))),
         )
         .await;
-        if let Err(e) = admitted {
-            self.release_lus(name).await;
-            return Err(e);
-        }
+        let admitted = match admitted {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_lus(name).await;
+                return Err(e);
+            }
+        };
+        self.discard_stray_checkpoints(&admitted);
         // Until the supervisor owns it, anything that ends this start early
         // (a `?`, a panic) leaves the partition failed, never `starting`.
         let undo = OnDrop::new(|| {

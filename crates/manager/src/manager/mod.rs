@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+mod checkpoint;
 mod devices;
 mod disks;
 mod hibernate;
@@ -71,6 +72,8 @@ pub struct Manager {
     pub(crate) expose: crate::expose::Exposer,
     /// Service pools (issue 17): the allocator and the statements.
     pub(crate) pools: crate::pools::Pools,
+    /// Checkpoints taken here (issue 12 item 3).
+    checkpoints: checkpoint::Checkpoints,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -163,10 +166,12 @@ impl Manager {
             consoles: Mutex::new(HashSet::new()),
             hibernations: Mutex::default(),
             pools: Default::default(),
+            checkpoints: Default::default(),
         });
         m.recover().await?;
         m.recover_operations().await?;
         m.watch_idleness();
+        m.watch_checkpoints();
         crate::expose::spawn_sync(&m);
         // Once every running partition is adopted: the table and the devices
         // are made to agree before any request is served.
@@ -287,6 +292,7 @@ impl Manager {
             ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
             ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
             ApiRequest::RemoteRestart(c) => R::RemoteRestart(self.remote_restart(c).await?),
+            ApiRequest::Checkpoint(c) => R::Partition(self.checkpoint_command(c).await?),
         })
     }
 
