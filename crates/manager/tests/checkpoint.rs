@@ -62,12 +62,13 @@ async fn count_above(d: &Daemon, n: u64) -> u64 {
     line.split_once(' ').unwrap().1.parse().unwrap()
 }
 
-/// Writes `text` into 512-byte block `block` of the LU, through to the device.
+/// Writes `text` into 512-byte block `block` of the LU, through to the
+/// device (fsync: the guest's `sync` leaves a block device's pages dirty).
 async fn write_block(d: &Daemon, block: u32, text: &str) {
     out(&d
         .exec(
             NAME,
-            &format!("printf '%-511s' {text} | dd of=/dev/vda bs=512 seek={block} count=1 conv=notrunc 2>/dev/null && sync && echo ok"),
+            &format!("printf '%-511s' {text} | dd of=/dev/vda bs=512 seek={block} count=1 conv=notrunc,fsync 2>/dev/null && echo ok"),
         )
         .await);
 }
