@@ -258,6 +258,35 @@ impl Partition {
         done.map(|()| paused_at.map_or(Duration::ZERO, |t| t.elapsed()))
     }
 
+    /// For a caller that restarted and adopted this QEMU: a checkpoint it
+    /// left midway (pre-copy, or the guest stopped at or after the
+    /// switchover) is cancelled and the guest runs again. True when there
+    /// was one.
+    pub async fn end_interrupted_checkpoint(&self) -> Result<bool, EngineError> {
+        let qmp = self.qmp();
+        let st = qmp.query_migrate().await?.status.unwrap_or_default();
+        let mid = !matches!(
+            st.as_str(),
+            "" | "none" | "completed" | "failed" | "cancelled"
+        );
+        if mid {
+            let _ = qmp.migrate_cancel().await;
+            let until = tokio::time::Instant::now() + Duration::from_secs(30);
+            poll(self, until, "cancelling a checkpoint", || async {
+                let s = qmp.query_migrate().await?.status.unwrap_or_default();
+                Ok(matches!(s.as_str(), "cancelled" | "failed" | "completed").then_some(()))
+            })
+            .await?;
+        }
+        self.switchover_pause_off().await;
+        let status = qmp.query_status().await?;
+        let left_stopped = matches!(status.status.as_str(), "postmigrate" | "finish-migrate");
+        if (mid || left_stopped) && !status.running {
+            qmp.cont().await?;
+        }
+        Ok(mid || left_stopped)
+    }
+
     /// A later save (a hibernation) must not stop at the switchover.
     async fn switchover_pause_off(&self) {
         let _ = self

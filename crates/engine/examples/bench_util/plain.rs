@@ -15,7 +15,7 @@ use serde_json::json;
 const READY: Duration = Duration::from_secs(300);
 
 /// Plain QEMU with the engine's CPU model and a QMP socket of its own.
-fn plain(dir: &Path, mib: u64, incoming: bool) -> GuestQemu {
+pub fn plain(dir: &Path, mib: u64, incoming: bool) -> GuestQemu {
     let mut g = GuestQemu::new(&image_dir(), dir);
     g.memory_mib = mib;
     g.extra = vec![
@@ -31,11 +31,11 @@ fn plain(dir: &Path, mib: u64, incoming: bool) -> GuestQemu {
     g
 }
 
-async fn qmp_of(dir: &Path) -> anyhow::Result<QmpClient> {
+pub async fn qmp_of(dir: &Path) -> anyhow::Result<QmpClient> {
     Ok(QmpClient::handshake(connect_unix(&dir.join("qmp.sock"), READY).await?).await?)
 }
 
-async fn agent_of(dir: &Path) -> anyhow::Result<AgentClient> {
+pub async fn agent_of(dir: &Path) -> anyhow::Result<AgentClient> {
     let a = AgentClient::from_stream(connect_unix(&dir.join("agent.sock"), READY).await?);
     a.wait_ready(READY).await?;
     Ok(a)

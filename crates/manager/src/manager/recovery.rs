@@ -21,6 +21,18 @@ impl Manager {
             let opts = self.launch_options(&rec.name);
             match Partition::adopt(spec, opts).await {
                 Ok(p) => {
+                    if rec.state == PartitionState::Running {
+                        // A checkpoint the previous daemon left midway.
+                        match p.end_interrupted_checkpoint().await {
+                            Ok(true) => {
+                                tracing::info!(partition = %rec.name, "interrupted checkpoint ended; running on")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(partition = %rec.name, error = %e, "ending an interrupted checkpoint")
+                            }
+                        }
+                    }
                     let p = Arc::new(p);
                     tracing::info!(partition = %rec.name, pid = p.pid(), state = %rec.state, "re-adopted");
                     let _ = self
