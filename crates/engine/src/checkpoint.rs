@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::partition::Partition;
 use crate::snapshot::{
-    err, finish_image, io_err, poll, refuse_unmigratable, Follower, Manifest, SaveProgress,
-    PARTIAL, SAVE_FD, STATE_FILE,
+    err, finish_image, io_err, observe, poll, refuse_unmigratable, Follower, Manifest,
+    SaveProgress, PARTIAL, SAVE_FD, STATE_FILE,
 };
 use crate::spec::{AdapterSpec, DiskFormat, DiskSpec};
 use crate::EngineError;
@@ -213,33 +213,19 @@ impl Partition {
                     .await?;
             }
             let info = qmp.query_migrate().await?;
-            follower.nudge();
-            if let (Some(tx), Some(ram)) = (&opts.progress, &info.ram) {
-                tx.send_replace(SaveProgress {
-                    transferred: ram.transferred,
-                    total: ram.total,
-                });
+            let pausing = info.status.as_deref() == Some("pre-switchover")
+                && state.lock().unwrap().2.is_none();
+            if pausing {
+                state.lock().unwrap().2 = Some(Instant::now());
+                // Stopped and flushed: the disks' point is now.
+                snapshot_disks(qmp, disks, point).await?;
+                qmp.execute_value(
+                    "migrate-continue",
+                    Some(json!({ "state": "pre-switchover" })),
+                )
+                .await?;
             }
-            match info.status.as_deref() {
-                Some("pre-switchover") if state.lock().unwrap().2.is_none() => {
-                    state.lock().unwrap().2 = Some(Instant::now());
-                    // Stopped and flushed: the disks' point is now.
-                    snapshot_disks(qmp, disks, point).await?;
-                    qmp.execute_value(
-                        "migrate-continue",
-                        Some(json!({ "state": "pre-switchover" })),
-                    )
-                    .await?;
-                    Ok(None)
-                }
-                Some("completed") => Ok(Some(())),
-                Some("failed") | Some("cancelled") => Err(err(format!(
-                    "QEMU's migration {}: {}",
-                    info.status.unwrap_or_default(),
-                    info.error_desc.unwrap_or_default()
-                ))),
-                _ => Ok(None),
-            }
+            observe(&info, follower, &opts.progress)
         })
         .await;
         let paused_at = state.lock().unwrap().2;
@@ -387,6 +373,14 @@ async fn pause_of(
 /// deletes every other Bulkhead point in them. A disk without the point is
 /// refused before any disk is touched. Blocking: runs `qemu-img`.
 pub fn revert_disks(disks: &[DiskSpec], point: &str) -> Result<(), EngineError> {
+    // The name comes from a manifest in a shared repository: one of ours
+    // or nothing (it becomes an argument of qemu-img).
+    let plain = point
+        .strip_prefix(POINT_PREFIX)
+        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+    if !plain {
+        return Err(err(format!("{point:?} is not a Bulkhead disk point")));
+    }
     let mut lists = Vec::new();
     for d in disks {
         let names = points_of(&d.path)?;
@@ -493,6 +487,8 @@ mod tests {
             readonly: false,
             backing: None,
         };
+        let e = revert_disks(std::slice::from_ref(&d), "bulkhead-ckpt--x").unwrap_err();
+        assert!(e.to_string().contains("not a Bulkhead disk point"), "{e}");
         let e = revert_disks(std::slice::from_ref(&d), "bulkhead-ckpt-3").unwrap_err();
         assert!(e.to_string().contains("no point"), "{e}");
         assert_eq!(points_of(&path).unwrap().len(), 2);

@@ -198,22 +198,7 @@ impl Partition {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let done = poll(self, deadline, "during the save", || async {
             let info = qmp.query_migrate().await?;
-            follower.nudge();
-            if let (Some(tx), Some(ram)) = (&opts.progress, &info.ram) {
-                tx.send_replace(SaveProgress {
-                    transferred: ram.transferred,
-                    total: ram.total,
-                });
-            }
-            match info.status.as_deref() {
-                Some("completed") => Ok(Some(())),
-                Some("failed") | Some("cancelled") => Err(err(format!(
-                    "QEMU's migration {}: {}",
-                    info.status.unwrap_or_default(),
-                    info.error_desc.unwrap_or_default()
-                ))),
-                _ => Ok(None),
-            }
+            observe(&info, follower, &opts.progress)
         })
         .await;
         if done.is_err() && self.exit_info().is_none() {
@@ -417,6 +402,30 @@ pub(crate) async fn refuse_unmigratable(p: &Partition) -> Result<(), EngineError
         }
     }
     Ok(())
+}
+
+/// One look at an outgoing migration: progress reported and the hash
+/// caught up; `Some` once complete, an error once it failed.
+pub(crate) fn observe(
+    info: &bulkhead_qmp::MigrationInfo,
+    follower: &Follower,
+    progress: &Option<watch::Sender<SaveProgress>>,
+) -> Result<Option<()>, EngineError> {
+    follower.nudge();
+    if let (Some(tx), Some(ram)) = (progress, &info.ram) {
+        tx.send_replace(SaveProgress {
+            transferred: ram.transferred,
+            total: ram.total,
+        });
+    }
+    match info.status.as_deref() {
+        Some("completed") => Ok(Some(())),
+        Some(s @ ("failed" | "cancelled")) => Err(err(format!(
+            "QEMU's migration {s}: {}",
+            info.error_desc.clone().unwrap_or_default()
+        ))),
+        _ => Ok(None),
+    }
 }
 
 /// The state is complete: make it durable, then the manifest last.

@@ -15,7 +15,7 @@ mod bench_util;
 mod daemon;
 
 use bench_util::abba;
-use bench_util::plain::{agent_of, plain, qmp_of};
+use bench_util::plain::{agent_of, migrate_to_file, plain, qmp_of};
 use bulkhead_manager::client::Client;
 use bulkhead_qmp::{wait_event, QmpClient};
 use daemon::Daemon;
@@ -42,8 +42,7 @@ async fn bulkhead_pause(c: &Client) -> anyhow::Result<Duration> {
         .into_iter()
         .flatten()
         .filter_map(|e| e["message"].as_str())
-        .filter(|m| m.starts_with("checkpoint ") && m.contains(": paused "))
-        .next_back()
+        .rfind(|m| m.starts_with("checkpoint ") && m.contains(": paused "))
         .ok_or_else(|| anyhow::anyhow!("no checkpoint event"))?;
     let ms: u64 = ev
         .split(": paused ")
@@ -58,17 +57,7 @@ async fn bulkhead_pause(c: &Client) -> anyhow::Result<Duration> {
 async fn plain_pause(qmp: &QmpClient, dir: &Path) -> anyhow::Result<Duration> {
     let mut events = qmp.events();
     qmp.stop().await?;
-    let file = std::fs::File::create(dir.join("state.bin"))?;
-    qmp.get_fd("s", file.into()).await?;
-    qmp.migrate("fd:s").await?;
-    loop {
-        let m = qmp.query_migrate().await?;
-        match m.status.as_deref() {
-            Some("completed") => break,
-            Some("failed") | Some("cancelled") => anyhow::bail!("plain save: {m:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    migrate_to_file(qmp, &dir.join("state.bin")).await?;
     qmp.cont().await?;
     let at = |e: &bulkhead_qmp::Event| e.timestamp.seconds * 1_000_000 + e.timestamp.microseconds;
     let t = Duration::from_secs(10);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Daemon, Opts, BOOT};
+use common::{events, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,15 +17,6 @@ const NAME: &str = "ckp";
 fn out(v: &Value) -> String {
     assert_eq!(v["code"], 0, "{v:#}");
     v["stdout"].as_str().unwrap().trim().to_string()
-}
-
-fn events(v: &Value) -> Vec<String> {
-    v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// The directory holding the partition's hibernation data and checkpoints.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{alive, Daemon, Opts, BOOT};
+use common::{alive, events, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,15 +86,6 @@ async fn refused(d: &Daemon, name: &str, action: &str) {
     let path = format!("/v1/partitions/{name}/{action}");
     let e = d.client().post(&path, &json!(null)).await.unwrap_err();
     assert_eq!(e.code(), Some("conflict"), "{action} {name}: {e}");
-}
-
-fn events(v: &Value) -> Vec<String> {
-    v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

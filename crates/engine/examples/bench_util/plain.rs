@@ -41,6 +41,20 @@ pub async fn agent_of(dir: &Path) -> anyhow::Result<AgentClient> {
     Ok(a)
 }
 
+/// QMP `migrate` of the (stopped) guest into a new file at `path`, waited for.
+pub async fn migrate_to_file(qmp: &QmpClient, path: &Path) -> anyhow::Result<()> {
+    qmp.get_fd("s", std::fs::File::create(path)?.into()).await?;
+    qmp.migrate("fd:s").await?;
+    loop {
+        let m = qmp.query_migrate().await?;
+        match m.status.as_deref() {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => anyhow::bail!("plain save: {m:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
 /// The same by hand: boot, then save and restore with raw QMP.
 pub async fn plain_run(dir: &Path, i: usize, mib: u64) -> anyhow::Result<(Duration, Duration)> {
     let d1 = dir.join(format!("p-{i}"));
@@ -55,17 +69,7 @@ pub async fn plain_run(dir: &Path, i: usize, mib: u64) -> anyhow::Result<(Durati
     qmp.migrate_set_parameters(json!({"max-bandwidth": 10u64 << 30}))
         .await?;
     qmp.stop().await?;
-    qmp.get_fd("s", std::fs::File::create(&state)?.into())
-        .await?;
-    qmp.migrate("fd:s").await?;
-    loop {
-        let m = qmp.query_migrate().await?;
-        match m.status.as_deref() {
-            Some("completed") => break,
-            Some("failed") | Some("cancelled") => anyhow::bail!("plain save: {m:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    migrate_to_file(&qmp, &state).await?;
     let save = t0.elapsed();
     src.kill().await?;
 

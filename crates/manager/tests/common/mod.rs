@@ -435,6 +435,16 @@ impl Daemon {
     }
 }
 
+/// The messages of a `show` view's events, oldest first.
+pub fn events(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The address (without its prefix length) of a record's VLAN attachment.
 pub fn vlan_ip(rec: &Value) -> String {
     let ip = rec["net"]["ip"].as_str().expect("a VLAN address");
