@@ -26,7 +26,7 @@ pub const POINT_PREFIX: &str = "bulkhead-ckpt-";
 /// How long pre-copy runs before the pause it aims at is raised tenfold.
 const RAISE_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CheckpointOptions {
     /// Migration bandwidth cap, bytes/s.
     pub max_bandwidth: u64,
@@ -37,6 +37,19 @@ pub struct CheckpointOptions {
     /// Bound on the whole checkpoint.
     pub timeout: Duration,
     pub progress: Option<tokio::sync::watch::Sender<SaveProgress>>,
+    /// Called in the pause, after the disk point (crash tests kill the
+    /// caller there).
+    pub in_pause: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CheckpointOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointOptions")
+            .field("max_bandwidth", &self.max_bandwidth)
+            .field("downtime_limit", &self.downtime_limit)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for CheckpointOptions {
@@ -46,6 +59,7 @@ impl Default for CheckpointOptions {
             downtime_limit: Duration::from_millis(50),
             timeout: Duration::from_secs(600),
             progress: None,
+            in_pause: None,
         }
     }
 }
@@ -219,6 +233,9 @@ impl Partition {
                 state.lock().unwrap().2 = Some(Instant::now());
                 // Stopped and flushed: the disks' point is now.
                 snapshot_disks(qmp, disks, point).await?;
+                if let Some(f) = &opts.in_pause {
+                    f();
+                }
                 qmp.execute_value(
                     "migrate-continue",
                     Some(json!({ "state": "pre-switchover" })),

@@ -290,3 +290,42 @@ async fn checkpoints_run_on_fail_cleanly_and_restore_memory_and_lu_as_of_the_che
     assert_eq!(e.code(), Some("conflict"), "{e}");
     assert!(checkpoint_dirs(&d).is_empty(), "{:?}", checkpoint_dirs(&d));
 }
+
+/// bulkheadd killed while the guest is stopped in a checkpoint's pause: the
+/// next daemon lets the guest run on, leaves the record as it was, removes
+/// the half image, and checkpoints again.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_killed_in_a_checkpoint_pause_leaves_the_guest_running() {
+    let mut d = Daemon::start(Opts {
+        env: vec![("BULKHEAD_FAILPOINT".into(), "checkpoint-in-pause".into())],
+        ..Default::default()
+    });
+    let name = "ckk";
+    d.create(name, 30, 160, json!({})).await;
+    let started = d.start_wait(name).await;
+    let path = format!("/v1/partitions/{name}/checkpoint");
+    let e = d.client().post(&path, &json!(null)).await;
+    assert!(e.is_err(), "the daemon died in the pause: {e:?}");
+    d.env.clear();
+    d.spawn();
+    let v = d.show(name).await;
+    assert_eq!(v["state"], "running", "{v:#}");
+    assert_eq!(v["pid"], started["pid"], "the same QEMU");
+    assert!(v["hibernation"].is_null(), "nothing recorded: {v:#}");
+    assert_eq!(out(&d.exec(name, "echo runs").await), "runs");
+    let parent = d
+        .dir
+        .path()
+        .join("data/repository/clients")
+        .join(name)
+        .join("hibernation");
+    let left: Vec<_> = std::fs::read_dir(&parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "half image left: {left:?}");
+    let v = d.client().post(&path, &json!(null)).await.unwrap();
+    assert_eq!(v["hibernation"]["reason"], "checkpoint", "{v:#}");
+    assert_eq!(out(&d.exec(name, "echo still").await), "still");
+}

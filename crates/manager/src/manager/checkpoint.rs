@@ -75,7 +75,12 @@ impl Manager {
         let point = format!("{POINT_PREFIX}{at}");
         let final_dir = parent.with_file_name(format!("{name}.ckpt-{at}"));
         let tmp = parent.with_file_name(format!("{name}.ckpt-{at}.tmp"));
-        let opts = CheckpointOptions::default();
+        let opts = CheckpointOptions {
+            in_pause: Some(Arc::new(|| {
+                super::hibernate::failpoint("checkpoint-in-pause")
+            })),
+            ..Default::default()
+        };
         let taken = p.checkpoint(&tmp, &point, opts).await;
         let (m, stats) = match taken {
             Ok(v) => v,

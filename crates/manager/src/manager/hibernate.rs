@@ -32,7 +32,9 @@ use bulkhead_store::HibernationRecord;
 /// The environment variable naming a point at which the daemon kills itself
 /// (SIGKILL) during a hibernation, for crash tests:
 /// `hibernate-after-save` (image complete, store still `hibernating`, QEMU
-/// paused) or `hibernate-after-record` (store `hibernated`, QEMU alive).
+/// paused) or `hibernate-after-record` (store `hibernated`, QEMU alive); or
+/// during a checkpoint: `checkpoint-in-pause` (the guest stopped at the
+/// switchover, the disk point taken).
 pub const FAILPOINT_ENV: &str = "BULKHEAD_FAILPOINT";
 
 pub(super) fn failpoint(name: &str) {

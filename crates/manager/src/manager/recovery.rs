@@ -23,6 +23,7 @@ impl Manager {
                 Ok(p) => {
                     if rec.state == PartitionState::Running {
                         // A checkpoint the previous daemon left midway.
+                        self.discard_stray_checkpoints(rec);
                         match p.end_interrupted_checkpoint().await {
                             Ok(true) => {
                                 tracing::info!(partition = %rec.name, "interrupted checkpoint ended; running on")
