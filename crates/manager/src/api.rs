@@ -56,9 +56,9 @@ pub struct CreatePartition {
     #[schema(minimum = 10, maximum = 2592000)]
     pub hibernate_idle_secs: Option<u64>,
     /// Checkpoint the running partition this often, ms (5 s to 1 day;
-    /// docs/cluster.md, "Checkpoints"); never when absent or 0.
+    /// docs/cluster.md, "Checkpoints"); never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(maximum = 86400000)]
+    #[schema(minimum = 5000, maximum = 86400000)]
     pub checkpoint_every_ms: Option<u64>,
     /// The owning client (tenant); the partition's own name when absent.
     #[serde(default)]

@@ -21,9 +21,9 @@ pub const MAX_EVERY_MS: u64 = 86_400_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetCheckpointEvery {
-    /// Milliseconds between checkpoints (5 s to 1 day); 0 turns them off.
-    #[schema(maximum = 86400000)]
-    pub every_ms: u64,
+    /// Milliseconds between checkpoints (5 s to 1 day); null turns them off.
+    #[schema(minimum = 5000, maximum = 86400000)]
+    pub every_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,12 +39,12 @@ pub enum CheckpointCommand {
     Restore { name: String },
 }
 
-/// `checkpoint_every_ms` in range (0 and absent: off).
+/// A checkpoint period in range (absent: off).
 pub fn check_every(ms: Option<u64>) -> Result<(), ApiError> {
     match ms {
-        Some(t) if t != 0 && !(MIN_EVERY_MS..=MAX_EVERY_MS).contains(&t) => {
+        Some(t) if !(MIN_EVERY_MS..=MAX_EVERY_MS).contains(&t) => {
             Err(ApiError::BadRequest(format!(
-                "checkpoint_every_ms must be {MIN_EVERY_MS}-{MAX_EVERY_MS} (or 0: off), got {t}"
+                "checkpoint_every_ms must be {MIN_EVERY_MS}-{MAX_EVERY_MS} (null: off), got {t}"
             )))
         }
         _ => Ok(()),
@@ -60,7 +60,7 @@ impl CheckpointCommand {
 
     pub fn check_ranges(&self) -> Result<(), ApiError> {
         match self {
-            Self::SetEvery { req, .. } => check_every(Some(req.every_ms)),
+            Self::SetEvery { req, .. } => check_every(req.every_ms),
             _ => Ok(()),
         }
     }
@@ -124,7 +124,7 @@ pub fn checkpoint() {}
     params(("name" = String, Path, description = "partition name")),
     request_body = SetCheckpointEvery,
     responses(
-        (status = 200, description = "the period recorded (0: checkpoints off)", body = PartitionRecord),
+        (status = 200, description = "the period recorded (null: checkpoints off)", body = PartitionRecord),
         (status = 400, description = "out of range, or a writable disk that is not qcow2", body = ErrorBody),
         (status = 404, description = "no such partition", body = ErrorBody),
     ))]
@@ -150,7 +150,7 @@ impl Client {
     pub async fn checkpoint_every(
         &self,
         name: &str,
-        every_ms: u64,
+        every_ms: Option<u64>,
     ) -> Result<PartitionRecord, ClientError> {
         let path = format!("{}/checkpoint-every", partition_path(name)?);
         self.send(Method::POST, &path, Some(&SetCheckpointEvery { every_ms }))
@@ -175,9 +175,10 @@ pub struct CheckpointArgs {
     pub api: ApiArgs,
 }
 
-/// `--checkpoint-every` / `--every`: a duration, or 0 for off.
-pub fn parse_every(s: &str) -> anyhow::Result<u64> {
-    Ok(crate::cli::parse_duration_secs(s)?.saturating_mul(1000))
+/// `--checkpoint-every` / `--every`: a duration; 0 is off (None).
+pub fn parse_every(s: &str) -> anyhow::Result<Option<u64>> {
+    let ms = crate::cli::parse_duration_secs(s)?.saturating_mul(1000);
+    Ok((ms > 0).then_some(ms))
 }
 
 pub async fn checkpoint_cli(a: CheckpointArgs) -> anyhow::Result<()> {
@@ -199,7 +200,9 @@ mod tests {
             CheckpointCommand::Now { name: "p".into() },
             CheckpointCommand::SetEvery {
                 name: "p".into(),
-                req: SetCheckpointEvery { every_ms: 30_000 },
+                req: SetCheckpointEvery {
+                    every_ms: Some(30_000),
+                },
             },
             CheckpointCommand::Restore { name: "p".into() },
         ] {
@@ -207,12 +210,12 @@ mod tests {
             let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             assert_eq!(route(&m, &segs, &body).unwrap().unwrap(), c);
         }
-        assert!(check_every(Some(0)).is_ok());
+        assert!(check_every(Some(0)).is_err());
         assert!(check_every(None).is_ok());
         assert!(check_every(Some(MIN_EVERY_MS)).is_ok());
         assert!(check_every(Some(MIN_EVERY_MS - 1)).is_err());
         assert!(check_every(Some(MAX_EVERY_MS + 1)).is_err());
-        assert_eq!(parse_every("30s").unwrap(), 30_000);
-        assert_eq!(parse_every("0").unwrap(), 0);
+        assert_eq!(parse_every("30s").unwrap(), Some(30_000));
+        assert_eq!(parse_every("0").unwrap(), None);
     }
 }

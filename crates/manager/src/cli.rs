@@ -445,7 +445,8 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     .checkpoint_every
                     .as_deref()
                     .map(crate::checkpoint::parse_every)
-                    .transpose()?,
+                    .transpose()?
+                    .flatten(),
                 client: a.client,
                 lus: a
                     .lu

@@ -185,16 +185,15 @@ impl Manager {
         ApiError::Engine(msg)
     }
 
-    /// Sets (or with 0, clears) how often a partition is checkpointed. A
-    /// writable disk without points in time (raw) is refused.
+    /// Sets (or with None, clears) how often a partition is checkpointed.
+    /// A writable disk without points in time (raw) is refused.
     pub(super) async fn set_checkpoint_every(
         &self,
         name: &str,
-        every_ms: u64,
+        every: Option<u64>,
     ) -> Result<PartitionRecord, ApiError> {
         let rec = self.get(name).await?;
         self.check_owned(&rec)?;
-        let every = (every_ms > 0).then_some(every_ms);
         if every.is_some() {
             self.check_checkpointable(&rec)?;
         }

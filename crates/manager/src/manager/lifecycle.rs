@@ -123,7 +123,7 @@ impl Manager {
             restarts: 0,
             hibernate_idle_secs: c.hibernate_idle_secs,
             hibernation: None,
-            checkpoint_every_ms: c.checkpoint_every_ms.filter(|ms| *ms > 0),
+            checkpoint_every_ms: c.checkpoint_every_ms,
             devices,
             template,
             client_name: client,
