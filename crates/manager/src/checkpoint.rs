@@ -96,11 +96,9 @@ pub fn route(
             CheckpointCommand::Now { name: name(n) }
         }
         (&Method::POST, ["v1", "partitions", n, "checkpoint-every"]) => {
-            match serde_json::from_slice(b) {
+            match crate::server::body_required(b) {
                 Ok(req) => CheckpointCommand::SetEvery { name: name(n), req },
-                Err(e) => {
-                    return Some(Err(ApiError::BadRequest(format!("invalid JSON body: {e}"))))
-                }
+                Err(e) => return Some(Err(e)),
             }
         }
         (&Method::POST, ["v1", "partitions", n, "restore-checkpoint"]) => {
