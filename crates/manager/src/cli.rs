@@ -894,6 +894,10 @@ pub fn show_text(v: &PartitionView, hosts: &[crate::cluster::ClusterHost]) -> St
             "hibernate idle",
             opt(r.hibernate_idle_secs.map(|s| format!("{s} s"))),
         ),
+        (
+            "checkpoint every",
+            opt(r.checkpoint_every_ms.map(|ms| format!("{} s", ms / 1000))),
+        ),
     ];
     for (i, d) in r.devices.serial.iter().enumerate() {
         rows.push(("serial device", format!("{d} (guest /dev/ttyS{})", i + 1)));
