@@ -293,7 +293,7 @@ async fn checkpoints_run_on_fail_cleanly_and_restore_memory_and_lu_as_of_the_che
 
 /// bulkheadd killed while the guest is stopped in a checkpoint's pause: the
 /// next daemon lets the guest run on, leaves the record as it was, removes
-/// the half image, and checkpoints again.
+/// the half image, and checkpoints again; destroy removes the checkpoint.
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_killed_in_a_checkpoint_pause_leaves_the_guest_running() {
     let mut d = Daemon::start(Opts {
@@ -328,4 +328,10 @@ async fn daemon_killed_in_a_checkpoint_pause_leaves_the_guest_running() {
     let v = d.client().post(&path, &json!(null)).await.unwrap();
     assert_eq!(v["hibernation"]["reason"], "checkpoint", "{v:#}");
     assert_eq!(out(&d.exec(name, "echo still").await), "still");
+    let dirs = |p: &std::path::Path| std::fs::read_dir(p).into_iter().flatten().count();
+    assert_eq!(dirs(&parent), 1, "the checkpoint");
+
+    // Destroy removes the checkpoint data.
+    d.client().destroy(name, true).await.unwrap();
+    assert_eq!(dirs(&parent), 0, "checkpoint data left after destroy");
 }
