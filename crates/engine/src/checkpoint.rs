@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 
 use crate::partition::Partition;
 use crate::snapshot::{
-    err, finish_image, io_err, observe, poll, refuse_unmigratable, Follower, Manifest,
-    SaveProgress, PARTIAL, SAVE_FD, STATE_FILE,
+    err, finish_image, io_err, migrate_into, observe, poll, refuse_unmigratable, Follower,
+    Manifest, SaveProgress, PARTIAL, STATE_FILE,
 };
 use crate::spec::{AdapterSpec, DiskFormat, DiskSpec};
 use crate::EngineError;
@@ -196,14 +196,9 @@ impl Partition {
             ("pause-before-switchover", true),
         ])
         .await?;
-        let fd = file
-            .try_clone()
-            .map_err(|e| err(format!("dup of the state file: {e}")))?;
-        qmp.get_fd(SAVE_FD, fd.into()).await?;
-        if let Err(e) = qmp.migrate(&format!("fd:{SAVE_FD}")).await {
-            let _ = qmp.close_fd(SAVE_FD).await;
+        if let Err(e) = migrate_into(qmp, file).await {
             self.switchover_pause_off().await;
-            return Err(e.into());
+            return Err(e);
         }
         let start = tokio::time::Instant::now();
         let deadline = start + opts.timeout;

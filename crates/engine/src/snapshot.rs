@@ -32,7 +32,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MANIFEST_FORMAT: u32 = 1;
 /// What a file being written is called until it is complete.
 pub(crate) const PARTIAL: &str = ".partial";
-pub(crate) const SAVE_FD: &str = "bulkhead-save";
+const SAVE_FD: &str = "bulkhead-save";
 const RESTORE_FD: &str = "bulkhead-restore";
 /// How often migration progress is read.
 const POLL: Duration = Duration::from_millis(20);
@@ -187,14 +187,7 @@ impl Partition {
         .await?;
         // Paused first: one pass over RAM, no dirty-page rounds.
         qmp.stop().await?;
-        let fd = file
-            .try_clone()
-            .map_err(|e| err(format!("dup of the state file: {e}")))?;
-        qmp.get_fd(SAVE_FD, fd.into()).await?;
-        if let Err(e) = qmp.migrate(&format!("fd:{SAVE_FD}")).await {
-            let _ = qmp.close_fd(SAVE_FD).await;
-            return Err(e.into());
-        }
+        migrate_into(qmp, file).await?;
         let deadline = tokio::time::Instant::now() + opts.timeout;
         let done = poll(self, deadline, "during the save", || async {
             let info = qmp.query_migrate().await?;
@@ -400,6 +393,22 @@ pub(crate) async fn refuse_unmigratable(p: &Partition) -> Result<(), EngineError
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// Starts QEMU's migration into `file` (a descriptor passed over QMP).
+pub(crate) async fn migrate_into(
+    qmp: &bulkhead_qmp::QmpClient,
+    file: &std::fs::File,
+) -> Result<(), EngineError> {
+    let fd = file
+        .try_clone()
+        .map_err(|e| err(format!("dup of the state file: {e}")))?;
+    qmp.get_fd(SAVE_FD, fd.into()).await?;
+    if let Err(e) = qmp.migrate(&format!("fd:{SAVE_FD}")).await {
+        let _ = qmp.close_fd(SAVE_FD).await;
+        return Err(e.into());
     }
     Ok(())
 }
