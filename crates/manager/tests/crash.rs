@@ -47,7 +47,13 @@ async fn killed_qemu_is_marked_failed_and_restarted_by_policy() {
     assert!(s["pid"].is_null());
     assert!(!d.cgroup_dir("cpu", "steady").exists());
     // crashy is failed, then started again by its policy with a new QEMU.
-    let v = d.wait_state("crashy", &["running"], BOOT).await;
+    // Running again with a new QEMU: a view read before the daemon saw the
+    // death still shows the old one running.
+    let v = d
+        .wait_show("crashy", BOOT, |v| {
+            v["state"] == "running" && v["restarts"] == 1
+        })
+        .await;
     let new_pid = v["pid"].as_u64().unwrap();
     assert_ne!(new_pid, old_pid);
     assert_eq!(v["restarts"], 1);

@@ -420,15 +420,26 @@ impl Daemon {
 
     /// Waits (event-driven polling of the API, bounded) for a state.
     pub async fn wait_state(&self, name: &str, want: &[&str], timeout: Duration) -> Value {
+        self.wait_show(name, timeout, |v| want.iter().any(|w| v["state"] == *w))
+            .await
+    }
+
+    /// Waits (polling the API, bounded) until the partition's view satisfies `done`.
+    pub async fn wait_show(
+        &self,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let v = self.show(name).await;
-            if want.iter().any(|w| v["state"] == *w) {
+            if done(&v) {
                 return v;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{name} never reached {want:?}: {v:#}"
+                "{name} never got there: {v:#}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
