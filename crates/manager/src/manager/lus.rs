@@ -148,6 +148,8 @@ impl Manager {
             purpose,
             created_at: now_ms(),
             revision: 0,
+            mirror: None,
+            mirror_of: None,
         };
         let rec = self.store.lu_insert(&rec).await?;
         let file = self.repo.path_of(&rec.path);
