@@ -98,6 +98,10 @@ impl EtcdStore {
     }
 
     pub(crate) async fn etcd_lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        if pair[0].name == pair[1].name {
+            // etcd refuses a key twice in one txn; as SQLite, the name is taken.
+            return Err(StoreError::LuExists(pair[0].name.clone()));
+        }
         let mut new = pair.clone();
         let (mut when, mut puts, mut gets) = (Vec::new(), Vec::new(), Vec::new());
         for lu in new.iter_mut() {

@@ -12,6 +12,7 @@
 //! so no client reaches another's data by path, symlink or backing file.
 
 pub mod cli;
+pub mod mirror;
 pub mod types;
 
 use serde::Deserialize;
@@ -136,6 +137,18 @@ pub fn create_thin(path: &Path, bytes: u64) -> Result<(), String> {
     let size = bytes.to_string();
     let opts = ["create", "-q", "-f", "qcow2", "-o", "preallocation=off"];
     qemu_img(&opts, path, &[&size]).map(drop)
+}
+
+/// Copies the qcow2 `src` into a new qcow2 `dst` (`qemu-img convert`; `-U`
+/// because read-only holders may have it open: the caller's lock in the
+/// store keeps writers out). Refuses to replace any file.
+pub fn copy_to(src: &Path, dst: &Path) -> Result<(), String> {
+    if std::fs::symlink_metadata(dst).is_ok() {
+        return Err(format!("{} already exists", dst.display()));
+    }
+    let src = src.to_string_lossy();
+    let opts = ["convert", "-U", "-q", "-f", "qcow2", "-O", "qcow2", &src];
+    qemu_img(&opts, dst, &[]).map(drop)
 }
 
 /// Sets the virtual size of a qcow2 to `bytes` (`qemu-img resize`). Callers
