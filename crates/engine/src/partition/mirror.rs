@@ -50,10 +50,20 @@ fn job_id(disk: &str) -> String {
 }
 
 impl Partition {
-    /// Starts mirroring disk `disk` (its adapter id) into the qcow2 file
-    /// `target`, of the same virtual size. Returns once the job runs; wait
-    /// for [`MirrorJob::Ready`] with [`Partition::mirror_wait_ready`].
-    pub async fn mirror_start(&self, disk: &str, target: &Path) -> Result<(), EngineError> {
+    /// Starts mirroring disk `disk` (its adapter id) into the file `target`
+    /// of format `format`, of the same virtual size. Returns once the job
+    /// runs; wait for [`MirrorJob::Ready`] with [`Partition::mirror_wait_ready`].
+    ///
+    /// A raw target is what a live copy wants: a guest's flush does not
+    /// reach a mirror's target, so a qcow2 target's metadata would stay in
+    /// this QEMU's cache (unseen by readers, lost if the process dies),
+    /// while a raw file's data is in the host's page cache once written.
+    pub async fn mirror_start(
+        &self,
+        disk: &str,
+        target: &Path,
+        format: crate::DiskFormat,
+    ) -> Result<(), EngineError> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -61,16 +71,16 @@ impl Partition {
             .map_err(|e| EngineError::Host(format!("opening {}: {e}", target.display())))?;
         let set = self.qmp.add_fd(f.into()).await?;
         let node = job_id(disk);
-        let added = self
-            .qmp
-            .blockdev_add(json!({
-                "driver": "qcow2",
-                "node-name": node,
-                "file": {"driver": "file", "filename": format!("/dev/fdset/{set}")},
-                // Only the file given: never what a copy's header names.
-                "backing": null,
-            }))
-            .await;
+        let mut spec = json!({
+            "driver": format.as_str(),
+            "node-name": node,
+            "file": {"driver": "file", "filename": format!("/dev/fdset/{set}")},
+        });
+        if format == crate::DiskFormat::Qcow2 {
+            // Only the file given: never what a copy's header names.
+            spec["backing"] = serde_json::Value::Null;
+        }
+        let added = self.qmp.blockdev_add(spec).await;
         if let Err(e) = added {
             let _ = self.qmp.remove_fd(set).await;
             return Err(e.into());

@@ -137,13 +137,8 @@ impl Manager {
             Source::File(path, backing, format) => (path, backing, format, None, None),
             Source::Lu(lu) => {
                 let (checked, copy) = self.lock_hotplugged_lu(&rec, &id, &lu, readonly).await?;
-                (
-                    checked.path,
-                    checked.backing,
-                    DiskFormat::Qcow2,
-                    Some(lu),
-                    copy,
-                )
+                let format = crate::lu::format_of(&checked.path.to_string_lossy());
+                (checked.path, checked.backing, format, Some(lu), copy)
             }
         };
         let disk = DiskSpec {

@@ -3,16 +3,19 @@
 //! redirect that serves a read-only attach of a locked LU from its copy.
 //!
 //! The relation lives in the two LU records (`mirror` on the primary,
-//! `mirror_of` on the copy), always written together (`lu_put_pair`).
-//! Promotion swaps the two records' files, so partitions keep naming the
-//! primary and find the promoted data under that name.
+//! `mirror_of` on the copy), always written together (`lu_put_pair`). The
+//! copy is a sparse raw file (`Repository::copy_rel_path`, and why in
+//! `Partition::mirror_start`). Promotion makes a new qcow2 of the copy's
+//! data the primary's file, so partitions keep naming the primary and find
+//! the promoted data under that name; the old file is dropped and the copy,
+//! equal to the new file, stays in step.
 
 use super::*;
 use crate::lu::mirror::MirrorCommand;
 use crate::lu::types::LuView;
 use crate::lu::{self, Repository};
 use bulkhead_engine::MirrorJob;
-use bulkhead_store::{HostState, LockMode, LuLock, LuMirror, LuRecord, MirrorState};
+use bulkhead_store::{LockMode, LuLock, LuMirror, LuRecord, MirrorState};
 
 /// How long an attach waits for the first full copy before it is refused.
 pub(super) const MIRROR_READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -114,7 +117,7 @@ impl Manager {
             name: copy.clone(),
             client: r.client.clone(),
             size_bytes: r.size_bytes,
-            path: Repository::lu_rel_path(&r.client, &copy),
+            path: Repository::copy_rel_path(&r.client, &copy),
             purpose: r.purpose.clone(),
             created_at: now_ms(),
             revision: 0,
@@ -166,30 +169,43 @@ impl Manager {
         let dst = self.repo.path_of(&copy.path);
         if let Some((lock, p)) = writer {
             let size = copy.size_bytes;
-            tokio::task::spawn_blocking(move || lu::create_thin(&dst, size))
+            tokio::task::spawn_blocking(move || lu::create_sparse(&dst, size))
                 .await
                 .map_err(internal)?
                 .map_err(ApiError::Engine)?;
             return self.run_mirror(&p, &lock.adapter, copy).await;
         }
-        let holder = format!("lu:{}:mirror:{}", primary.name, std::process::id());
+        let holder = self.hold(primary, LockMode::Ro).await?;
+        let copied = tokio::task::spawn_blocking(move || lu::copy_to(&src, &dst))
+            .await
+            .map_err(internal);
+        self.release(&holder).await;
+        copied?.map_err(ApiError::Engine)
+    }
+
+    /// A lock of the manager's own on `lu` for a copy it makes (the holder
+    /// name has a ':' no partition name has); returns the holder.
+    async fn hold(&self, lu: &LuRecord, mode: LockMode) -> Result<String, ApiError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let holder = format!("lu:{}:mirror:{}:{n}", lu.name, std::process::id());
         let lock = LuLock {
-            lu: primary.name.clone(),
+            lu: lu.name.clone(),
             host: self.host.clone(),
             partition: holder.clone(),
             adapter: "mirror".into(),
             adapter_id: 0,
-            mode: LockMode::Ro,
+            mode,
             since: 0,
         };
-        self.store.lu_lock(&lock, &primary.client).await?;
-        let copied = tokio::task::spawn_blocking(move || lu::copy_to(&src, &dst))
-            .await
-            .map_err(internal);
-        if let Err(e) = self.store.lu_unlock(&holder, None).await {
-            tracing::warn!(lu = %primary.name, error = %e, "releasing the mirror's read lock");
+        self.store.lu_lock(&lock, &lu.client).await?;
+        Ok(holder)
+    }
+
+    async fn release(&self, holder: &str) {
+        if let Err(e) = self.store.lu_unlock(holder, None).await {
+            tracing::warn!(holder, error = %e, "releasing a mirror lock");
         }
-        copied?.map_err(ApiError::Engine)
     }
 
     /// Starts the mirror job of `adapter` into `copy`'s file and waits until
@@ -201,9 +217,12 @@ impl Manager {
         copy: &LuRecord,
     ) -> Result<(), ApiError> {
         let target = self.confine_copy(copy)?;
-        p.mirror_start(adapter, &target).await.map_err(|e| {
-            ApiError::Engine(format!("starting the mirror into LU {:?}: {e}", copy.name))
-        })?;
+        let format = lu::format_of(&copy.path);
+        p.mirror_start(adapter, &target, format)
+            .await
+            .map_err(|e| {
+                ApiError::Engine(format!("starting the mirror into LU {:?}: {e}", copy.name))
+            })?;
         if let Err(e) = p.mirror_wait_ready(adapter, MIRROR_READY_TIMEOUT).await {
             let _ = p.mirror_stop(adapter).await;
             return Err(ApiError::Engine(format!(
@@ -219,7 +238,7 @@ impl Manager {
     fn confine_copy(&self, copy: &LuRecord) -> Result<PathBuf, ApiError> {
         let file = self.repo.path_of(&copy.path);
         if std::fs::symlink_metadata(&file).is_err() {
-            lu::create_thin(&file, copy.size_bytes).map_err(ApiError::Engine)?;
+            lu::create_sparse(&file, copy.size_bytes).map_err(ApiError::Engine)?;
         }
         Ok(self.confine_lu(copy)?.path)
     }
@@ -244,8 +263,9 @@ impl Manager {
         let _ = std::fs::remove_file(self.repo.path_of(&copy.path));
     }
 
-    /// `lu unmirror LU`: the job (if one runs here) is stopped and the two
-    /// records unlinked; the copy stays, an ordinary LU of the client.
+    /// `lu unmirror LU`: the job (if one runs here) is stopped, the two
+    /// records unlinked and the copy deleted (record and file); refused while
+    /// a partition reads the copy.
     async fn lu_unmirror(&self, name: &str) -> Result<LuRecord, ApiError> {
         let r = self.lu_get_or_404(name).await?;
         let Some(m) = r.mirror.clone() else {
@@ -260,17 +280,24 @@ impl Manager {
         copy.mirror_of = None;
         let mut primary = r;
         primary.mirror = None;
-        let [_, primary] = self.store.lu_put_pair(&[copy, primary]).await?;
+        let [copy, primary] = self.store.lu_put_pair(&[copy, primary]).await?;
+        // A reader's lock keeps the (now ordinary) copy; deleting it later is `lu delete`.
+        match self.store.lu_delete(&copy.name, copy.revision).await {
+            Ok(()) => {
+                let _ = std::fs::remove_file(self.repo.path_of(&copy.path));
+            }
+            Err(e) => tracing::warn!(copy = %copy.name, error = %e, "the copy stays as an LU"),
+        }
         tracing::info!(lu = name, copy = %m.copy, "LU unmirrored");
         Ok(primary)
     }
 
-    /// `lu promote LU`: the copy's file becomes the LU's and the old file
-    /// the copy's (stale: the next writable attach copies it again). Refused
-    /// while a partition of a host that is not lost holds the LU, while the
-    /// copy is being read, or (without `force`) while the copy is not in
-    /// step. The method a host-loss policy calls: the locks of a lost host
-    /// do not hold it back.
+    /// `lu promote LU`: a new qcow2 made from the copy's data becomes the
+    /// LU's file, the old file is dropped, and the copy (equal to the new
+    /// file) stays in step. Refused while any partition holds the LU (a lost
+    /// host's locks are released by the host-loss path first) or reads the
+    /// copy, and (without `force`) while the copy is not in step. The method
+    /// a host-loss policy calls.
     pub async fn lu_promote(&self, name: &str, force: bool) -> Result<LuRecord, ApiError> {
         let r = self.lu_get_or_404(name).await?;
         let Some(m) = r.mirror.clone() else {
@@ -278,33 +305,6 @@ impl Manager {
                 "LU {name:?} is not mirrored: there is no copy to promote"
             )));
         };
-        let lost: HashSet<String> = match self.store.hosts().await {
-            Ok(h) => h
-                .into_iter()
-                .filter(|h| h.state == HostState::Lost)
-                .map(|h| h.record.id)
-                .collect(),
-            // A store without membership (one host): no host is lost.
-            Err(_) => HashSet::new(),
-        };
-        if let Some(l) = self
-            .store
-            .lu_locks(Some(name))
-            .await?
-            .into_iter()
-            .find(|l| !lost.contains(&l.host))
-        {
-            return Err(conflict(format!(
-                "LU {name:?} is attached by partition {:?} on host {}; stop it (or let its host be declared lost) before promoting the copy",
-                l.partition, l.host
-            )));
-        }
-        if let Some(l) = self.store.lu_locks(Some(&m.copy)).await?.first() {
-            return Err(conflict(format!(
-                "the copy LU {:?} is being read by partition {:?}; detach it before promoting",
-                m.copy, l.partition
-            )));
-        }
         let state = self.effective(&r, &m).await;
         if state.state != MirrorState::Synced && !force {
             return Err(conflict(format!(
@@ -315,20 +315,69 @@ impl Manager {
             )));
         }
         let copy = self.lu_get_or_404(&m.copy).await?;
-        let (mut primary, mut old) = (r.clone(), copy.clone());
-        std::mem::swap(&mut primary.path, &mut old.path);
+        // Both held by the manager while it copies: no attach meanwhile.
+        let held = self.hold(&r, LockMode::Rw).await.map_err(|e| {
+            conflict(format!(
+                "LU {name:?} cannot be promoted while it is attached: {e}"
+            ))
+        })?;
+        let promoted = self.promote_held(&r, &copy).await;
+        self.release(&held).await;
+        let (primary, old) = promoted?;
+        let _ = std::fs::remove_file(self.repo.path_of(&old));
+        tracing::info!(lu = name, copy = %m.copy, file = %primary.path, "redundant copy promoted");
+        Ok(primary)
+    }
+
+    /// With the primary held: the copy's data into a new qcow2, then the
+    /// record pointed at it. Returns the record and the old file to drop.
+    async fn promote_held(
+        &self,
+        r: &LuRecord,
+        copy: &LuRecord,
+    ) -> Result<(LuRecord, String), ApiError> {
+        let reading = self.hold(copy, LockMode::Ro).await.map_err(|e| {
+            conflict(format!(
+                "the copy LU {:?} cannot be promoted now: {e}",
+                copy.name
+            ))
+        })?;
+        if let Some(l) = self
+            .store
+            .lu_locks(Some(&copy.name))
+            .await?
+            .into_iter()
+            .find(|l| l.partition != reading)
+        {
+            self.release(&reading).await;
+            return Err(conflict(format!(
+                "the copy LU {:?} is being read by partition {:?}; detach it before promoting",
+                copy.name, l.partition
+            )));
+        }
+        let rel = Repository::lu_rel_path(&r.client, &format!("{}.promoted-{}", r.name, now_ms()));
+        let (src, dst) = (self.repo.path_of(&copy.path), self.repo.path_of(&rel));
+        let made = tokio::task::spawn_blocking(move || lu::copy_to(&src, &dst))
+            .await
+            .map_err(internal);
+        self.release(&reading).await;
+        made?.map_err(ApiError::Engine)?;
+        let mut primary = self.lu_get_or_404(&r.name).await?;
+        let old = std::mem::replace(&mut primary.path, rel.clone());
         primary.mirror = Some(LuMirror {
-            copy: m.copy.clone(),
-            state: MirrorState::Stale,
-            reason: Some(
-                "promoted: the old file is copied again at the next writable attach".into(),
-            ),
+            copy: copy.name.clone(),
+            state: MirrorState::Synced,
+            reason: None,
             host: None,
             since: now_ms(),
         });
-        let [_, primary] = self.store.lu_put_pair(&[old, primary]).await?;
-        tracing::info!(lu = name, copy = %m.copy, file = %primary.path, "redundant copy promoted");
-        Ok(primary)
+        match self.store.lu_update(&primary).await {
+            Ok(p) => Ok((p, old)),
+            Err(e) => {
+                let _ = std::fs::remove_file(self.repo.path_of(&rel));
+                Err(e.into())
+            }
+        }
     }
 
     /// The mirror as it stands now: a job recorded as running whose writer

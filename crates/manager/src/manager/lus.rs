@@ -382,7 +382,7 @@ impl Manager {
                     if disk.id == adapter {
                         disk.path = checked.path.clone();
                         disk.backing = checked.backing.clone();
-                        disk.format = bulkhead_engine::DiskFormat::Qcow2;
+                        disk.format = lu::format_of(&lu.path);
                         disk.shared_read = redirected;
                     }
                 }
@@ -449,7 +449,7 @@ impl Manager {
             .map_err(|e| internal(format!("client area of {:?}: {e}", lu.client)))?;
         let file = self.repo.path_of(&lu.path);
         roots
-            .check_disk(&file.to_string_lossy(), "qcow2")
+            .check_disk(&file.to_string_lossy(), lu::format_of(&lu.path).as_str())
             .map_err(|e| bad(format!("LU {:?} of client {:?}: {e}", lu.name, lu.client)))
     }
 
