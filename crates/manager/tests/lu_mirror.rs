@@ -12,7 +12,7 @@ use bulkhead_manager::client::{Client, ClientError};
 use bulkhead_manager::lu::mirror::{MirrorCommand, MirrorLu, PromoteLu};
 use bulkhead_manager::lu::types::*;
 use bulkhead_store::{LockMode, MirrorState};
-use common::{Daemon, Opts};
+use common::Daemon;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -20,14 +20,7 @@ use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
-fn daemon(store: &Path, repo: &Path, host: &str) -> Daemon {
-    Daemon::start(Opts {
-        extra: format!(
-            "[store]\npath = {store:?}\nhost_id = {host:?}\n[cluster]\nrepository = {repo:?}\n"
-        ),
-        ..Default::default()
-    })
-}
+use common::on_shared_store as daemon;
 
 fn api(e: ClientError) -> (u16, String) {
     match e {

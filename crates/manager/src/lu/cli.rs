@@ -257,6 +257,12 @@ pub fn show_text(v: &LuView) -> String {
     out
 }
 
+/// Sends a redundant-LU command and shows the primary as it is after it.
+async fn mirror_command(api: &ApiArgs, json: bool, c: MirrorCommand) -> anyhow::Result<()> {
+    let v = api.client()?.lu_mirror(&c).await?;
+    print_view(&v, json, show_text)
+}
+
 /// Runs one LU command; a failure prints one line and exits non-zero.
 pub async fn run(cmd: LuCommand) -> anyhow::Result<()> {
     crate::cli::exit_on_error(run_inner(cmd).await)
@@ -297,25 +303,18 @@ async fn run_inner(cmd: LuCommand) -> anyhow::Result<()> {
             println!("deleted LU {}", d.deleted);
         }
         LuCommand::Mirror(a) => {
-            let c = MirrorCommand::Mirror {
-                lu: a.name,
-                req: MirrorLu { copy: a.copy },
-            };
-            let v = a.api.client()?.lu_mirror(&c).await?;
-            print_view(&v, a.json, show_text)?;
+            let req = MirrorLu { copy: a.copy };
+            let c = MirrorCommand::Mirror { lu: a.name, req };
+            mirror_command(&a.api, a.json, c).await?;
         }
         LuCommand::Unmirror(a) => {
             let c = MirrorCommand::Unmirror { lu: a.name };
-            let v = a.api.client()?.lu_mirror(&c).await?;
-            print_view(&v, a.json, show_text)?;
+            mirror_command(&a.api, a.json, c).await?;
         }
         LuCommand::Promote(a) => {
-            let c = MirrorCommand::Promote {
-                lu: a.name,
-                req: PromoteLu { force: a.force },
-            };
-            let v = a.api.client()?.lu_mirror(&c).await?;
-            print_view(&v, a.json, show_text)?;
+            let req = PromoteLu { force: a.force };
+            let c = MirrorCommand::Promote { lu: a.name, req };
+            mirror_command(&a.api, a.json, c).await?;
         }
         LuCommand::Request(a) => {
             let req = RequestLu {
