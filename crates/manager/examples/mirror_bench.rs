@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let find = format!(
         "for d in vda vdb; do \
            v=$(dd if=/dev/$d bs=1M skip={mib} count=1 2>/dev/null | head -c 4 | od -An -tx1 | tr -d ' '); \
-           [ \"$v\" = 4d4d4d4d ] && echo $d; done"
+           [ \"$v\" = 4d4d4d4d ] && echo $d; done; true"
     );
     let mirrored = exec(&c, p, &find).await?;
     anyhow::ensure!(
