@@ -336,7 +336,7 @@ fn body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ApiErro
     Ok(body_required::<Option<T>>(b)?.unwrap_or_default())
 }
 
-fn body_required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn body_required<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
     let malformed =
         |e: serde_json::Error| ApiError::BadRequest(format!("malformed JSON body: {e}"));
     let mut v: serde_json::Value = serde_json::from_slice(b).map_err(malformed)?;

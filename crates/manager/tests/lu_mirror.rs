@@ -179,6 +179,38 @@ async fn mirrored_writes_redirected_reads_and_promotion_on_a_move() {
         mirror(&ca, "../x", None).await,
         Err(ClientError::Request(_))
     ));
+    // An LU larger than one file of the repository's file system may be
+    // (ext4: 16 TiB) cannot have a raw copy: a 409 naming the limit, not a
+    // server error, and nothing left behind.
+    ca.lu_create(&CreateLu {
+        name: "huge".into(),
+        client: "acme".into(),
+        size_bytes: 64 << 40,
+        purpose: None,
+    })
+    .await
+    .unwrap();
+    let probe = std::fs::File::create(t.path().join("probe")).unwrap();
+    let fits = probe.set_len(64 << 40).is_ok();
+    drop(probe);
+    let _ = std::fs::remove_file(t.path().join("probe"));
+    match mirror(&ca, "huge", None).await {
+        Err(e) if !fits => {
+            let (s, m) = api(e);
+            assert!(s == 409 && m.contains("file system"), "{s} {m}");
+            assert!(ca.lu_show("huge").await.unwrap().record.mirror.is_none());
+            assert_eq!(api(ca.lu_show("huge-mirror").await.unwrap_err()).0, 404);
+            assert!(!repo.join("clients/acme/lu/huge-mirror.raw").exists());
+        }
+        r => {
+            assert!(fits, "{r:?}");
+            assert_eq!(state(&r.unwrap()), MirrorState::Synced);
+            ca.lu_mirror(&MirrorCommand::Unmirror { lu: "huge".into() })
+                .await
+                .unwrap();
+        }
+    }
+    ca.lu_delete("huge").await.unwrap();
 
     // Offline: the copy is made by qemu-img and equals the primary.
     let v = mirror(&ca, "data", None).await.unwrap();

@@ -13,6 +13,7 @@
 use crate::api::{ApiError, ErrorBody};
 use crate::lu::types::LuView;
 use crate::manager::Manager;
+use crate::server::body_required;
 use bulkhead_store::LockMode;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -53,14 +54,6 @@ impl MirrorCommand {
     }
 }
 
-/// An optional JSON body: empty means the defaults.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(b: &[u8]) -> Result<T, ApiError> {
-    if b.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(b).map_err(|e| ApiError::BadRequest(format!("malformed body: {e}")))
-}
-
 /// The routes of `/v1/lus/{name}/mirror` and `/v1/lus/{name}/promote`;
 /// `None` for a method these paths do not take.
 pub fn route(
@@ -71,10 +64,10 @@ pub fn route(
 ) -> Option<Result<MirrorCommand, ApiError>> {
     let lu = lu.to_string();
     Some(match (method, verb) {
-        (&Method::POST, "mirror") => optional_body(b).map(|req| MirrorCommand::Mirror { lu, req }),
+        (&Method::POST, "mirror") => body_required(b).map(|req| MirrorCommand::Mirror { lu, req }),
         (&Method::DELETE, "mirror") => Ok(MirrorCommand::Unmirror { lu }),
         (&Method::POST, "promote") => {
-            optional_body(b).map(|req| MirrorCommand::Promote { lu, req })
+            body_required(b).map(|req| MirrorCommand::Promote { lu, req })
         }
         _ => return None,
     })
@@ -132,7 +125,7 @@ impl crate::client::Client {
     responses(
         (status = 200, description = "the copy is made and in step (`mirror.state` synced); while a \
             partition holds the LU writable, by a write-blocking mirror job in its QEMU", body = LuView),
-        (status = 400, description = "a bad name, or a copy name that is too long", body = ErrorBody),
+        (status = 400, description = "a malformed body, a bad copy name", body = ErrorBody),
         (status = 404, description = "no such LU", body = ErrorBody),
         (status = 409, description = "already mirrored, itself a copy, the copy's name is taken (by any \
             client), or the LU is being changed", body = ErrorBody),

@@ -157,15 +157,35 @@ pub fn create_thin(path: &Path, bytes: u64) -> Result<(), String> {
 }
 
 /// Makes a sparse raw file of `bytes` (a redundant copy), refusing to
-/// replace any file.
-pub fn create_sparse(path: &Path, bytes: u64) -> Result<(), String> {
+/// replace any file; a size the file system refuses leaves no file.
+pub fn create_sparse(path: &Path, bytes: u64) -> std::io::Result<()> {
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.set_len(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .open(path)?;
+    f.set_len(bytes).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Copies the guest-visible data of the qcow2 `src` into the existing
+/// sparse raw `dst` of the same size (`-n --target-is-zero`: only what `src`
+/// holds is written, so a thin LU copies in the time its data takes).
+pub fn copy_into(src: &Path, dst: &Path) -> Result<(), String> {
+    let src = src.to_string_lossy();
+    let opts = [
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-U",
+        "-q",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        &src,
+    ];
+    qemu_img(&opts, dst, &[]).map(drop)
 }
 
 /// Copies the guest-visible data of `src` into a new file `dst`, each in

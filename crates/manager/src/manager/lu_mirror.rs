@@ -38,9 +38,20 @@ fn mirror_state(
     }
 }
 
+/// A copy's sparse file. A size the repository's file system cannot hold
+/// in one file (ext4: 16 TiB) is the repository's limit, not a fault: 409.
+fn make_sparse(path: &Path, bytes: u64) -> Result<(), ApiError> {
+    lu::create_sparse(path, bytes).map_err(|e| match e.raw_os_error() {
+        Some(libc::EFBIG) => conflict(format!(
+            "the repository's file system cannot hold a copy of {bytes} bytes in one file ({e}); a redundant copy is a raw file of the LU's virtual size"
+        )),
+        _ => ApiError::Engine(format!("{}: {e}", path.display())),
+    })
+}
+
 impl Manager {
     pub(super) async fn lu_mirror_command(&self, c: MirrorCommand) -> Result<LuView, ApiError> {
-        lu::check_name("LU", c.lu()).map_err(ApiError::BadRequest)?;
+        // An LU name that breaks the rule names no LU: 404, as for `lu show`.
         let r = match c {
             MirrorCommand::Mirror { lu, req } => self.lu_mirror(&lu, req.copy).await?,
             MirrorCommand::Unmirror { lu } => self.lu_unmirror(&lu).await?,
@@ -167,16 +178,12 @@ impl Manager {
     ) -> Result<(), ApiError> {
         let src = self.repo.path_of(&primary.path);
         let dst = self.repo.path_of(&copy.path);
+        make_sparse(&dst, copy.size_bytes)?;
         if let Some((lock, p)) = writer {
-            let size = copy.size_bytes;
-            tokio::task::spawn_blocking(move || lu::create_sparse(&dst, size))
-                .await
-                .map_err(internal)?
-                .map_err(ApiError::Engine)?;
             return self.run_mirror(&p, &lock.adapter, copy).await;
         }
         let holder = self.hold(primary, LockMode::Ro).await?;
-        let copied = tokio::task::spawn_blocking(move || lu::copy_to(&src, &dst))
+        let copied = tokio::task::spawn_blocking(move || lu::copy_into(&src, &dst))
             .await
             .map_err(internal);
         self.release(&holder).await;
@@ -238,7 +245,7 @@ impl Manager {
     fn confine_copy(&self, copy: &LuRecord) -> Result<PathBuf, ApiError> {
         let file = self.repo.path_of(&copy.path);
         if std::fs::symlink_metadata(&file).is_err() {
-            lu::create_sparse(&file, copy.size_bytes).map_err(ApiError::Engine)?;
+            make_sparse(&file, copy.size_bytes)?;
         }
         Ok(self.confine_lu(copy)?.path)
     }
