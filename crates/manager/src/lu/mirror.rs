@@ -54,6 +54,18 @@ impl MirrorCommand {
     }
 }
 
+/// A body that must be a JSON object (serde would also fill a struct from
+/// an array, which the document does not allow).
+fn object_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    let v: serde_json::Value = body_required(b)?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "malformed JSON body: expected an object".into(),
+        ));
+    }
+    body_required(b)
+}
+
 /// The routes of `/v1/lus/{name}/mirror` and `/v1/lus/{name}/promote`;
 /// `None` for a method these paths do not take.
 pub fn route(
@@ -64,11 +76,9 @@ pub fn route(
 ) -> Option<Result<MirrorCommand, ApiError>> {
     let lu = lu.to_string();
     Some(match (method, verb) {
-        (&Method::POST, "mirror") => body_required(b).map(|req| MirrorCommand::Mirror { lu, req }),
+        (&Method::POST, "mirror") => object_body(b).map(|req| MirrorCommand::Mirror { lu, req }),
         (&Method::DELETE, "mirror") => Ok(MirrorCommand::Unmirror { lu }),
-        (&Method::POST, "promote") => {
-            body_required(b).map(|req| MirrorCommand::Promote { lu, req })
-        }
+        (&Method::POST, "promote") => object_body(b).map(|req| MirrorCommand::Promote { lu, req }),
         _ => return None,
     })
 }
@@ -187,5 +197,9 @@ mod tests {
         let bad = route(&Method::POST, "vol", "mirror", br#"{"copy":"x","extra":1}"#);
         assert!(matches!(bad, Some(Err(ApiError::BadRequest(_)))));
         assert!(route(&Method::GET, "vol", "mirror", b"").is_none());
+        for body in [&b"[]"[..], b"", b"null", b"[false]"] {
+            let r = route(&Method::POST, "vol", "promote", body);
+            assert!(matches!(r, Some(Err(ApiError::BadRequest(_)))), "{body:?}");
+        }
     }
 }

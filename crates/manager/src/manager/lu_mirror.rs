@@ -109,9 +109,10 @@ impl Manager {
     /// `lu mirror LU [--copy NAME]`: records the copy, makes it, and brings it
     /// in step; any failure takes both records back and removes the file.
     async fn lu_mirror(&self, name: &str, copy: Option<String>) -> Result<LuRecord, ApiError> {
-        let copy = copy.unwrap_or_else(|| format!("{name}-mirror"));
-        lu::check_name("copy LU", &copy).map_err(ApiError::BadRequest)?;
         let r = self.lu_get_or_404(name).await?;
+        // The default fits the name rule whatever the LU's length (a clash is a 409).
+        let copy = copy.unwrap_or_else(|| format!("{:.41}-mirror", r.name));
+        lu::check_name("copy LU", &copy).map_err(ApiError::BadRequest)?;
         if let Some(p) = &r.mirror_of {
             return Err(conflict(format!(
                 "LU {name:?} is the redundant copy of LU {p:?}; a copy is not mirrored again"
