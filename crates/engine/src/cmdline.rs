@@ -497,6 +497,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_read_is_read_only_without_the_image_lock() {
+        let mut d = DiskSpec {
+            id: "d0".into(),
+            path: "/lu/copy.raw".into(),
+            format: DiskFormat::Raw,
+            readonly: true,
+            backing: None,
+            shared_read: false,
+        };
+        assert!(blockdev(&d)["file"].get("locking").is_none());
+        d.shared_read = true;
+        d.readonly = false;
+        let b = blockdev(&d);
+        assert_eq!(b["file"]["locking"], "off");
+        assert_eq!(
+            (b["read-only"].clone(), b["file"]["read-only"].clone()),
+            (true.into(), true.into())
+        );
+    }
+
+    #[test]
     fn backing_chains_are_pinned_in_the_blockdev() {
         use crate::spec::BackingFile;
         let mut d = DiskSpec {
