@@ -155,11 +155,13 @@ impl Manager {
                 )),
                     e => e.into(),
                 })?;
+        // The host whose QEMU runs the job, when one runs.
+        let job_host = writer.is_some().then(|| self.host.clone());
         let made = self.make_copy(&r, &copy_rec, writer).await;
         match made {
             Ok(()) => {
                 tracing::info!(lu = name, copy = %copy, "LU mirrored");
-                self.set_mirror(name, mirror_state(MirrorState::Synced, None, None))
+                self.set_mirror(name, mirror_state(MirrorState::Synced, None, job_host))
                     .await
             }
             Err(e) => {
