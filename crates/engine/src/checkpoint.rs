@@ -458,6 +458,7 @@ mod tests {
             format,
             readonly,
             backing: None,
+            shared_read: false,
         })
     }
 
@@ -498,6 +499,7 @@ mod tests {
             format: DiskFormat::Qcow2,
             readonly: false,
             backing: None,
+            shared_read: false,
         };
         let e = revert_disks(std::slice::from_ref(&d), "bulkhead-ckpt--x").unwrap_err();
         assert!(e.to_string().contains("not a Bulkhead disk point"), "{e}");

@@ -76,6 +76,7 @@ impl RunArgs {
                 path,
                 readonly,
                 backing: None,
+                shared_read: false,
             }));
         }
         if self.root_disk {

@@ -312,11 +312,16 @@ pub fn blockdev_with(
     filename: &dyn Fn(&std::path::Path) -> serde_json::Value,
 ) -> serde_json::Value {
     let file = |p: &std::path::Path, ro: bool| json!({"driver": "file", "filename": filename(p), "read-only": ro});
+    let ro = d.readonly || d.shared_read;
+    let mut top = file(&d.path, ro);
+    if d.shared_read {
+        top["locking"] = json!("off");
+    }
     let mut node = json!({
         "driver": d.format.as_str(),
         "node-name": format!("drive-{}", d.id),
-        "read-only": d.readonly,
-        "file": file(&d.path, d.readonly),
+        "read-only": ro,
+        "file": top,
     });
     if let (DiskFormat::Qcow2, Some(chain)) = (d.format, &d.backing) {
         let mut backing = serde_json::Value::Null;
@@ -402,6 +407,7 @@ mod tests {
             format: DiskFormat::Qcow2,
             readonly: false,
             backing: None,
+            shared_read: false,
         }));
         s
     }
@@ -491,6 +497,27 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_read_is_read_only_without_the_image_lock() {
+        let mut d = DiskSpec {
+            id: "d0".into(),
+            path: "/lu/copy.raw".into(),
+            format: DiskFormat::Raw,
+            readonly: true,
+            backing: None,
+            shared_read: false,
+        };
+        assert!(blockdev(&d)["file"].get("locking").is_none());
+        d.shared_read = true;
+        d.readonly = false;
+        let b = blockdev(&d);
+        assert_eq!(b["file"]["locking"], "off");
+        assert_eq!(
+            (b["read-only"].clone(), b["file"]["read-only"].clone()),
+            (true.into(), true.into())
+        );
+    }
+
+    #[test]
     fn backing_chains_are_pinned_in_the_blockdev() {
         use crate::spec::BackingFile;
         let mut d = DiskSpec {
@@ -499,6 +526,7 @@ mod tests {
             format: DiskFormat::Qcow2,
             readonly: false,
             backing: None,
+            shared_read: false,
         };
         assert!(
             blockdev(&d).get("backing").is_none(),

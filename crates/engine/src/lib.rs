@@ -17,7 +17,8 @@ use std::time::Duration;
 
 pub use host::default_image_dir;
 pub use partition::{
-    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, Partition, RegionPlug, RunState,
+    tail_lines, ExitInfo, ExitReason, HotplugRecord, LaunchOptions, MirrorJob, Partition,
+    RegionPlug, RunState,
 };
 pub use snapshot::{CloneIdentity, Manifest, SaveOptions, SaveProgress};
 pub use spec::{

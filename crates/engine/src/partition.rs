@@ -16,8 +16,10 @@ use serde_json::json;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+mod mirror;
 mod region;
 
+pub use mirror::MirrorJob;
 pub(crate) use region::release_share_dir;
 pub use region::RegionPlug;
 

@@ -139,6 +139,11 @@ pub struct DiskSpec {
     /// the image header says. `None` lets QEMU follow the header.
     #[serde(default)]
     pub backing: Option<Vec<BackingFile>>,
+    /// Read-only, without the image lock: another QEMU writes the file (a
+    /// mirror job into a redundant copy), so this reader cannot take QEMU's
+    /// shared lock and sees the data the writer completed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_read: bool,
 }
 
 /// One file of a qcow2 backing chain.
@@ -537,6 +542,7 @@ mod tests {
             format: DiskFormat::Qcow2,
             readonly: false,
             backing: None,
+            shared_read: false,
         }));
         s.adapters.push(AdapterSpec::Net(NetSpec {
             id: "n0".into(),

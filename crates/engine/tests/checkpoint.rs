@@ -56,6 +56,7 @@ async fn checkpoint_runs_on_and_restores_memory_and_disk_as_of_its_point() {
         format: DiskFormat::Qcow2,
         readonly: false,
         backing: None,
+        shared_read: false,
     };
     let mut s = spec(&unique("ckpt"));
     s.adapters.push(AdapterSpec::Disk(d.clone()));

@@ -50,6 +50,7 @@ async fn vcpus_exec_and_disk_survive_graceful_stop() {
         format: DiskFormat::Qcow2,
         readonly: false,
         backing: None,
+        shared_read: false,
     }));
 
     let p = Partition::start(s.clone(), opts(&dir, "boot1"), READY)
@@ -185,6 +186,7 @@ async fn hotplugged_disk_appears_and_unplugs() {
         format: DiskFormat::Raw,
         readonly: true,
         backing: None,
+        shared_read: false,
     })
     .await
     .expect("hot-plug");
@@ -204,6 +206,7 @@ async fn hotplugged_disk_appears_and_unplugs() {
             format: DiskFormat::Raw,
             readonly: true,
             backing: None,
+            shared_read: false,
         })
         .await
         .unwrap_err();

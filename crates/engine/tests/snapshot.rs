@@ -209,6 +209,7 @@ async fn hotplugged_disk_comes_back_and_shared_memory_is_refused() {
         format: DiskFormat::Raw,
         readonly: true,
         backing: None,
+        shared_read: false,
     })
     .await
     .unwrap();

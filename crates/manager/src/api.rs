@@ -187,6 +187,10 @@ pub struct AttachedDisk {
     pub readonly: bool,
     /// The hot-plug port (0-based) the disk occupies.
     pub slot: u32,
+    /// A read-only attach of an LU another holder writes, served from this
+    /// redundant copy of it (`lu mirror`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by_copy: Option<String>,
 }
 
 /// Reply of `DELETE /v1/partitions/{name}/disks/{id}`: the guest released it.
@@ -263,6 +267,8 @@ pub enum ApiRequest {
         name: String,
     },
     LuRequest(crate::lu::types::RequestLu),
+    /// `lu mirror`, `lu unmirror`, `lu promote` (issue 12 item 5).
+    LuMirror(crate::lu::mirror::MirrorCommand),
     /// `GET /v1/grants[?partition=P]`: every grant, or those P gave, holds or owns.
     GrantList {
         partition: Option<String>,

@@ -35,6 +35,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         stats, console, attach_disk, detach_disk, hibernate, hibernate_progress, resume,
         grant_requests, grant_list, grant_log, grant_show, grant_revoke, region_list,
         lu_create, lu_list, lu_show, lu_delete, lu_resize, lu_request, attach_lu,
+        crate::lu::mirror::lu_mirror, crate::lu::mirror::lu_unmirror,
+        crate::lu::mirror::lu_promote,
         crate::expose::openapi::expose, crate::expose::openapi::unexpose,
         crate::expose::openapi::route_list, crate::expose::openapi::expose_pool,
         crate::expose::openapi::unexpose_pool,

@@ -483,6 +483,12 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
         (&Method::POST, ["v1", "lus"]) => ApiRequest::LuCreate(body_required(b)?),
         (&Method::GET, ["v1", "lus", n]) => ApiRequest::LuShow { name: name(n) },
         (&Method::DELETE, ["v1", "lus", n]) => ApiRequest::LuDelete { name: name(n) },
+        (m, ["v1", "lus", n, verb @ ("mirror" | "promote")]) => {
+            match crate::lu::mirror::route(m, &name(n), verb, b) {
+                Some(c) => ApiRequest::LuMirror(c?),
+                None => return Err(not_routed(m, &segs)),
+            }
+        }
         (&Method::POST, ["v1", "lus", n, "resize"]) => ApiRequest::LuResize {
             name: name(n),
             req: body_required(b)?,
@@ -580,6 +586,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/lus", &["GET", "POST"]),
     ("/v1/lus/{name}", &["GET", "DELETE"]),
     ("/v1/lus/{name}/resize", &["POST"]),
+    ("/v1/lus/{name}/mirror", &["POST", "DELETE"]),
+    ("/v1/lus/{name}/promote", &["POST"]),
     ("/v1/lu-requests", &["POST"]),
     ("/v1/routes", &["GET"]),
     ("/v1/partitions/{name}/routes", &["POST", "DELETE"]),

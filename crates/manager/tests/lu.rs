@@ -12,19 +12,11 @@ use bulkhead_store::{LockMode, LuLock, SqliteStore, Store};
 use bulkhead_testbed::qcow2;
 use common::{Daemon, Opts};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 
-fn daemon(store: &Path, repo: &Path, host: &str) -> Daemon {
-    Daemon::start(Opts {
-        extra: format!(
-            "[store]\npath = {store:?}\nhost_id = {host:?}\n[cluster]\nrepository = {repo:?}\n"
-        ),
-        ..Default::default()
-    })
-}
+use common::on_shared_store as daemon;
 
 async fn create_lu(c: &Client, name: &str, client: &str, bytes: u64) -> LuView {
     c.lu_create(&CreateLu {

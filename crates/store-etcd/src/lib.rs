@@ -640,6 +640,9 @@ impl Store for EtcdStore {
     async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
         self.etcd_lu_update(lu).await
     }
+    async fn lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        self.etcd_lu_put_pair(pair).await
+    }
     async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
         self.etcd_lu_delete(name, revision).await
     }

@@ -97,6 +97,46 @@ impl EtcdStore {
         Err(revision_error(&lu.name, lu.revision, kvs(&r, 0).first()))
     }
 
+    pub(crate) async fn etcd_lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        if pair[0].name == pair[1].name {
+            // etcd refuses a key twice in one txn; as SQLite, the name is taken.
+            return Err(StoreError::LuExists(pair[0].name.clone()));
+        }
+        let mut new = pair.clone();
+        let (mut when, mut puts, mut gets) = (Vec::new(), Vec::new(), Vec::new());
+        for lu in new.iter_mut() {
+            let key = self.keys.lu(&lu.name);
+            when.push(if lu.revision == 0 {
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+            } else {
+                Compare::version(key.clone(), CompareOp::Equal, lu.revision as i64)
+            });
+            lu.revision += 1;
+            puts.push(TxnOp::put(key.clone(), encode(lu), None));
+            gets.push(TxnOp::get(key, None));
+        }
+        let txn = Txn::new().when(when).and_then(puts).or_else(gets);
+        let resp = self.txn("lu_put_pair", txn).await?;
+        if resp.succeeded() {
+            return Ok(new);
+        }
+        let r = resp.op_responses();
+        for (i, lu) in pair.iter().enumerate() {
+            let found = kvs(&r, i).first();
+            if lu.revision == 0 && found.is_some() {
+                return Err(StoreError::LuExists(lu.name.clone()));
+            }
+            if lu.revision != 0 && found.map(|kv| kv.version() as u64) != Some(lu.revision) {
+                return Err(revision_error(&lu.name, lu.revision, found));
+            }
+        }
+        // Both compared equal when read again: a write slipped between.
+        Err(StoreError::Unavailable {
+            op: "lu_put_pair",
+            message: "the LUs changed during the write; retry".into(),
+        })
+    }
+
     pub(crate) async fn etcd_lu_delete(&self, name: &str, revision: u64) -> Result<()> {
         let (key, locks) = (self.keys.lu(name), self.keys.lu_locks_of(name));
         let txn = Txn::new()

@@ -41,6 +41,7 @@ where
     lus(&*make().await).await;
     lu_locks(&*make().await).await;
     lu_write_attach_race_has_one_winner(make().await).await;
+    lu_mirror_pair(&*make().await).await;
     routes::run_all(&make).await;
     pools::run_all(&make).await;
     remote_restart::run_all(&make).await;
@@ -629,6 +630,8 @@ pub fn lu(name: &str, client: &str) -> LuRecord {
         purpose: "data".into(),
         created_at: now_ms(),
         revision: 0,
+        mirror: None,
+        mirror_of: None,
     }
 }
 
@@ -815,4 +818,45 @@ pub async fn lu_write_attach_race_has_one_winner(s: Arc<dyn Store>) {
     }
     assert_eq!((won, refused), (1, 11));
     assert_eq!(s.lu_locks(Some("shared")).await.unwrap().len(), 1);
+}
+
+/// A mirror's two records are written together or not at all, and a copy
+/// refuses a partition's write lock (but not the manager's own).
+pub async fn lu_mirror_pair(s: &dyn Store) {
+    let p = s.lu_insert(&lu("prim", "c1")).await.unwrap();
+    let mut copy = lu("prim-copy", "c1");
+    copy.mirror_of = Some("prim".into());
+    let mut linked = p.clone();
+    linked.mirror = Some(crate::LuMirror {
+        copy: copy.name.clone(),
+        state: crate::MirrorState::Synced,
+        reason: None,
+        host: None,
+        since: 1,
+    });
+    // A stale primary revision: neither record is written.
+    let mut stale = linked.clone();
+    stale.revision = 7;
+    let e = s.lu_put_pair(&[copy.clone(), stale]).await.unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e:?}");
+    assert!(s.lu_get("prim-copy").await.unwrap().is_none());
+    // A taken name for the insert: the primary is left as it was.
+    let mut taken = copy.clone();
+    taken.name = "prim".into();
+    let e = s.lu_put_pair(&[taken, linked.clone()]).await.unwrap_err();
+    assert!(matches!(e, StoreError::LuExists(_)), "{e:?}");
+    assert_eq!(s.lu_get("prim").await.unwrap().unwrap(), p);
+    let [c, pr] = s.lu_put_pair(&[copy, linked]).await.unwrap();
+    assert_eq!((c.revision, pr.revision), (1, p.revision + 1));
+    assert_eq!(s.lu_get("prim").await.unwrap().unwrap(), pr);
+    assert_eq!(s.lu_get("prim-copy").await.unwrap().unwrap(), c);
+    let rw = lu_lock_of("prim-copy", HOST, "p1", LockMode::Rw);
+    let e = s.lu_lock(&rw, "c1").await.unwrap_err();
+    assert!(matches!(e, StoreError::Locked(_)), "{e:?}");
+    let ro = lu_lock_of("prim-copy", HOST, "p1", LockMode::Ro);
+    s.lu_lock(&ro, "c1").await.unwrap();
+    s.lu_unlock("p1", None).await.unwrap();
+    let maint = lu_lock_of("prim-copy", HOST, "lu:prim-copy:1", LockMode::Rw);
+    s.lu_lock(&maint, "c1").await.unwrap();
+    s.lu_unlock("lu:prim-copy:1", None).await.unwrap();
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use grants::{GrantLogEntry, GrantTableDoc};
 pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
-pub use lus::{check_lock, LockMode, LuLock, LuRecord};
+pub use lus::{check_lock, LockMode, LuLock, LuMirror, LuRecord, MirrorState};
 pub use pools::{PoolDoc, PoolKind};
 pub use record::{
     now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
@@ -208,6 +208,14 @@ pub trait Store: Send + Sync {
     async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
         let _ = lu;
         Err(unsupported("lu_update"))
+    }
+    /// Writes two LU records in one transaction (a mirror's primary and
+    /// copy): each with revision 0 is inserted ([`StoreError::LuExists`] if
+    /// taken), each other replaced if its stored revision is still its
+    /// own. Either both are written or neither.
+    async fn lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        let _ = pair;
+        Err(unsupported("lu_put_pair"))
     }
     /// Removes the LU record if its revision is still `revision` and nothing
     /// holds a lock on it ([`StoreError::Locked`] otherwise).

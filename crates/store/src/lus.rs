@@ -27,10 +27,62 @@ pub struct LuRecord {
     /// Bumped by every write; `lu_update` compares it.
     #[serde(default)]
     pub revision: u64,
+    /// On a primary: its redundant copy (`lu mirror`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<LuMirror>,
+    /// On a redundant copy: the primary it mirrors. A copy is attached
+    /// read-only only; the mirroring is its one writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_of: Option<String>,
 }
 
 fn data() -> String {
     "data".into()
+}
+
+/// A primary LU's redundant copy and how far it is in step.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LuMirror {
+    /// The copy's LU name (same client, same size).
+    pub copy: String,
+    pub state: MirrorState,
+    /// Why it is broken or stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The host whose QEMU runs the mirror job, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// When the state was last set, Unix ms.
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// How a redundant copy stands against its primary.
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MirrorState {
+    /// Holds every completed write of the primary.
+    Synced,
+    /// A mirror job is copying the primary (a full sync on attach).
+    Syncing,
+    /// Behind the primary (a promotion, or a job that ended before it was
+    /// in step): the next attach of the primary copies it again.
+    Stale,
+    /// The mirror job failed; `reason` says why.
+    Broken,
+}
+
+impl MirrorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Synced => "synced",
+            Self::Syncing => "syncing",
+            Self::Stale => "stale",
+            Self::Broken => "broken",
+        }
+    }
 }
 
 /// How an attachment uses an LU.
@@ -105,6 +157,16 @@ pub fn check_lock(
             "LU {:?} belongs to client {:?}, not to client {client:?}: only its own client's partitions may attach it",
             lu.name, lu.client
         )));
+    }
+    // A partition name has no ':'; the manager's own holders (a copy being
+    // made) do.
+    if let (Some(primary), LockMode::Rw) = (&lu.mirror_of, lock.mode) {
+        if !lock.partition.contains(':') {
+            return Err(StoreError::Locked(format!(
+                "LU {:?} is the redundant copy of LU {primary:?}: it is attached read-only only (unmirror it first to write it)",
+                lu.name
+            )));
+        }
     }
     let blocking = held
         .iter()
@@ -251,6 +313,28 @@ impl SqliteStore {
             put_lu(&tx, &lu, false)?;
             tx.commit()?;
             Ok(lu)
+        })
+        .await
+    }
+
+    pub(crate) async fn sql_lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        let mut pair = pair.clone();
+        self.call("lu_put_pair", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for lu in pair.iter_mut() {
+                let found = get_lu(&tx, &lu.name)?;
+                let insert = lu.revision == 0;
+                match (&found, insert) {
+                    (Some(_), true) => return Err(StoreError::LuExists(lu.name.clone()).into()),
+                    (None, true) => {}
+                    (f, false) if f.as_ref().map(|f| f.revision) == Some(lu.revision) => {}
+                    (f, false) => return Err(conflict(&lu.name, lu.revision, f.as_ref())),
+                }
+                lu.revision += 1;
+                put_lu(&tx, lu, insert)?;
+            }
+            tx.commit()?;
+            Ok(pair)
         })
         .await
     }

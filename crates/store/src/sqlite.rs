@@ -478,6 +478,9 @@ impl Store for SqliteStore {
     async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
         self.sql_lu_update(lu).await
     }
+    async fn lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        self.sql_lu_put_pair(pair).await
+    }
     async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
         self.sql_lu_delete(name, revision).await
     }

@@ -121,6 +121,9 @@ impl Store for TwoConnections {
     async fn lu_update(&self, lu: &LuRecord) -> Result<LuRecord> {
         self.next().lu_update(lu).await
     }
+    async fn lu_put_pair(&self, pair: &[LuRecord; 2]) -> Result<[LuRecord; 2]> {
+        self.next().lu_put_pair(pair).await
+    }
     async fn lu_delete(&self, name: &str, revision: u64) -> Result<()> {
         self.next().lu_delete(name, revision).await
     }

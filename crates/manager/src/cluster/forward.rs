@@ -49,6 +49,7 @@ async fn owner(m: &Manager, req: &ApiRequest) -> Result<Option<Owner>, ApiError>
         // got it: that host claims the image.
         R::Resume { opts, .. } => return Ok(named(m, &opts.host)),
         R::RemoteRestart(c) => return crate::remote_restart::api::carried_out_by(m, c).await,
+        R::LuMirror(c) => return crate::lu::mirror::carried_out_by(m, c).await,
         _ => return Ok(None),
     };
     // An unknown partition is answered here (404).
@@ -256,6 +257,7 @@ pub fn http_of(req: &ApiRequest) -> Result<(Method, String, Vec<u8>), ApiError> 
         ),
         R::RemoteRestart(c) => return crate::remote_restart::api::http_of(c),
         R::Checkpoint(c) => return c.http_of(),
+        R::LuMirror(c) => return crate::lu::mirror::http_of(c),
         other => {
             return Err(ApiError::Internal(format!(
                 "{other:?} is answered by every host, never forwarded"

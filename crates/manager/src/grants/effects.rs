@@ -108,6 +108,7 @@ impl Manager {
             format,
             readonly: true,
             backing: checked.backing,
+            shared_read: false,
         })
         .await
         .map_err(|e| engine("plugging the disk", e))?;

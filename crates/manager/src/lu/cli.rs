@@ -1,5 +1,6 @@
 //! `bulkhead lu ...`: the LU commands, and the API client's LU calls.
 
+use super::mirror::{MirrorCommand, MirrorLu, PromoteLu};
 use super::types::*;
 use crate::cli::{print_json, print_view, ApiArgs, ListArgs, NameArgs};
 use crate::client::{encode_segment, Client, ClientError};
@@ -21,6 +22,37 @@ pub enum LuCommand {
     Delete(NameArgs),
     /// An LU of the client with at least --min: reused, grown or created.
     Request(RequestArgs),
+    /// Keep a redundant copy of an LU (a new LU of its client, in step with
+    /// every write while it is attached writable).
+    Mirror(MirrorArgs),
+    /// Stop mirroring an LU; the copy stays as an ordinary LU.
+    Unmirror(NameArgs),
+    /// Make an LU's copy its data (after a move or a host loss).
+    Promote(PromoteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MirrorArgs {
+    pub name: String,
+    /// The copy's name (a new LU); NAME-mirror when absent.
+    #[arg(long)]
+    pub copy: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PromoteArgs {
+    pub name: String,
+    /// Promote a copy that is stale or broken (its missing writes are lost).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +203,24 @@ pub fn list_table(lus: &[LuView]) -> String {
     out
 }
 
+/// The mirror row of `lu show`: the copy and its state, or the primary.
+fn mirror_text(v: &LuView) -> String {
+    if let Some(p) = &v.record.mirror_of {
+        return format!("redundant copy of LU {p} (read-only)");
+    }
+    let Some(m) = &v.record.mirror else {
+        return "-".into();
+    };
+    let mut s = format!("copy {} {}", m.copy, m.state.as_str());
+    if let Some(r) = &m.reason {
+        s.push_str(&format!(" ({r})"));
+    }
+    if let Some(h) = &m.host {
+        s.push_str(&format!(" by host {h}"));
+    }
+    s
+}
+
 /// `lu show` as text.
 pub fn show_text(v: &LuView) -> String {
     let mut out = String::new();
@@ -188,6 +238,7 @@ pub fn show_text(v: &LuView) -> String {
         ),
         ("file", v.file.clone()),
         ("problem", v.problem.clone().unwrap_or_else(|| "-".into())),
+        ("mirror", mirror_text(v)),
     ];
     for (k, val) in rows {
         out.push_str(&format!("{k:<14} {val}\n"));
@@ -204,6 +255,12 @@ pub fn show_text(v: &LuView) -> String {
         ));
     }
     out
+}
+
+/// Sends a redundant-LU command and shows the primary as it is after it.
+async fn mirror_command(api: &ApiArgs, json: bool, c: MirrorCommand) -> anyhow::Result<()> {
+    let v = api.client()?.lu_mirror(&c).await?;
+    print_view(&v, json, show_text)
 }
 
 /// Runs one LU command; a failure prints one line and exits non-zero.
@@ -244,6 +301,20 @@ async fn run_inner(cmd: LuCommand) -> anyhow::Result<()> {
                 return print_json(&d);
             }
             println!("deleted LU {}", d.deleted);
+        }
+        LuCommand::Mirror(a) => {
+            let req = MirrorLu { copy: a.copy };
+            let c = MirrorCommand::Mirror { lu: a.name, req };
+            mirror_command(&a.api, a.json, c).await?;
+        }
+        LuCommand::Unmirror(a) => {
+            let c = MirrorCommand::Unmirror { lu: a.name };
+            mirror_command(&a.api, a.json, c).await?;
+        }
+        LuCommand::Promote(a) => {
+            let req = PromoteLu { force: a.force };
+            let c = MirrorCommand::Promote { lu: a.name, req };
+            mirror_command(&a.api, a.json, c).await?;
         }
         LuCommand::Request(a) => {
             let req = RequestLu {

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! clients/<client>/lu/<lu>.qcow2                 an LU (thin qcow2)
+//! clients/<client>/lu/<copy>.raw                  a redundant copy (sparse raw)
 //! clients/<client>/hibernation/<partition>/      a partition's hibernation data
 //! ```
 //!
@@ -12,6 +13,7 @@
 //! so no client reaches another's data by path, symlink or backing file.
 
 pub mod cli;
+pub mod mirror;
 pub mod types;
 
 use serde::Deserialize;
@@ -52,6 +54,13 @@ impl Repository {
         format!("clients/{client}/lu/{lu}.qcow2")
     }
 
+    /// Where a redundant copy lives. A copy is raw (sparse, so thin): a
+    /// mirror job's writes to a qcow2 would leave its metadata in the
+    /// writing QEMU's cache, unseen by readers and lost if that host dies.
+    pub fn copy_rel_path(client: &str, lu: &str) -> String {
+        format!("clients/{client}/lu/{lu}.raw")
+    }
+
     /// The absolute path of a recorded relative path.
     pub fn path_of(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
@@ -89,6 +98,15 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     Err(format!(
         "{what} name {name:?} must be 1-48 characters of a-z, 0-9 and '-', not starting with '-'"
     ))
+}
+
+/// The format of an LU's file, by its recorded path: `.raw` for redundant
+/// copies, qcow2 for every other LU.
+pub fn format_of(rel_path: &str) -> bulkhead_engine::DiskFormat {
+    match rel_path.ends_with(".raw") {
+        true => bulkhead_engine::DiskFormat::Raw,
+        false => bulkhead_engine::DiskFormat::Qcow2,
+    }
 }
 
 /// Largest LU: 64 TiB (qcow2 with default clusters allows far more; this
@@ -138,6 +156,53 @@ pub fn create_thin(path: &Path, bytes: u64) -> Result<(), String> {
     qemu_img(&opts, path, &[&size]).map(drop)
 }
 
+/// Makes a sparse raw file of `bytes` (a redundant copy), refusing to
+/// replace any file; a size the file system refuses leaves no file.
+pub fn create_sparse(path: &Path, bytes: u64) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.set_len(bytes).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Copies the guest-visible data of the qcow2 `src` into the existing
+/// sparse raw `dst` of the same size (`-n --target-is-zero`: only what `src`
+/// holds is written, so a thin LU copies in the time its data takes).
+pub fn copy_into(src: &Path, dst: &Path) -> Result<(), String> {
+    let src = src.to_string_lossy();
+    let opts = [
+        "convert",
+        "-n",
+        "--target-is-zero",
+        "-U",
+        "-q",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        &src,
+    ];
+    qemu_img(&opts, dst, &[]).map(drop)
+}
+
+/// Copies the guest-visible data of `src` into a new file `dst`, each in
+/// the format its path gives (`qemu-img convert`, which keeps holes; `-U`
+/// because read-only holders may have `src` open: the caller's lock in the
+/// store keeps writers out). Refuses to replace any file.
+pub fn copy_to(src: &Path, dst: &Path) -> Result<(), String> {
+    if std::fs::symlink_metadata(dst).is_ok() {
+        return Err(format!("{} already exists", dst.display()));
+    }
+    let fmt = |p: &Path| format_of(&p.to_string_lossy()).as_str();
+    let (from, to) = (fmt(src), fmt(dst));
+    let src = src.to_string_lossy();
+    let opts = ["convert", "-U", "-q", "-f", from, "-O", to, &src];
+    qemu_img(&opts, dst, &[]).map(drop)
+}
+
 /// Sets the virtual size of a qcow2 to `bytes` (`qemu-img resize`). Callers
 /// only grow (a shrink would cut data off).
 pub fn grow_to(path: &Path, bytes: u64) -> Result<(), String> {
@@ -159,7 +224,8 @@ pub struct Usage {
 /// The LU file's virtual size and allocation; `-U` reads it while a QEMU
 /// holds it open.
 pub fn usage(path: &Path) -> Result<Usage, String> {
-    let out = qemu_img(&["info", "-U", "--output=json", "-f", "qcow2"], path, &[])?;
+    let fmt = format_of(&path.to_string_lossy()).as_str();
+    let out = qemu_img(&["info", "-U", "--output=json", "-f", fmt], path, &[])?;
     serde_json::from_slice(&out).map_err(|e| format!("qemu-img info output: {e}"))
 }
 

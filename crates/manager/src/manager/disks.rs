@@ -38,6 +38,7 @@ fn attached(d: &DiskSpec, slot: u32) -> AttachedDisk {
         format: d.format.as_str().to_string(),
         readonly: d.readonly,
         slot,
+        served_by_copy: None,
     }
 }
 
@@ -132,11 +133,12 @@ impl Manager {
                 .find(|id| !taken(id))
                 .expect("a free id among infinitely many"),
         };
-        let (path, backing, format, lu) = match source {
-            Source::File(path, backing, format) => (path, backing, format, None),
+        let (path, backing, format, lu, copy) = match source {
+            Source::File(path, backing, format) => (path, backing, format, None, None),
             Source::Lu(lu) => {
-                let checked = self.lock_hotplugged_lu(&rec, &id, &lu, readonly).await?;
-                (checked.path, checked.backing, DiskFormat::Qcow2, Some(lu))
+                let (checked, copy) = self.lock_hotplugged_lu(&rec, &id, &lu, readonly).await?;
+                let format = crate::lu::format_of(&checked.path.to_string_lossy());
+                (checked.path, checked.backing, format, Some(lu), copy)
             }
         };
         let disk = DiskSpec {
@@ -145,6 +147,7 @@ impl Manager {
             format,
             readonly,
             backing,
+            shared_read: copy.is_some(),
         };
         if let Err(e) = p.hotplug_disk(disk.clone()).await {
             if lu.is_some() {
@@ -152,13 +155,27 @@ impl Manager {
             }
             return Err(hotplug_err(e));
         }
+        if let (Some(l), false) = (&lu, readonly) {
+            // A mirrored LU attaches only with its copy in step.
+            if let Err(e) = self.mirror_attached(l, &disk.id, &p).await {
+                if let Err(u) = p.unplug(&disk.id, DETACH_TIMEOUT).await {
+                    tracing::warn!(partition = name, disk = %disk.id, error = %u, "removing a disk whose mirror failed");
+                }
+                self.release_adapter(name, &disk.id).await;
+                return Err(e);
+            }
+        }
         let slot = p
             .hotplugged()
             .iter()
             .find(|h| h.adapter.id() == disk.id)
             .map(|h| h.slot)
             .ok_or_else(|| ApiError::Internal("hot-plugged disk not recorded".into()))?;
-        let what = lu.map(|l| format!("LU {l}: ")).unwrap_or_default();
+        let what = match (&lu, &copy) {
+            (Some(l), Some(c)) => format!("LU {l} read from its redundant copy {c}: "),
+            (Some(l), None) => format!("LU {l}: "),
+            _ => String::new(),
+        };
         let ev = format!(
             "disk {} hot-plugged ({what}{})",
             disk.id,
@@ -166,7 +183,10 @@ impl Manager {
         );
         tracing::info!(partition = name, disk = %disk.id, slot, "disk hot-plugged");
         self.record_event(name, &ev).await;
-        Ok(attached(&disk, slot))
+        Ok(AttachedDisk {
+            served_by_copy: copy,
+            ..attached(&disk, slot)
+        })
     }
 
     /// Unplugs a hot-plugged disk; answers once the guest released it.
@@ -180,6 +200,8 @@ impl Manager {
                 "partition {name:?} has no hot-plugged disk {id:?}"
             )));
         }
+        // A mirror job holds the disk's node; it ends first (the copy in step).
+        p.mirror_stop(id).await.map_err(engine_err)?;
         p.unplug(id, DETACH_TIMEOUT).await.map_err(|e| {
             engine_err(format!(
                 "removing disk {id:?}: {e} (the disk stays attached until the guest releases it)"

@@ -380,6 +380,10 @@ impl Manager {
         let (p, _) = Partition::restore_onto(&dir, spec, opts, timeout)
             .await
             .map_err(engine_err)?;
+        if let Err(e) = self.start_mirrors(rec, &p).await {
+            let _ = p.kill().await;
+            return Err(e);
+        }
         Ok(Arc::new(p))
     }
 

@@ -171,6 +171,7 @@ impl Manager {
                 path,
                 readonly: d.readonly,
                 backing: None,
+                shared_read: false,
             }));
         }
         spec.serials = rec
@@ -380,6 +381,11 @@ impl Manager {
         let rec = self
             .modify(name, "", |r| r.pid = Some(partition.pid()))
             .await?;
+        if let Err(e) = self.start_mirrors(&rec, &partition).await {
+            let _ = partition.kill().await;
+            undo.disarm();
+            return Err(self.start_failed(name, e).await);
+        }
         tracing::info!(
             partition = name,
             pid = partition.pid(),

@@ -81,6 +81,10 @@ impl Manager {
     }
 
     async fn lu_view(&self, record: LuRecord) -> Result<LuView, ApiError> {
+        let mut record = record;
+        if let Some(m) = &record.mirror {
+            record.mirror = Some(self.effective(&record, m).await);
+        }
         let file = self.repo.path_of(&record.path);
         let (path, area) = (file.clone(), self.repo.client_dir(&record.client));
         // Only a file inside the client's area is read: a symlink swapped in
@@ -148,6 +152,8 @@ impl Manager {
             purpose,
             created_at: now_ms(),
             revision: 0,
+            mirror: None,
+            mirror_of: None,
         };
         let rec = self.store.lu_insert(&rec).await?;
         let file = self.repo.path_of(&rec.path);
@@ -195,6 +201,7 @@ impl Manager {
         if size_bytes == r.size_bytes {
             return Ok(r);
         }
+        Self::check_unmirrored(&r, "grow")?;
         let holder = maintenance(&r.name);
         let lock = LuLock {
             lu: r.name.clone(),
@@ -227,6 +234,7 @@ impl Manager {
 
     pub(super) async fn lu_delete(&self, name: &str) -> Result<LuDeleted, ApiError> {
         let r = self.lu_record(name).await?;
+        Self::check_unmirrored(&r, "delete")?;
         self.store.lu_delete(name, r.revision).await?;
         let file = self.repo.path_of(&r.path);
         if let Err(e) = std::fs::remove_file(&file) {
@@ -259,6 +267,8 @@ impl Manager {
             .await?
             .into_iter()
             .filter(|l| l.client == req.client && l.purpose == purpose)
+            // A redundant copy is written by its mirror only.
+            .filter(|l| l.mirror_of.is_none())
             .filter(|l| !locked.contains(&l.name))
             .collect();
         // The smallest that fits wastes least; else the largest needs least growth.
@@ -365,16 +375,24 @@ impl Manager {
                 },
                 since: 0,
             };
-            let lu = self.store.lu_lock(&lock, rec.client()).await?;
+            let (lu, redirected) = self.lock_or_redirect(&lock, rec.client()).await?;
             let checked = self.confine_lu(&lu)?;
             for a in spec.adapters.iter_mut() {
                 if let AdapterSpec::Disk(disk) = a {
                     if disk.id == adapter {
                         disk.path = checked.path.clone();
                         disk.backing = checked.backing.clone();
-                        disk.format = bulkhead_engine::DiskFormat::Qcow2;
+                        disk.format = lu::format_of(&lu.path);
+                        disk.shared_read = redirected;
                     }
                 }
+            }
+            if redirected {
+                let ev = format!(
+                    "{adapter}: LU {name} is written by another holder; read from its redundant copy {}",
+                    lu.name
+                );
+                self.record_event(&rec.name, &ev).await;
             }
         }
         Ok(())
@@ -382,13 +400,15 @@ impl Manager {
 
     /// Locks an LU for a disk being hot-plugged as adapter `id` (given an
     /// AdapterID in the partition's record first), then confines its file.
+    /// Returns the file and, for a read served from the LU's redundant copy,
+    /// the copy's name.
     pub(super) async fn lock_hotplugged_lu(
         &self,
         rec: &PartitionRecord,
         id: &str,
         lu: &str,
         readonly: bool,
-    ) -> Result<crate::storage::CheckedDisk, ApiError> {
+    ) -> Result<(crate::storage::CheckedDisk, Option<String>), ApiError> {
         let rec = self
             .modify(&rec.name, "", |r| {
                 next_adapter_id(r, id);
@@ -403,12 +423,12 @@ impl Manager {
             mode: if readonly { LockMode::Ro } else { LockMode::Rw },
             since: 0,
         };
-        let lu = self.store.lu_lock(&lock, rec.client()).await?;
+        let (lu, redirected) = self.lock_or_redirect(&lock, rec.client()).await?;
         let checked = self.confine_lu(&lu);
         if checked.is_err() {
             self.release_adapter(&rec.name, id).await;
         }
-        checked
+        Ok((checked?, redirected.then_some(lu.name)))
     }
 
     /// Releases the lock of one adapter (a hot-plugged LU removed).
@@ -420,13 +440,16 @@ impl Manager {
 
     /// The LU's file, resolved, inside its client's area with its whole
     /// backing chain (nothing is opened before its link is checked).
-    fn confine_lu(&self, lu: &LuRecord) -> Result<crate::storage::CheckedDisk, ApiError> {
+    pub(super) fn confine_lu(
+        &self,
+        lu: &LuRecord,
+    ) -> Result<crate::storage::CheckedDisk, ApiError> {
         let area = self.repo.client_dir(&lu.client);
         let roots = Roots::open(&[area], &self.cfg.data_dir, &self.cfg.image_dir)
             .map_err(|e| internal(format!("client area of {:?}: {e}", lu.client)))?;
         let file = self.repo.path_of(&lu.path);
         roots
-            .check_disk(&file.to_string_lossy(), "qcow2")
+            .check_disk(&file.to_string_lossy(), lu::format_of(&lu.path).as_str())
             .map_err(|e| bad(format!("LU {:?} of client {:?}: {e}", lu.name, lu.client)))
     }
 

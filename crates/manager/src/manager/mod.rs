@@ -28,6 +28,7 @@ mod disks;
 mod hibernate;
 pub(crate) use disks::disk_format;
 mod lifecycle;
+mod lu_mirror;
 mod lus;
 mod recovery;
 mod remote_restart;
@@ -289,6 +290,7 @@ impl Manager {
             }
             ApiRequest::LuDelete { name } => R::LuDeleted(self.lu_delete(&name).await?),
             ApiRequest::LuRequest(r) => R::LuRequested(self.lu_request(r).await?),
+            ApiRequest::LuMirror(c) => R::Lu(self.lu_mirror_command(c).await?),
             ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
             ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
             ApiRequest::RemoteRestart(c) => R::RemoteRestart(self.remote_restart(c).await?),

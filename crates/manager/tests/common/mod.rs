@@ -159,6 +159,18 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
 }
 
+/// A daemon with host id `host` on the SQLite store `store` and the LU
+/// repository `repo`: daemons made so with different ids are different
+/// hosts of one cluster store and one repository.
+pub fn on_shared_store(store: &Path, repo: &Path, host: &str) -> Daemon {
+    Daemon::start(Opts {
+        extra: format!(
+            "[store]\npath = {store:?}\nhost_id = {host:?}\n[cluster]\nrepository = {repo:?}\n"
+        ),
+        ..Default::default()
+    })
+}
+
 /// A TCP port free on loopback right now.
 pub fn free_tcp_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
