@@ -708,7 +708,11 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
             S::Unavailable { .. } => Self::Unavailable(e.to_string()),
             S::LuNotFound(_) => Self::NoDevice(e.to_string()),
-            S::LuExists(_) | S::Locked(_) | S::RouteTaken { .. } => Self::Conflict(e.to_string()),
+            S::LuExists(_)
+            | S::Locked(_)
+            | S::RouteTaken { .. }
+            | S::Fenced { .. }
+            | S::NotClaimed { .. } => Self::Conflict(e.to_string()),
             S::Forbidden(m) => Self::Forbidden(m),
             other => Self::Internal(other.to_string()),
         }

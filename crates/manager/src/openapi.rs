@@ -629,6 +629,8 @@ mod tests {
     fn fields_null_in_replies_are_nullable_in_the_document() {
         let doc = doc();
         let rec = bulkhead_store::PartitionRecord {
+            ha: Default::default(),
+            fence: None,
             name: "p".into(),
             host: "h".into(),
             vcpus: 1,

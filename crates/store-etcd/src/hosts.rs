@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 /// etcd leases are whole seconds; a ttl under one is one.
-fn ttl_secs(ttl: Duration) -> i64 {
+pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     (ttl.as_millis().div_ceil(1000) as i64).max(1)
 }
 
@@ -19,7 +19,7 @@ impl EtcdStore {
         self.keys.under("hosts", Some(id))
     }
 
-    fn alive_key(&self, id: &str) -> String {
+    pub(crate) fn alive_key(&self, id: &str) -> String {
         self.keys.under("host-alive", Some(id))
     }
 
