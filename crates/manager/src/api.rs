@@ -71,6 +71,10 @@ pub struct CreatePartition {
         skip_serializing_if = "bulkhead_store::PartitionDevices::is_empty"
     )]
     pub devices: bulkhead_store::PartitionDevices,
+    /// What the cluster does when its host is lost: resume, reboot or
+    /// none (docs/cluster.md, "Host loss").
+    #[serde(default)]
+    pub ha: bulkhead_store::HaPolicy,
 }
 
 fn one() -> u32 {
@@ -97,6 +101,7 @@ impl CreatePartition {
             client: None,
             lus: vec![],
             devices: Default::default(),
+            ha: Default::default(),
         }
     }
 }
@@ -301,6 +306,11 @@ pub enum ApiRequest {
     Pool(crate::pools::api::PoolRequest),
     /// Remote restart (issue 12; `crate::remote_restart::api`).
     RemoteRestart(crate::remote_restart::api::RemoteRestartCommand),
+    /// `PUT /v1/partitions/{name}/ha` (issue 12; `crate::ha::api`).
+    SetHa {
+        name: String,
+        req: crate::ha::api::SetHa,
+    },
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved

@@ -46,7 +46,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::remote_restart::api::remote_restart_start,
         crate::remote_restart::api::remote_restart_show,
         crate::remote_restart::api::remote_restart_stop,
-        crate::remote_restart::api::remote_restart_stop_collect
+        crate::remote_restart::api::remote_restart_stop_collect,
+        crate::ha::api::set_ha
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),

@@ -97,7 +97,7 @@ impl Manager {
         disks.extend(self.lu_disks(&client, &c.lus).await?);
         let now = now_ms();
         let rec = PartitionRecord {
-            ha: Default::default(),
+            ha: c.ha,
             fence: None,
             name: c.name.clone(),
             host: self.host.clone(),

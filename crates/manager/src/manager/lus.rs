@@ -365,7 +365,11 @@ impl Manager {
                 },
                 since: 0,
             };
-            let lu = self.store.lu_lock(&lock, rec.client()).await?;
+            // Under the partition's fencing token: a stale holder is refused.
+            let lu = self
+                .store
+                .lu_lock_fenced(&lock, rec.client(), rec.fence)
+                .await?;
             let checked = self.confine_lu(&lu)?;
             for a in spec.adapters.iter_mut() {
                 if let AdapterSpec::Disk(disk) = a {
@@ -403,7 +407,10 @@ impl Manager {
             mode: if readonly { LockMode::Ro } else { LockMode::Rw },
             since: 0,
         };
-        let lu = self.store.lu_lock(&lock, rec.client()).await?;
+        let lu = self
+            .store
+            .lu_lock_fenced(&lock, rec.client(), rec.fence)
+            .await?;
         let checked = self.confine_lu(&lu);
         if checked.is_err() {
             self.release_adapter(&rec.name, id).await;

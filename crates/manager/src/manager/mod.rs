@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 mod devices;
 mod disks;
+mod ha;
 mod hibernate;
 pub(crate) use disks::disk_format;
 mod lifecycle;
@@ -71,6 +72,8 @@ pub struct Manager {
     pub(crate) expose: crate::expose::Exposer,
     /// Service pools (issue 17): the allocator and the statements.
     pub(crate) pools: crate::pools::Pools,
+    /// Host loss and fencing (issue 12, `ha.rs`).
+    ha: ha::HaState,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -163,6 +166,7 @@ impl Manager {
             consoles: Mutex::new(HashSet::new()),
             hibernations: Mutex::default(),
             pools: Default::default(),
+            ha: Default::default(),
         });
         m.recover().await?;
         m.recover_operations().await?;
@@ -201,6 +205,10 @@ impl Manager {
     /// The one place every API request is answered, with a typed reply.
     pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<ApiReply, ApiError> {
         use ApiReply as R;
+        // A fenced host writes nothing until it is a member again.
+        if !matches!(req, ApiRequest::Ping | ApiRequest::OpenApi) {
+            self.check_not_fenced()?;
+        }
         // A partition another host owns is that host's to act on.
         if let Some(r) = crate::cluster::forward::elsewhere(self, &req).await? {
             return Ok(r);
@@ -287,6 +295,7 @@ impl Manager {
             ApiRequest::Expose(c) => R::Expose(crate::expose::handle(self, c).await?),
             ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
             ApiRequest::RemoteRestart(c) => R::RemoteRestart(self.remote_restart(c).await?),
+            ApiRequest::SetHa { name, req } => R::Partition(self.set_ha(&name, req.ha).await?),
         })
     }
 
