@@ -52,9 +52,12 @@ pub async fn start(
     let mut vxlan = super::vxlan::Sync::new(&m);
     vxlan.step(&m).await;
     Ok(async move {
-        // Three renewals per ttl: one lost or slow renewal does not lose the
-        // host; after a failure, tries come faster (the self-fence counts).
-        let (every, soon) = (ttl / 3, Duration::from_millis(200).min(ttl / 6));
+        // At least three renewals per ttl, and one every 500 ms: a renewal
+        // lost to an etcd leader election (1-2 s) is followed by another
+        // well before the self-fence deadline; after a failure, tries come
+        // faster still.
+        let every = (ttl / 3).min(Duration::from_millis(500));
+        let soon = Duration::from_millis(200).min(ttl / 6);
         let mut wait = every;
         loop {
             tokio::time::sleep(wait).await;
