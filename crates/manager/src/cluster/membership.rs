@@ -46,8 +46,12 @@ pub async fn start(
     // Fencing (issue 12): the lease's age is counted from when the call
     // that made it was sent, never later than etcd's own count.
     m.lease_renewed(sent);
-    m.spawn_self_fence();
-    m.spawn_orchestrator();
+    // Other hosts to fail over to exist only on etcd: with SQLite (one
+    // host) a slow database must not fence the host, and HA is inert.
+    if !m.config().cluster.etcd.is_empty() {
+        m.spawn_self_fence();
+        m.spawn_orchestrator();
+    }
     tracing::info!(name = %rec.name, id = %rec.id, endpoints = ?rec.endpoints, "cluster member registered");
     let mut vxlan = super::vxlan::Sync::new(&m);
     vxlan.step(&m).await;
