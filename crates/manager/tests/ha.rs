@@ -293,7 +293,9 @@ async fn killed_host(c: &Cluster) {
         a.start("has", &wait),
         a.start("han", &wait)
     );
-    (r1.unwrap(), r2.unwrap(), r3.unwrap());
+    for r in [r1, r2, r3] {
+        r.unwrap();
+    }
     let secret = format!("ha-{}", std::process::id());
     let (code, out) = exec(&a, "has", &format!("echo {secret} > /tmp/secret")).await;
     assert_eq!(code, 0, "{out}");
