@@ -119,11 +119,11 @@ pub struct ClusterConfig {
     /// unlocks by itself (removing nothing); a `start` may give its own.
     pub remote_restart_timeout_secs: u64,
     /// A host that has not renewed its lease for this long kills its own
-    /// partitions (self-fence); two thirds of `lease_ms` when absent. See
+    /// partitions (self-fence); five sixths of `lease_ms` when absent. See
     /// docs/cluster.md, "Fencing", for the rule it must keep.
     pub self_fence_ms: Option<u64>,
     /// How long after a host's lease is gone its partitions may be claimed
-    /// by another host; a third of `lease_ms` when absent.
+    /// by another host; a third of `lease_ms` (at least 500) when absent.
     pub takeover_margin_ms: Option<u64>,
     /// A watchdog device fed while the lease is held (a backstop of the
     /// self-fence: the kernel resets the host when feeding stops); none

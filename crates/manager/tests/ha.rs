@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Small, so a phase takes seconds: the self-fence is 2/3 of it, the
+/// Small, so a phase takes seconds: the self-fence is 5/6 of it, the
 /// takeover margin 1/3 (the defaults).
 const LEASE_MS: u64 = 4000;
 /// Host loss to running elsewhere, with a TCG boot on a loaded host.

@@ -44,8 +44,10 @@ impl Timings {
     pub fn of(c: &ClusterConfig) -> Self {
         Self {
             lease: Duration::from_millis(c.lease_ms),
-            self_fence: Duration::from_millis(c.self_fence_ms.unwrap_or(c.lease_ms * 2 / 3)),
-            margin: Duration::from_millis(c.takeover_margin_ms.unwrap_or(c.lease_ms / 3)),
+            self_fence: Duration::from_millis(c.self_fence_ms.unwrap_or(c.lease_ms * 5 / 6)),
+            margin: Duration::from_millis(
+                c.takeover_margin_ms.unwrap_or((c.lease_ms / 3).max(500)),
+            ),
         }
     }
 
