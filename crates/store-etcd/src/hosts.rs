@@ -104,47 +104,10 @@ impl EtcdStore {
         Ok(())
     }
 
-    /// Renews the host's lease with one keep-alive on a stream of its own,
-    /// dropped after the answer: the leader renews a lease without a raft
-    /// write (no disk sync), so a loaded host's renewals stay fast; and no
-    /// stream outlives its call (one that outlived a paused daemon was seen
-    /// to hang on every later renewal). A lease that ran out (TTL 0) is
-    /// replaced by a fresh one.
+    /// Renews by moving the alive key to a fresh lease and revoking the old
+    /// one: unary calls only. (A keep-alive stream that outlived a paused
+    /// daemon was seen to hang on every later renewal.)
     pub(crate) async fn renew_host_impl(&self, id: &str) -> Result<()> {
-        let op = "renew_host";
-        let not_found = || {
-            StoreError::NotFound(format!(
-                "host {id} (not registered by this store, or its lease ran out)"
-            ))
-        };
-        let (lease, _) = self
-            .leases
-            .lock()
-            .unwrap()
-            .get(id)
-            .copied()
-            .ok_or_else(not_found)?;
-        let mut l = self.lease.clone();
-        let answer = bounded(op, self.opts.timeout, async move {
-            let (_keeper, mut stream) = l.keep_alive(lease).await?;
-            stream.message().await
-        })
-        .await;
-        match answer {
-            Ok(Some(r)) if r.ttl() > 0 => Ok(()),
-            // Ran out (TTL 0, or "lease not found"): up again on a fresh
-            // lease (the record is permanent).
-            Ok(_) => self.revive_host(id).await,
-            Err(StoreError::Backend { message, .. }) if message.contains("not found") => {
-                self.revive_host(id).await
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Makes a host whose lease ran out up again: its alive key on a fresh
-    /// lease (the old one revoked, best effort).
-    async fn revive_host(&self, id: &str) -> Result<()> {
         let op = "renew_host";
         let not_found =
             || StoreError::NotFound(format!("host {id} (not registered by this store)"));
@@ -165,13 +128,18 @@ impl EtcdStore {
             )]);
         let moved = self.txn(op, txn).await.map(|r| r.succeeded());
         let mut l = self.lease.clone();
-        // The lease the alive key is not on is revoked (best effort: it expires anyway).
+        // The lease the alive key is not on is revoked (best effort: it
+        // expires anyway), off the renewal's path: a renewal is two raft
+        // writes, not three, which a loaded host's self-fence deadline feels.
         let stale = if matches!(moved, Ok(true)) {
             old
         } else {
             fresh
         };
-        let _ = bounded(op, self.opts.timeout, l.revoke(stale)).await;
+        let timeout = self.opts.timeout;
+        tokio::spawn(async move {
+            let _ = bounded(op, timeout, l.revoke(stale)).await;
+        });
         if !moved? {
             return Err(not_found());
         }
