@@ -61,9 +61,7 @@ impl EtcdStore {
             return Ok(false);
         }
         let mut lease = self.lease.clone();
-        let fresh = bounded(op, self.opts.timeout, lease.grant(ttl_secs(ttl), None))
-            .await?
-            .id();
+        let fresh = self.grant(op, ttl_secs(ttl)).await?;
         let put = || TxnOp::put(key.clone(), id, Some(PutOptions::new().with_lease(fresh)));
         // Ours already (moved to the fresh lease), or free.
         let txn = Txn::new()
