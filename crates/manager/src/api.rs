@@ -76,6 +76,10 @@ pub struct CreatePartition {
         skip_serializing_if = "bulkhead_store::PartitionDevices::is_empty"
     )]
     pub devices: bulkhead_store::PartitionDevices,
+    /// What the cluster does when its host is lost: resume, reboot or
+    /// none (docs/cluster.md, "Host loss").
+    #[serde(default)]
+    pub ha: bulkhead_store::HaPolicy,
 }
 
 fn one() -> u32 {
@@ -103,6 +107,7 @@ impl CreatePartition {
             client: None,
             lus: vec![],
             devices: Default::default(),
+            ha: Default::default(),
         }
     }
 }
@@ -315,6 +320,11 @@ pub enum ApiRequest {
     RemoteRestart(crate::remote_restart::api::RemoteRestartCommand),
     /// Checkpoints (issue 12 item 3; `crate::checkpoint`).
     Checkpoint(crate::checkpoint::CheckpointCommand),
+    /// `PUT /v1/partitions/{name}/ha` (issue 12; `crate::ha::api`).
+    SetHa {
+        name: String,
+        req: crate::ha::api::SetHa,
+    },
 }
 
 /// Reply of `GET /v1/partitions/{name}/hibernate`: bytes of guest RAM saved
@@ -723,7 +733,11 @@ impl From<bulkhead_store::StoreError> for ApiError {
             S::Conflict { .. } | S::AddressInUse(_) => Self::Conflict(e.to_string()),
             S::Unavailable { .. } => Self::Unavailable(e.to_string()),
             S::LuNotFound(_) => Self::NoDevice(e.to_string()),
-            S::LuExists(_) | S::Locked(_) | S::RouteTaken { .. } => Self::Conflict(e.to_string()),
+            S::LuExists(_)
+            | S::Locked(_)
+            | S::RouteTaken { .. }
+            | S::Fenced { .. }
+            | S::NotClaimed { .. } => Self::Conflict(e.to_string()),
             S::Forbidden(m) => Self::Forbidden(m),
             other => Self::Internal(other.to_string()),
         }

@@ -137,6 +137,10 @@ pub struct CreateArgs {
     /// An LU of the client to attach: NAME[:ro]; repeatable.
     #[arg(long)]
     pub lu: Vec<String>,
+    /// When its host is lost: resume (from hibernation data, else boot),
+    /// reboot (boot on another host) or none.
+    #[arg(long, default_value = "none", value_parser = crate::ha::cli::parse_policy)]
+    pub ha: bulkhead_store::HaPolicy,
     #[command(flatten)]
     pub devices: DeviceArgs,
     #[arg(long)]
@@ -330,6 +334,8 @@ pub enum PartitionCommand {
     Expose(crate::expose_cli::ExposeArgs),
     /// Remove its routes on the shared port (one domain's, or all).
     Unexpose(crate::expose_cli::UnexposeArgs),
+    /// Set what the cluster does when its host is lost: resume, reboot, none.
+    Ha(crate::ha::cli::HaArgs),
 }
 
 /// `90s`, `10m`, `2h`, `1d` or plain seconds.
@@ -457,6 +463,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
                     &a.devices.serial_device,
                     a.devices.l2tp_server.as_deref(),
                 )?,
+                ha: a.ha,
             };
             let rec = a.api.client()?.create(&req).await?;
             print_record(&rec, a.json)?;
@@ -570,6 +577,7 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         }
         PartitionCommand::Expose(a) => crate::expose_cli::expose(a).await?,
         PartitionCommand::Unexpose(a) => crate::expose_cli::unexpose(a).await?,
+        PartitionCommand::Ha(a) => crate::ha::cli::run(a).await?,
         PartitionCommand::Resume(a) => {
             let opts = crate::api::ResumeOptions { host: a.host };
             let rec = a.api.client()?.resume_with(&a.name, &opts).await?;

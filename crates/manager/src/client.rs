@@ -335,6 +335,17 @@ impl Client {
             .await
     }
 
+    /// Sets the partition's HA policy (any host answers).
+    pub async fn set_ha(
+        &self,
+        name: &str,
+        ha: bulkhead_store::HaPolicy,
+    ) -> Result<PartitionRecord, ClientError> {
+        let req = crate::ha::api::SetHa { ha };
+        self.send(Method::PUT, &action_path(name, "ha")?, Some(&req))
+            .await
+    }
+
     /// Hibernates; answers once saved and stopped (long: see `hibernate_progress`).
     pub async fn hibernate(&self, name: &str) -> Result<PartitionRecord, ClientError> {
         self.send::<(), _>(Method::POST, &action_path(name, "hibernate")?, None)

@@ -118,6 +118,17 @@ pub struct ClusterConfig {
     /// Seconds a remote restart's target waits for a `stop` before it
     /// unlocks by itself (removing nothing); a `start` may give its own.
     pub remote_restart_timeout_secs: u64,
+    /// A host that has not renewed its lease for this long kills its own
+    /// partitions (self-fence); five sixths of `lease_ms` when absent. See
+    /// docs/cluster.md, "Fencing", for the rule it must keep.
+    pub self_fence_ms: Option<u64>,
+    /// How long after a host's lease is gone its partitions may be claimed
+    /// by another host; a third of `lease_ms` (at least 500) when absent.
+    pub takeover_margin_ms: Option<u64>,
+    /// A watchdog device fed while the lease is held (a backstop of the
+    /// self-fence: the kernel resets the host when feeding stops); none
+    /// when absent.
+    pub watchdog: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -134,6 +145,9 @@ impl Default for ClusterConfig {
             vxlan_port: 4789,
             repository: None,
             remote_restart_timeout_secs: 600,
+            self_fence_ms: None,
+            takeover_margin_ms: None,
+            watchdog: None,
         }
     }
 }
@@ -446,6 +460,7 @@ impl Config {
                 self.cluster.lease_ms
             );
         }
+        crate::ha::Timings::of(&self.cluster).check()?;
         if !(1..=0xff_ffff).contains(&self.cluster.vxlan_id) {
             anyhow::bail!(
                 "cluster.vxlan_id must be 1-16777215, got {}",
@@ -599,6 +614,12 @@ mod tests {
         for (extra, words) in [
             ("name = 'a b'", "cluster.name"),
             ("lease_ms = 10", "lease_ms"),
+            ("lease_ms = 3000\nself_fence_ms = 3600", "self_fence_ms"),
+            ("lease_ms = 3000\nself_fence_ms = 900", "renewal"),
+            (
+                "takeover_margin_ms = 0\nself_fence_ms = 4900",
+                "self_fence_ms",
+            ),
             ("vxlan_id = 0", "vxlan_id"),
             ("vxlan_id = 16777216", "vxlan_id"),
             ("advertise = 'nowhere'", "address:port"),

@@ -13,6 +13,7 @@ pub mod expose;
 pub mod expose_cli;
 pub mod grant_cli;
 pub mod grants;
+pub mod ha;
 pub mod host_id;
 pub mod idle;
 pub mod listen;

@@ -50,7 +50,8 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::remote_restart::api::remote_restart_stop,
         crate::remote_restart::api::remote_restart_stop_collect,
         crate::checkpoint::checkpoint, crate::checkpoint::checkpoint_every,
-        crate::checkpoint::restore_checkpoint
+        crate::checkpoint::restore_checkpoint,
+        crate::ha::api::set_ha
     ),
     components(schemas(ErrorBody)),
     modifiers(&CommonErrors),
@@ -633,6 +634,8 @@ mod tests {
     fn fields_null_in_replies_are_nullable_in_the_document() {
         let doc = doc();
         let rec = bulkhead_store::PartitionRecord {
+            ha: Default::default(),
+            fence: None,
             name: "p".into(),
             host: "h".into(),
             vcpus: 1,

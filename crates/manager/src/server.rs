@@ -442,6 +442,10 @@ pub fn route(method: &Method, path: &str, query: &str, b: &[u8]) -> Result<ApiRe
             name: name(n),
             id: name(id),
         },
+        (&Method::PUT, ["v1", "partitions", n, "ha"]) => ApiRequest::SetHa {
+            name: name(n),
+            req: body_required(b)?,
+        },
         (&Method::POST, ["v1", "partitions", n, "hibernate"]) => {
             ApiRequest::Hibernate { name: name(n) }
         }
@@ -572,6 +576,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/partitions/{name}/disks", &["POST"]),
     ("/v1/partitions/{name}/disks/{id}", &["DELETE"]),
     ("/v1/partitions/{name}/hibernate", &["GET", "POST"]),
+    ("/v1/partitions/{name}/ha", &["PUT"]),
     ("/v1/partitions/{name}/resume", &["POST"]),
     ("/v1/partitions/{name}/checkpoint", &["POST"]),
     ("/v1/partitions/{name}/checkpoint-every", &["POST"]),

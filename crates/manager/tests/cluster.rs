@@ -366,16 +366,28 @@ async fn three_hosts_one_cluster() {
     wait_state(c, "a", "b", HostState::Up, margin).await;
 
     // c cut off from the others and from etcd (`scripts/cluster cut`): lost,
-    // as seen from a; healed: up again, its daemon the same process.
+    // as seen from a; healed: up again, its daemon the same process. Cut, it
+    // fenced itself (docs/cluster.md, "Fencing"): it serves again once it
+    // has rejoined (503 until then).
     let c_pid = daemon_pid(c, "c");
     cluster::cut(c, "c").unwrap();
     wait_state(c, "a", "c", HostState::Lost, margin).await;
     cluster::heal(c, "c").unwrap();
     wait_state(c, "a", "c", HostState::Up, margin).await;
     assert_eq!(daemon_pid(c, "c"), c_pid);
-
-    cc.destroy("pb", true).await.unwrap();
-    cc.destroy("pa", true).await.unwrap();
+    for p in ["pb", "pa"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match cc.destroy(p, true).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some("unavailable") => {
+                    assert!(Instant::now() < deadline, "destroy {p}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("destroy {p}: {e}"),
+            }
+        }
+    }
     assert!(a.list().await.unwrap().is_empty());
 }
 

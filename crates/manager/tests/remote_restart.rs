@@ -16,7 +16,7 @@ use bulkhead_manager::remote_restart::api::StartRemoteRestart;
 use bulkhead_manager::remote_restart::{caps, OperationView, StopState};
 use bulkhead_store::{HostState, PartitionState};
 use bulkhead_testbed::cluster::{self, Cluster, Guard};
-use cluster_common::{client, exec};
+use cluster_common::{client, exec, host_id, wait_host};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -74,28 +74,6 @@ fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
             status, message, ..
         }) => (status, message),
         other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-async fn host_id(cl: &Client, name: &str) -> String {
-    cl.cluster_hosts()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|h| h.name == name)
-        .expect("member")
-        .id
-}
-
-async fn wait_host(cl: &Client, host: &str, want: HostState) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let hosts = cl.cluster_hosts().await.unwrap();
-        if hosts.iter().any(|h| h.name == host && h.state == want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{host} not {want:?}: {hosts:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

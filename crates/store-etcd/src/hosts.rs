@@ -3,14 +3,14 @@
 //! attached to a lease the daemon keeps alive (the key vanishes with the
 //! lease), and `<prefix>/host-names/<name>` holding the id that owns a name.
 
-use crate::{bounded, decode_json, encode, kvs, EtcdStore};
+use crate::{bounded, decode_json, encode, kvs, not_sent, EtcdStore, RETRY_PAUSE};
 use bulkhead_store::{name_taken, HostRecord, HostState, HostStatus, Result, StoreError};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::collections::HashSet;
 use std::time::Duration;
 
 /// etcd leases are whole seconds; a ttl under one is one.
-fn ttl_secs(ttl: Duration) -> i64 {
+pub(crate) fn ttl_secs(ttl: Duration) -> i64 {
     (ttl.as_millis().div_ceil(1000) as i64).max(1)
 }
 
@@ -19,7 +19,7 @@ impl EtcdStore {
         self.keys.under("hosts", Some(id))
     }
 
-    fn alive_key(&self, id: &str) -> String {
+    pub(crate) fn alive_key(&self, id: &str) -> String {
         self.keys.under("host-alive", Some(id))
     }
 
@@ -27,10 +27,26 @@ impl EtcdStore {
         self.keys.under("host-names", Some(name))
     }
 
-    async fn grant(&self, op: &'static str, ttl: i64) -> Result<i64> {
-        let mut lease = self.lease.clone();
-        let r = bounded(op, self.opts.timeout, lease.grant(ttl, None)).await?;
-        Ok(r.id())
+    /// A fresh lease. A request that reached no etcd (a member down) is
+    /// sent again, to whichever member the client picks next, until the
+    /// timeout, as `EtcdStore::call` does: one member down must not cost a
+    /// renewal (the self-fence counts them).
+    pub(crate) async fn grant(&self, op: &'static str, ttl: i64) -> Result<i64> {
+        let deadline = std::time::Instant::now() + self.opts.timeout;
+        loop {
+            let mut lease = self.lease.clone();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match bounded(op, left, lease.grant(ttl, None)).await {
+                Ok(r) => return Ok(r.id()),
+                Err(StoreError::Unavailable { message, .. })
+                    if not_sent(&message) && std::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tracing::debug!(op, %message, "lease grant not delivered; trying again");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(crate) async fn register_host_impl(&self, rec: &HostRecord, ttl: Duration) -> Result<()> {
@@ -128,13 +144,18 @@ impl EtcdStore {
             )]);
         let moved = self.txn(op, txn).await.map(|r| r.succeeded());
         let mut l = self.lease.clone();
-        // The lease the alive key is not on is revoked (best effort: it expires anyway).
+        // The lease the alive key is not on is revoked (best effort: it
+        // expires anyway), off the renewal's path: a renewal is two raft
+        // writes, not three, which a loaded host's self-fence deadline feels.
         let stale = if matches!(moved, Ok(true)) {
             old
         } else {
             fresh
         };
-        let _ = bounded(op, self.opts.timeout, l.revoke(stale)).await;
+        let timeout = self.opts.timeout;
+        tokio::spawn(async move {
+            let _ = bounded(op, timeout, l.revoke(stale)).await;
+        });
         if !moved? {
             return Err(not_found());
         }

@@ -15,6 +15,7 @@
 //! Every call is bounded by [`Options::timeout`]; an etcd without a leader,
 //! out of reach or too slow gives [`StoreError::Unavailable`].
 
+mod claims;
 mod grants;
 mod hosts;
 mod keys;
@@ -66,6 +67,8 @@ pub struct EtcdStore {
     lease: LeaseClient,
     /// The lease and its ttl (s) of each host registered through this store.
     leases: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
+    /// The lease of each role this store holds (claims.rs).
+    roles: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// Connects to the etcd cluster at `endpoints` (`http://host:port`) with the
@@ -103,6 +106,7 @@ pub async fn connect_with(
         opts,
         lease: client.lease_client(),
         leases: Default::default(),
+        roles: Default::default(),
     };
     // The client connects lazily: one linearizable read proves a quorum.
     let probe = GetOptions::new().with_prefix().with_count_only();
@@ -414,11 +418,11 @@ impl EtcdStore {
             new.revision = found + 1;
             let (old_ip, new_ip) = (read.stored.as_ref().and_then(ip_key), ip_key(&new));
 
-            let mut when = vec![Compare::version(
-                key.clone(),
-                CompareOp::Equal,
-                found as i64,
-            )];
+            let mut when = vec![
+                Compare::version(key.clone(), CompareOp::Equal, found as i64),
+                // The writer holds the partition's current claim (issue 12).
+                self.fence_compare(&rec.name, rec.fence),
+            ];
             if check.is_some() {
                 // No record changed after the read the check decided on.
                 when.push(
@@ -448,6 +452,7 @@ impl EtcdStore {
             let mut why = vec![
                 TxnOp::get(key.clone(), None),
                 TxnOp::get(self.keys.partitions(), Some(newest)),
+                TxnOp::get(self.claim_key(&rec.name), None),
             ];
             if let Some(ip) = &new_ip {
                 why.push(TxnOp::get(self.keys.address(ip), None));
@@ -462,6 +467,9 @@ impl EtcdStore {
             if now != found {
                 return Err(revision_error(kind, rec, now));
             }
+            if let Some(e) = Self::fenced(&rec.name, rec.fence, kvs(&r, 2).first()) {
+                return Err(e);
+            }
             let changed = kvs(&r, 1)
                 .first()
                 .is_some_and(|kv| kv.mod_revision() > read.at);
@@ -469,7 +477,7 @@ impl EtcdStore {
                 tracing::debug!(name = %rec.name, attempt, "records changed during admission; deciding again");
                 continue;
             }
-            if new_ip.is_some() && !kvs(&r, 2).is_empty() {
+            if new_ip.is_some() && !kvs(&r, 3).is_empty() {
                 let ip = new.net.map(|n| n.ip).unwrap_or_default();
                 return Err(StoreError::AddressInUse(ip));
             }
@@ -530,6 +538,8 @@ impl Store for EtcdStore {
                 self.keys.events(name),
                 Some(DeleteOptions::new().with_prefix()),
             ),
+            // A later partition of the same name starts unclaimed.
+            TxnOp::delete(self.claim_key(name), None),
         ];
         if let Some(ip) = ip_key(&rec) {
             then.push(TxnOp::delete(self.keys.address(&ip), None));
@@ -647,7 +657,15 @@ impl Store for EtcdStore {
         self.etcd_lu_delete(name, revision).await
     }
     async fn lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
-        self.etcd_lu_lock(lock, client).await
+        self.etcd_lu_lock(lock, client, None).await
+    }
+    async fn lu_lock_fenced(
+        &self,
+        lock: &LuLock,
+        client: &str,
+        fence: Option<u64>,
+    ) -> Result<LuRecord> {
+        self.etcd_lu_lock(lock, client, fence).await
     }
     async fn lu_locks(&self, lu: Option<&str>) -> Result<Vec<LuLock>> {
         self.etcd_lu_locks(lu).await
@@ -716,5 +734,19 @@ impl Store for EtcdStore {
     }
     async fn operation_list(&self) -> Result<Vec<bulkhead_store::OperationRecord>> {
         self.etcd_operation_list().await
+    }
+    // --- host loss and fencing (issue 12) --- (in claims.rs)
+    async fn campaign(&self, role: &str, id: &str, ttl: Duration) -> Result<bool> {
+        self.etcd_campaign(role, id, ttl).await
+    }
+    async fn claim(
+        &self,
+        name: &str,
+        lost: &str,
+        to: &str,
+        revision: u64,
+        fence: Option<u64>,
+    ) -> Result<u64> {
+        self.etcd_claim(name, lost, to, revision, fence).await
     }
 }

@@ -164,7 +164,14 @@ impl EtcdStore {
         Err(revision_error(name, revision, found))
     }
 
-    pub(crate) async fn etcd_lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
+    /// `fence`: the token the holder carries; a lock for a claimed
+    /// partition needs its current claim (claims.rs).
+    pub(crate) async fn etcd_lu_lock(
+        &self,
+        lock: &LuLock,
+        client: &str,
+        fence: Option<u64>,
+    ) -> Result<LuRecord> {
         let op = "lu_lock";
         let (key, locks) = (self.keys.lu(&lock.lu), self.keys.lu_locks_of(&lock.lu));
         let mut lock = lock.clone();
@@ -177,6 +184,7 @@ impl EtcdStore {
             let read = Txn::new().and_then([
                 TxnOp::get(key.clone(), None),
                 TxnOp::get(locks.clone(), prefix()),
+                TxnOp::get(self.claim_key(&lock.partition), None),
             ]);
             let resp = self.txn(op, read).await?;
             let at = resp.header().map_or(0, |h| h.revision());
@@ -184,12 +192,16 @@ impl EtcdStore {
             let lu_kv = kvs(&r, 0).first().cloned();
             let lu = lu_kv.as_ref().map(decode_lu).transpose()?;
             let held = decode_locks(kvs(&r, 1))?;
+            if let Some(e) = Self::fenced(&lock.partition, fence, kvs(&r, 2).first()) {
+                return Err(e);
+            }
             check_lock(&lock.lu, lu.as_ref(), &held, &lock, client)?;
             let lu_mod = lu_kv.as_ref().map_or(0, |kv| kv.mod_revision());
             let write = Txn::new()
                 .when([
                     Compare::mod_revision(key.clone(), CompareOp::Equal, lu_mod),
                     Compare::mod_revision(locks.clone(), CompareOp::Less, at + 1).with_prefix(),
+                    self.fence_compare(&lock.partition, fence),
                 ])
                 .and_then([TxnOp::put(
                     self.keys.lu_lock(&lock.lu, &lock.partition, &lock.adapter),

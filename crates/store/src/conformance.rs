@@ -54,6 +54,8 @@ const OTHER_HOST: &str = "3f2c0a7e-0000-4000-8000-00000000000b";
 pub fn record(name: &str) -> PartitionRecord {
     let now = now_ms();
     PartitionRecord {
+        ha: Default::default(),
+        fence: None,
         name: name.to_string(),
         host: HOST.to_string(),
         vcpus: 1,

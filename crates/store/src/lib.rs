@@ -27,8 +27,8 @@ pub use hosts::{name_taken, HostRecord, HostState, HostStatus};
 pub use lus::{check_lock, LockMode, LuLock, LuMirror, LuRecord, MirrorState};
 pub use pools::{PoolDoc, PoolKind};
 pub use record::{
-    now_ms, DiskRecord, Event, HibernateReason, HibernationRecord, L2tpServerRecord, NetRecord,
-    PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, TemplateLink,
+    now_ms, DiskRecord, Event, HaPolicy, HibernateReason, HibernationRecord, L2tpServerRecord,
+    NetRecord, PartitionDevices, PartitionRecord, PartitionState, RestartPolicy, TemplateLink,
     DEFAULT_CPU_MODEL,
 };
 pub use remote_restart::{OperationRecord, OperationState};
@@ -90,6 +90,21 @@ pub enum StoreError {
         domain: String,
         holder: String,
     },
+    // --- fencing (issue 12) ---
+    /// The writer's fencing token is not the partition's current claim: it
+    /// is a stale holder (its host was declared lost and the partition
+    /// claimed by another).
+    #[error("partition {name:?}: fencing token {held} is stale (the current claim is {current}, by host {holder}); a stale holder may not write or attach")]
+    Fenced {
+        name: String,
+        held: u64,
+        current: u64,
+        holder: String,
+    },
+    /// A claim's precondition did not hold (the host is up again, the
+    /// record or the claim changed); nothing was written.
+    #[error("partition {name:?} not claimed: {reason}")]
+    NotClaimed { name: String, reason: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -320,6 +335,52 @@ pub trait Store: Send + Sync {
     /// Every operation record, ordered by partition.
     async fn operation_list(&self) -> Result<Vec<OperationRecord>> {
         Err(no_operations("operation_list"))
+    }
+
+    // --- host loss and fencing (issue 12) ---
+    // A store of one host has no other host to fail over to: the defaults
+    // make HA inert (no leader, no claims, locks without tokens).
+
+    /// Takes or keeps the role `role` (e.g. `orchestrator`) for `id`, bound
+    /// to a lease of `ttl`: true while `id` holds it. A holder that stops
+    /// calling loses it one `ttl` later; another caller then gets it.
+    async fn campaign(&self, role: &str, id: &str, ttl: std::time::Duration) -> Result<bool> {
+        let _ = (role, id, ttl);
+        Ok(false)
+    }
+
+    /// Claims `name` for host `to` after its host `lost` was declared lost:
+    /// in one transaction, `lost` holds no lease, the record is still at
+    /// `revision` and the partition's claim is still `fence` (None: never
+    /// claimed). Returns the new fencing token (the claim's revision); the
+    /// caller then writes the record carrying it. [`StoreError::NotClaimed`]
+    /// when a precondition failed.
+    async fn claim(
+        &self,
+        name: &str,
+        lost: &str,
+        to: &str,
+        revision: u64,
+        fence: Option<u64>,
+    ) -> Result<u64> {
+        let _ = (lost, to, revision, fence);
+        Err(StoreError::NotClaimed {
+            name: name.to_string(),
+            reason: "this store has no cluster to claim in".into(),
+        })
+    }
+
+    /// [`Store::lu_lock`] for a partition holding fencing token `fence`:
+    /// refused with [`StoreError::Fenced`] unless it is the partition's
+    /// current claim (checked in the lock's own transaction).
+    async fn lu_lock_fenced(
+        &self,
+        lock: &LuLock,
+        client: &str,
+        fence: Option<u64>,
+    ) -> Result<LuRecord> {
+        let _ = fence;
+        self.lu_lock(lock, client).await
     }
 }
 

@@ -219,6 +219,63 @@ pub struct PartitionRecord {
     /// (issue 17). Set by the daemon only, never through the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<TemplateLink>,
+    /// What the cluster does when the partition's host is lost (issue 12).
+    #[serde(default)]
+    pub ha: HaPolicy,
+    /// The fencing token of the partition's current claim: the etcd
+    /// revision at which a host claimed it after its previous host was
+    /// lost. Every write of the record and every LU attach for it must
+    /// carry the current one (`StoreError::Fenced` otherwise). None until
+    /// a first claim. Set by the daemon only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+}
+
+/// What the cluster does with a partition whose host is lost (issue 12).
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaPolicy {
+    /// It stays on the lost host (until that host comes back).
+    #[default]
+    None,
+    /// Booted again on another host, from its LUs.
+    Reboot,
+    /// Resumed on another host from its hibernation data; booted as
+    /// `reboot` when it has none.
+    Resume,
+}
+
+impl HaPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Reboot => "reboot",
+            Self::Resume => "resume",
+        }
+    }
+}
+
+impl fmt::Display for HaPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HaPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "none" => Self::None,
+            "reboot" => Self::Reboot,
+            "resume" => Self::Resume,
+            other => {
+                return Err(format!(
+                    "unknown HA policy {other:?} (resume, reboot, none)"
+                ))
+            }
+        })
+    }
 }
 
 /// How a pool partition relates to its pool's saved template.

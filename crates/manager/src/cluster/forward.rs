@@ -306,6 +306,7 @@ mod tests {
                 client: Some("tenant".into()),
                 lus: vec![],
                 devices: Default::default(),
+                ha: bulkhead_store::HaPolicy::Reboot,
             }),
             ApiRequest::Start {
                 name: "p".into(),

@@ -3,7 +3,7 @@
 use crate::manager::Manager;
 use bulkhead_store::HostRecord;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The record this daemon registers: its API endpoint (and the certificate
 /// fingerprint forwarding hosts pin), underlay address and capacity.
@@ -38,23 +38,59 @@ pub async fn start(
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let rec = record(&m, tls_fingerprint);
     let ttl = Duration::from_millis(m.config().cluster.lease_ms);
+    let sent = Instant::now();
     m.store()
         .register_host(&rec, ttl)
         .await
         .map_err(|e| anyhow::anyhow!("joining the cluster as {:?}: {e}", rec.name))?;
+    // Fencing (issue 12): the lease's age is counted from when the call
+    // that made it was sent, never later than etcd's own count.
+    m.lease_renewed(sent);
+    // Other hosts to fail over to exist only on etcd: with SQLite (one
+    // host) a slow database must not fence the host, and HA is inert.
+    if !m.config().cluster.etcd.is_empty() {
+        m.spawn_self_fence();
+        m.spawn_orchestrator();
+    }
     tracing::info!(name = %rec.name, id = %rec.id, endpoints = ?rec.endpoints, "cluster member registered");
     let mut vxlan = super::vxlan::Sync::new(&m);
     vxlan.step(&m).await;
     Ok(async move {
-        // Three renewals per ttl: one lost or slow renewal does not lose the host.
-        let mut tick = tokio::time::interval(ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // At least three renewals per ttl, and one every 500 ms: a renewal
+        // lost to an etcd leader election (1-2 s) is followed by another
+        // well before the self-fence deadline; after a failure, tries come
+        // faster still.
+        let every = (ttl / 3).min(Duration::from_millis(500));
+        let soon = Duration::from_millis(200).min(ttl / 6);
+        let mut wait = every;
         loop {
-            tick.tick().await;
-            if let Err(e) = m.store().renew_host(&rec.id).await {
-                tracing::warn!(error = %e, "renewing cluster membership; registering again");
-                if let Err(e) = m.store().register_host(&rec, ttl).await {
-                    tracing::warn!(error = %e, "registering again");
+            tokio::time::sleep(wait).await;
+            let sent = Instant::now();
+            wait = every;
+            match m.store().renew_host(&rec.id).await {
+                Ok(()) => {
+                    m.lease_renewed(sent);
+                    // Renewed after a fence (the alive key is made again on
+                    // a fresh lease): the same clean-up as a registration.
+                    if m.fenced() {
+                        m.rejoin().await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing cluster membership; registering again");
+                    let sent = Instant::now();
+                    match m.store().register_host(&rec, ttl).await {
+                        Ok(()) => {
+                            m.lease_renewed(sent);
+                            // The lease may have lapsed: claims may have moved
+                            // partitions away. Clean up; restart nothing.
+                            m.rejoin().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registering again");
+                            wait = soon;
+                        }
+                    }
                 }
             }
             vxlan.step(&m).await;

@@ -97,6 +97,8 @@ impl Manager {
         disks.extend(self.lu_disks(&client, &c.lus).await?);
         let now = now_ms();
         let rec = PartitionRecord {
+            ha: c.ha,
+            fence: None,
             name: c.name.clone(),
             host: self.host.clone(),
             vcpus: c.vcpus,

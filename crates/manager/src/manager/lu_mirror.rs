@@ -503,8 +503,10 @@ impl Manager {
         &self,
         lock: &LuLock,
         client: &str,
+        fence: Option<u64>,
     ) -> Result<(LuRecord, bool), ApiError> {
-        let refusal = match self.store.lu_lock(lock, client).await {
+        // Under the partition's fencing token: a stale holder is refused.
+        let refusal = match self.store.lu_lock_fenced(lock, client, fence).await {
             Ok(r) => return Ok((r, false)),
             Err(StoreError::Locked(msg)) if lock.mode == LockMode::Ro => msg,
             Err(e) => return Err(e.into()),
@@ -526,7 +528,7 @@ impl Manager {
             lu: m.copy.clone(),
             ..lock.clone()
         };
-        let copy = self.store.lu_lock(&copy_lock, client).await?;
+        let copy = self.store.lu_lock_fenced(&copy_lock, client, fence).await?;
         tracing::info!(lu = %r.name, copy = %copy.name, partition = %lock.partition, "read served from the redundant copy");
         Ok((copy, true))
     }

@@ -375,7 +375,9 @@ impl Manager {
                 },
                 since: 0,
             };
-            let (lu, redirected) = self.lock_or_redirect(&lock, rec.client()).await?;
+            let (lu, redirected) = self
+                .lock_or_redirect(&lock, rec.client(), rec.fence)
+                .await?;
             let checked = self.confine_lu(&lu)?;
             for a in spec.adapters.iter_mut() {
                 if let AdapterSpec::Disk(disk) = a {
@@ -423,7 +425,9 @@ impl Manager {
             mode: if readonly { LockMode::Ro } else { LockMode::Rw },
             since: 0,
         };
-        let (lu, redirected) = self.lock_or_redirect(&lock, rec.client()).await?;
+        let (lu, redirected) = self
+            .lock_or_redirect(&lock, rec.client(), rec.fence)
+            .await?;
         let checked = self.confine_lu(&lu);
         if checked.is_err() {
             self.release_adapter(&rec.name, id).await;

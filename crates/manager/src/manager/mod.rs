@@ -25,6 +25,7 @@ use tokio::sync::watch;
 mod checkpoint;
 mod devices;
 mod disks;
+mod ha;
 mod hibernate;
 pub(crate) use disks::disk_format;
 mod lifecycle;
@@ -75,6 +76,8 @@ pub struct Manager {
     pub(crate) pools: crate::pools::Pools,
     /// Checkpoints taken here (issue 12 item 3).
     checkpoints: checkpoint::Checkpoints,
+    /// Host loss and fencing (issue 12, `ha.rs`).
+    ha: ha::HaState,
 }
 
 /// Tasks a partition's cgroup may hold beyond one per vCPU: QEMU's main,
@@ -168,6 +171,7 @@ impl Manager {
             hibernations: Mutex::default(),
             pools: Default::default(),
             checkpoints: Default::default(),
+            ha: Default::default(),
         });
         m.recover().await?;
         m.recover_operations().await?;
@@ -207,6 +211,10 @@ impl Manager {
     /// The one place every API request is answered, with a typed reply.
     pub async fn handle(self: &Arc<Self>, req: ApiRequest) -> Result<ApiReply, ApiError> {
         use ApiReply as R;
+        // A fenced host writes nothing until it is a member again.
+        if !matches!(req, ApiRequest::Ping | ApiRequest::OpenApi) {
+            self.check_not_fenced()?;
+        }
         // A partition another host owns is that host's to act on.
         if let Some(r) = crate::cluster::forward::elsewhere(self, &req).await? {
             return Ok(r);
@@ -295,6 +303,7 @@ impl Manager {
             ApiRequest::Pool(r) => R::Pool(self.pool_handle(r).await?),
             ApiRequest::RemoteRestart(c) => R::RemoteRestart(self.remote_restart(c).await?),
             ApiRequest::Checkpoint(c) => R::Partition(self.checkpoint_command(c).await?),
+            ApiRequest::SetHa { name, req } => R::Partition(self.set_ha(&name, req.ha).await?),
         })
     }
 

@@ -71,6 +71,14 @@ impl Manager {
                 }
             }
             let exit = partition.wait_exit().await;
+            if m.ha.fenced() {
+                // Killed by the self-fence (or the rejoin): nothing is
+                // written; the rejoin cleans up what is left here.
+                m.ha_killed(&name);
+                let _ = ready_tx.send(Some(Err("self-fenced".into())));
+                let _ = done_tx.send(true);
+                return;
+            }
             let requested = stop_requested.load(Ordering::SeqCst);
             let failed = !requested && (start_error.is_some() || exit.is_failure());
             let reason = match &start_error {

@@ -1,4 +1,4 @@
-//! `bulkhead-cluster up [N] | down | env HOST | kill HOST | cut HOST | heal HOST`: the local cluster of
+//! `bulkhead-cluster up [N] | down | env HOST | kill HOST | restart HOST | cut HOST | heal HOST`: the local cluster of
 //! `scripts/cluster` (see `bulkhead_testbed::cluster`). The cluster's name
 //! is `BULKHEAD_CLUSTER` (default `local`).
 
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: scripts/cluster up [N] | down | env HOST | kill HOST | cut HOST | heal HOST   (BULKHEAD_CLUSTER names the cluster)"
+        "usage: scripts/cluster up [N] | down | env HOST | kill HOST | restart HOST | cut HOST | heal HOST   (BULKHEAD_CLUSTER names the cluster)"
     );
     std::process::exit(2);
 }
@@ -67,6 +67,9 @@ fn main() {
         ["cut", host] => cluster::existing(&name)
             .and_then(|c| cluster::cut(&c, host))
             .map(|_| println!("host {host}: cut off from the other hosts and etcd")),
+        ["restart", host] => cluster::existing(&name)
+            .and_then(|c| cluster::restart_host(&c, host, &[]))
+            .map(|_| println!("host {host}: bulkheadd started again")),
         ["heal", host] => cluster::existing(&name)
             .and_then(|c| cluster::heal(&c, host))
             .map(|_| println!("host {host}: reconnected")),
