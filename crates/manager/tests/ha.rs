@@ -3,7 +3,7 @@
 //! one cluster for every phase:
 //!
 //! 1. kill -9 of host a (its daemon and QEMUs): `ha=reboot` runs again on
-//!    another host, `ha=resume` resumes there from its hibernation data with
+//!    another host, `ha=resume` resumes there from its last checkpoint with
 //!    its memory intact, `ha=none` stays on a;
 //! 2. a cut off from the others and from etcd: a self-fences, the partition
 //!    runs elsewhere, never two copies at once (sampled in every namespace),
@@ -17,6 +17,8 @@ mod cluster_common;
 use bulkhead_manager::api::{CreatePartition, StartOptions};
 use bulkhead_manager::client::Client;
 use bulkhead_manager::lu::types::{CreateLu, LuAttach};
+use bulkhead_manager::remote_restart::api::StartRemoteRestart;
+use bulkhead_manager::remote_restart::StopState;
 use bulkhead_store::{HaPolicy, HostState, PartitionRecord, PartitionState};
 use bulkhead_testbed::cluster::{self, Cluster};
 use cluster_common::{client, exec, host_id, wait_host};
@@ -296,10 +298,19 @@ async fn killed_host(c: &Cluster) {
     for r in [r1, r2, r3] {
         r.unwrap();
     }
+    // has keeps running with a checkpoint: a secret written before it must
+    // come back on the new host, a file written after it must not.
     let secret = format!("ha-{}", std::process::id());
     let (code, out) = exec(&a, "has", &format!("echo {secret} > /tmp/secret")).await;
     assert_eq!(code, 0, "{out}");
-    a.hibernate("has").await.unwrap();
+    a.call(hyper::Method::POST, "/v1/partitions/has/checkpoint", None)
+        .await
+        .unwrap();
+    let rec = a.show("has").await.unwrap().record;
+    assert_eq!(rec.state, PartitionState::Running, "{rec:?}");
+    assert!(rec.hibernation.is_some(), "no checkpoint data: {rec:?}");
+    let (code, out) = exec(&a, "has", "echo late > /tmp/after").await;
+    assert_eq!(code, 0, "{out}");
 
     cluster::kill_host_all(c, "a").unwrap();
     wait_host(&b, "a", HostState::Lost).await;
@@ -317,6 +328,11 @@ async fn killed_host(c: &Cluster) {
     let has = running_elsewhere(&b, "has", &a_id).await;
     let (code, out) = exec(&b, "has", "cat /tmp/secret").await;
     assert_eq!((code, out.trim()), (0, secret.as_str()), "memory lost");
+    let (code, _) = exec(&b, "has", "test -e /tmp/after").await;
+    assert_ne!(
+        code, 0,
+        "a write after the checkpoint survived: not resumed from it"
+    );
     assert!(events(&b, "has")
         .await
         .iter()
@@ -351,7 +367,26 @@ async fn cut_host(c: &Cluster) {
     a.create(&spec("hac", HaPolicy::Reboot, Some("hac")))
         .await
         .unwrap();
-    a.start("hac", &StartOptions { wait: true }).await.unwrap();
+    // hrr: a remote restart whose source is a, ended on its target while a
+    // is cut off; a collects it when it comes back.
+    a.create(&spec("hrr", HaPolicy::None, None)).await.unwrap();
+    let wait = StartOptions { wait: true };
+    let (r1, r2) = tokio::join!(a.start("hac", &wait), a.start("hrr", &wait));
+    r1.unwrap();
+    r2.unwrap();
+    a.hibernate("hrr").await.unwrap();
+    let op = b
+        .remote_restart_start(&StartRemoteRestart {
+            partition: "hrr".into(),
+            target: "b".into(),
+            token: Some("op-away".into()),
+            detail: 0,
+            capabilities: 0,
+            timeout_secs: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(op.state.as_str(), "restored");
     let (code, old_boot) = exec(&a, "hac", WRITER).await;
     assert_eq!(code, 0, "{old_boot}");
     let old_boot = old_boot.trim().to_string();
@@ -360,6 +395,11 @@ async fn cut_host(c: &Cluster) {
     let sampler = Sampler::start(c, "hac");
     cluster::cut(c, "a").unwrap();
     let hac = running_elsewhere(&b, "hac", &a_id).await;
+    let op = b
+        .remote_restart_stop("op-away", StopState::Succeeded)
+        .await
+        .unwrap();
+    assert!(!op.collected);
     let (code, new_boot) = exec(&b, "hac", WRITER).await;
     assert_eq!(code, 0, "{new_boot}");
     let new_boot = new_boot.trim().to_string();
@@ -380,6 +420,20 @@ async fn cut_host(c: &Cluster) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The remote restart that ended while a was away: collected by a.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.remote_restart_show("op-away").await.unwrap().collected {
+        assert!(
+            Instant::now() < deadline,
+            "a did not collect op-away after the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        b.show("hrr").await.unwrap().record.state,
+        PartitionState::Running
+    );
+    b.destroy("hrr", true).await.unwrap();
     // More writes of the new copy after the heal: the old one stays dead.
     let now = written_by(&b, "hac", &new_boot).await;
     wait_written(&b, "hac", &new_boot, now + 3).await;

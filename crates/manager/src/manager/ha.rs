@@ -212,6 +212,7 @@ impl Manager {
             }
         }
         self.ha.fenced.store(false, Ordering::SeqCst);
+        self.collect_ended_operations().await;
         if was_fenced || !killed.is_empty() {
             tracing::warn!(
                 cleaned = killed.len(),

@@ -487,6 +487,31 @@ impl Manager {
         self.put_op(&op).await
     }
 
+    /// After this host rejoined: the remote restarts it was the source of
+    /// that ended (on the target, or by its timeout) while it was away are
+    /// collected, as `stop-collect` would: what they left here goes, and
+    /// this host's locks on the partition's LUs are released.
+    pub(super) async fn collect_ended_operations(self: &Arc<Self>) {
+        let ops = match self.store.operation_list().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "rejoin: listing remote restarts");
+                return;
+            }
+        };
+        for op in ops {
+            if op.source != self.host || op.state.holds() || op.collected {
+                continue;
+            }
+            match self.rr_collect(&op.token).await {
+                Ok(_) => tracing::info!(partition = %op.partition, token = %op.token,
+                    "rejoin: collected a remote restart that ended while this host was away"),
+                Err(e) => tracing::warn!(partition = %op.partition, token = %op.token,
+                    error = %e, "rejoin: collecting a remote restart"),
+            }
+        }
+    }
+
     /// After a daemon restart: operations this host was the target of.
     /// One interrupted by the restart (starting, restoring) fails, with the
     /// partition hibernated on its source; a restored one gets its timer
