@@ -478,9 +478,12 @@ pub fn check_cmdline(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest name of a partition, adapter or LU.
+pub const NAME_MAX: usize = 48;
+
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 48
+        && s.len() <= NAME_MAX
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')

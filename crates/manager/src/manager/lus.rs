@@ -288,7 +288,7 @@ impl Manager {
                     .map(|l| l.name)
                     .collect();
                 let name = (1..)
-                    .map(|n| format!("{}-{purpose}-{n}", req.client))
+                    .map(|n: u32| requested_name(&req.client, &purpose, n))
                     .find(|n| !names.contains(n))
                     .expect("a free name among infinitely many");
                 lu::check_name("LU", &name).map_err(|e| {
@@ -495,6 +495,48 @@ impl Manager {
         for p in stale {
             tracing::info!(holder = %p, "releasing stale LU locks");
             self.release_lus(&p).await;
+        }
+    }
+}
+
+/// The name `lu request` gives a new LU: `CLIENT-PURPOSE-N`. Where that would
+/// pass an LU name's 48 characters, the client's part is shortened and a
+/// hash of the whole client name added, so two long client names sharing a
+/// prefix still get different LUs.
+fn requested_name(client: &str, purpose: &str, n: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let tail = format!("-{purpose}-{n}");
+    if client.len() + tail.len() <= bulkhead_engine::spec::NAME_MAX {
+        return format!("{client}{tail}");
+    }
+    let hash: String = Sha256::digest(client.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Client names are ASCII (checked before), so any byte index is a boundary.
+    let keep = bulkhead_engine::spec::NAME_MAX.saturating_sub(tail.len() + hash.len() + 1);
+    let head = client[..keep.min(client.len())].trim_end_matches('-');
+    format!("{head}-{hash}{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_names_fit_and_long_clients_stay_apart() {
+        assert_eq!(requested_name("acme", "data", 1), "acme-data-1");
+        let long_a = format!("{}a", "x".repeat(47));
+        let long_b = format!("{}b", "x".repeat(47));
+        let (a, b) = (
+            requested_name(&long_a, "hibernation", 12),
+            requested_name(&long_b, "hibernation", 12),
+        );
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.len() <= bulkhead_engine::spec::NAME_MAX, "{n}");
+            assert!(n.ends_with("-hibernation-12"), "{n}");
+            lu::check_name("LU", n).unwrap();
         }
     }
 }
