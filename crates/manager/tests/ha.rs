@@ -8,9 +8,12 @@
 //! 2. a cut off from the others and from etcd: a self-fences, the partition
 //!    runs elsewhere, never two copies at once (sampled in every namespace),
 //!    and its LU shows no write of the old copy after the new one's first;
-//!    healed, a cleans up and restarts nothing;
+//!    healed, a cleans up and restarts nothing, and collects the remote
+//!    restart it was the source of that ended while it was away;
 //! 3. etcd's leader killed during a failover: it completes, or fails
-//!    cleanly and a retry succeeds; never two copies.
+//!    cleanly and a retry succeeds; never two copies;
+//! 4. etcd's leader killed during a remote restart: the operation ends
+//!    restored or failed (then restartable, and a retry succeeds).
 
 mod cluster_common;
 
@@ -28,9 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Small, so a phase takes seconds: the self-fence is 5/6 of it, the
-/// takeover margin 1/3 (the defaults).
-const LEASE_MS: u64 = 4000;
+/// The product's default, so a phase takes seconds: the self-fence is 5/6
+/// of it, the takeover margin 1/3 (the defaults). Smaller leases fenced
+/// healthy hosts during an etcd leader election on a loaded 2-core host.
+const LEASE_MS: u64 = 5000;
 /// Host loss to running elsewhere, with a TCG boot on a loaded host.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(240);
 
@@ -274,6 +278,7 @@ async fn host_loss_and_fencing_on_three_hosts() {
     }
     if on("etcd") {
         etcd_leader_killed(c).await;
+        etcd_leader_killed_mid_remote_restart(c).await;
     }
 }
 
@@ -563,4 +568,82 @@ async fn etcd_leader_killed(c: &Cluster) {
     let (most, hosts) = sampler.finish();
     assert_eq!(most, 1, "two copies at once: {hosts:?}");
     assert!(rec.fence.is_some());
+}
+
+/// Phase 4: etcd's leader killed while a remote restart (b → a) restores:
+/// the operation ends restored or failed, never held; a failed one leaves
+/// the partition restartable and a retry under a new token succeeds; the
+/// source collects it.
+async fn etcd_leader_killed_mid_remote_restart(c: &Cluster) {
+    let (a, b) = (client(c, "a"), client(c, "b"));
+    let a_id = host_id(&b, "a").await;
+    b.create(&spec("hrl", HaPolicy::None, None)).await.unwrap();
+    b.start("hrl", &StartOptions { wait: true }).await.unwrap();
+    let secret = format!("rl-{}", std::process::id());
+    let (code, out) = exec(&b, "hrl", &format!("echo {secret} > /tmp/secret")).await;
+    assert_eq!(code, 0, "{out}");
+    b.hibernate("hrl").await.unwrap();
+
+    let req = |token: &str| StartRemoteRestart {
+        partition: "hrl".into(),
+        target: "a".into(),
+        token: Some(token.into()),
+        detail: 0,
+        capabilities: 0,
+        timeout_secs: None,
+    };
+    let starting = {
+        let a = a.clone();
+        let r = req("op-leader");
+        tokio::spawn(async move { a.remote_restart_start(&r).await })
+    };
+    // Once the operation is recorded (its locks taken), etcd loses its leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.remote_restart_show("op-leader").await.is_err() {
+        assert!(Instant::now() < deadline, "op-leader never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leader = etcd_leader(c);
+    cluster::kill_etcd_member(c, leader).unwrap();
+    let first = starting.await.unwrap();
+    // Settled either way, never left holding.
+    let deadline = Instant::now() + FAILOVER_DEADLINE;
+    let op = loop {
+        if let Ok(op) = b.remote_restart_show("op-leader").await {
+            if op.state.as_str() == "restored" || op.state.as_str() == "failed" {
+                break op;
+            }
+        }
+        assert!(Instant::now() < deadline, "op-leader never settled");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let token = if op.state.as_str() == "restored" {
+        assert!(first.is_ok(), "restored, yet the start failed: {first:?}");
+        "op-leader"
+    } else {
+        // Failed cleanly: hibernated on b with its data, restartable.
+        let rec = b.show("hrl").await.unwrap().record;
+        assert_eq!(
+            rec.state,
+            PartitionState::Hibernated,
+            "after a failed restart: {rec:?}"
+        );
+        b.remote_restart_collect("op-leader").await.unwrap();
+        let op = a.remote_restart_start(&req("op-leader-2")).await.unwrap();
+        assert_eq!(op.state.as_str(), "restored");
+        "op-leader-2"
+    };
+    cluster::restart_etcd_member(c, leader).unwrap();
+    a.remote_restart_stop(token, StopState::Succeeded)
+        .await
+        .unwrap();
+    assert!(b.remote_restart_collect(token).await.unwrap().collected);
+    let rec = a.show("hrl").await.unwrap().record;
+    assert_eq!(
+        (rec.state, rec.host.as_str()),
+        (PartitionState::Running, a_id.as_str())
+    );
+    let (code, out) = exec(&a, "hrl", "cat /tmp/secret").await;
+    assert_eq!((code, out.trim()), (0, secret.as_str()), "memory lost");
+    a.destroy("hrl", true).await.unwrap();
 }
