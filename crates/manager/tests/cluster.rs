@@ -18,10 +18,11 @@ use cluster_common::{client, exec};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-/// The product's default. The self-fence (5/6 of it) must outlast an etcd
-/// leader election on a loaded 2-core host: at 3000 ms one CI run fenced a
-/// healthy host while the etcd member-down phase elected a new leader.
-const LEASE_MS: u64 = 5000;
+/// The self-fence (5/6 of the lease) must outlast what one etcd member's
+/// death costs a host's renewals on a loaded 2-core host: at 3000 and at
+/// 5000 ms, full `make test` runs fenced a healthy host in the member-down
+/// phase (its renewals stalled for over 4 s; alone the test passes).
+const LEASE_MS: u64 = 10000;
 
 /// A cluster of three hosts, taken down when the guard drops.
 fn start_cluster(tag: &str) -> (Guard, Cluster) {
