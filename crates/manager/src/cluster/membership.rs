@@ -55,7 +55,18 @@ pub async fn start(
     tracing::info!(name = %rec.name, id = %rec.id, endpoints = ?rec.endpoints, "cluster member registered");
     let mut vxlan = super::vxlan::Sync::new(&m);
     vxlan.step(&m).await;
-    Ok(async move {
+    // The VXLAN remotes follow the members on a loop of their own: its
+    // store read must never delay a renewal (the self-fence counts those).
+    let vm = m.clone();
+    let follow_members = async move {
+        let mut tick = tokio::time::interval(ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            vxlan.step(&vm).await;
+        }
+    };
+    let renew = async move {
         // At least three renewals per ttl, and one every 500 ms: a renewal
         // lost to an etcd leader election (1-2 s) is followed by another
         // well before the self-fence deadline; after a failure, tries come
@@ -93,7 +104,9 @@ pub async fn start(
                     }
                 }
             }
-            vxlan.step(&m).await;
         }
+    };
+    Ok(async move {
+        tokio::join!(renew, follow_members);
     })
 }
