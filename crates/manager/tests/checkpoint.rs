@@ -10,7 +10,6 @@ mod common;
 use common::{events, Daemon, Opts, BOOT};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 const NAME: &str = "ckp";
 
@@ -77,23 +76,15 @@ async fn read_block(d: &Daemon, block: u32) -> String {
 /// Waits (bounded) until the record names a checkpoint saved after `after`
 /// ms and `n` checkpoint events were recorded; returns the view.
 async fn wait_checkpoints(d: &Daemon, after: u64, n: usize) -> Value {
-    let deadline = tokio::time::Instant::now() + BOOT;
-    loop {
-        let v = d.show(NAME).await;
+    d.wait_show(NAME, BOOT, |v| {
         let saved = v["hibernation"]["saved_at"].as_u64().unwrap_or(0);
-        let seen = events(&v)
+        let seen = events(v)
             .iter()
             .filter(|e| e.starts_with("checkpoint ") && e.contains(": paused "))
             .count();
-        if saved > after && seen >= n {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no checkpoint after {after}: {v:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        saved > after && seen >= n
+    })
+    .await
 }
 
 async fn post(

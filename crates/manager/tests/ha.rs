@@ -308,10 +308,7 @@ async fn killed_host(c: &Cluster) {
     let secret = format!("ha-{}", std::process::id());
     let (code, out) = exec(&a, "has", &format!("echo {secret} > /tmp/secret")).await;
     assert_eq!(code, 0, "{out}");
-    a.call(hyper::Method::POST, "/v1/partitions/has/checkpoint", None)
-        .await
-        .unwrap();
-    let rec = a.show("has").await.unwrap().record;
+    let rec = a.checkpoint("has").await.unwrap();
     assert_eq!(rec.state, PartitionState::Running, "{rec:?}");
     assert!(rec.hibernation.is_some(), "no checkpoint data: {rec:?}");
     let (code, out) = exec(&a, "has", "echo late > /tmp/after").await;
