@@ -15,6 +15,7 @@ use crate::api::*;
 use crate::grants::{GrantInfo, GrantLogEntry, RegionView};
 use bulkhead_store::PartitionRecord;
 use std::sync::OnceLock;
+use utoipa::openapi::schema::{AdditionalProperties, Schema};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -54,7 +55,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         crate::ha::api::set_ha
     ),
     components(schemas(ErrorBody)),
-    modifiers(&CommonErrors),
+    modifiers(&CommonErrors, &OpenExtensions),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -94,6 +95,49 @@ fn error_response(description: &str) -> Response {
                 .build(),
         )
         .build()
+}
+
+/// A reply that extends a request type (`#[serde(flatten)]`: an `allOf`)
+/// would extend a closed schema (`deny_unknown_fields` makes
+/// `additionalProperties: false`), which rejects the reply's own fields:
+/// such a member is inlined, open. The request keeps its closed schema.
+struct OpenExtensions;
+
+impl Modify for OpenExtensions {
+    fn modify(&self, doc: &mut Document) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let open: std::collections::BTreeMap<String, Schema> = components
+            .schemas
+            .iter()
+            .filter_map(|(name, s)| match s {
+                RefOr::T(Schema::Object(o))
+                    if matches!(
+                        o.additional_properties.as_deref(),
+                        Some(AdditionalProperties::FreeForm(false))
+                    ) =>
+                {
+                    let mut o = o.clone();
+                    o.additional_properties = None;
+                    Some((name.clone(), Schema::Object(o)))
+                }
+                _ => None,
+            })
+            .collect();
+        for schema in components.schemas.values_mut() {
+            let RefOr::T(Schema::AllOf(all)) = schema else {
+                continue;
+            };
+            for item in &mut all.items {
+                let RefOr::Ref(r) = item else { continue };
+                let name = r.ref_location.rsplit('/').next().unwrap_or_default();
+                if let Some(o) = open.get(name) {
+                    *item = RefOr::T(o.clone());
+                }
+            }
+        }
+    }
 }
 
 /// Adds the bearer security scheme and the common error answers.
@@ -603,6 +647,29 @@ mod tests {
         for ty in ["StopOptions", "ExecRequest"] {
             assert_eq!(prop(ty, "timeout_secs", "maximum"), MAX_TIMEOUT_SECS as f64);
         }
+    }
+
+    /// A schema that extends another (`allOf`, from `#[serde(flatten)]`)
+    /// must not extend a closed one: `additionalProperties: false` there
+    /// rejects the extension's own fields, so every real reply would
+    /// violate the document (`GET /v1/routes` did).
+    #[test]
+    fn no_extended_schema_is_closed() {
+        let doc = doc();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let mut closed = Vec::new();
+        for (name, schema) in schemas {
+            for part in schema["allOf"].as_array().into_iter().flatten() {
+                let target = match part["$ref"].as_str() {
+                    Some(r) => &schemas[r.rsplit('/').next().unwrap()],
+                    None => part,
+                };
+                if target["additionalProperties"] == Value::Bool(false) {
+                    closed.push(format!("{name} extends {}", part["$ref"]));
+                }
+            }
+        }
+        assert!(closed.is_empty(), "{closed:?}");
     }
 
     /// Whether the schema of `ty` lets property `field` be null.
