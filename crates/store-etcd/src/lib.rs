@@ -639,7 +639,10 @@ impl Store for EtcdStore {
 
     // --- LUs and clients (issue 14) --- (in lus.rs)
     async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
-        self.etcd_lu_insert(lu).await
+        self.etcd_lu_insert(lu, None).await
+    }
+    async fn lu_insert_locked(&self, lu: &LuRecord, lock: &LuLock) -> Result<LuRecord> {
+        self.etcd_lu_insert(lu, Some(lock)).await
     }
     async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
         self.etcd_lu_get(name).await

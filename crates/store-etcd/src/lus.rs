@@ -49,13 +49,27 @@ fn prefix() -> Option<GetOptions> {
 }
 
 impl EtcdStore {
-    pub(crate) async fn etcd_lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
+    pub(crate) async fn etcd_lu_insert(
+        &self,
+        lu: &LuRecord,
+        lock: Option<&LuLock>,
+    ) -> Result<LuRecord> {
         let key = self.keys.lu(&lu.name);
         let mut new = lu.clone();
         new.revision = 1;
+        let mut then = vec![TxnOp::put(key.clone(), encode(&new), None)];
+        if let Some(lock) = lock {
+            let mut lock = lock.clone();
+            lock.lu = lu.name.clone();
+            if lock.since == 0 {
+                lock.since = now_ms();
+            }
+            let at = self.keys.lu_lock(&lock.lu, &lock.partition, &lock.adapter);
+            then.push(TxnOp::put(at, encode(&lock), None));
+        }
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, encode(&new), None)]);
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(then);
         if !self.txn("lu_insert", txn).await?.succeeded() {
             return Err(StoreError::LuExists(lu.name.clone()));
         }

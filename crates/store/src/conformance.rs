@@ -40,6 +40,7 @@ where
     hibernation_claim(make().await).await;
     lus(&*make().await).await;
     lu_locks(&*make().await).await;
+    lu_insert_locked(&*make().await).await;
     lu_write_attach_race_has_one_winner(make().await).await;
     lu_mirror_pair(&*make().await).await;
     routes::run_all(&make).await;
@@ -707,6 +708,37 @@ pub async fn lus(s: &dyn Store) {
     assert!(s.get("a").await.unwrap().is_some(), "the partition a stays");
     // The name is free again.
     assert_eq!(s.lu_insert(&lu("a", "c3")).await.unwrap().revision, 1);
+}
+
+/// An LU inserted with its maker's lock is never seen unlocked: the lock
+/// is there at once and excludes every other; a refused insert writes no
+/// lock either.
+pub async fn lu_insert_locked(s: &dyn Store) {
+    let maker = lu_lock_of("n", HOST, "lu:n:maker", LockMode::Rw);
+    let r = s.lu_insert_locked(&lu("n", "c1"), &maker).await.unwrap();
+    assert_eq!(r.revision, 1);
+    let held = s.lu_locks(Some("n")).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].partition, "lu:n:maker");
+    assert!(held[0].since > 0, "{held:?}");
+    for mode in [LockMode::Rw, LockMode::Ro] {
+        let e = s
+            .lu_lock(&lu_lock_of("n", OTHER_HOST, "p", mode), "c1")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Locked(_)), "{e:?}");
+    }
+    let other = lu_lock_of("n", HOST, "lu:n:other", LockMode::Rw);
+    let e = s
+        .lu_insert_locked(&lu("n", "c2"), &other)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::LuExists(n) if n == "n"), "{e:?}");
+    assert_eq!(s.lu_locks(Some("n")).await.unwrap().len(), 1);
+    assert_eq!(s.lu_unlock("lu:n:maker", None).await.unwrap(), 1);
+    s.lu_lock(&lu_lock_of("n", OTHER_HOST, "p", LockMode::Rw), "c1")
+        .await
+        .unwrap();
 }
 
 pub async fn lu_locks(s: &dyn Store) {

@@ -211,6 +211,13 @@ pub trait Store: Send + Sync {
         let _ = lu;
         Err(unsupported("lu_insert"))
     }
+    /// [`Store::lu_insert`] with `lock` (its LU is `lu`) written in the
+    /// same transaction: no one attaches, grows or copies the LU between
+    /// its record appearing and its maker having made its file.
+    async fn lu_insert_locked(&self, lu: &LuRecord, lock: &LuLock) -> Result<LuRecord> {
+        let _ = (lu, lock);
+        Err(unsupported("lu_insert_locked"))
+    }
     async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
         let _ = name;
         Err(unsupported("lu_get"))

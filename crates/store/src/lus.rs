@@ -260,8 +260,12 @@ fn conflict(name: &str, expected: u64, found: Option<&LuRecord>) -> Fail {
 
 /// The SQLite side of the trait's LU block; `impl Store` forwards here.
 impl SqliteStore {
-    pub(crate) async fn sql_lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
-        let mut lu = lu.clone();
+    pub(crate) async fn sql_lu_insert(
+        &self,
+        lu: &LuRecord,
+        lock: Option<&LuLock>,
+    ) -> Result<LuRecord> {
+        let (mut lu, lock) = (lu.clone(), lock.cloned());
         self.call("lu_insert", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if get_lu(&tx, &lu.name)?.is_some() {
@@ -269,6 +273,17 @@ impl SqliteStore {
             }
             lu.revision = 1;
             put_lu(&tx, &lu, true)?;
+            if let Some(mut lock) = lock {
+                lock.lu = lu.name.clone();
+                if lock.since == 0 {
+                    lock.since = now_ms();
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO lu_locks (lu, partition, adapter, record)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![lock.lu, lock.partition, lock.adapter, encode(&lock)],
+                )?;
+            }
             tx.commit()?;
             Ok(lu)
         })

@@ -467,7 +467,10 @@ impl Store for SqliteStore {
 
     // --- LUs and clients (issue 14) --- (in lus.rs)
     async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
-        self.sql_lu_insert(lu).await
+        self.sql_lu_insert(lu, None).await
+    }
+    async fn lu_insert_locked(&self, lu: &LuRecord, lock: &LuLock) -> Result<LuRecord> {
+        self.sql_lu_insert(lu, Some(lock)).await
     }
     async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
         self.sql_lu_get(name).await

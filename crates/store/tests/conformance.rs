@@ -112,6 +112,9 @@ impl Store for TwoConnections {
     async fn lu_insert(&self, lu: &LuRecord) -> Result<LuRecord> {
         self.next().lu_insert(lu).await
     }
+    async fn lu_insert_locked(&self, lu: &LuRecord, lock: &LuLock) -> Result<LuRecord> {
+        self.next().lu_insert_locked(lu, lock).await
+    }
     async fn lu_get(&self, name: &str) -> Result<Option<LuRecord>> {
         self.next().lu_get(name).await
     }

@@ -155,15 +155,31 @@ impl Manager {
             mirror: None,
             mirror_of: None,
         };
-        let rec = self.store.lu_insert(&rec).await?;
+        // The record appears locked by its maker until the file exists: a
+        // concurrent request, grow or attach meets a 409, never a missing
+        // file.
+        let holder = maintenance(name);
+        let lock = LuLock {
+            lu: name.to_string(),
+            host: self.host.clone(),
+            partition: holder.clone(),
+            adapter: "create".into(),
+            adapter_id: 0,
+            mode: LockMode::Rw,
+            since: 0,
+        };
+        let rec = self.store.lu_insert_locked(&rec, &lock).await?;
         let file = self.repo.path_of(&rec.path);
         let made = tokio::task::spawn_blocking(move || lu::create_thin(&file, size_bytes))
             .await
-            .map_err(internal)?;
+            .map_err(internal);
+        let unlocked = self.store.lu_unlock(&holder, None).await;
+        let made = made.and_then(|m| m.map_err(|e| ApiError::Engine(format!("LU {name:?}: {e}"))));
         if let Err(e) = made {
             let _ = self.store.lu_delete(name, rec.revision).await;
-            return Err(ApiError::Engine(format!("LU {name:?}: {e}")));
+            return Err(e);
         }
+        unlocked?;
         tracing::info!(lu = name, client, size_bytes, "LU created");
         self.lu_view(rec).await
     }
@@ -214,6 +230,8 @@ impl Manager {
         };
         let locked = self.store.lu_lock(&lock, &r.client).await?;
         let grown = async {
+            // Mirrored since `r` was read: the copy would be left smaller.
+            Self::check_unmirrored(&locked, "grow")?;
             let file = self.repo.path_of(&locked.path);
             tokio::task::spawn_blocking(move || lu::grow_to(&file, size_bytes))
                 .await
@@ -477,7 +495,8 @@ impl Manager {
 
     /// After a restart: locks this host holds for partitions that no longer
     /// run here (they died with the previous daemon, or were removed) are
-    /// released; so are resize locks of this host left by a crash.
+    /// released; so are resize and create locks of this host left by a
+    /// crash.
     pub(super) async fn release_stale_locks(&self) {
         let locks = match self.store.lu_locks(None).await {
             Ok(l) => l,
@@ -487,11 +506,28 @@ impl Manager {
             }
         };
         let live: HashSet<String> = self.live.lock().unwrap().keys().cloned().collect();
-        let stale: HashSet<String> = locks
+        let stale: Vec<LuLock> = locks
             .into_iter()
             .filter(|l| l.host == self.host && !live.contains(&l.partition))
-            .map(|l| l.partition)
             .collect();
+        // A create the crash cut short before the file was made: the record
+        // goes too (its name is free again).
+        for l in stale.iter().filter(|l| l.adapter == "create") {
+            if let Ok(Some(r)) = self.store.lu_get(&l.lu).await {
+                if !self.repo.path_of(&r.path).exists() {
+                    self.release_lus(&l.partition).await;
+                    match self.store.lu_delete(&r.name, r.revision).await {
+                        Ok(()) => {
+                            tracing::info!(lu = %r.name, "removed an LU whose create a crash cut short")
+                        }
+                        Err(e) => {
+                            tracing::warn!(lu = %r.name, error = %e, "removing a half-created LU")
+                        }
+                    }
+                }
+            }
+        }
+        let stale: HashSet<String> = stale.into_iter().map(|l| l.partition).collect();
         for p in stale {
             tracing::info!(holder = %p, "releasing stale LU locks");
             self.release_lus(&p).await;
