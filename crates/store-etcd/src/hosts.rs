@@ -3,10 +3,11 @@
 //! attached to a lease the daemon keeps alive (the key vanishes with the
 //! lease), and `<prefix>/host-names/<name>` holding the id that owns a name.
 
-use crate::{bounded, decode_json, encode, kvs, not_sent, EtcdStore, RETRY_PAUSE};
+use crate::{bounded, decode_json, encode, kvs, not_sent, EtcdStore, Member, RETRY_PAUSE};
 use bulkhead_store::{name_taken, HostRecord, HostState, HostStatus, Result, StoreError};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// etcd leases are whole seconds; a ttl under one is one.
@@ -122,9 +123,10 @@ impl EtcdStore {
 
     /// Renews by moving the alive key to a fresh lease and revoking the old
     /// one: unary calls only. (A keep-alive stream that outlived a paused
-    /// daemon was seen to hang on every later renewal.)
+    /// daemon was seen to hang on every later renewal.) Each try goes to
+    /// one member; a member that fails it, or a try the caller abandons
+    /// (dropped while waiting), sends the next to the next member.
     pub(crate) async fn renew_host_impl(&self, id: &str) -> Result<()> {
-        let op = "renew_host";
         let not_found =
             || StoreError::NotFound(format!("host {id} (not registered by this store)"));
         let (old, ttl) = self
@@ -134,16 +136,73 @@ impl EtcdStore {
             .get(id)
             .copied()
             .ok_or_else(not_found)?;
-        let fresh = self.grant(op, ttl).await?;
+        let n = self.members.len();
+        let mut last = None;
+        for _ in 0..n {
+            let at = self.next_member.load(Ordering::SeqCst);
+            let mut rotate = Rotate {
+                next: &self.next_member,
+                at,
+                done: false,
+            };
+            match self.renew_on(&self.members[at % n], id, old, ttl).await {
+                Ok(fresh) => {
+                    rotate.done = true;
+                    let Some(fresh) = fresh else {
+                        return Err(not_found());
+                    };
+                    self.leases
+                        .lock()
+                        .unwrap()
+                        .insert(id.to_string(), (fresh, ttl));
+                    return Ok(());
+                }
+                // Safe to send again: a lease granted twice only expires,
+                // and the move compares the lease it moves from.
+                Err(e @ StoreError::Unavailable { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(not_found))
+    }
+
+    /// One try on `member`: the fresh lease the alive key is now on, or
+    /// `None` when it is on neither `old` nor gone (not this store's).
+    async fn renew_on(&self, member: &Member, id: &str, old: i64, ttl: i64) -> Result<Option<i64>> {
+        let op = "renew_host";
+        let t = self.opts.timeout;
+        let mut lease = member.lease.clone();
+        let fresh = bounded(op, t, lease.grant(ttl, None)).await?.id();
+        // The alive key must still be on the lease this store last put it
+        // on, or gone (a lapsed lease: renewing makes the host up again):
+        // an abandoned try (its request still in flight) can then never
+        // move the key back onto its own, older lease after a later renewal
+        // succeeded.
+        let (host, alive) = (self.host_key(id), self.alive_key(id));
+        let put = || TxnOp::put(alive.clone(), "", Some(PutOptions::new().with_lease(fresh)));
+        let exists = || Compare::version(host.clone(), CompareOp::Greater, 0);
         let txn = Txn::new()
-            .when([Compare::version(self.host_key(id), CompareOp::Greater, 0)])
-            .and_then([TxnOp::put(
-                self.alive_key(id),
-                "",
-                Some(PutOptions::new().with_lease(fresh)),
+            .when([
+                exists(),
+                Compare::lease(alive.clone(), CompareOp::Equal, old),
+            ])
+            .and_then([put()])
+            .or_else([TxnOp::txn(
+                Txn::new()
+                    .when([
+                        exists(),
+                        Compare::create_revision(alive.clone(), CompareOp::Equal, 0),
+                    ])
+                    .and_then([put()]),
             )]);
-        let moved = self.txn(op, txn).await.map(|r| r.succeeded());
-        let mut l = self.lease.clone();
+        let mut kv = member.kv.clone();
+        let moved = bounded(op, t, kv.txn(txn)).await.map(|r| {
+            r.succeeded()
+                || matches!(
+                    r.op_responses().first(),
+                    Some(etcd_client::TxnOpResponse::Txn(t)) if t.succeeded()
+                )
+        });
         // The lease the alive key is not on is revoked (best effort: it
         // expires anyway), off the renewal's path: a renewal is two raft
         // writes, not three, which a loaded host's self-fence deadline feels.
@@ -152,18 +211,11 @@ impl EtcdStore {
         } else {
             fresh
         };
-        let timeout = self.opts.timeout;
+        let mut l = self.lease.clone();
         tokio::spawn(async move {
-            let _ = bounded(op, timeout, l.revoke(stale)).await;
+            let _ = bounded(op, t, l.revoke(stale)).await;
         });
-        if !moved? {
-            return Err(not_found());
-        }
-        self.leases
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), (fresh, ttl));
-        Ok(())
+        Ok(moved?.then_some(fresh))
     }
 
     pub(crate) async fn hosts_impl(&self) -> Result<Vec<HostStatus>> {
@@ -188,5 +240,26 @@ impl EtcdStore {
             .collect::<Result<Vec<_>>>()?;
         out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         Ok(out)
+    }
+}
+
+/// Moves the renewals to the next member unless the try it guards
+/// succeeded, including when the caller drops the try mid-way.
+struct Rotate<'a> {
+    next: &'a AtomicUsize,
+    at: usize,
+    done: bool,
+}
+
+impl Drop for Rotate<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.next.compare_exchange(
+                self.at,
+                self.at.wrapping_add(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
     }
 }

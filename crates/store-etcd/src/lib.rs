@@ -69,6 +69,20 @@ pub struct EtcdStore {
     leases: std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>,
     /// The lease of each role this store holds (claims.rs).
     roles: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// One connection per member, for membership renewals (hosts.rs).
+    members: Vec<Member>,
+    /// The member the next renewal goes to.
+    next_member: std::sync::atomic::AtomicUsize,
+}
+
+/// A connection to one member alone. The shared client balances calls over
+/// every member and may send one renewal after another to a member that
+/// takes requests but never answers them (frozen, or cut off with its
+/// connection still open); a renewal abandoned on one of these moves the
+/// next to another member.
+struct Member {
+    kv: KvClient,
+    lease: LeaseClient,
 }
 
 /// Connects to the etcd cluster at `endpoints` (`http://host:port`) with the
@@ -99,7 +113,21 @@ pub async fn connect_with(
         .with_keep_alive(Duration::from_secs(2), t)
         // Without a leader the server answers at once instead of waiting.
         .with_require_leader(true);
-    let client = bounded("connect", t, Client::connect(endpoints, Some(options))).await?;
+    let client = bounded(
+        "connect",
+        t,
+        Client::connect(endpoints, Some(options.clone())),
+    )
+    .await?;
+    let mut members = Vec::new();
+    for e in endpoints {
+        // Lazy: nothing is sent before the first renewal.
+        let one = bounded("connect", t, Client::connect([e], Some(options.clone()))).await?;
+        members.push(Member {
+            kv: one.kv_client(),
+            lease: one.lease_client(),
+        });
+    }
     let store = EtcdStore {
         kv: client.kv_client(),
         keys: Keys::new(prefix),
@@ -107,6 +135,8 @@ pub async fn connect_with(
         lease: client.lease_client(),
         leases: Default::default(),
         roles: Default::default(),
+        members,
+        next_member: Default::default(),
     };
     // The client connects lazily: one linearizable read proves a quorum.
     let probe = GetOptions::new().with_prefix().with_count_only();

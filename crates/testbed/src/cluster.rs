@@ -451,15 +451,20 @@ fn spawn_etcd_member(name: &str, i: usize, state: &str) -> Result<u32, String> {
     )
 }
 
-/// kill -9 of the process whose pid `pidfile` (under the cluster's `pids/`)
-/// holds, waiting (bounded) until it is gone.
-fn kill_recorded(c: &Cluster, pidfile: &str) -> Result<(), String> {
+/// The pid recorded in `pidfile` under the cluster's `pids/`.
+fn recorded_pid(c: &Cluster, pidfile: &str) -> Result<u32, String> {
     let path = c.dir.join("pids").join(pidfile);
-    let pid: u32 = std::fs::read_to_string(&path)
+    std::fs::read_to_string(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .trim()
         .parse()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// kill -9 of the process whose pid `pidfile` (under the cluster's `pids/`)
+/// holds, waiting (bounded) until it is gone.
+fn kill_recorded(c: &Cluster, pidfile: &str) -> Result<(), String> {
+    let pid = recorded_pid(c, pidfile)?;
     // SAFETY: a signal to a process this cluster started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -484,6 +489,31 @@ pub fn kill_etcd_member(c: &Cluster, i: usize) -> Result<(), String> {
         .map(|(_, e)| e.clone())
         .collect();
     wait_etcd(&rest)
+}
+
+/// Freezes etcd member `e<i>` (SIGSTOP): unlike a killed member, its
+/// connections stay open and swallow every request sent to it until
+/// [`thaw_etcd_member`].
+pub fn freeze_etcd_member(c: &Cluster, i: usize) -> Result<(), String> {
+    signal_recorded(c, &format!("etcd-e{i}"), libc::SIGSTOP)
+}
+
+/// Undoes [`freeze_etcd_member`] and waits until every member answers.
+pub fn thaw_etcd_member(c: &Cluster, i: usize) -> Result<(), String> {
+    signal_recorded(c, &format!("etcd-e{i}"), libc::SIGCONT)?;
+    wait_etcd(&c.etcd)
+}
+
+fn signal_recorded(c: &Cluster, pidfile: &str, sig: i32) -> Result<(), String> {
+    let pid = recorded_pid(c, pidfile)?;
+    // SAFETY: a signal to a process this cluster started.
+    match unsafe { libc::kill(pid as i32, sig) } {
+        0 => Ok(()),
+        _ => Err(format!(
+            "{pidfile} (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        )),
+    }
 }
 
 /// Starts the killed member `e<i>` again on its data directory and waits

@@ -73,12 +73,24 @@ pub async fn start(
         // faster still.
         let every = (ttl / 3).min(Duration::from_millis(500));
         let soon = Duration::from_millis(200).min(ttl / 6);
+        let attempt = attempt_budget(&m);
         let mut wait = every;
         loop {
             tokio::time::sleep(wait).await;
             let sent = Instant::now();
             wait = every;
-            match m.store().renew_host(&rec.id).await {
+            let Ok(renewed) = tokio::time::timeout(attempt, m.store().renew_host(&rec.id)).await
+            else {
+                // A request stuck on a member that died: the next attempt
+                // goes out while the self-fence deadline still allows it.
+                tracing::warn!(
+                    budget_ms = attempt.as_millis() as u64,
+                    "renewing cluster membership took too long; trying again"
+                );
+                wait = soon;
+                continue;
+            };
+            match renewed {
                 Ok(()) => {
                     m.lease_renewed(sent);
                     // Renewed after a fence (the alive key is made again on
@@ -109,4 +121,17 @@ pub async fn start(
     Ok(async move {
         tokio::join!(renew, follow_members);
     })
+}
+
+/// How long one renewal may take before it is abandoned for a new one: a
+/// third of the self-fence deadline, so that a request stuck on an etcd
+/// member that died (it waits for the store's whole timeout otherwise)
+/// leaves room for two more tries before the host fences itself.
+fn attempt_budget(m: &Manager) -> Duration {
+    let t = crate::ha::Timings::of(&m.config().cluster);
+    let store = Duration::from_millis(m.config().cluster.timeout_ms);
+    (t.self_fence / 3).clamp(
+        Duration::from_millis(200),
+        store.max(Duration::from_millis(200)),
+    )
 }
