@@ -64,6 +64,10 @@ impl ClientError {
     }
 }
 
+/// The bound on a TCP connection and its TLS handshake: a live host
+/// answers in milliseconds; one cut off never does.
+pub const TCP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
@@ -111,17 +115,29 @@ impl Client {
                 handshake!(tokio::net::UnixStream::connect(p).await.map_err(conn_err)?)
             }
             Endpoint::Tcp { addr, tls, .. } => {
-                let s = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(conn_err)?;
-                let _ = s.set_nodelay(true);
-                let s = tokio_rustls::TlsConnector::from(tls.clone())
-                    .connect(crate::tls::server_name(addr), s)
-                    .await
-                    .map_err(|source| ClientError::Tls {
-                        endpoint: self.describe(),
-                        source,
-                    })?;
+                // Bounded: a host cut off drops the SYNs, and the kernel's
+                // retries would hold the caller for over a minute.
+                let timed_out = || {
+                    conn_err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {TCP_CONNECT_TIMEOUT:?}"),
+                    ))
+                };
+                let s = tokio::time::timeout(TCP_CONNECT_TIMEOUT, async {
+                    let s = tokio::net::TcpStream::connect(addr)
+                        .await
+                        .map_err(conn_err)?;
+                    let _ = s.set_nodelay(true);
+                    tokio_rustls::TlsConnector::from(tls.clone())
+                        .connect(crate::tls::server_name(addr), s)
+                        .await
+                        .map_err(|source| ClientError::Tls {
+                            endpoint: self.describe(),
+                            source,
+                        })
+                })
+                .await
+                .map_err(|_| timed_out())??;
                 handshake!(s)
             }
         })

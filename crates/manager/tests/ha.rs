@@ -464,6 +464,15 @@ async fn cut_host(c: &Cluster) {
 
     let sampler = Sampler::start(c, "hac");
     cluster::cut(c, "a").unwrap();
+    // Until a's lease runs out its record says a: b cannot reach a, and
+    // shows the record instead of failing (the forward used to wait out
+    // the kernel's SYN retries, over a minute, then fail).
+    let seen = b.show("hac").await.expect("show while its host is cut off");
+    assert!(
+        seen.record.host == a_id || seen.record.fence.is_some(),
+        "{:?}",
+        seen.record
+    );
     let hac = running_elsewhere(&b, "hac", &a_id).await;
     let op = b
         .remote_restart_stop("op-away", StopState::Succeeded)

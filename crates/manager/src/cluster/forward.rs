@@ -100,7 +100,15 @@ pub async fn elsewhere(m: &Manager, req: &ApiRequest) -> Result<Option<ApiReply>
             host.record.name
         )));
     }
-    send(m, &host, req).await.map(Some)
+    match send(m, &host, req).await {
+        // An owner that does not answer (cut off, its lease not yet run
+        // out) still leaves its record to show.
+        Err(ApiError::Unavailable(why)) if matches!(req, ApiRequest::Show { .. }) => {
+            tracing::debug!(host = %host.record.name, %why, "show answered from the record");
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
 }
 
 /// The console of a partition another host runs: an upgraded connection to
