@@ -119,7 +119,12 @@ async fn run(runs: usize, lease_ms: u64, memory_mib: u64) -> anyhow::Result<()> 
         t.self_fence.as_millis(),
         t.margin.as_millis()
     );
+    // FAILOVER_LOSS=kill|cut runs one kind alone.
+    let only = std::env::var("FAILOVER_LOSS").unwrap_or_default();
     for loss in [Loss::Kill, Loss::Cut] {
+        if !only.is_empty() && !format!("{loss:?}").eq_ignore_ascii_case(&only) {
+            continue;
+        }
         let mut v = Vec::new();
         for i in 0..runs {
             // Each host is lost in turn.

@@ -385,6 +385,12 @@ pub fn up(name: &str, opts: &Options) -> Result<Cluster, String> {
     wait_etcd(&endpoints)?;
     let token = random_token();
     std::fs::write(dir.join("token"), &token).map_err(|e| e.to_string())?;
+    // What `restart_host` starts again: the same build (a release bench's).
+    std::fs::write(
+        dir.join("bin-dir"),
+        opts.bin_dir.as_os_str().as_encoded_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     std::fs::write(dir.join("up"), n.to_string()).map_err(|e| e.to_string())?;
     let c = describe(name, n);
     for (i, h) in c.hosts.iter().enumerate() {
@@ -538,7 +544,10 @@ pub fn restart_host(c: &Cluster, host: &str, env: &[(&str, &str)]) -> Result<(),
         .find(|h| h.name == host)
         .ok_or_else(|| format!("no host {host:?}"))?;
     kill_host(c, host)?;
-    let mut cmd = Command::new(crate::bulkhead_bin().with_file_name("bulkheadd"));
+    let bin_dir = std::fs::read_to_string(c.dir.join("bin-dir"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| crate::bulkhead_bin().parent().expect("bin dir").into());
+    let mut cmd = Command::new(bin_dir.join("bulkheadd"));
     cmd.arg("--config")
         .arg(c.dir.join(host).join("bulkheadd.toml"));
     cmd.envs(env.iter().copied());
