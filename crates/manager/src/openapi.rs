@@ -703,6 +703,7 @@ mod tests {
         let rec = bulkhead_store::PartitionRecord {
             ha: Default::default(),
             fence: None,
+            ha_pending: false,
             name: "p".into(),
             host: "h".into(),
             vcpus: 1,

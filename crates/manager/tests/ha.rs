@@ -14,7 +14,9 @@
 //!    cleanly and a retry succeeds; never two copies;
 //! 4. etcd's leader killed during a remote restart: the operation ends
 //!    restored or failed (then restartable, and a retry succeeds);
-//! 5. one etcd member frozen (SIGSTOP) for three leases: no host fences.
+//! 5. one etcd member frozen (SIGSTOP) for three leases: no host fences;
+//! 6. the failover stopped right after its claim (a failpoint): the next
+//!    orchestrator round restarts the claimed partition.
 
 mod cluster_common;
 
@@ -288,7 +290,7 @@ fn move_etcd_leader(c: &Cluster, to: usize) {
 async fn host_loss_and_fencing_on_three_hosts() {
     let (_guard, c) = cluster::up_for_test("ha", 3, LEASE_MS);
     let c = &c;
-    // HA_ONLY=kill|cut|etcd|freeze runs one phase (when working on it).
+    // HA_ONLY=kill|cut|etcd|freeze|pending runs one phase (when working on it).
     let only = std::env::var("HA_ONLY").unwrap_or_default();
     let on = |p: &str| only.is_empty() || only == p;
     if on("kill") {
@@ -303,6 +305,48 @@ async fn host_loss_and_fencing_on_three_hosts() {
     }
     if on("freeze") {
         etcd_member_frozen(c).await;
+    }
+    if on("pending") {
+        orchestrator_stopped_after_claim(c).await;
+    }
+}
+
+/// Phase 6: the failover stops right after its claim (failpoint
+/// `ha-after-claim` on b and c, as if the orchestrator died there): the
+/// partition is claimed but not running; a next orchestrator round
+/// restarts it on its new host.
+async fn orchestrator_stopped_after_claim(c: &Cluster) {
+    for h in ["b", "c"] {
+        cluster::restart_host(c, h, &[("BULKHEAD_FAILPOINT", "ha-after-claim")]).unwrap();
+    }
+    let (a, b) = (client(c, "a"), client(c, "b"));
+    for h in ["a", "b", "c"] {
+        wait_host(&b, h, HostState::Up).await;
+    }
+    let a_id = host_id(&b, "a").await;
+    a.create(&spec("hap", HaPolicy::Reboot, None))
+        .await
+        .unwrap();
+    a.start("hap", &StartOptions { wait: true }).await.unwrap();
+    cluster::kill_host_all(c, "a").unwrap();
+    let hap = running_elsewhere(&b, "hap", &a_id).await;
+    assert!(!hap.ha_pending, "still marked pending: {hap:?}");
+    let ev = events(&b, "hap").await;
+    for step in ["claimed by", "running on"] {
+        assert!(ev.iter().any(|e| e.contains(step)), "{step}: {ev:?}");
+    }
+    assert!(
+        ["b", "c"]
+            .iter()
+            .any(|h| log_of(c, h).contains("failpoint ha-after-claim")),
+        "no failover stopped after its claim"
+    );
+    b.destroy("hap", true).await.unwrap();
+    for h in ["b", "c", "a"] {
+        cluster::restart_host(c, h, &[]).unwrap();
+    }
+    for h in ["a", "b", "c"] {
+        wait_host(&b, h, HostState::Up).await;
     }
 }
 

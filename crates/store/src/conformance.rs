@@ -57,6 +57,7 @@ pub fn record(name: &str) -> PartitionRecord {
     PartitionRecord {
         ha: Default::default(),
         fence: None,
+        ha_pending: false,
         name: name.to_string(),
         host: HOST.to_string(),
         vcpus: 1,

@@ -229,6 +229,12 @@ pub struct PartitionRecord {
     /// a first claim. Set by the daemon only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    /// Claimed after a host loss and not yet running again: the
+    /// orchestrator restarts it on its (new) host, even if the orchestrator
+    /// that claimed it died first. Cleared once it runs. Set by the daemon
+    /// only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha_pending: bool,
 }
 
 /// What the cluster does with a partition whose host is lost (issue 12).

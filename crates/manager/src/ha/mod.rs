@@ -94,7 +94,9 @@ pub enum Action {
 /// hibernated one is resumed only under `resume`; defined, stopped or
 /// failed ones stay where they are.
 pub fn action(rec: &PartitionRecord) -> Option<Action> {
-    let ran = rec.state.is_active();
+    // A claimed partition not yet restarted counts as running: its new
+    // host was lost before it could restart it.
+    let ran = rec.state.is_active() || rec.ha_pending;
     let saved = rec.hibernation.is_some();
     match rec.ha {
         HaPolicy::None => None,
@@ -180,6 +182,18 @@ mod tests {
             config: serde_json::Value::Null,
         });
         r
+    }
+
+    /// A claim whose restart never happened is acted on again when its new
+    /// host is lost in turn; nothing else stopped is.
+    #[test]
+    fn a_pending_claim_counts_as_running() {
+        let mut r = rec(PartitionState::Stopped, HaPolicy::Reboot, false);
+        assert_eq!(action(&r), None);
+        r.ha_pending = true;
+        assert_eq!(action(&r), Some(Action::Reboot));
+        r.ha = HaPolicy::None;
+        assert_eq!(action(&r), None);
     }
 
     #[test]

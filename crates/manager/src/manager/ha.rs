@@ -27,6 +27,15 @@ const ROLE: &str = "orchestrator";
 /// (an etcd leader change): each waits a little longer.
 const RESTART_TRIES: u32 = 4;
 
+/// `BULKHEAD_FAILPOINT` value (debug builds) at which a failover stops
+/// right after its claim, as if the orchestrator had died there.
+pub const FAILPOINT_AFTER_CLAIM: &str = "ha-after-claim";
+
+fn stops_after_claim() -> bool {
+    cfg!(debug_assertions)
+        && std::env::var(super::hibernate::FAILPOINT_ENV).is_ok_and(|v| v == FAILPOINT_AFTER_CLAIM)
+}
+
 /// What the self-fence and the rejoin share.
 #[derive(Default)]
 pub(crate) struct HaState {
@@ -287,6 +296,7 @@ impl Manager {
             .filter(|(_, since)| since.elapsed() >= t.margin)
             .map(|(id, _)| id.as_str())
             .collect();
+        self.finish_pending(&hosts).await?;
         if due.is_empty() {
             return Ok(());
         }
@@ -342,6 +352,52 @@ impl Manager {
         Ok(())
     }
 
+    /// Claimed partitions whose restart did not happen (the orchestrator
+    /// that claimed them died, or the store was unavailable throughout) are
+    /// restarted on their host, when it is up; those running again by any
+    /// means lose the mark.
+    async fn finish_pending(
+        self: &Arc<Self>,
+        hosts: &[crate::cluster::ClusterHost],
+    ) -> Result<(), ApiError> {
+        for rec in self.store.list(Scope::All).await? {
+            if !rec.ha_pending || self.ha.running.lock().unwrap().contains(&rec.name) {
+                continue;
+            }
+            if rec.state.is_active() {
+                let _ = self
+                    .modify(&rec.name, "restarted after the host loss", |r| {
+                        r.ha_pending = false
+                    })
+                    .await;
+                continue;
+            }
+            let Some(host) = hosts
+                .iter()
+                .find(|h| h.id == rec.host && h.state == HostState::Up)
+            else {
+                continue;
+            };
+            let action = match rec.state {
+                PartitionState::Hibernated if rec.hibernation.is_some() => Action::Resume,
+                _ => Action::Reboot,
+            };
+            tracing::warn!(partition = %rec.name, host = %host.name, ?action, "a claimed partition was never restarted; restarting it");
+            self.ha.running.lock().unwrap().insert(rec.name.clone());
+            let (m, name, target) = (self.clone(), rec.name.clone(), host.name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = m
+                    .restart_claimed(&name, action, &target, Instant::now())
+                    .await
+                {
+                    tracing::warn!(partition = %name, error = %e, "restarting a claimed partition");
+                }
+                m.ha.running.lock().unwrap().remove(&name);
+            });
+        }
+        Ok(())
+    }
+
     /// Every LU of `rec` is known and its client's (the repository is the
     /// same on every member, so what attaches on one attaches on all).
     async fn lus_attachable(&self, rec: &PartitionRecord) -> Result<(), String> {
@@ -384,6 +440,7 @@ impl Manager {
         moved.started_at = None;
         moved.state_since = now_ms();
         moved.last_exit = Some(format!("host {lost} lost"));
+        moved.ha_pending = true;
         let discard = match action {
             Action::Resume => {
                 moved.state = PartitionState::Hibernated;
@@ -403,11 +460,29 @@ impl Manager {
             }
         }
         tracing::info!(partition = %name, target = %target.name, token, ?action, "claimed");
+        if stops_after_claim() {
+            tracing::error!(partition = %name, "failpoint {FAILPOINT_AFTER_CLAIM}: the failover stops after the claim");
+            return Ok(());
+        }
+        self.restart_claimed(&name, action, &target.name, t0).await
+    }
+
+    /// Restarts a claimed partition on its new host `target` by `action`,
+    /// and records how it went; the claim stays pending while the store was
+    /// unavailable throughout (the next orchestrator round tries again).
+    async fn restart_claimed(
+        self: &Arc<Self>,
+        name: &str,
+        action: Action,
+        target: &str,
+        t0: Instant,
+    ) -> Result<(), ApiError> {
+        let name = name.to_string();
         let req = || match action {
             Action::Resume => ApiRequest::Resume {
                 name: name.clone(),
                 opts: ResumeOptions {
-                    host: Some(target.name.clone()),
+                    host: Some(target.to_string()),
                 },
             },
             Action::Reboot => ApiRequest::Start {
@@ -435,13 +510,13 @@ impl Manager {
         }
         let ev = match &last {
             None => format!(
-                "running on {} ({} ms after the claim)",
-                target.name,
+                "running on {target} ({} ms after the claim)",
                 t0.elapsed().as_millis()
             ),
-            Some(e) => format!("restart on {} failed: {e}", target.name),
+            Some(e) => format!("restart on {target} failed: {e}"),
         };
-        if let Err(e) = self.modify(&name, &ev, |_| {}).await {
+        let pending = matches!(last, Some(ApiError::Unavailable(_)));
+        if let Err(e) = self.modify(&name, &ev, |r| r.ha_pending = pending).await {
             tracing::warn!(partition = %name, error = %e, "recording the failover");
         }
         last.map_or(Ok(()), Err)

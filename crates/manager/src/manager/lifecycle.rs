@@ -99,6 +99,7 @@ impl Manager {
         let rec = PartitionRecord {
             ha: c.ha,
             fence: None,
+            ha_pending: false,
             name: c.name.clone(),
             host: self.host.clone(),
             vcpus: c.vcpus,
