@@ -275,14 +275,7 @@ impl SqliteStore {
             put_lu(&tx, &lu, true)?;
             if let Some(mut lock) = lock {
                 lock.lu = lu.name.clone();
-                if lock.since == 0 {
-                    lock.since = now_ms();
-                }
-                tx.execute(
-                    "INSERT OR REPLACE INTO lu_locks (lu, partition, adapter, record)
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![lock.lu, lock.partition, lock.adapter, encode(&lock)],
-                )?;
+                put_lock(&tx, lock)?;
             }
             tx.commit()?;
             Ok(lu)
@@ -377,20 +370,13 @@ impl SqliteStore {
     }
 
     pub(crate) async fn sql_lu_lock(&self, lock: &LuLock, client: &str) -> Result<LuRecord> {
-        let (mut lock, client) = (lock.clone(), client.to_string());
+        let (lock, client) = (lock.clone(), client.to_string());
         self.call("lu_lock", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let lu = get_lu(&tx, &lock.lu)?;
             let held = locks_of(&tx, Some(&lock.lu))?;
             check_lock(&lock.lu, lu.as_ref(), &held, &lock, &client)?;
-            if lock.since == 0 {
-                lock.since = now_ms();
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO lu_locks (lu, partition, adapter, record)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![lock.lu, lock.partition, lock.adapter, encode(&lock)],
-            )?;
+            put_lock(&tx, lock)?;
             tx.commit()?;
             Ok(lu.expect("checked present"))
         })
@@ -417,4 +403,18 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Writes `lock` (stamped now when it has no time), replacing one of the
+/// same partition and adapter.
+fn put_lock(c: &Connection, mut lock: LuLock) -> rusqlite::Result<()> {
+    if lock.since == 0 {
+        lock.since = now_ms();
+    }
+    c.execute(
+        "INSERT OR REPLACE INTO lu_locks (lu, partition, adapter, record)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![lock.lu, lock.partition, lock.adapter, encode(&lock)],
+    )?;
+    Ok(())
 }
