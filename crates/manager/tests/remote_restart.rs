@@ -85,6 +85,7 @@ fn start_req(target: &str, token: Option<&str>) -> StartRemoteRestart {
         detail: 2,
         capabilities: caps::HIBERNATION | caps::LU | caps::REMOTE_RESTART,
         timeout_secs: None,
+        promote_mirror: false,
     }
 }
 
@@ -285,6 +286,7 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
             PART,
             &ResumeOptions {
                 host: Some("a".into()),
+                ..Default::default()
             },
         )
         .await
@@ -496,6 +498,7 @@ async fn target_lost_after_restore(c: &Cluster, secret: &str, ids: (&str, &str))
         PART,
         &ResumeOptions {
             host: Some("b".into()),
+            ..Default::default()
         },
     )
     .await

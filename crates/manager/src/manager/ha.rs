@@ -408,6 +408,8 @@ impl Manager {
                 name: name.clone(),
                 opts: ResumeOptions {
                     host: Some(target.name.clone()),
+                    // Automatic promotion by an HA policy is not asked for.
+                    promote_mirror: false,
                 },
             },
             Action::Reboot => ApiRequest::Start {

@@ -533,6 +533,84 @@ impl Manager {
         Ok((copy, true))
     }
 
+    /// The LUs `rec` writes that are mirrored: (adapter, LU, its mirror).
+    async fn mirrored_disks(
+        &self,
+        rec: &PartitionRecord,
+    ) -> Result<Vec<(String, LuRecord, LuMirror)>, ApiError> {
+        let mut out = Vec::new();
+        for (i, d) in rec.disks.iter().enumerate() {
+            let Some(name) = d.lu.as_deref().filter(|_| !d.readonly) else {
+                continue;
+            };
+            let r = self.lu_get_or_404(name).await?;
+            if let Some(m) = r.mirror.clone() {
+                out.push((format!("disk{i}"), r, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `--promote-mirror` (resume, remote restart), before anything is
+    /// claimed or recorded, so a refusal (409) changes nothing: every copy
+    /// in step and unheld, and no checkpoint image, whose disk point lives
+    /// in the primary's own file (the copy has none).
+    pub(super) async fn check_promotable(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        let disks = self.mirrored_disks(rec).await?;
+        let checkpoint = rec
+            .hibernation
+            .as_ref()
+            .is_some_and(|h| h.reason == HibernateReason::Checkpoint);
+        if checkpoint && !disks.is_empty() {
+            return Err(conflict(format!(
+                "partition {:?} is hibernated from a checkpoint, whose disk point is in the LUs' own files, not in their copies: it is not resumed with --promote-mirror (nothing was changed)",
+                rec.name
+            )));
+        }
+        for (adapter, r, m) in &disks {
+            let now = self.effective(r, m).await;
+            if now.state != MirrorState::Synced {
+                return Err(conflict(format!(
+                    "{adapter}: the copy LU {:?} of LU {:?} is {}{}: promoting it would lose writes, so --promote-mirror is refused (nothing was changed); resume without it, or `lu promote --force` first",
+                    m.copy,
+                    r.name,
+                    now.state.as_str(),
+                    now.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                )));
+            }
+            for lu in [&r.name, &m.copy] {
+                if let Some(l) = self.store.lu_locks(Some(lu)).await?.first() {
+                    return Err(conflict(format!(
+                        "{adapter}: LU {lu:?} is held by {:?} on host {}, so LU {:?} cannot be promoted (nothing was changed)",
+                        l.partition, l.host, r.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Promotes the copy of every mirrored LU `rec` writes (not forced),
+    /// each an event of the partition. Before its LU locks, so the records
+    /// they resolve name the promoted files; a promotion is not undone by a
+    /// later failure (the data is the same), it only renames the file.
+    pub(super) async fn promote_disks(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        let disks = self.mirrored_disks(rec).await?;
+        if disks.is_empty() {
+            let ev = "promote-mirror: no LU the partition writes is mirrored; nothing promoted";
+            self.record_event(&rec.name, ev).await;
+        }
+        for (adapter, r, m) in disks {
+            let p = self.lu_promote(&r.name, false).await?;
+            let ev = format!(
+                "{adapter}: LU {} promoted from its copy {} (file {})",
+                r.name, m.copy, p.path
+            );
+            self.record_event(&rec.name, &ev).await;
+        }
+        Ok(())
+    }
+
     /// Refuses to delete or grow one side of a mirror.
     pub(super) fn check_unmirrored(r: &LuRecord, what: &str) -> Result<(), ApiError> {
         if let Some(m) = &r.mirror {
