@@ -503,6 +503,8 @@ async fn resume_elsewhere_promotes_the_copy() {
     let p = cb.show("wm").await.unwrap();
     assert_eq!(p.record.state, PartitionState::Hibernated, "{p:?}");
     assert_eq!(p.record.host, "mirror-host-d", "not moved");
+    let ev = events(&b.show("wm").await);
+    assert!(!ev.contains("mirror-host-e"), "not even claimed: {ev}");
     let after = ca.lu_show("mv").await.unwrap();
     assert_eq!(after.record.path, before.record.path, "nothing promoted");
     assert!(after.locks.is_empty(), "{after:?}");
@@ -519,6 +521,11 @@ async fn resume_elsewhere_promotes_the_copy() {
         "{v:?}"
     );
     assert!(!repo.join(&before.record.path).exists(), "old file dropped");
+    assert_eq!(
+        p.disks[0].path,
+        repo.join(&v.record.path).to_string_lossy(),
+        "the partition names the promoted file"
+    );
     let ev = events(&b.show("wm").await);
     assert!(
         ev.contains("disk0: LU mv promoted from its copy mv-copy"),

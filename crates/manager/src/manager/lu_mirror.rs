@@ -335,8 +335,35 @@ impl Manager {
         self.release(&held).await;
         let (primary, old) = promoted?;
         let _ = std::fs::remove_file(self.repo.path_of(&old));
+        self.repoint_disks(name, &primary.path).await;
         tracing::info!(lu = name, copy = %m.copy, file = %primary.path, "redundant copy promoted");
         Ok(primary)
+    }
+
+    /// Partition records keep the file of each LU disk (for `show` and the
+    /// checks before a start or resume; the file used is resolved again at
+    /// lock time): after a promotion they name the new file, else a
+    /// partition made before it would refer to the dropped one.
+    async fn repoint_disks(&self, lu: &str, rel: &str) {
+        let file = self.repo.path_of(rel).to_string_lossy().into_owned();
+        let recs = match self.store.list(bulkhead_store::Scope::All).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(lu, error = %e, "listing partitions to repoint a promoted LU");
+                return;
+            }
+        };
+        let names_it = |r: &PartitionRecord| r.disks.iter().any(|d| d.lu.as_deref() == Some(lu));
+        for rec in recs.iter().filter(|r| names_it(r)) {
+            let repoint = |r: &mut PartitionRecord| {
+                for d in r.disks.iter_mut().filter(|d| d.lu.as_deref() == Some(lu)) {
+                    d.path = file.clone();
+                }
+            };
+            if let Err(e) = self.modify(&rec.name, "", repoint).await {
+                tracing::warn!(lu, partition = %rec.name, error = %e, "repointing a promoted LU's disk");
+            }
+        }
     }
 
     /// With the primary held: the copy's data into a new qcow2, then the
