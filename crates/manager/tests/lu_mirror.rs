@@ -12,6 +12,7 @@ use bulkhead_manager::api::ResumeOptions;
 use bulkhead_manager::client::{Client, ClientError};
 use bulkhead_manager::lu::mirror::{MirrorCommand, MirrorLu, PromoteLu};
 use bulkhead_manager::lu::types::*;
+use bulkhead_manager::remote_restart::api::StartRemoteRestart;
 use bulkhead_store::{LockMode, LuMirror, MirrorState, PartitionState, SqliteStore, Store};
 use common::Daemon;
 use serde_json::{json, Value};
@@ -505,6 +506,19 @@ async fn resume_elsewhere_promotes_the_copy() {
     assert_eq!(p.record.host, "mirror-host-d", "not moved");
     let ev = events(&b.show("wm").await);
     assert!(!ev.contains("mirror-host-e"), "not even claimed: {ev}");
+    // The same as a remote restart (carried out by b): no operation recorded.
+    let rr = StartRemoteRestart {
+        partition: "wm".into(),
+        target: "mirror-host-e".into(),
+        token: Some("op-promote".into()),
+        detail: 0,
+        capabilities: 0,
+        timeout_secs: None,
+        promote_mirror: true,
+    };
+    let (s, m) = api(cb.remote_restart_start(&rr).await.unwrap_err());
+    assert!(s == 409 && m.contains("stale"), "{s} {m}");
+    assert!(cb.remote_restart_list().await.unwrap().is_empty());
     let after = ca.lu_show("mv").await.unwrap();
     assert_eq!(after.record.path, before.record.path, "nothing promoted");
     assert!(after.locks.is_empty(), "{after:?}");

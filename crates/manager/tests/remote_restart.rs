@@ -360,15 +360,19 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
         .unwrap();
 }
 
-/// Running on a: restarted on b with a 3 s timeout and no stop: the target
-/// unlocks by itself and removes nothing (the partition runs on b, its TAP
+/// Running on a: restarted on b (`promote_mirror`, with nothing mirrored) with
+/// a 3 s timeout and no stop: the target unlocks by itself and removes nothing (the partition runs on b, its TAP
 /// and LU lock stay), and the administrator's commands work again.
 async fn timed_out(c: &Cluster, secret: &str, b_id: &str) {
     let a = client(c, "a");
     a.hibernate(PART).await.unwrap();
     let mut req = start_req("b", Some("op-timeout"));
     req.timeout_secs = Some(3);
+    // No LU of it is mirrored any more: the flag changes nothing but an event.
+    req.promote_mirror = true;
     let op = a.remote_restart_start(&req).await.unwrap();
+    let events = format!("{:?}", a.show(PART).await.unwrap().events);
+    assert!(events.contains("nothing promoted"), "{events}");
     let tap = created_tap(&op);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
