@@ -157,6 +157,7 @@ async fn resume(runs: usize, memory_mib: u64) -> anyhow::Result<()> {
                     "pr",
                     &ResumeOptions {
                         host: Some(to.into()),
+                        ..Default::default()
                     },
                 )
                 .await?;

@@ -129,6 +129,11 @@ pub struct ResumeOptions {
     /// when absent. It must see the repository holding the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Before the restore, promote the redundant copy of every mirrored LU
+    /// the partition writes (`lu promote`, not forced): a copy not in step
+    /// refuses the resume (409) with nothing changed (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_mirror: bool,
 }
 
 /// Body of `POST /v1/partitions/{name}/stop`.

@@ -200,6 +200,11 @@ pub struct ResumeArgs {
     /// The cluster host (by name) to resume it on; this one when absent.
     #[arg(long)]
     pub host: Option<String>,
+    /// Migration by promotion: first make the redundant copy of each
+    /// mirrored LU the partition writes its primary (`lu promote`); refused,
+    /// with nothing changed, when a copy is not in step.
+    #[arg(long)]
+    pub promote_mirror: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -579,7 +584,10 @@ async fn run_inner(cmd: PartitionCommand) -> anyhow::Result<()> {
         PartitionCommand::Unexpose(a) => crate::expose_cli::unexpose(a).await?,
         PartitionCommand::Ha(a) => crate::ha::cli::run(a).await?,
         PartitionCommand::Resume(a) => {
-            let opts = crate::api::ResumeOptions { host: a.host };
+            let opts = crate::api::ResumeOptions {
+                host: a.host,
+                promote_mirror: a.promote_mirror,
+            };
             let rec = a.api.client()?.resume_with(&a.name, &opts).await?;
             print_record(&rec, a.json)?;
         }

@@ -296,7 +296,7 @@ fn hibernate_progress() {}
         (status = 200, description = "restored from its image and running, agent ready", body = PartitionRecord),
         (status = 400, description = "malformed body, or no cluster host of that name", body = ErrorBody),
         (status = 404, description = "no such partition", body = ErrorBody),
-        (status = 409, description = "not hibernated, or its image is being resumed elsewhere", body = ErrorBody),
+        (status = 409, description = "not hibernated, or its image is being resumed elsewhere, or (promote_mirror) a mirrored LU's copy is not in step or the LU is held", body = ErrorBody),
         (status = 502, description = "the image is corrupt or QEMU refused it (it stays hibernated)", body = ErrorBody),
         (status = 507, description = "over the host's capacity", body = ErrorBody),
     ))]

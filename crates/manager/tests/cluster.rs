@@ -267,6 +267,7 @@ async fn three_hosts_one_cluster() {
             "pa",
             &ResumeOptions {
                 host: Some("b".into()),
+                ..Default::default()
             },
         )
         .await
@@ -437,6 +438,7 @@ async fn racing_resumes_run_once(c: &Cluster, secret: &str) {
     a.hibernate("pa").await.unwrap();
     let on = |h: &str| ResumeOptions {
         host: Some(h.into()),
+        ..Default::default()
     };
     let (on_a, on_c) = (on("a"), on("c"));
     let (ra, rc) = tokio::join!(a.resume_with("pa", &on_a), cc.resume_with("pa", &on_c));
@@ -546,6 +548,7 @@ async fn killed_mid_hibernate_loses_nothing(c: &Cluster) {
             "pd",
             &ResumeOptions {
                 host: Some("b".into()),
+                ..Default::default()
             },
         )
         .await

@@ -497,6 +497,7 @@ async fn cut_host(c: &Cluster) {
             detail: 0,
             capabilities: 0,
             timeout_secs: None,
+            promote_mirror: false,
         })
         .await
         .unwrap();
@@ -709,6 +710,7 @@ async fn etcd_leader_killed_mid_remote_restart(c: &Cluster) {
         detail: 0,
         capabilities: 0,
         timeout_secs: None,
+        promote_mirror: false,
     };
     let starting = {
         let a = a.clone();

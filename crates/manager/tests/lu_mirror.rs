@@ -8,10 +8,12 @@
 
 mod common;
 
+use bulkhead_manager::api::ResumeOptions;
 use bulkhead_manager::client::{Client, ClientError};
 use bulkhead_manager::lu::mirror::{MirrorCommand, MirrorLu, PromoteLu};
 use bulkhead_manager::lu::types::*;
-use bulkhead_store::{LockMode, MirrorState};
+use bulkhead_manager::remote_restart::api::StartRemoteRestart;
+use bulkhead_store::{LockMode, LuMirror, MirrorState, PartitionState, SqliteStore, Store};
 use common::Daemon;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -437,4 +439,126 @@ async fn an_attach_whose_copy_cannot_be_made_is_refused() {
     assert!(v.locks.is_empty(), "{v:?}");
     a.wait_state("w", &["failed"], Duration::from_secs(30))
         .await;
+}
+
+/// Migration by promotion (`partition resume --promote-mirror` on another
+/// host): a copy not in step refuses it with nothing changed; in step, the
+/// copy's data becomes the LU's new file before the restore, the guest sees
+/// its writes, and the target's mirror job keeps the copy in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_elsewhere_promotes_the_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, repo) = (t.path().join("state.db"), t.path().join("repo"));
+    let a = daemon(&store, &repo, "mirror-host-d");
+    let b = daemon(&store, &repo, "mirror-host-e");
+    let (ca, cb) = (a.client(), b.client());
+    ca.lu_create(&CreateLu {
+        name: "mv".into(),
+        client: "acme".into(),
+        size_bytes: 16 * MIB,
+        purpose: None,
+    })
+    .await
+    .unwrap();
+    mirror(&ca, "mv", Some("mv-copy")).await.unwrap();
+    let copy_file = repo.join("clients/acme/lu/mv-copy.raw");
+    a.create(
+        "wm",
+        50,
+        128,
+        json!({"client": "acme", "lus": [{"name": "mv"}]}),
+    )
+    .await;
+    a.start_wait("wm").await;
+    let r = a
+        .exec(
+            "wm",
+            "dd if=/dev/urandom of=/dev/vda bs=1M count=4 oflag=direct conv=fsync 2>/dev/null && sync && \
+             dd if=/dev/vda bs=1M count=4 2>/dev/null | md5sum | cut -d' ' -f1",
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    let written = r["stdout"].as_str().unwrap().trim().to_string();
+    ca.hibernate("wm").await.unwrap();
+    let before = ca.lu_show("mv").await.unwrap();
+    assert_eq!(state(&before), MirrorState::Synced, "{before:?}");
+    let resume = |promote_mirror| ResumeOptions {
+        promote_mirror,
+        ..Default::default()
+    };
+
+    // A copy left behind: the record of a mirror job that ended before it
+    // was in step (as a daemon killed mid-sync leaves it).
+    let side = SqliteStore::open(&store, "mirror-test").unwrap();
+    let mut rec = side.lu_get("mv").await.unwrap().unwrap();
+    let in_step = rec.mirror.clone().unwrap();
+    rec.mirror = Some(LuMirror {
+        state: MirrorState::Syncing,
+        host: Some("mirror-host-d".into()),
+        ..in_step.clone()
+    });
+    side.lu_update(&rec).await.unwrap();
+    let (s, m) = api(cb.resume_with("wm", &resume(true)).await.unwrap_err());
+    assert_eq!(s, 409, "{m}");
+    assert!(m.contains("mv-copy") && m.contains("stale"), "{m}");
+    let p = cb.show("wm").await.unwrap();
+    assert_eq!(p.record.state, PartitionState::Hibernated, "{p:?}");
+    assert_eq!(p.record.host, "mirror-host-d", "not moved");
+    let ev = events(&b.show("wm").await);
+    assert!(!ev.contains("mirror-host-e"), "not even claimed: {ev}");
+    // The same as a remote restart (carried out by b): no operation recorded.
+    let rr = StartRemoteRestart {
+        partition: "wm".into(),
+        target: "mirror-host-e".into(),
+        token: Some("op-promote".into()),
+        detail: 0,
+        capabilities: 0,
+        timeout_secs: None,
+        promote_mirror: true,
+    };
+    let (s, m) = api(cb.remote_restart_start(&rr).await.unwrap_err());
+    assert!(s == 409 && m.contains("stale"), "{s} {m}");
+    assert!(cb.remote_restart_list().await.unwrap().is_empty());
+    let after = ca.lu_show("mv").await.unwrap();
+    assert_eq!(after.record.path, before.record.path, "nothing promoted");
+    assert!(after.locks.is_empty(), "{after:?}");
+    // The copy in step again (as recorded before): the same resume goes on.
+    let mut rec = side.lu_get("mv").await.unwrap().unwrap();
+    rec.mirror = Some(in_step);
+    side.lu_update(&rec).await.unwrap();
+
+    let p = cb.resume_with("wm", &resume(true)).await.unwrap();
+    assert_eq!(p.host, "mirror-host-e");
+    let v = cb.lu_show("mv").await.unwrap();
+    assert!(
+        v.record.path.starts_with("clients/acme/lu/mv.promoted-"),
+        "{v:?}"
+    );
+    assert!(!repo.join(&before.record.path).exists(), "old file dropped");
+    assert_eq!(
+        p.disks[0].path,
+        repo.join(&v.record.path).to_string_lossy(),
+        "the partition names the promoted file"
+    );
+    let ev = events(&b.show("wm").await);
+    assert!(
+        ev.contains("disk0: LU mv promoted from its copy mv-copy"),
+        "{ev}"
+    );
+    assert_eq!(guest_md5(&b, "wm").await, written);
+    // The target's mirror job: in step, and new writes reach the copy.
+    let m = v.record.mirror.clone().unwrap();
+    assert_eq!(
+        (m.state, m.host.as_deref()),
+        (MirrorState::Synced, Some("mirror-host-e")),
+        "{v:?}"
+    );
+    let r = b
+        .exec(
+            "wm",
+            "dd if=/dev/urandom of=/dev/vda bs=1M count=2 oflag=direct conv=fsync 2>/dev/null && sync",
+        )
+        .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert!(same_data(&repo.join(&v.record.path), &copy_file));
 }

@@ -11,10 +11,11 @@ mod cluster_common;
 
 use bulkhead_manager::api::{CreatePartition, ResumeOptions, StartOptions};
 use bulkhead_manager::client::{Client, ClientError};
+use bulkhead_manager::lu::mirror::{MirrorCommand, MirrorLu};
 use bulkhead_manager::lu::types::{CreateLu, LuAttach};
 use bulkhead_manager::remote_restart::api::StartRemoteRestart;
 use bulkhead_manager::remote_restart::{caps, OperationView, StopState};
-use bulkhead_store::{HostState, PartitionState};
+use bulkhead_store::{HostState, MirrorState, PartitionState};
 use bulkhead_testbed::cluster::{self, Cluster, Guard};
 use cluster_common::{client, exec, host_id, wait_host};
 use std::process::Command;
@@ -85,6 +86,7 @@ fn start_req(target: &str, token: Option<&str>) -> StartRemoteRestart {
         detail: 2,
         capabilities: caps::HIBERNATION | caps::LU | caps::REMOTE_RESTART,
         timeout_secs: None,
+        promote_mirror: false,
     }
 }
 
@@ -248,18 +250,64 @@ async fn remote_restart_on_three_hosts() {
     target_lost_after_restore(c, &secret, (&a_id, &b_id)).await;
 }
 
-/// Running on b: hibernated, restarted on c, stopped `failed`: c's TAP and
-/// LU lock are gone, the partition is hibernated on b with its data, and a
-/// resume on a brings it back with its memory.
+/// Running on b with its LU mirrored: hibernated, restarted on c with
+/// `--promote-mirror` (the copy becomes the LU's file inside the operation),
+/// stopped `failed`: c's TAP and LU lock are gone, the partition is
+/// hibernated on b with its data, the promotion stays, and a resume on a
+/// brings it back with its memory and its copy in step.
 async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
     let (a_id, b_id, c_id) = ids;
     let (a, b) = (client(c, "a"), client(c, "b"));
-    b.hibernate(PART).await.unwrap();
-    let op = a
-        .remote_restart_start(&start_req("c", Some("op-fail")))
+    let mirrored = b
+        .lu_mirror(&MirrorCommand::Mirror {
+            lu: LU.into(),
+            req: MirrorLu::default(),
+        })
         .await
         .unwrap();
+    let m = mirrored.record.mirror.expect("mirrored");
+    assert_eq!(
+        (m.state, m.host.as_deref()),
+        (MirrorState::Synced, Some(b_id))
+    );
+    b.hibernate(PART).await.unwrap();
+    let old_path = a.lu_show(LU).await.unwrap().record.path;
+    bulkhead(
+        c,
+        "a",
+        &[
+            "start",
+            "--partition",
+            PART,
+            "--target",
+            "c",
+            "--token",
+            "op-fail",
+            "--detail",
+            "2",
+            "--promote-mirror",
+        ],
+    );
+    let op = a.remote_restart_show("op-fail").await.unwrap();
     assert_eq!((op.source.as_str(), op.target.as_str()), ("b", "c"));
+    let promoted = a.lu_show(LU).await.unwrap();
+    let path = promoted.record.path.clone();
+    assert!(
+        path != old_path && path.starts_with(&format!("clients/acme/lu/{LU}.promoted-")),
+        "{promoted:?}"
+    );
+    let m = promoted.record.mirror.expect("still mirrored");
+    assert_eq!(
+        (m.state, m.host.as_deref()),
+        (MirrorState::Synced, Some(c_id))
+    );
+    let events = format!("{:?}", a.show(PART).await.unwrap().events);
+    assert!(
+        events.contains(&format!(
+            "disk0: LU {LU} promoted from its copy {LU}-mirror"
+        )),
+        "{events}"
+    );
     let tap = created_tap(&op);
     assert!(link_exists(c, "c", &tap));
     assert_eq!(lu_holders(&a).await, [c_id.to_string()]);
@@ -278,6 +326,8 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
         (PartitionState::Hibernated, b_id)
     );
     assert!(rec.hibernation.is_some(), "its data kept");
+    // The promotion is not undone (the data is the same).
+    assert_eq!(a.lu_show(LU).await.unwrap().record.path, path);
     // Not held any more; a stop-collect on the source (b) ends it there.
     assert!(b.remote_restart_collect("op-fail").await.unwrap().collected);
     let woke = b
@@ -285,6 +335,7 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
             PART,
             &ResumeOptions {
                 host: Some("a".into()),
+                ..Default::default()
             },
         )
         .await
@@ -296,17 +347,32 @@ async fn stopped_failed(c: &Cluster, secret: &str, ids: (&str, &str, &str)) {
         "a resume locks its LU"
     );
     memory_intact(&b, secret, a_id).await;
+    let v = a.lu_show(LU).await.unwrap();
+    let m = v.record.mirror.expect("still mirrored");
+    assert_eq!(
+        (m.state, m.host.as_deref()),
+        (MirrorState::Synced, Some(a_id))
+    );
+    assert_eq!(v.record.path, path, "resumed from the promoted file");
+    // The rest runs unmirrored, as before.
+    a.lu_mirror(&MirrorCommand::Unmirror { lu: LU.into() })
+        .await
+        .unwrap();
 }
 
-/// Running on a: restarted on b with a 3 s timeout and no stop: the target
-/// unlocks by itself and removes nothing (the partition runs on b, its TAP
+/// Running on a: restarted on b (`promote_mirror`, with nothing mirrored) with
+/// a 3 s timeout and no stop: the target unlocks by itself and removes nothing (the partition runs on b, its TAP
 /// and LU lock stay), and the administrator's commands work again.
 async fn timed_out(c: &Cluster, secret: &str, b_id: &str) {
     let a = client(c, "a");
     a.hibernate(PART).await.unwrap();
     let mut req = start_req("b", Some("op-timeout"));
     req.timeout_secs = Some(3);
+    // No LU of it is mirrored any more: the flag changes nothing but an event.
+    req.promote_mirror = true;
     let op = a.remote_restart_start(&req).await.unwrap();
+    let events = format!("{:?}", a.show(PART).await.unwrap().events);
+    assert!(events.contains("nothing promoted"), "{events}");
     let tap = created_tap(&op);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -496,6 +562,7 @@ async fn target_lost_after_restore(c: &Cluster, secret: &str, ids: (&str, &str))
         PART,
         &ResumeOptions {
             host: Some("b".into()),
+            ..Default::default()
         },
     )
     .await

@@ -325,6 +325,7 @@ mod tests {
                 name: "p".into(),
                 opts: ResumeOptions {
                     host: Some("b".into()),
+                    promote_mirror: true,
                 },
             },
             ApiRequest::HibernateProgress { name: "p".into() },
@@ -380,6 +381,7 @@ mod tests {
                 detail: 2,
                 capabilities: 5,
                 timeout_secs: Some(30),
+                promote_mirror: true,
             })),
             ApiRequest::RemoteRestart(RR::Stop {
                 token: "op-1".into(),

@@ -245,7 +245,7 @@ impl Manager {
             self.store_cas_state(&rec, PartitionState::Hibernated, ev)
                 .await?;
         }
-        self.resume(name, false).await
+        self.resume(name, false, false).await
     }
 
     /// `rec` (as read) goes to `state` in one compare-and-swap.

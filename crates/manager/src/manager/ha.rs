@@ -483,6 +483,8 @@ impl Manager {
                 name: name.clone(),
                 opts: ResumeOptions {
                     host: Some(target.to_string()),
+                    // Automatic promotion by an HA policy is not asked for.
+                    promote_mirror: false,
                 },
             },
             Action::Reboot => ApiRequest::Start {

@@ -226,34 +226,44 @@ impl Manager {
 
     /// Restores a hibernated partition and runs it. `wake`: called for an
     /// `exec` or `console`, so a partition someone else resumed meanwhile
-    /// is fine as it is.
+    /// is fine as it is. `promote`: `--promote-mirror`, checked before the
+    /// image is claimed so a refusal changes nothing.
     pub(super) async fn resume(
         self: &Arc<Self>,
         name: &str,
         wake: bool,
+        promote: bool,
     ) -> Result<PartitionRecord, ApiError> {
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
+        if promote {
+            let rec = self.get(name).await?;
+            if rec.state == PartitionState::Hibernated {
+                self.check_promotable(&rec).await?;
+            }
+        }
         let Some((rec, from)) = self.claim_image(name, wake).await? else {
             return self.get(name).await;
         };
-        self.run_claimed(&rec, &from, false).await
+        self.run_claimed(&rec, &from, false, promote).await
     }
 
     /// Restores a claimed image on this host and runs it; on failure the
     /// partition is hibernated again on host `from`. `keep_image`: a remote
     /// restart keeps the image (and the record's hibernation) until its
     /// `stop`, so a failed one leaves the partition restartable; a resume
-    /// deletes it once the guest runs.
+    /// deletes it once the guest runs. `promote`: the mirrored LUs'
+    /// copies are promoted first (a promotion stays if the restore fails).
     pub(super) async fn run_claimed(
         self: &Arc<Self>,
         rec: &PartitionRecord,
         from: &str,
         keep_image: bool,
+        promote: bool,
     ) -> Result<PartitionRecord, ApiError> {
         let name = &rec.name;
         let t0 = std::time::Instant::now();
-        match self.restore_claimed(rec).await {
+        match self.restore_claimed(rec, promote).await {
             Ok(p) => {
                 if keep_image {
                     super::remote_restart::failpoint_mid_restore().await;
@@ -358,7 +368,11 @@ impl Manager {
 
     /// Checks the claimed image against its record and restores it onto
     /// this host's adapters (its TAP on its bridge, its disks).
-    async fn restore_claimed(&self, rec: &PartitionRecord) -> Result<Arc<Partition>, ApiError> {
+    async fn restore_claimed(
+        &self,
+        rec: &PartitionRecord,
+        promote: bool,
+    ) -> Result<Arc<Partition>, ApiError> {
         let h = rec.hibernation.as_ref().expect("claimed with an image");
         let dir = self.image_dir_of(h)?;
         let m = read_manifest(&dir).map_err(engine_err)?;
@@ -369,6 +383,10 @@ impl Manager {
             )));
         }
         let mut spec = self.checked_spec(rec)?;
+        // Before the locks: the LU records then name the promoted files.
+        if promote {
+            self.promote_disks(rec).await?;
+        }
         // The LU attachments, locked for this host after the ownership check.
         self.lock_lus(rec, &mut spec).await?;
         // Checkpoint data: the disks go back to the memory's instant first.
@@ -395,7 +413,7 @@ impl Manager {
             rec.state,
             PartitionState::Hibernated | PartitionState::Hibernating
         ) {
-            self.resume(name, true).await?;
+            self.resume(name, true, false).await?;
         }
         Ok(())
     }

@@ -272,7 +272,7 @@ impl Manager {
         wait: bool,
     ) -> Result<PartitionRecord, ApiError> {
         if self.get(name).await?.state == PartitionState::Hibernated {
-            return self.resume(name, false).await;
+            return self.resume(name, false, false).await;
         }
         let lock = self.op_lock(name);
         let _g = lock.lock().await;

@@ -335,8 +335,35 @@ impl Manager {
         self.release(&held).await;
         let (primary, old) = promoted?;
         let _ = std::fs::remove_file(self.repo.path_of(&old));
+        self.repoint_disks(name, &primary.path).await;
         tracing::info!(lu = name, copy = %m.copy, file = %primary.path, "redundant copy promoted");
         Ok(primary)
+    }
+
+    /// Partition records keep the file of each LU disk (for `show` and the
+    /// checks before a start or resume; the file used is resolved again at
+    /// lock time): after a promotion they name the new file, else a
+    /// partition made before it would refer to the dropped one.
+    async fn repoint_disks(&self, lu: &str, rel: &str) {
+        let file = self.repo.path_of(rel).to_string_lossy().into_owned();
+        let recs = match self.store.list(bulkhead_store::Scope::All).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(lu, error = %e, "listing partitions to repoint a promoted LU");
+                return;
+            }
+        };
+        let names_it = |r: &PartitionRecord| r.disks.iter().any(|d| d.lu.as_deref() == Some(lu));
+        for rec in recs.iter().filter(|r| names_it(r)) {
+            let repoint = |r: &mut PartitionRecord| {
+                for d in r.disks.iter_mut().filter(|d| d.lu.as_deref() == Some(lu)) {
+                    d.path = file.clone();
+                }
+            };
+            if let Err(e) = self.modify(&rec.name, "", repoint).await {
+                tracing::warn!(lu, partition = %rec.name, error = %e, "repointing a promoted LU's disk");
+            }
+        }
     }
 
     /// With the primary held: the copy's data into a new qcow2, then the
@@ -531,6 +558,84 @@ impl Manager {
         let copy = self.store.lu_lock_fenced(&copy_lock, client, fence).await?;
         tracing::info!(lu = %r.name, copy = %copy.name, partition = %lock.partition, "read served from the redundant copy");
         Ok((copy, true))
+    }
+
+    /// The LUs `rec` writes that are mirrored: (adapter, LU, its mirror).
+    async fn mirrored_disks(
+        &self,
+        rec: &PartitionRecord,
+    ) -> Result<Vec<(String, LuRecord, LuMirror)>, ApiError> {
+        let mut out = Vec::new();
+        for (i, d) in rec.disks.iter().enumerate() {
+            let Some(name) = d.lu.as_deref().filter(|_| !d.readonly) else {
+                continue;
+            };
+            let r = self.lu_get_or_404(name).await?;
+            if let Some(m) = r.mirror.clone() {
+                out.push((format!("disk{i}"), r, m));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `--promote-mirror` (resume, remote restart), before anything is
+    /// claimed or recorded, so a refusal (409) changes nothing: every copy
+    /// in step and unheld, and no checkpoint image, whose disk point lives
+    /// in the primary's own file (the copy has none).
+    pub(super) async fn check_promotable(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        let disks = self.mirrored_disks(rec).await?;
+        let checkpoint = rec
+            .hibernation
+            .as_ref()
+            .is_some_and(|h| h.reason == HibernateReason::Checkpoint);
+        if checkpoint && !disks.is_empty() {
+            return Err(conflict(format!(
+                "partition {:?} is hibernated from a checkpoint, whose disk point is in the LUs' own files, not in their copies: it is not resumed with --promote-mirror (nothing was changed)",
+                rec.name
+            )));
+        }
+        for (adapter, r, m) in &disks {
+            let now = self.effective(r, m).await;
+            if now.state != MirrorState::Synced {
+                return Err(conflict(format!(
+                    "{adapter}: the copy LU {:?} of LU {:?} is {}{}: promoting it would lose writes, so --promote-mirror is refused (nothing was changed); resume without it, or `lu promote --force` first",
+                    m.copy,
+                    r.name,
+                    now.state.as_str(),
+                    now.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                )));
+            }
+            for lu in [&r.name, &m.copy] {
+                if let Some(l) = self.store.lu_locks(Some(lu)).await?.first() {
+                    return Err(conflict(format!(
+                        "{adapter}: LU {lu:?} is held by {:?} on host {}, so LU {:?} cannot be promoted (nothing was changed)",
+                        l.partition, l.host, r.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Promotes the copy of every mirrored LU `rec` writes (not forced),
+    /// each an event of the partition. Before its LU locks, so the records
+    /// they resolve name the promoted files; a promotion is not undone by a
+    /// later failure (the data is the same), it only renames the file.
+    pub(super) async fn promote_disks(&self, rec: &PartitionRecord) -> Result<(), ApiError> {
+        let disks = self.mirrored_disks(rec).await?;
+        if disks.is_empty() {
+            let ev = "promote-mirror: no LU the partition writes is mirrored; nothing promoted";
+            self.record_event(&rec.name, ev).await;
+        }
+        for (adapter, r, m) in disks {
+            let p = self.lu_promote(&r.name, false).await?;
+            let ev = format!(
+                "{adapter}: LU {} promoted from its copy {} (file {})",
+                r.name, m.copy, p.path
+            );
+            self.record_event(&rec.name, &ev).await;
+        }
+        Ok(())
     }
 
     /// Refuses to delete or grow one side of a mirror.

@@ -273,7 +273,9 @@ impl Manager {
             ApiRequest::HibernateProgress { name } => {
                 R::HibernateProgress(self.hibernate_progress(&name).await?)
             }
-            ApiRequest::Resume { name, .. } => R::Partition(self.resume(&name, false).await?),
+            ApiRequest::Resume { name, opts } => {
+                R::Partition(self.resume(&name, false, opts.promote_mirror).await?)
+            }
             ApiRequest::GrantList { partition } => {
                 R::Grants(self.grant_list(partition.as_deref()).await?)
             }

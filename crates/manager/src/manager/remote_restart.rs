@@ -210,6 +210,10 @@ impl Manager {
                 )))
             }
         };
+        // Before the operation is recorded: a refusal changes nothing.
+        if s.promote_mirror {
+            self.check_promotable(&rec).await?;
+        }
         let adapters = self.gather(&rec);
         let mut locks = vec![format!("hibernation:{}", h.location)];
         for side in [("source", &rec.host), ("target", &self.host)] {
@@ -242,7 +246,7 @@ impl Manager {
         tracing::info!(partition = name, token = %op.token, "remote restart: locked");
         let lock = self.op_lock(name);
         let _g = lock.lock().await;
-        match self.rr_restore(&mut op, &rec).await {
+        match self.rr_restore(&mut op, &rec, s.promote_mirror).await {
             Ok(()) => {
                 self.arm_timeout(&op);
                 Ok(op)
@@ -259,11 +263,14 @@ impl Manager {
     }
 
     /// Checks that this host serves the source's adapters, creates the
-    /// missing ones and restores the partition (the resume's code).
+    /// missing ones and restores the partition (the resume's code), the
+    /// mirrored LUs promoted first when `promote` (inside the operation,
+    /// before its LU locks: a promotion refuses a held LU).
     async fn rr_restore(
         self: &Arc<Self>,
         op: &mut OperationRecord,
         rec: &PartitionRecord,
+        promote: bool,
     ) -> Result<(), ApiError> {
         let name = &rec.name;
         // Image, disks and their roots as this host sees them; LUs are
@@ -287,7 +294,7 @@ impl Manager {
                 "partition {name:?} is not hibernated"
             )));
         };
-        self.run_claimed(&claimed, &from, true).await?;
+        self.run_claimed(&claimed, &from, true, promote).await?;
         op.state = OperationState::Restored;
         *op = self.put_op(op).await?;
         tracing::info!(partition = %name, token = %op.token, "remote restart: restored");

@@ -40,6 +40,12 @@ pub struct StartRemoteRestart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 3600)]
     pub timeout_secs: Option<u64>,
+    /// Promote the redundant copy of every mirrored LU the partition writes
+    /// before the restore, inside the operation (`lu promote`, not forced);
+    /// a copy not in step refuses the start (409) with nothing changed. A
+    /// promotion stays when the operation then fails (docs/cluster.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_mirror: bool,
 }
 
 /// Body of `POST /v1/remote-restarts/{token}/stop`.
@@ -158,7 +164,7 @@ pub fn remote_restart_list() {}
         (status = 400, description = "malformed request, bad token, detail out of range, unknown target", body = ErrorBody),
         (status = 403, description = "an LU of the partition belongs to another client", body = ErrorBody),
         (status = 404, description = "no such partition", body = ErrorBody),
-        (status = 409, description = "not hibernated, held by another operation, the token is another operation's, or the target lacks a capability asked for", body = ErrorBody),
+        (status = 409, description = "not hibernated, held by another operation, the token is another operation's, the target lacks a capability asked for, or (promote_mirror) a mirrored LU's copy is not in step or the LU is held", body = ErrorBody),
         (status = 502, description = "the restore failed; the operation failed and the partition is hibernated on its source", body = ErrorBody),
         (status = 503, description = "the target cannot be reached", body = ErrorBody),
         (status = 507, description = "the target has not the capacity", body = ErrorBody),

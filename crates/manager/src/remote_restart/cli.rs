@@ -50,6 +50,12 @@ pub struct StartArgs {
     /// Seconds the target waits for a stop (its configured default when absent).
     #[arg(long)]
     pub timeout_secs: Option<u64>,
+    /// Migration by promotion: in the operation, before the restore, make
+    /// the redundant copy of each mirrored LU the partition writes its
+    /// primary (`lu promote`); refused, with nothing changed, when a copy is
+    /// not in step. A promotion stays if the operation then fails.
+    #[arg(long)]
+    pub promote_mirror: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -129,6 +135,7 @@ async fn run_inner(cmd: RemoteRestartCommand) -> anyhow::Result<()> {
                 detail: a.detail,
                 capabilities: a.capabilities,
                 timeout_secs: a.timeout_secs,
+                promote_mirror: a.promote_mirror,
             };
             let v = a.api.client()?.remote_restart_start(&req).await?;
             if a.json {
