@@ -139,13 +139,14 @@ impl EtcdStore {
         let n = self.members.len();
         let mut last = None;
         for _ in 0..n {
-            let at = self.next_member.load(Ordering::SeqCst);
+            let at = self.pick_member(Duration::from_secs(ttl as u64));
             let mut rotate = Rotate {
                 next: &self.next_member,
+                shunned: &self.shunned,
                 at,
                 done: false,
             };
-            match self.renew_on(&self.members[at % n], id, old, ttl).await {
+            match self.renew_on(&self.members[at], id, old, ttl).await {
                 Ok(fresh) => {
                     rotate.done = true;
                     let Some(fresh) = fresh else {
@@ -164,6 +165,20 @@ impl EtcdStore {
             }
         }
         Err(last.unwrap_or_else(not_found))
+    }
+
+    /// The member the next try goes to: the one renewals go to now, or
+    /// the next after it that no try failed on or was abandoned on within
+    /// `shun` (a frozen member would otherwise come round again in three
+    /// tries); any one when all were.
+    fn pick_member(&self, shun: Duration) -> usize {
+        let n = self.members.len();
+        let start = self.next_member.load(Ordering::SeqCst);
+        let shunned = self.shunned.lock().unwrap();
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| shunned[i].is_none_or(|t| t.elapsed() >= shun))
+            .unwrap_or(start % n)
     }
 
     /// One try on `member`: the fresh lease the alive key is now on, or
@@ -243,23 +258,26 @@ impl EtcdStore {
     }
 }
 
-/// Moves the renewals to the next member unless the try it guards
-/// succeeded, including when the caller drops the try mid-way.
+/// Keeps the renewals on the member of a try that succeeded; otherwise,
+/// including when the caller drops the try mid-way, shuns that member for
+/// a while and moves the renewals to the next.
 struct Rotate<'a> {
     next: &'a AtomicUsize,
+    shunned: &'a std::sync::Mutex<Vec<Option<std::time::Instant>>>,
     at: usize,
     done: bool,
 }
 
 impl Drop for Rotate<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.next.compare_exchange(
-                self.at,
-                self.at.wrapping_add(1),
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            );
+        let mut shunned = self.shunned.lock().unwrap();
+        if self.done {
+            shunned[self.at] = None;
+            self.next.store(self.at, Ordering::SeqCst);
+        } else {
+            shunned[self.at] = Some(std::time::Instant::now());
+            self.next
+                .store((self.at + 1) % shunned.len(), Ordering::SeqCst);
         }
     }
 }

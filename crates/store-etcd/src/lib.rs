@@ -73,6 +73,8 @@ pub struct EtcdStore {
     members: Vec<Member>,
     /// The member the next renewal goes to.
     next_member: std::sync::atomic::AtomicUsize,
+    /// When a renewal try last failed or was abandoned on each member.
+    shunned: std::sync::Mutex<Vec<Option<Instant>>>,
 }
 
 /// A connection to one member alone. The shared client balances calls over
@@ -135,6 +137,7 @@ pub async fn connect_with(
         lease: client.lease_client(),
         leases: Default::default(),
         roles: Default::default(),
+        shunned: std::sync::Mutex::new(vec![None; members.len()]),
         members,
         next_member: Default::default(),
     };
