@@ -60,7 +60,15 @@ pub fn host_name(m: &Manager) -> String {
 pub async fn hosts(m: &Manager) -> Result<Vec<ClusterHost>, ApiError> {
     let members = m.store().hosts().await?;
     let recs = m.store().list(Scope::All).await?;
-    Ok(members
+    Ok(hosts_of(members, &recs))
+}
+
+/// The members with what the records `recs` hold on each.
+pub fn hosts_of(
+    members: Vec<bulkhead_store::HostStatus>,
+    recs: &[bulkhead_store::PartitionRecord],
+) -> Vec<ClusterHost> {
+    members
         .into_iter()
         .map(|h| {
             let mine: Vec<_> = recs.iter().filter(|r| r.host == h.record.id).collect();
@@ -83,5 +91,5 @@ pub async fn hosts(m: &Manager) -> Result<Vec<ClusterHost>, ApiError> {
                 version: h.record.version,
             }
         })
-        .collect())
+        .collect()
 }

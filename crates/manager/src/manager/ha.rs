@@ -281,7 +281,10 @@ impl Manager {
         t: &Timings,
         lost_since: &mut HashMap<String, Instant>,
     ) -> Result<(), ApiError> {
-        let hosts = crate::cluster::hosts(self).await?;
+        // One read of the records serves the whole round.
+        let members = self.store.hosts().await?;
+        let recs = self.store.list(Scope::All).await?;
+        let hosts = crate::cluster::hosts_of(members, &recs);
         let now = Instant::now();
         lost_since.retain(|id, _| {
             hosts
@@ -296,7 +299,7 @@ impl Manager {
             .filter(|(_, since)| since.elapsed() >= t.margin)
             .map(|(id, _)| id.as_str())
             .collect();
-        self.finish_pending(&hosts).await?;
+        self.finish_pending(&hosts, &recs).await;
         if due.is_empty() {
             return Ok(());
         }
@@ -316,7 +319,7 @@ impl Manager {
                 .find(|h| h.id == id)
                 .map_or_else(|| id.to_string(), |h| h.name.clone())
         };
-        for rec in self.store.list(Scope::All).await? {
+        for rec in recs {
             if !due.contains(&rec.host.as_str()) {
                 continue;
             }
@@ -359,8 +362,9 @@ impl Manager {
     async fn finish_pending(
         self: &Arc<Self>,
         hosts: &[crate::cluster::ClusterHost],
-    ) -> Result<(), ApiError> {
-        for rec in self.store.list(Scope::All).await? {
+        recs: &[PartitionRecord],
+    ) {
+        for rec in recs {
             if !rec.ha_pending || self.ha.running.lock().unwrap().contains(&rec.name) {
                 continue;
             }
@@ -395,7 +399,6 @@ impl Manager {
                 m.ha.running.lock().unwrap().remove(&name);
             });
         }
-        Ok(())
     }
 
     /// Every LU of `rec` is known and its client's (the repository is the
